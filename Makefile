@@ -1,0 +1,38 @@
+# `make test` and `make suite` set themselves up: they create .venv with Python 3.12 and install
+# requirements.txt into it the first time (and again whenever requirements.txt changes).
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+# The first Python 3.12+ found: python3.12 on the PATH, then pyenv's and the system's installs.
+PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 \
+	/usr/bin/python3.12 python3.13 python3; do "$$p" -c 'import sys; assert sys.version_info >= (3, 12)' \
+	2>/dev/null && { echo "$$p"; break; }; done)
+DATA ?=
+SUITE_OUT ?= runs
+SUITE_FLAGS := --quick --overwrite --out $(SUITE_OUT) $(if $(DATA),--data $(DATA))
+
+.PHONY: test suite setup data clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	@test -n "$(PYTHON312)" || { echo "error: Python 3.12 or newer is needed: install python3.12 (apt, pyenv or uv) or pass PYTHON312=/path/to/python3.12" >&2; exit 2; }
+	test -x $(PY) || $(PYTHON312) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+suite: setup
+	$(PY) exp1.py $(SUITE_FLAGS)
+	$(PY) exp2.py $(SUITE_FLAGS)
+	$(PY) exp3.py $(SUITE_FLAGS)
+
+data: setup
+	$(PY) data_setup.py --scene builtin
+
+clean:
+	rm -rf $(VENV) runs

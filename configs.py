@@ -1,0 +1,161 @@
+"""Experiment configurations: one dataclass, EXP1, and every other experiment as EXP1 with one axis changed.
+
+An experiment is a function of a base configuration (`AXES`), so the same axis applies to the full
+configuration (`EXP1`) and to the CPU preset (`QUICK`): `experiment("exp3", QUICK)` is the quick
+exp1 with AMP and a 4x batch, nothing else changed.
+"""
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, replace
+
+from utils import OneLineParser, UserError
+
+PRECISIONS = ("fp32", "amp")
+AMP_DTYPES = ("auto", "fp16", "bf16")
+MODELS = ("nerf", "bitnerf")
+DEVICES = ("auto", "cpu", "cuda")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "exp1"
+    data: str | None = None  # a tiny-nerf .npz or a Blender scene folder; None: the built-in scene
+    downscale: int = 1  # Blender folders only: load images at 1/downscale resolution
+    out: str = "runs"
+    device: str = "auto"
+    seed: int = 0
+
+    # Model: the NeRF of Mildenhall et al. (2020) with 64 coarse + 64 fine samples, enough at 100x100.
+    model: str = "nerf"
+    depth: int = 8
+    width: int = 256
+    skips: tuple[int, ...] = (4,)
+    pos_freqs: int = 10
+    dir_freqs: int = 4
+    use_viewdirs: bool = True
+    n_coarse: int = 64
+    n_fine: int = 64
+    perturb: bool = True  # jitter training samples within their bins (off: deterministic samples)
+
+    # Optimisation. 11000 steps of 4096 rays are about 50 epochs of a 100x100 scene's ~90 training views.
+    steps: int = 11000
+    batch_rays: int = 4096
+    lr: float = 5e-4
+    lr_final: float = 5e-5  # exponential decay from lr to lr_final over the run
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # 0: no clipping (the norm is logged either way)
+    precision: str = "fp32"
+    amp_dtype: str = "auto"  # auto: fp16 with gradient scaling on CUDA, bf16 on the CPU (no fast fp16 GEMM there)
+    compile: bool = False
+    distributed: bool = False
+
+    # Evaluation and outputs.
+    log_every: int = 100
+    eval_every: int = 1000
+    eval_views: int = 2  # test views rendered at each periodic evaluation; the final one uses all
+    ckpt_every: int = 1000
+    video_frames: int = 120
+    chunk: int = 4096  # rays per rendering chunk
+    wandb: str = "auto"  # auto: online when WANDB_API_KEY is set, else offline
+
+    def __post_init__(self):
+        choices = {"precision": PRECISIONS, "amp_dtype": AMP_DTYPES, "model": MODELS,
+                   "device": DEVICES, "wandb": WANDB_MODES}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise UserError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        positive = ("steps", "batch_rays", "depth", "width", "n_coarse", "log_every", "eval_every",
+                    "eval_views", "ckpt_every", "video_frames", "chunk", "downscale")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise UserError(f"{key} must be at least 1, got {getattr(self, key)}")
+        for key in ("n_fine", "pos_freqs", "dir_freqs", "weight_decay", "grad_clip", "seed"):
+            if getattr(self, key) < 0:
+                raise UserError(f"{key} must not be negative, got {getattr(self, key)}")
+        if self.n_coarse < 2:
+            raise UserError(f"n_coarse must be at least 2, got {self.n_coarse}")
+        if not 0 < self.lr_final <= self.lr:
+            raise UserError(f"need 0 < lr_final <= lr, got lr={self.lr}, lr_final={self.lr_final}")
+        if any(not 0 <= s < self.depth - 1 for s in self.skips):
+            raise UserError(f"skips must lie in [0, depth-1) = [0, {self.depth - 1}), got {list(self.skips)}")
+        if not self.name or "/" in self.name:
+            raise UserError(f"name must be a plain directory name, got {self.name!r}")
+
+    @property
+    def samples_per_ray(self) -> int:
+        """MLP queries per ray: the coarse samples, plus coarse and fine samples again in the fine pass."""
+        return self.n_coarse + (self.n_coarse + self.n_fine if self.n_fine else 0)
+
+
+EXP1 = ExperimentConfig()
+
+# The CPU preset: the same code paths, sized to finish in about 5 minutes on 2 CPU cores.
+# A 4x128 MLP is ~8x cheaper per sample than 8x256; a high learning rate with decay and
+# small batches give the most test PSNR per second on the 100x100 scenes (see BENCHMARKS.md).
+QUICK = replace(
+    EXP1,
+    depth=4, width=128, skips=(), n_coarse=32, n_fine=32,
+    steps=1200, batch_rays=1024, lr=5e-3, lr_final=2.5e-4,
+    log_every=25, eval_every=300, ckpt_every=300, video_frames=24,
+)
+
+# Each experiment changes one axis of its base; everything else stays equal so comparisons are fair.
+AXES = {
+    "exp1": lambda base: base,
+    "exp2": lambda base: replace(base, precision="amp"),
+    "exp3": lambda base: replace(base, precision="amp", batch_rays=4 * base.batch_rays),
+}
+
+
+def experiment(name: str, base: ExperimentConfig = EXP1) -> ExperimentConfig:
+    return replace(AXES[name](base), name=name)
+
+
+EXP2 = experiment("exp2")
+EXP3 = experiment("exp3")
+
+
+def _option_type(annotation):
+    """The argparse type for a dataclass field annotation (int, float, str, str | None, tuple[int, ...])."""
+    if isinstance(annotation, types.UnionType):
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is tuple:
+        return typing.get_args(annotation)[0]
+    return annotation
+
+
+def parse_args(name: str, argv: list[str] | None = None) -> tuple[ExperimentConfig, argparse.Namespace]:
+    """The command line of `expN.py`: every config field as `--field-name`, plus run-control flags.
+
+    Overrides apply on top of EXPn, or of the quick preset with the same axis when `--quick` is given.
+    """
+    parser = OneLineParser(prog=f"{name}.py", description=f"Train {name}: {EXPERIMENT_HELP[name]}.")
+    parser.add_argument("--quick", action="store_true", help="the CPU preset (about 5 minutes on 2 cores)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    for f in dataclasses.fields(ExperimentConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif typing.get_origin(f.type) is tuple:
+            parser.add_argument(flag, type=int, nargs="*", default=None, metavar="N")
+        else:
+            parser.add_argument(flag, type=_option_type(f.type), default=None, metavar=f.name.upper())
+    args = parser.parse_args(argv)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)
+                 if getattr(args, f.name) is not None}
+    if "skips" in overrides:
+        overrides["skips"] = tuple(overrides["skips"])
+    config = replace(experiment(name, QUICK if args.quick else EXP1), **overrides)
+    return config, args
+
+
+EXPERIMENT_HELP = {
+    "exp1": "NeRF baseline in fp32",
+    "exp2": "automatic mixed precision with gradient scaling",
+    "exp3": "automatic mixed precision with a 4x larger batch",
+}

@@ -1,0 +1,207 @@
+"""Scenes (tiny-nerf .npz, Blender folders, the built-in scene), ray generation and ray batches."""
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+
+from utils import UserError
+
+
+@dataclass
+class Scene:
+    """Images (N, H, W, 3) in [0, 1], camera-to-world poses (N, 4, 4), pinhole focal length in pixels."""
+
+    name: str
+    images: np.ndarray
+    poses: np.ndarray
+    focal: float
+    i_train: np.ndarray
+    i_test: np.ndarray
+    near: float = 2.0
+    far: float = 6.0
+    white_bkgd: bool = False
+    depths: np.ndarray | None = None
+
+    @property
+    def height(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.images.shape[2]
+
+
+def get_rays(height: int, width: int, focal: float, c2w: torch.Tensor):
+    """Origins and unnormalised directions of every pixel's ray, each (H, W, 3), on c2w's device.
+
+    Pixel (i, j) looks through ((i - W/2)/f, -(j - H/2)/f, -1) in camera space, the convention of
+    the original NeRF code and of tiny_nerf_data.npz; the ray parameter t is camera-space depth.
+    """
+    j, i = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32, device=c2w.device),
+        torch.arange(width, dtype=torch.float32, device=c2w.device),
+        indexing="ij",
+    )
+    dirs_cam = torch.stack([(i - width * 0.5) / focal, -(j - height * 0.5) / focal, -torch.ones_like(i)], -1)
+    dirs = dirs_cam @ c2w[:3, :3].T
+    origins = c2w[:3, 3].expand(dirs.shape)
+    return origins, dirs
+
+
+def load_scene(path: str | None, downscale: int = 1) -> Scene:
+    """A scene from a tiny-nerf .npz, a Blender folder, or (path None) the built-in scene."""
+    if path is None:
+        import data_setup
+
+        builtin = data_setup.BUILTIN_SCENE
+        if not builtin.exists():
+            data_setup.write_builtin_scene(builtin)
+        return load_npz(builtin)
+    p = Path(path)
+    if p.is_dir():
+        return load_blender(p, downscale)
+    if not p.exists():
+        raise UserError(f"no scene at {p}: give a tiny-nerf .npz or a Blender scene folder "
+                        f"(python data_setup.py --scene tiny_nerf fetches one)")
+    return load_npz(p)
+
+
+def load_npz(path: Path) -> Scene:
+    try:
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"cannot read {path} as a .npz scene ({e}); re-create or re-download it") from None
+    missing = {"images", "poses", "focal"} - arrays.keys()
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(sorted(missing))}: a scene .npz needs images, poses and focal")
+    images = arrays["images"].astype(np.float32)
+    n = images.shape[0] if images.ndim else 0
+    if "i_train" in arrays or "i_test" in arrays:
+        i_train = arrays.get("i_train", np.setdiff1d(np.arange(n), arrays.get("i_test", [])))
+        i_test = arrays.get("i_test", np.setdiff1d(np.arange(n), i_train))
+    else:
+        # Without a split, the first 90% of views train and the rest test (DESIGN.md).
+        n_train = max(1, min(n - 1, int(round(0.9 * n))))
+        i_train, i_test = np.arange(n_train), np.arange(n_train, n)
+    scene = Scene(
+        name=path.stem,
+        images=images,
+        poses=arrays["poses"].astype(np.float32),
+        focal=float(np.asarray(arrays["focal"]).reshape(-1)[0]) if np.asarray(arrays["focal"]).size else 0.0,
+        i_train=np.asarray(i_train, dtype=np.int64),
+        i_test=np.asarray(i_test, dtype=np.int64),
+        near=float(arrays.get("near", 2.0)),
+        far=float(arrays.get("far", 6.0)),
+        white_bkgd=bool(arrays.get("white_bkgd", False)),
+        depths=arrays["depths"].astype(np.float32) if "depths" in arrays else None,
+    )
+    validate_scene(scene, path)
+    return scene
+
+
+def load_blender(folder: Path, downscale: int = 1) -> Scene:
+    """A nerf_synthetic scene: transforms_{train,val,test}.json and RGBA PNGs, composited on white.
+
+    Train and val views train, test views test, as in the original NeRF code.
+    """
+    images, poses, split_sizes, camera_angle_x = [], [], {}, None
+    for split in ("train", "val", "test"):
+        meta_path = folder / f"transforms_{split}.json"
+        if not meta_path.exists():
+            raise UserError(f"{folder} is not a Blender scene: {meta_path.name} is missing")
+        try:
+            meta = json.loads(meta_path.read_text())
+            camera_angle_x = float(meta["camera_angle_x"])
+            frames = meta["frames"]
+            for frame in frames:
+                rgba = iio.imread(folder / (frame["file_path"] + ".png")).astype(np.float32) / 255.0
+                if downscale > 1:
+                    h, w = rgba.shape[0] // downscale, rgba.shape[1] // downscale
+                    rgba = rgba[: h * downscale, : w * downscale].reshape(h, downscale, w, downscale, -1).mean((1, 3))
+                images.append(rgba[..., :3] * rgba[..., 3:4] + (1.0 - rgba[..., 3:4]))
+                poses.append(np.asarray(frame["transform_matrix"], dtype=np.float32))
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise UserError(f"cannot read the Blender scene in {folder} ({type(e).__name__}: {e})") from None
+        split_sizes[split] = len(frames)
+    width = images[0].shape[1]
+    n_train = split_sizes["train"] + split_sizes["val"]
+    scene = Scene(
+        name=folder.name,
+        images=np.stack(images).astype(np.float32),
+        poses=np.stack(poses),
+        focal=0.5 * width / np.tan(0.5 * camera_angle_x),
+        i_train=np.arange(n_train),
+        i_test=np.arange(n_train, n_train + split_sizes["test"]),
+        near=2.0,
+        far=6.0,
+        white_bkgd=True,
+    )
+    validate_scene(scene, folder)
+    return scene
+
+
+def validate_scene(scene: Scene, source) -> None:
+    """Every check a scene must pass before training, each failure one line naming the fix."""
+    images, poses = scene.images, scene.poses
+    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] < 2:
+        raise UserError(f"{source}: images must have shape (N>=2, H, W, 3), got {images.shape}")
+    n = images.shape[0]
+    if poses.shape != (n, 4, 4):
+        raise UserError(f"{source}: poses must have shape ({n}, 4, 4) to match the images, got {poses.shape}")
+    if not np.isfinite(images).all() or not np.isfinite(poses).all():
+        raise UserError(f"{source}: images or poses contain NaN or infinity")
+    if images.min() < 0.0 or images.max() > 1.0:
+        raise UserError(f"{source}: image values must lie in [0, 1] (got [{images.min():.3g}, {images.max():.3g}]);"
+                        f" divide 8-bit images by 255")
+    if not np.isfinite(scene.focal) or scene.focal <= 0:
+        raise UserError(f"{source}: focal must be a positive number of pixels, got {scene.focal}")
+    if not 0 <= scene.near < scene.far or not np.isfinite(scene.far):
+        raise UserError(f"{source}: need 0 <= near < far, got near={scene.near}, far={scene.far}")
+    for key in ("i_train", "i_test"):
+        idx = getattr(scene, key)
+        if idx.ndim != 1 or idx.size == 0 or idx.min() < 0 or idx.max() >= n:
+            raise UserError(f"{source}: {key} must be a non-empty list of view indices in [0, {n})")
+    if scene.depths is not None and scene.depths.shape != images.shape[:3]:
+        raise UserError(f"{source}: depths must have shape {images.shape[:3]}, got {scene.depths.shape}")
+
+
+@dataclass
+class RayBatch:
+    origins: torch.Tensor
+    dirs: torch.Tensor
+    rgb: torch.Tensor
+
+
+class RaySampler:
+    """All training rays, built once on the training device; random batches drawn per step.
+
+    Batch `step` is a function of (seed, step) alone, drawn in full on every rank, and each rank keeps
+    its contiguous share: the global stream of rays is the same for any world size, and resuming needs
+    no sampler state.
+    """
+
+    def __init__(self, scene: Scene, device: torch.device, batch_rays: int, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        if batch_rays % world_size:
+            raise UserError(f"batch_rays ({batch_rays}) must be divisible by the number of processes ({world_size})")
+        poses = torch.from_numpy(scene.poses[scene.i_train]).to(device)
+        rays = [get_rays(scene.height, scene.width, scene.focal, c2w) for c2w in poses]
+        self.origins = torch.stack([o for o, _ in rays]).reshape(-1, 3)
+        self.dirs = torch.stack([d for _, d in rays]).reshape(-1, 3)
+        self.rgb = torch.from_numpy(scene.images[scene.i_train]).to(device).reshape(-1, 3)
+        self.batch_rays, self.seed, self.rank, self.world_size = batch_rays, seed, rank, world_size
+        self.generator = torch.Generator(device=device)
+
+    def batch(self, step: int) -> RayBatch:
+        self.generator.manual_seed(self.seed * 1_000_003 + step)
+        index = torch.randint(self.origins.shape[0], (self.batch_rays,), generator=self.generator,
+                              device=self.generator.device)
+        share = self.batch_rays // self.world_size
+        index = index[self.rank * share:(self.rank + 1) * share]
+        return RayBatch(self.origins[index], self.dirs[index], self.rgb[index])

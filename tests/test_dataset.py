@@ -1,0 +1,110 @@
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_scene
+from dataset import RaySampler, get_rays, load_scene
+from utils import UserError, pose_spherical
+
+
+def test_rays_follow_the_nerf_pinhole_convention():
+    c2w = torch.from_numpy(pose_spherical(30.0, -45.0, 4.0))
+    origins, dirs = get_rays(6, 8, 10.0, c2w)
+    assert origins.shape == dirs.shape == (6, 8, 3)
+    assert torch.allclose(origins, c2w[:3, 3].expand(6, 8, 3))
+    # Pixel (W/2, H/2) looks straight down the camera's -z axis; +i goes right (+x), +j goes down (-y).
+    assert torch.allclose(dirs[3, 4], -c2w[:3, 2], atol=1e-6)
+    assert torch.allclose(dirs[3, 5] - dirs[3, 4], c2w[:3, 0] / 10.0, atol=1e-6)
+    assert torch.allclose(dirs[4, 4] - dirs[3, 4], -c2w[:3, 1] / 10.0, atol=1e-6)
+
+
+def test_npz_defaults_and_optional_keys(tmp_path):
+    scene = load_scene(str(write_scene(tmp_path / "plain.npz", n=10)))
+    assert list(scene.i_train) == list(range(9)) and list(scene.i_test) == [9]
+    assert (scene.near, scene.far, scene.white_bkgd, scene.depths) == (2.0, 6.0, False, None)
+    scene = load_scene(str(write_scene(tmp_path / "full.npz", n=4, i_test=np.array([0, 2]), near=np.float32(1.0),
+                                       far=np.float32(3.0), white_bkgd=True, depths=np.ones((4, 8, 8)))))
+    assert list(scene.i_train) == [1, 3] and list(scene.i_test) == [0, 2]
+    assert (scene.near, scene.far, scene.white_bkgd, scene.depths.shape) == (1.0, 3.0, True, (4, 8, 8))
+
+
+def test_builtin_scene_loads(builtin_scene):
+    scene = load_scene(str(builtin_scene))
+    assert scene.white_bkgd and scene.depths is not None and len(scene.i_test) > 0
+
+
+def write_blender_scene(folder, size=8):
+    folder.mkdir()
+    for split, n in (("train", 3), ("val", 1), ("test", 2)):
+        (folder / split).mkdir()
+        frames = []
+        for i in range(n):
+            rgba = np.zeros((size, size, 4), dtype=np.uint8)
+            rgba[..., 0] = 255
+            rgba[: size // 2, :, 3] = 255  # top half opaque red, bottom half transparent
+            iio.imwrite(folder / split / f"r_{i}.png", rgba)
+            frames.append({"file_path": f"./{split}/r_{i}", "transform_matrix": pose_spherical(40.0 * i, -30, 4).tolist()})
+        (folder / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": 0.69, "frames": frames}))
+
+
+def test_blender_folder_composites_on_white_and_downscales(tmp_path):
+    write_blender_scene(tmp_path / "lego")
+    scene = load_scene(str(tmp_path / "lego"))
+    assert scene.images.shape == (6, 8, 8, 3) and scene.white_bkgd
+    assert list(scene.i_train) == [0, 1, 2, 3] and list(scene.i_test) == [4, 5]
+    assert np.allclose(scene.images[0, 0, 0], [1, 0, 0]) and np.allclose(scene.images[0, -1, 0], [1, 1, 1])
+    assert scene.focal == pytest.approx(0.5 * 8 / np.tan(0.345))
+    half = load_scene(str(tmp_path / "lego"), downscale=2)
+    assert half.images.shape == (6, 4, 4, 3) and half.focal == pytest.approx(scene.focal / 2)
+
+
+BAD_SCENES = [
+    ({"images": np.zeros((5, 8, 8))}, "images must have shape"),
+    ({"poses": np.zeros((5, 3, 4))}, "poses must have shape"),
+    ({"images": np.full((6, 8, 8, 3), 255.0)}, "must lie in \\[0, 1\\]"),
+    ({"images": np.full((6, 8, 8, 3), np.nan)}, "NaN"),
+    ({"focal": np.float32(0.0)}, "focal must be a positive"),
+    ({"near": 5.0, "far": 2.0}, "near < far"),
+    ({"i_test": np.array([17])}, "i_test must be"),
+    ({"depths": np.zeros((6, 4, 4))}, "depths must have shape"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_SCENES)
+def test_bad_scenes_raise_one_clear_user_error(tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        load_scene(str(write_scene(tmp_path / "bad.npz", **overrides)))
+
+
+def test_missing_corrupt_and_incomplete_files(tmp_path):
+    with pytest.raises(UserError, match="no scene at"):
+        load_scene(str(tmp_path / "nowhere.npz"))
+    (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 definitely not a zip")
+    with pytest.raises(UserError, match="cannot read"):
+        load_scene(str(tmp_path / "corrupt.npz"))
+    np.savez(tmp_path / "partial.npz", images=np.zeros((2, 4, 4, 3)))
+    with pytest.raises(UserError, match="lacks focal, poses"):
+        load_scene(str(tmp_path / "partial.npz"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a Blender scene"):
+        load_scene(str(tmp_path / "empty"))
+
+
+def test_ray_batches_are_deterministic_and_shard_the_global_batch(tmp_path):
+    scene = load_scene(str(write_scene(tmp_path / "s.npz", n=10)))
+    whole = RaySampler(scene, torch.device("cpu"), 64, seed=3)
+    shards = [RaySampler(scene, torch.device("cpu"), 64, seed=3, rank=r, world_size=2) for r in range(2)]
+    for step in (0, 5):
+        batch = whole.batch(step)
+        assert torch.equal(batch.rgb, whole.batch(step).rgb)
+        assert torch.equal(batch.origins, torch.cat([s.batch(step).origins for s in shards]))
+        assert torch.equal(batch.dirs, torch.cat([s.batch(step).dirs for s in shards]))
+    assert not torch.equal(whole.batch(0).rgb, whole.batch(1).rgb)
+    # Only training views are sampled, with their pixels' colours.
+    train_colours = torch.from_numpy(scene.images[scene.i_train]).reshape(-1, 3)
+    assert whole.rgb.shape == train_colours.shape and torch.equal(whole.rgb, train_colours)
+    with pytest.raises(UserError, match="divisible"):
+        RaySampler(scene, torch.device("cpu"), 63, seed=0, world_size=2)

@@ -1,0 +1,107 @@
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from conftest import write_scene
+from utils import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+SUMMARY_KEYS = {"experiment", "model", "precision", "world_size", "global_batch_rays", "steps", "wall_s",
+                "train_samples_per_s", "peak_mem_bytes", "psnr_test", "ssim_test", "params", "weight_bits",
+                "checkpoint_bytes", "model_bytes", "scene", "device", "torch_version"}
+
+
+def test_training_learns_and_writes_the_run_directory(tiny_config):
+    config = replace(tiny_config, steps=300, log_every=50, eval_every=100, ckpt_every=300, lr=1e-2, lr_final=1e-3)
+    summary = train.run(config)
+    run_dir = Path(config.out) / config.name
+    assert SUMMARY_KEYS <= summary.keys()
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    first_test_psnr = float(rows[2].split(",")[-1])  # the evaluation after 100 steps
+    assert summary["psnr_test"] > 20.0 and summary["psnr_test"] > first_test_psnr + 2.0
+    assert summary["ssim_test"] > 0.6
+    assert summary["precision"] == "fp32" and summary["weight_bits"] == 32 and summary["world_size"] == 1
+
+    layers = json.loads((run_dir / "layers.json").read_text())
+    names = [layer["name"] for layer in layers["layers"]]
+    assert names[0] == "coarse.layers.0" and names[-1] == "fine.rgb_head" and len(names) == 2 * (2 + 4)
+    assert names.index("coarse.density_head") < names.index("coarse.feature") < names.index("coarse.view_layer")
+    by_name = {layer["name"]: layer for layer in layers["layers"]}
+    assert by_name["coarse.layers.0"]["input_sparsity"] == 0.0  # the encoding is dense
+    assert by_name["fine.layers.1"]["input_sparsity"] > 0.05  # ReLU outputs are not
+    assert by_name["fine.layers.1"]["samples_per_frame"] == 800 * 800 * 32
+    assert layers["samples_per_frame"] == 800 * 800 * (16 + 32)
+
+    n_test = len(summary["psnr_test_per_view"])
+    for kind in ("rgb", "gt", "depth"):
+        assert len(list((run_dir / "renders").glob(f"{kind}_*.png"))) == n_test
+    assert (run_dir / "video.gif").exists() and (run_dir / "checkpoint.pt").exists()
+    assert summary["model_bytes"] == (run_dir / "model.pt").stat().st_size < summary["checkpoint_bytes"]
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tiny_config, monkeypatch):
+    config = replace(tiny_config, ckpt_every=10, steps=30)
+    train.run(replace(config, name="straight"))
+
+    original_batch = train.RaySampler.batch
+
+    def interrupt_at_step_17(self, step):
+        if step == 17:
+            raise KeyboardInterrupt
+        return original_batch(self, step)
+
+    monkeypatch.setattr(train.RaySampler, "batch", interrupt_at_step_17)
+    with pytest.raises(SystemExit) as stop:
+        train.run(replace(config, name="resumed"))
+    assert stop.value.code == 130
+    run_dir = Path(config.out) / "resumed"
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 17
+    monkeypatch.setattr(train.RaySampler, "batch", original_batch)
+    train.run(replace(config, name="resumed"), resume=True)
+
+    straight = torch.load(Path(config.out) / "straight" / "checkpoint.pt", weights_only=False)["model"]
+    resumed = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    steps_logged = [int(line.split(",")[0]) for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps_logged == sorted(set(steps_logged)) and steps_logged[-1] == 30
+
+    with pytest.raises(UserError, match="trained with other width"):
+        train.run(replace(config, name="resumed", width=32), resume=True)
+
+
+def test_mixed_precision_runs_and_records_its_dtype(tiny_config):
+    summary = train.run(replace(tiny_config, precision="amp", steps=10, video_frames=1))
+    assert summary["precision"] == "bf16-amp" and summary["weight_bits"] == 16
+    layers = json.loads((Path(tiny_config.out) / "exp1" / "layers.json").read_text())["layers"]
+    assert {(layer["weight_bits"], layer["input_bits"]) for layer in layers} == {(16, 16)}
+
+
+def test_existing_runs_are_never_overwritten_by_accident(tiny_config):
+    config = replace(tiny_config, steps=5, video_frames=1)
+    train.run(config)
+    summary_path = Path(config.out) / "exp1" / "summary.json"
+    before = summary_path.read_bytes()
+    with pytest.raises(UserError, match="already holds a run"):
+        train.run(config)
+    with pytest.raises(UserError, match="no checkpoint"):
+        train.run(replace(config, name="fresh"), resume=True)
+    assert summary_path.read_bytes() == before
+
+
+def test_bad_scene_on_the_command_line_is_one_line_and_touches_nothing(tmp_path):
+    bad = write_scene(tmp_path / "bad.npz", focal=0.0)
+    (tmp_path / "runs" / "exp1").mkdir(parents=True)
+    (tmp_path / "runs" / "exp1" / "summary.json").write_text("{}")
+    result = subprocess.run([sys.executable, str(REPO / "exp1.py"), "--data", str(bad), "--out",
+                             str(tmp_path / "runs"), "--overwrite", "--wandb", "disabled"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {bad}: focal must be a positive number of pixels, got 0.0"]
+    assert (tmp_path / "runs" / "exp1" / "summary.json").read_text() == "{}"
