@@ -87,7 +87,7 @@ def load_checkpoint(path: Path, config: ExperimentConfig, model, optimizer, sche
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     saved = checkpoint["config"]
     changed = sorted(k for k, v in dataclasses.asdict(config).items()
-                     if k not in RESUMABLE_CHANGES and saved.get(k) != (list(v) if isinstance(v, tuple) else v))
+                     if k not in RESUMABLE_CHANGES and saved.get(k) != v)
     if changed:
         raise UserError(f"--resume: the checkpoint was trained with other {', '.join(changed)};"
                         f" resume with the same settings or start a new run with --name")

@@ -25,7 +25,7 @@ def tiny_config(builtin_scene, tmp_path):
     """A config small enough to train in seconds on the CPU, on the built-in scene, writing into tmp_path."""
     return replace(
         configs.QUICK, data=str(builtin_scene), out=str(tmp_path / "runs"), wandb="disabled",
-        depth=2, width=64, n_coarse=16, n_fine=16, steps=40, batch_rays=256, log_every=10, eval_every=20,
+        depth=2, width=64, pos_freqs=6, use_viewdirs=True, n_coarse=16, n_fine=16, steps=40, batch_rays=256, log_every=10, eval_every=20,
         ckpt_every=20, video_frames=2, eval_views=1,
     )
 

@@ -10,7 +10,7 @@ from configs import EXP1, QUICK, ExperimentConfig, experiment
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-AXIS_FIELDS = {"exp1": set(), "exp2": {"precision"}, "exp3": {"precision", "batch_rays"}}
+AXIS_FIELDS = {"exp1": set(), "exp2": {"precision"}, "exp3": {"precision", "batch_rays", "steps"}}
 
 
 def changed_fields(a: ExperimentConfig, b: ExperimentConfig) -> set[str]:
@@ -27,6 +27,7 @@ def test_each_experiment_changes_only_its_axis(name, base):
 def test_module_constants_are_the_full_experiments():
     assert configs.EXP2 == experiment("exp2") and configs.EXP3 == experiment("exp3")
     assert configs.EXP3.batch_rays == 4 * EXP1.batch_rays and configs.EXP2.precision == "amp"
+    assert configs.EXP3.batch_rays * configs.EXP3.steps == EXP1.batch_rays * EXP1.steps  # equal ray budget
 
 
 def test_seed_configuration_is_expressible():
