@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+import bitnerf
 import configs
 from configs import ExperimentConfig
 from dataset import RaySampler, Scene, get_rays, load_scene
@@ -57,16 +58,22 @@ def amp_dtype(config: ExperimentConfig, device: torch.device) -> torch.dtype | N
 
 
 def precision_name(config: ExperimentConfig, device: torch.device) -> str:
+    if config.model == "bitnerf":
+        return "ternary-int8"
     dtype = amp_dtype(config, device)
     return "fp32" if dtype is None else {torch.float16: "fp16-amp", torch.bfloat16: "bf16-amp"}[dtype]
 
 
-def build_model(config: ExperimentConfig, scene: Scene) -> NeRF:
-    return NeRF(
-        scene.near, scene.far, scene.white_bkgd, n_coarse=config.n_coarse, n_fine=config.n_fine,
-        perturb=config.perturb, depth=config.depth, width=config.width, pos_freqs=config.pos_freqs,
-        dir_freqs=config.dir_freqs, skips=config.skips, use_viewdirs=config.use_viewdirs,
-    )
+def build_model(config: ExperimentConfig, scene: Scene, device: torch.device) -> NeRF:
+    """NeRF, or for BitNeRF the same topology from RMSNormLinear layers converted by torchao."""
+    constructor = bitnerf.bitnerf if config.model == "bitnerf" else NeRF
+    model = constructor(
+        near=scene.near, far=scene.far, white_bkgd=scene.white_bkgd, n_coarse=config.n_coarse,
+        n_fine=config.n_fine, perturb=config.perturb, depth=config.depth, width=config.width,
+        pos_freqs=config.pos_freqs, dir_freqs=config.dir_freqs, skips=config.skips,
+        use_viewdirs=config.use_viewdirs,
+    ).to(device)
+    return bitnerf.to_bitnet(model) if config.model == "bitnerf" else model
 
 
 def prepare_run_dir(config: ExperimentConfig, resume: bool, overwrite: bool) -> Path:
@@ -165,7 +172,7 @@ def run(config: ExperimentConfig, resume: bool = False, overwrite: bool = False)
     precision = precision_name(config, device)
 
     torch.manual_seed(config.seed)
-    model = build_model(config, scene).to(device)
+    model = build_model(config, scene, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     decay = config.lr_final / config.lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: decay ** min(step / config.steps, 1.0))
@@ -288,11 +295,8 @@ def finish(config, model, scene, run_dir, device, autocast_dtype, precision, wan
         iio.imwrite(run_dir / "renders" / f"gt_{r['view']:03d}.png", to_uint8(target))
         iio.imwrite(run_dir / "renders" / f"depth_{r['view']:03d}.png", colorize_depth(r["depth"], scene.near, scene.far))
     video = render_video(model, scene, config, device, autocast_dtype, run_dir / "video")
-    write_json(run_dir / "layers.json", describe_layers(model, scene, config, device, autocast_dtype, precision))
-    model_path = run_dir / "model.pt"
-    deploy_dtype = autocast_dtype or torch.float32
-    atomic_torch_save({k: v.to(deploy_dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()},
-                      str(model_path))
+    write_json(run_dir / "layers.json", describe_layers(model, scene, config, device, autocast_dtype))
+    model_path = write_model_file(model, config, run_dir, autocast_dtype)
     if wandb_run:
         import wandb
 
@@ -303,7 +307,7 @@ def finish(config, model, scene, run_dir, device, autocast_dtype, precision, wan
         "psnr_test": round(float(np.mean([r["psnr"] for r in results])), 3),
         "ssim_test": round(float(np.mean(ssims)), 4),
         "psnr_test_per_view": [round(r["psnr"], 3) for r in results],
-        "weight_bits": 16 if autocast_dtype else 32,
+        "weight_bits": 1.58 if config.model == "bitnerf" else 16 if autocast_dtype else 32,
         "model_bytes": model_path.stat().st_size,
         "scene": scene.name, "device": str(device), "torch_version": torch.__version__,
     }
@@ -327,14 +331,33 @@ def render_video(model, scene, config, device, autocast_dtype, path_stem: Path) 
     return write_video(str(path_stem), frames)
 
 
-def layer_bits(module: nn.Module, precision: str) -> dict[str, int]:
-    """Bits of a Linear layer's weight, input and output as the run computes them."""
-    bits = 16 if precision.endswith("-amp") else 32
+def write_model_file(model: NeRF, config: ExperimentConfig, run_dir: Path, autocast_dtype) -> Path:
+    """The deployable weights: BitNeRF's packed ternary export, else the state dict in the compute dtype."""
+    if config.model == "bitnerf":
+        path = run_dir / "model_ternary.pt"
+        bitnerf.export_ternary(model, path)
+        return path
+    path = run_dir / "model.pt"
+    deploy_dtype = autocast_dtype or torch.float32
+    atomic_torch_save({k: v.to(deploy_dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()},
+                      str(path))
+    return path
+
+
+def layer_bits(module: nn.Linear, autocast_dtype) -> dict[str, int]:
+    """Bits of a Linear layer's weight, input and output as the run computes them.
+
+    A BitNet layer multiplies 2-bit packed ternary weights by int8 inputs and accumulates in int32,
+    then rescales to the float output.
+    """
+    bits = 16 if autocast_dtype else 32
+    if isinstance(module.weight, bitnerf.BitNetTrainingLinearWeight):
+        return {"weight_bits": 2, "input_bits": 8, "output_bits": bits}
     return {"weight_bits": bits, "input_bits": bits, "output_bits": bits}
 
 
 @torch.no_grad()
-def describe_layers(model: NeRF, scene: Scene, config, device, autocast_dtype, precision: str) -> dict:
+def describe_layers(model: NeRF, scene: Scene, config, device, autocast_dtype) -> dict:
     """Every Linear layer in execution order with its shape, bitwidths and measured input sparsity.
 
     Sparsity is the fraction of exactly-zero inputs over one chunk of rays of the first test view.
@@ -363,7 +386,7 @@ def describe_layers(model: NeRF, scene: Scene, config, device, autocast_dtype, p
         module = model.get_submodule(name)
         layers.append({
             "name": name, "in_features": module.in_features, "out_features": module.out_features,
-            **layer_bits(module, precision),
+            **layer_bits(module, autocast_dtype),
             "input_sparsity": round(zeros[name][0] / zeros[name][1], 4),
             "samples_per_frame": frame_rays * per_ray[name.split(".")[0]],
         })

@@ -47,8 +47,9 @@ def test_training_learns_and_writes_the_run_directory(tiny_config):
     assert summary["model_bytes"] == (run_dir / "model.pt").stat().st_size < summary["checkpoint_bytes"]
 
 
-def test_resume_continues_exactly_where_the_run_stopped(tiny_config, monkeypatch):
-    config = replace(tiny_config, ckpt_every=10, steps=30)
+@pytest.mark.parametrize("model", ["nerf", "bitnerf"])
+def test_resume_continues_exactly_where_the_run_stopped(tiny_config, monkeypatch, model):
+    config = replace(tiny_config, ckpt_every=10, steps=30, model=model, video_frames=1)
     train.run(replace(config, name="straight"))
 
     original_batch = train.RaySampler.batch
@@ -69,6 +70,7 @@ def test_resume_continues_exactly_where_the_run_stopped(tiny_config, monkeypatch
 
     straight = torch.load(Path(config.out) / "straight" / "checkpoint.pt", weights_only=False)["model"]
     resumed = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+    assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     steps_logged = [int(line.split(",")[0]) for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
     assert steps_logged == sorted(set(steps_logged)) and steps_logged[-1] == 30

@@ -1,0 +1,151 @@
+"""BitNeRF: NeRF's topology with BitNet b1.58 layers (ternary weights, int8 activations) via torchao.
+
+Every layer is an `RMSNormLinear` (BitNet puts an RMSNorm before each quantized Linear, which keeps
+the int8 activation scales well conditioned). `to_bitnet` then swaps the hidden Linear weights for
+torchao's `BitNetTrainingLinearWeight`: the forward pass quantizes the latent fp32 weight to
+{-1, 0, +1} times its absmean and each input row to int8 (absmax), multiplies in integers, and the
+backward pass is straight-through to the latent weights. The output heads (density, colour) stay
+in high precision, as torchao's BitNet recipe keeps the output head.
+
+For deployment, `export_ternary` packs each quantized weight 2 bits per value with its fp32 scale;
+`load_ternary` rebuilds a model whose `TernaryLinear` layers compute exactly what the trained
+model's layers computed, so its renders are bit-identical.
+"""
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# torchao 0.18 registers an Enum with torch's pytree at import, which logs a deprecation warning on
+# every start (and would make one-line error messages two lines); it is harmless, so silence it.
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+from torchao import quantize_  # noqa: E402
+from torchao.prototype.quantized_training import bitnet_training  # noqa: E402
+from torchao.prototype.quantized_training.bitnet import (  # noqa: E402
+    BitNetTrainingLinearWeight, get_bitnet_scale, quantize_bitnet_weight, scaled_int8_mm)
+from torchao.prototype.quantized_training.int8 import quantize_int8_rowwise  # noqa: E402
+
+from nerf import NeRF  # noqa: E402
+from utils import atomic_torch_save  # noqa: E402
+
+# Layers left in high precision: the heads that produce density and colour.
+HIGH_PRECISION_LAYERS = ("density_head", "rgb_head", "output_head")
+# torchao's BitNet forward clips the int8 activation scale at this epsilon; TernaryLinear must match.
+ACTIVATION_EPS = 1e-5
+
+
+class RMSNormLinear(nn.Module):
+    """RMSNorm over the input features, then a Linear."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.norm = nn.RMSNorm(in_features, eps=1e-6)
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(x))
+
+
+def is_quantized_layer(name: str) -> bool:
+    """Whether the Linear at this module path is quantized: every one but the output heads."""
+    return not any(part in HIGH_PRECISION_LAYERS for part in name.split("."))
+
+
+def bitnerf(**nerf_kwargs) -> NeRF:
+    """A NeRF built from RMSNormLinear layers, not yet quantized (see to_bitnet)."""
+    return NeRF(linear=RMSNormLinear, **nerf_kwargs)
+
+
+def to_bitnet(model: nn.Module) -> nn.Module:
+    """Swap the hidden Linear weights for torchao's BitNet b1.58 training weights, in place."""
+    quantize_(model, bitnet_training(), filter_fn=lambda m, name: isinstance(m, nn.Linear) and is_quantized_layer(name))
+    return model
+
+
+def quantized_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and isinstance(m.weight, BitNetTrainingLinearWeight)}
+
+
+def ternarize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int8 ternary weight in {-1, 0, 1} and its fp32 absmean scale, exactly as torchao's forward computes them."""
+    latent = weight._data if isinstance(weight, BitNetTrainingLinearWeight) else weight
+    scale = get_bitnet_scale(latent.detach())
+    return quantize_bitnet_weight(latent.detach(), scale), scale
+
+
+def pack_ternary(values: torch.Tensor) -> torch.Tensor:
+    """Pack int8 values in {-1, 0, 1} four to a byte (2 bits each, stored as value + 1), row-major, zero-padded."""
+    flat = (values.reshape(-1).to(torch.int16) + 1).to(torch.uint8)
+    flat = torch.cat([flat, flat.new_ones((-flat.numel()) % 4)])  # pad with the code of 0
+    quads = flat.reshape(-1, 4)
+    return quads[:, 0] | (quads[:, 1] << 2) | (quads[:, 2] << 4) | (quads[:, 3] << 6)
+
+
+def unpack_ternary(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    codes = torch.stack([(packed >> shift) & 0b11 for shift in (0, 2, 4, 6)], dim=-1).reshape(-1)
+    n = 1
+    for s in shape:
+        n *= s
+    return (codes[:n].to(torch.int8) - 1).reshape(shape)
+
+
+class TernaryLinear(nn.Module):
+    """An inference Linear over a fixed ternary weight: int8 rows times ternary weight, then the two scales."""
+
+    def __init__(self, ternary: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.out_features, self.in_features = ternary.shape
+        self.register_buffer("ternary", ternary.to(torch.int8))
+        self.register_buffer("scale", scale.float())
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch_dims = x.shape[:-1]
+        x_i8, row_scale = quantize_int8_rowwise(x.reshape(-1, self.in_features), eps=ACTIVATION_EPS)
+        out = scaled_int8_mm(x_i8.contiguous(), self.ternary.T.contiguous(), row_scale, self.scale.to(x.dtype))
+        out = out.view(*batch_dims, self.out_features)
+        return out + self.bias if self.bias is not None else out
+
+
+def export_ternary(model: nn.Module, path: str | Path) -> int:
+    """Write the deployable BitNeRF: packed ternary weights with their scales, the other tensors as they are.
+
+    Returns the file's size in bytes.
+    """
+    quantized = quantized_linears(model)
+    packed, state = {}, {}
+    for name, module in quantized.items():
+        ternary, scale = ternarize(module.weight)
+        packed[name] = {"packed": pack_ternary(ternary), "shape": tuple(ternary.shape), "scale": scale}
+    skip = {f"{name}.weight" for name in quantized}
+    for key, value in model.state_dict().items():
+        if key not in skip:
+            state[key] = value.detach().clone()
+    atomic_torch_save({"ternary": packed, "state": state}, str(path))
+    return Path(path).stat().st_size
+
+
+def load_ternary(path: str | Path, model: nn.Module) -> nn.Module:
+    """Fill an unquantized BitNeRF of the same configuration from an export, with TernaryLinear layers."""
+    export = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(export["state"], strict=False)
+    for name, entry in export["ternary"].items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        old = getattr(parent, child)
+        ternary = unpack_ternary(entry["packed"], tuple(entry["shape"]))
+        setattr(parent, child, TernaryLinear(ternary, entry["scale"], old.bias.detach() if old.bias is not None else None)
+                .to(old.weight.device))
+    return model

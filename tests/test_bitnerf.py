@@ -1,0 +1,113 @@
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import bitnerf
+import train
+from nerf import NeRF
+
+FIELD = dict(near=2.0, far=6.0, white_bkgd=True, n_coarse=8, n_fine=8, depth=3, width=32, pos_freqs=4,
+             dir_freqs=2, skips=(0,))
+
+
+def make_bitnerf(seed=0):
+    torch.manual_seed(seed)
+    return bitnerf.to_bitnet(bitnerf.bitnerf(**FIELD))
+
+
+def test_bitnerf_shares_nerf_topology_with_rmsnorm_before_every_linear():
+    torch.manual_seed(0)
+    plain, bit = NeRF(**FIELD), bitnerf.bitnerf(**FIELD)
+    plain_shapes = [(m.in_features, m.out_features) for m in plain.modules() if isinstance(m, nn.Linear)]
+    bit_layers = [m for m in bit.modules() if isinstance(m, bitnerf.RMSNormLinear)]
+    assert [(m.in_features, m.out_features) for m in bit_layers] == plain_shapes
+    assert all(isinstance(m.norm, nn.RMSNorm) for m in bit_layers)
+
+
+def test_only_hidden_layers_are_quantized():
+    quantized = bitnerf.quantized_linears(make_bitnerf())
+    assert "coarse.layers.0.linear" in quantized and "fine.view_layer.linear" in quantized
+    assert not any(head in name for name in quantized for head in bitnerf.HIGH_PRECISION_LAYERS)
+    n_linear = sum(isinstance(m, nn.Linear) for m in make_bitnerf().modules())
+    assert len(quantized) == n_linear - 4  # density and colour heads of both fields stay high precision
+
+
+def reference_bitnet_linear(x, weight, bias):
+    """BitNet b1.58 in plain PyTorch: absmean ternary weights, per-row absmax int8 inputs."""
+    scale = weight.abs().mean()
+    ternary = torch.clamp(torch.round(weight / scale.clamp(min=1e-5)), -1, 1)
+    row_scale = x.abs().amax(-1, keepdim=True) / 127
+    x_int = torch.round(x / row_scale.clamp(min=1e-5))
+    return (x_int @ ternary.T) * scale * row_scale + bias, ternary, x_int
+
+
+def test_quantized_forward_matches_a_plain_reference_with_ternary_weights_and_int8_rows():
+    layer = make_bitnerf().coarse.layers[2]
+    linear = layer.linear
+    x = torch.randn(64, 32)
+    normed = layer.norm(x)
+    expected, ternary, x_int = reference_bitnet_linear(normed, linear.weight._data, linear.bias)
+    assert torch.allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
+    assert set(ternary.unique().tolist()) <= {-1.0, 0.0, 1.0}
+    assert x_int.abs().max() <= 127 and torch.equal(x_int, x_int.round())
+    values, scale = bitnerf.ternarize(linear.weight)
+    assert values.dtype == torch.int8 and torch.equal(values.float(), ternary)
+    assert scale == pytest.approx(linear.weight._data.abs().mean().item())
+
+
+def test_gradients_reach_the_latent_weights_straight_through():
+    layer = make_bitnerf().coarse.layers[2]
+    x = torch.randn(16, 32, requires_grad=True)
+    layer(x).sum().backward()
+    grad = layer.linear.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    # Straight-through: the weight gradient is that of a plain Linear over the quantized inputs.
+    normed = layer.norm(x).detach()
+    row_scale = normed.abs().amax(-1, keepdim=True) / 127
+    x_dequant = torch.round(normed / row_scale) * row_scale
+    assert torch.allclose(grad, torch.ones(16, 32).T @ x_dequant, rtol=1e-4, atol=1e-4)
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_packing_round_trips():
+    values = torch.randint(-1, 2, (7, 13), dtype=torch.int8)
+    packed = bitnerf.pack_ternary(values)
+    assert packed.dtype == torch.uint8 and packed.numel() == (7 * 13 + 3) // 4
+    assert torch.equal(bitnerf.unpack_ternary(packed, (7, 13)), values)
+
+
+def test_export_reloads_to_bit_identical_renders(tmp_path):
+    model = make_bitnerf()
+    with torch.no_grad():  # make the latent weights differ from their initial scale
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.eval()
+    origins, dirs = torch.randn(50, 3), torch.randn(50, 3)
+    expected = model(origins, dirs)
+    size = bitnerf.export_ternary(model, tmp_path / "model_ternary.pt")
+    torch.manual_seed(1)
+    loaded = bitnerf.load_ternary(tmp_path / "model_ternary.pt", bitnerf.bitnerf(**FIELD)).eval()
+    got = loaded(origins, dirs)
+    assert torch.equal(got["rgb"], expected["rgb"]) and torch.equal(got["depth"], expected["depth"])
+    export = torch.load(tmp_path / "model_ternary.pt", weights_only=True)
+    for name, module in bitnerf.quantized_linears(model).items():
+        assert export["ternary"][name]["packed"].numel() == -(-module.weight.numel() // 4)  # 2 bits a weight
+    torch.save({k: v.detach().float() for k, v in NeRF(**FIELD).state_dict().items()}, tmp_path / "fp32.pt")
+    assert size < (tmp_path / "fp32.pt").stat().st_size / 2
+
+
+def test_bitnerf_run_learns_and_reports_ternary_bits(tiny_config):
+    config = replace(tiny_config, model="bitnerf", steps=300, eval_every=300, ckpt_every=300)
+    summary = train.run(config)
+    run_dir = Path(config.out) / config.name
+    assert summary["model"] == "bitnerf" and summary["precision"] == "ternary-int8"
+    assert summary["weight_bits"] == 1.58
+    assert summary["model_bytes"] == (run_dir / "model_ternary.pt").stat().st_size
+    assert summary["psnr_test"] > 16.0
+    layers = {layer["name"]: layer for layer in json.loads((run_dir / "layers.json").read_text())["layers"]}
+    assert (layers["fine.layers.1.linear"]["weight_bits"], layers["fine.layers.1.linear"]["input_bits"]) == (2, 8)
+    assert layers["fine.rgb_head.linear"]["weight_bits"] == 32
