@@ -30,6 +30,7 @@ suite: setup
 	$(PY) exp1.py $(SUITE_FLAGS)
 	$(PY) exp2.py $(SUITE_FLAGS)
 	$(PY) exp3.py $(SUITE_FLAGS)
+	$(PY) exp4.py $(SUITE_FLAGS)
 
 data: setup
 	$(PY) data_setup.py --scene builtin

@@ -10,7 +10,8 @@ from configs import EXP1, QUICK, ExperimentConfig, experiment
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-AXIS_FIELDS = {"exp1": set(), "exp2": {"precision"}, "exp3": {"precision", "batch_rays", "steps"}}
+AXIS_FIELDS = {"exp1": set(), "exp2": {"precision"}, "exp3": {"precision", "batch_rays", "steps"},
+               "exp4": {"model"}}
 
 
 def changed_fields(a: ExperimentConfig, b: ExperimentConfig) -> set[str]:
