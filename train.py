@@ -57,6 +57,11 @@ def amp_dtype(config: ExperimentConfig, device: torch.device) -> torch.dtype | N
     return {"fp16": torch.float16, "bf16": torch.bfloat16}[config.amp_dtype]
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to dtype, or a no-op context for fp32 (dtype None)."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def precision_name(config: ExperimentConfig, device: torch.device) -> str:
     if config.model == "bitnerf":
         return "ternary-int8"
@@ -153,7 +158,7 @@ def evaluate(model: NeRF, scene: Scene, views, config, device, autocast_dtype) -
     """Render test views; returns per view the rendered rgb/depth and its PSNR against the ground truth."""
     model.eval()
     results = []
-    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+    with autocast(device, autocast_dtype):
         for view in views:
             rendered = render_image(model, *test_rays(scene, view, device), config.chunk)
             target = torch.from_numpy(scene.images[view]).to(device)
@@ -216,8 +221,7 @@ def run(config: ExperimentConfig, resume: bool = False, overwrite: bool = False)
         for step in progress:
             with train_clock:
                 batch = sampler.batch(step)
-                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                    enabled=autocast_dtype is not None):
+                with autocast(device, autocast_dtype):
                     out = model(batch.origins, batch.dirs, sampler.generator)
                 fine_mse = F.mse_loss(out["rgb"], batch.rgb)
                 loss = fine_mse + F.mse_loss(out["rgb_coarse"], batch.rgb) if model.fine is not None else fine_mse
@@ -320,7 +324,7 @@ def render_video(model, scene, config, device, autocast_dtype, path_stem: Path) 
     elevation = float(np.degrees(np.median(np.arcsin(np.clip(centres[:, 2] / radius, -1, 1)))))
     frames = []
     model.eval()
-    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+    with autocast(device, autocast_dtype):
         for theta in tqdm(np.linspace(0.0, 360.0, config.video_frames, endpoint=False), desc="video",
                           leave=False, disable=None):
             c2w = torch.from_numpy(pose_spherical(theta, -elevation, radius)).to(device)
@@ -374,7 +378,7 @@ def describe_layers(model: NeRF, scene: Scene, config, device, autocast_dtype) -
     handles = [m.register_forward_hook(hook) for m in names]
     origins, dirs = test_rays(scene, scene.i_test[0], device)
     model.eval()
-    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+    with autocast(device, autocast_dtype):
         model(origins.reshape(-1, 3)[: config.chunk], dirs.reshape(-1, 3)[: config.chunk])
     model.train()
     for h in handles:
