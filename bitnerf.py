@@ -13,6 +13,7 @@ model's layers computed, so its renders are bit-identical.
 """
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -78,11 +79,11 @@ def quantized_linears(model: nn.Module) -> dict[str, nn.Linear]:
             if isinstance(m, nn.Linear) and isinstance(m.weight, BitNetTrainingLinearWeight)}
 
 
-def ternarize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def ternarize(weight: BitNetTrainingLinearWeight) -> tuple[torch.Tensor, torch.Tensor]:
     """The int8 ternary weight in {-1, 0, 1} and its fp32 absmean scale, exactly as torchao's forward computes them."""
-    latent = weight._data if isinstance(weight, BitNetTrainingLinearWeight) else weight
-    scale = get_bitnet_scale(latent.detach())
-    return quantize_bitnet_weight(latent.detach(), scale), scale
+    latent = weight._data.detach()
+    scale = get_bitnet_scale(latent)
+    return quantize_bitnet_weight(latent, scale), scale
 
 
 def pack_ternary(values: torch.Tensor) -> torch.Tensor:
@@ -95,10 +96,7 @@ def pack_ternary(values: torch.Tensor) -> torch.Tensor:
 
 def unpack_ternary(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     codes = torch.stack([(packed >> shift) & 0b11 for shift in (0, 2, 4, 6)], dim=-1).reshape(-1)
-    n = 1
-    for s in shape:
-        n *= s
-    return (codes[:n].to(torch.int8) - 1).reshape(shape)
+    return (codes[: math.prod(shape)].to(torch.int8) - 1).reshape(shape)
 
 
 class TernaryLinear(nn.Module):
@@ -125,14 +123,12 @@ def export_ternary(model: nn.Module, path: str | Path) -> int:
     Returns the file's size in bytes.
     """
     quantized = quantized_linears(model)
-    packed, state = {}, {}
+    packed = {}
     for name, module in quantized.items():
         ternary, scale = ternarize(module.weight)
         packed[name] = {"packed": pack_ternary(ternary), "shape": tuple(ternary.shape), "scale": scale}
-    skip = {f"{name}.weight" for name in quantized}
-    for key, value in model.state_dict().items():
-        if key not in skip:
-            state[key] = value.detach().clone()
+    latent_weights = {f"{name}.weight" for name in quantized}
+    state = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in latent_weights}
     atomic_torch_save({"ternary": packed, "state": state}, str(path))
     return Path(path).stat().st_size
 
