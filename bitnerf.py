@@ -58,9 +58,9 @@ class RMSNormLinear(nn.Module):
         return self.linear(self.norm(x))
 
 
-def is_quantized_layer(name: str) -> bool:
-    """Whether the Linear at this module path is quantized: every one but the output heads."""
-    return not any(part in HIGH_PRECISION_LAYERS for part in name.split("."))
+def is_quantized_layer(name: str, quantize_heads: bool = False) -> bool:
+    """Whether the Linear at this module path is quantized: every one but the output heads, unless quantize_heads."""
+    return quantize_heads or not any(part in HIGH_PRECISION_LAYERS for part in name.split("."))
 
 
 def bitnerf(**nerf_kwargs) -> NeRF:
@@ -68,9 +68,10 @@ def bitnerf(**nerf_kwargs) -> NeRF:
     return NeRF(linear=RMSNormLinear, **nerf_kwargs)
 
 
-def to_bitnet(model: nn.Module) -> nn.Module:
-    """Swap the hidden Linear weights for torchao's BitNet b1.58 training weights, in place."""
-    quantize_(model, bitnet_training(), filter_fn=lambda m, name: isinstance(m, nn.Linear) and is_quantized_layer(name))
+def to_bitnet(model: nn.Module, quantize_heads: bool = False) -> nn.Module:
+    """Swap the hidden Linear weights (and the heads' too, if asked) for torchao's BitNet b1.58 training weights, in place."""
+    quantize_(model, bitnet_training(),
+              filter_fn=lambda m, name: isinstance(m, nn.Linear) and is_quantized_layer(name, quantize_heads))
     return model
 
 

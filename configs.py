@@ -31,6 +31,9 @@ class ExperimentConfig:
 
     # Model: the NeRF of Mildenhall et al. (2020) with 64 coarse + 64 fine samples, enough at 100x100.
     model: str = "nerf"
+    # BitNeRF only: also quantize the density and colour heads. Off, as in torchao's BitNet recipe:
+    # on the quick lego run, ternary heads cost QUANTIZE_HEADS_COST_DB dB for 1% of the weights (BENCHMARKS.md).
+    quantize_heads: bool = False
     depth: int = 8
     width: int = 256
     skips: tuple[int, ...] = (4,)

@@ -78,7 +78,21 @@ def build_model(config: ExperimentConfig, scene: Scene, device: torch.device) ->
         pos_freqs=config.pos_freqs, dir_freqs=config.dir_freqs, skips=config.skips,
         use_viewdirs=config.use_viewdirs,
     ).to(device)
-    return bitnerf.to_bitnet(model) if config.model == "bitnerf" else model
+    return bitnerf.to_bitnet(model, config.quantize_heads) if config.model == "bitnerf" else model
+
+
+def load_trained(run_dir: Path, data: str | None, device: torch.device) -> tuple[ExperimentConfig, Scene, NeRF]:
+    """A finished run's config, scene (its own, or data) and model with the checkpoint's weights, in eval mode."""
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.exists():
+        raise UserError(f"no checkpoint at {path}: give a run directory that an expN.py run wrote")
+    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    saved = {**checkpoint["config"], "skips": tuple(checkpoint["config"]["skips"])}
+    config = ExperimentConfig(**{**saved, "data": data or saved["data"]})
+    scene = load_scene(config.data, config.downscale)
+    model = build_model(config, scene, device)
+    model.load_state_dict(checkpoint["model"])
+    return config, scene, model.eval()
 
 
 def prepare_run_dir(config: ExperimentConfig, resume: bool, overwrite: bool) -> Path:

@@ -1,0 +1,102 @@
+"""Post-training quantization of a trained NeRF: evaluation-only variants beside BitNeRF's training.
+
+`python ptq.py runs/exp1` loads the run's checkpoint, quantizes a copy of the model per variant,
+renders every test view and writes `runs/exp1/ptq.json`: per variant its weight bits, the size of
+its saved weights, and test PSNR and SSIM. exp4 trains ternary weights for the same number of steps,
+so the two answer one question: quantize after training, or train quantized?
+
+The int8 variants quantize the layers BitNeRF quantizes (all but the density and colour heads), so
+the comparison differs only in when and how finely weights are quantized.
+"""
+
+import copy
+import io
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import bitnerf
+from bitnerf import quantize_
+from train import evaluate, load_trained, write_json
+from utils import OneLineParser, UserError, resolve_device, ssim
+
+# torchao's int8 schemes: per-output-channel symmetric int8 weights; the dynamic one also quantizes
+# each input row to int8 at run time, as BitNeRF's forward does.
+TORCHAO_CONFIGS = {
+    "int8-weight": "Int8WeightOnlyConfig",
+    "int8-dynamic": "Int8DynamicActivationInt8WeightConfig",
+}
+VARIANTS = ("fp32", "fp16", *TORCHAO_CONFIGS)
+WEIGHT_BITS = {"fp32": 32, "fp16": 16, "int8-weight": 8, "int8-dynamic": 8}
+
+
+def quantized_copy(model: nn.Module, variant: str) -> tuple[nn.Module, torch.dtype | None]:
+    """A copy of model with the variant's weights, and the autocast dtype to evaluate it under."""
+    model = copy.deepcopy(model)
+    if variant == "fp32":
+        return model, None
+    if variant == "fp16":
+        # fp16 weights computed in fp16, as an fp16 accelerator would (and as exp2 deploys); the
+        # positional encoding's frequencies stay fp32, since sin(2^k x) needs fp32's mantissa.
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                module.half()
+        return model, torch.float16
+    import torchao.quantization
+
+    config = getattr(torchao.quantization, TORCHAO_CONFIGS[variant])()
+    quantize_(model, config, filter_fn=lambda m, name: isinstance(m, nn.Linear) and bitnerf.is_quantized_layer(name))
+    return model, None
+
+
+def saved_bytes(model: nn.Module) -> int:
+    """The size of the model's state dict as torch.save writes it."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def evaluate_variants(run_dir: Path, variants, data: str | None, device: torch.device) -> list[dict]:
+    config, scene, model = load_trained(run_dir, data, device)
+    if config.model != "nerf":
+        raise UserError(f"{run_dir} is a {config.model} run: post-training quantization applies to NeRF runs (exp1, exp2, exp3, exp5)")
+    rows = []
+    for variant in tqdm(variants, desc="ptq", disable=None):
+        quantized, autocast_dtype = quantized_copy(model, variant)
+        start = time.perf_counter()
+        with torch.no_grad():
+            results = evaluate(quantized, scene, scene.i_test, config, device, autocast_dtype)
+            ssims = [ssim(r["rgb"], torch.from_numpy(scene.images[r["view"]]).to(device)) for r in results]
+        rows.append({
+            "variant": variant, "weight_bits": WEIGHT_BITS[variant], "model_bytes": saved_bytes(quantized),
+            "psnr_test": round(float(np.mean([r["psnr"] for r in results])), 3),
+            "ssim_test": round(float(np.mean(ssims)), 4), "eval_s": round(time.perf_counter() - start, 2),
+        })
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = OneLineParser(prog="ptq.py", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a finished NeRF run, e.g. runs/exp1")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--data", help="the scene, if not where the run found it")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    try:
+        args = parser.parse_args(argv)
+        rows = evaluate_variants(args.run_dir, args.variants, args.data, resolve_device(args.device))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    write_json(args.run_dir / "ptq.json", rows)
+    print(f"{'variant':<14}{'weight bits':>12}{'model kB':>10}{'PSNR':>8}{'SSIM':>8}")
+    for r in rows:
+        print(f"{r['variant']:<14}{r['weight_bits']:>12}{r['model_bytes'] / 1e3:>10.0f}{r['psnr_test']:>8.2f}{r['ssim_test']:>8.3f}")
+
+
+if __name__ == "__main__":
+    main()
