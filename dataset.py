@@ -176,17 +176,19 @@ class RayBatch:
     origins: torch.Tensor
     dirs: torch.Tensor
     rgb: torch.Tensor
+    jitter: torch.Tensor | None  # per ray, where its samples fall within their bins (NeRF.forward)
 
 
 class RaySampler:
     """All training rays, built once on the training device; random batches drawn per step.
 
-    Batch `step` is a function of (seed, step) alone, drawn in full on every rank, and each rank keeps
-    its contiguous share: the global stream of rays is the same for any world size, and resuming needs
-    no sampler state.
+    Batch `step` (its rays and their sample jitter) is a function of (seed, step) alone, drawn in full
+    on every rank, and each rank keeps its contiguous share: the global stream of samples is the same
+    for any world size, and resuming needs no sampler state. jitter_samples: uniforms per ray for
+    NeRF.forward (n_coarse + n_fine), or 0 for deterministic samples.
     """
 
-    def __init__(self, scene: Scene, device: torch.device, batch_rays: int, seed: int,
+    def __init__(self, scene: Scene, device: torch.device, batch_rays: int, seed: int, jitter_samples: int = 0,
                  rank: int = 0, world_size: int = 1):
         if batch_rays % world_size:
             raise UserError(f"batch_rays ({batch_rays}) must be divisible by the number of processes ({world_size})")
@@ -195,13 +197,17 @@ class RaySampler:
         self.origins = torch.stack([o for o, _ in rays]).reshape(-1, 3)
         self.dirs = torch.stack([d for _, d in rays]).reshape(-1, 3)
         self.rgb = torch.from_numpy(scene.images[scene.i_train]).to(device).reshape(-1, 3)
-        self.batch_rays, self.seed, self.rank, self.world_size = batch_rays, seed, rank, world_size
+        self.batch_rays, self.seed, self.jitter_samples = batch_rays, seed, jitter_samples
+        self.share = slice(rank * batch_rays // world_size, (rank + 1) * batch_rays // world_size)
         self.generator = torch.Generator(device=device)
 
     def batch(self, step: int) -> RayBatch:
         self.generator.manual_seed(self.seed * 1_000_003 + step)
-        index = torch.randint(self.origins.shape[0], (self.batch_rays,), generator=self.generator,
-                              device=self.generator.device)
-        share = self.batch_rays // self.world_size
-        index = index[self.rank * share:(self.rank + 1) * share]
-        return RayBatch(self.origins[index], self.dirs[index], self.rgb[index])
+        device = self.generator.device
+        index = torch.randint(self.origins.shape[0], (self.batch_rays,), generator=self.generator, device=device)
+        index = index[self.share]
+        jitter = None
+        if self.jitter_samples:
+            jitter = torch.rand(self.batch_rays, self.jitter_samples, generator=self.generator, device=device)
+            jitter = jitter[self.share]
+        return RayBatch(self.origins[index], self.dirs[index], self.rgb[index], jitter)

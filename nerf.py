@@ -81,30 +81,28 @@ class RadianceField(nn.Module):
         return torch.sigmoid(raw_rgb), F.softplus(raw_density - 1.0)
 
 
-def sample_stratified(near: float, far: float, n_rays: int, n_samples: int, perturb: bool,
-                      device, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(n_rays, n_samples) sorted distances: one per equal bin of [near, far], jittered when perturb."""
+def sample_stratified(near: float, far: float, n_rays: int, n_samples: int, device,
+                      u: torch.Tensor | None = None) -> torch.Tensor:
+    """(n_rays, n_samples) sorted distances: one per equal bin of [near, far], at u in [0, 1) within
+    its bin (u: (n_rays, n_samples)), or at the bin's middle when u is None."""
     edges = torch.linspace(near, far, n_samples + 1, device=device)
     lower, width = edges[:-1], edges[1:] - edges[:-1]
-    if perturb:
-        u = torch.rand(n_rays, n_samples, device=device, generator=generator)
-    else:
+    if u is None:
         u = torch.full((n_rays, n_samples), 0.5, device=device)
     return lower + u * width
 
 
-def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n_samples: int, perturb: bool,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n_samples: int,
+               u: torch.Tensor | None = None) -> torch.Tensor:
     """Inverse-transform sampling of the piecewise-constant PDF given by `weights` over `bins`.
 
-    bins: (R, B+1) sorted edges, weights: (R, B) -> (R, n_samples) distances.
+    bins: (R, B+1) sorted edges, weights: (R, B) -> (R, n_samples) distances at the CDF values u
+    (R, n_samples) uniform in [0, 1), or at evenly spaced CDF values when u is None.
     """
     weights = weights + 1e-5  # a ray with no weight samples its bins uniformly
     pdf = weights / weights.sum(-1, keepdim=True)
     cdf = torch.cat([torch.zeros_like(pdf[..., :1]), torch.cumsum(pdf, -1)], -1)
-    if perturb:
-        u = torch.rand(*cdf.shape[:-1], n_samples, device=cdf.device, generator=generator)
-    else:
+    if u is None:
         u = torch.linspace(0.0, 1.0, n_samples, device=cdf.device).expand(*cdf.shape[:-1], n_samples)
     u = u.contiguous()
     above = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1)
@@ -144,13 +142,12 @@ class NeRF(nn.Module):
         white_bkgd: bool,
         n_coarse: int = 64,
         n_fine: int = 64,
-        perturb: bool = True,
         linear: LinearFactory = nn.Linear,
         **field_kwargs,
     ):
         super().__init__()
         self.near, self.far, self.white_bkgd = float(near), float(far), bool(white_bkgd)
-        self.n_coarse, self.n_fine, self.perturb = n_coarse, n_fine, perturb
+        self.n_coarse, self.n_fine = n_coarse, n_fine
         self.coarse = RadianceField(linear=linear, **field_kwargs)
         self.fine = RadianceField(linear=linear, **field_kwargs) if n_fine > 0 else None
 
@@ -160,17 +157,21 @@ class NeRF(nn.Module):
         return composite(rgb.float(), density.float(), t, dirs, self.far, self.white_bkgd)
 
     def forward(self, origins: torch.Tensor, dirs: torch.Tensor,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """origins, dirs: (R, 3). Returns rgb, depth, acc (R, ...) of the finest pass, and rgb_coarse."""
-        perturb = self.training and self.perturb
+                jitter: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """origins, dirs: (R, 3). Returns rgb, depth, acc (R, ...) of the finest pass, and rgb_coarse.
+
+        jitter: (R, n_coarse + n_fine) uniforms in [0, 1) that place the training samples (stratified,
+        then importance), drawn with the rays so that the sample stream does not depend on how the
+        rays are split across processes; None for the deterministic samples of evaluation.
+        """
+        u_coarse, u_fine = (None, None) if jitter is None else jitter.split([self.n_coarse, self.n_fine], -1)
         viewdirs = F.normalize(dirs, dim=-1)
-        t_coarse = sample_stratified(self.near, self.far, origins.shape[0], self.n_coarse, perturb,
-                                     origins.device, generator)
+        t_coarse = sample_stratified(self.near, self.far, origins.shape[0], self.n_coarse, origins.device, u_coarse)
         coarse = self._render(self.coarse, origins, dirs, viewdirs, t_coarse)
         if self.fine is None:
             return {**coarse, "rgb_coarse": coarse["rgb"]}
         mids = 0.5 * (t_coarse[..., 1:] + t_coarse[..., :-1])
-        t_importance = sample_pdf(mids, coarse["weights"][..., 1:-1].detach(), self.n_fine, perturb, generator)
+        t_importance = sample_pdf(mids, coarse["weights"][..., 1:-1].detach(), self.n_fine, u_fine)
         t_fine, _ = torch.sort(torch.cat([t_coarse, t_importance.detach()], -1), -1)
         fine = self._render(self.fine, origins, dirs, viewdirs, t_fine)
         return {**fine, "rgb_coarse": coarse["rgb"]}

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import time
-import zlib
+import uuid
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -25,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 import bitnerf
+import bitnerf_ddp
 import configs
 from configs import ExperimentConfig
 from dataset import RaySampler, Scene, get_rays, load_scene
@@ -39,9 +40,23 @@ RESUMABLE_CHANGES = {"steps", "out", "device", "wandb", "log_every", "eval_every
 
 
 def main(name: str, argv: list[str] | None = None) -> None:
-    """Entry point of `expN.py`: bad input is one line on stderr and exit code 2, never a traceback."""
+    """Entry point of `expN.py`: bad input is one line on stderr and exit code 2, never a traceback.
+
+    A distributed experiment started with plain python checks its input, then relaunches itself
+    under torchrun.
+    """
+    argv = sys.argv[1:] if argv is None else argv
     try:
         config, args = configs.parse_args(name, argv)
+        if config.distributed and not bitnerf_ddp.under_torchrun():
+            load_scene(config.data, config.downscale)
+            check_run_dir(config, args.resume, args.overwrite)
+            nproc = args.nproc or bitnerf_ddp.default_nproc(config.device)
+            code = bitnerf_ddp.launch(sys.argv[0], argv, nproc, config.device)
+            if code not in (0, 130):
+                raise SystemExit(f"error: {name} failed in one of its {nproc} processes (torchrun exit code {code});"
+                                 f" its message is above")
+            sys.exit(code)
         run(config, resume=args.resume, overwrite=args.overwrite)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -74,7 +89,7 @@ def build_model(config: ExperimentConfig, scene: Scene, device: torch.device) ->
     constructor = bitnerf.bitnerf if config.model == "bitnerf" else NeRF
     model = constructor(
         near=scene.near, far=scene.far, white_bkgd=scene.white_bkgd, n_coarse=config.n_coarse,
-        n_fine=config.n_fine, perturb=config.perturb, depth=config.depth, width=config.width,
+        n_fine=config.n_fine, depth=config.depth, width=config.width,
         pos_freqs=config.pos_freqs, dir_freqs=config.dir_freqs, skips=config.skips,
         use_viewdirs=config.use_viewdirs,
     ).to(device)
@@ -95,15 +110,21 @@ def load_trained(run_dir: Path, data: str | None, device: torch.device) -> tuple
     return config, scene, model.eval()
 
 
-def prepare_run_dir(config: ExperimentConfig, resume: bool, overwrite: bool) -> Path:
+def check_run_dir(config: ExperimentConfig, resume: bool, overwrite: bool) -> Path:
+    """The run directory, if the flags allow training into it."""
     run_dir = Path(config.out) / config.name
     if resume:
         if not (run_dir / "checkpoint.pt").exists():
             raise UserError(f"--resume: no checkpoint at {run_dir / 'checkpoint.pt'}; drop --resume to start afresh")
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise UserError(f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to replace it,"
-                            f" or --name for a new one")
+    elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise UserError(f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to replace it,"
+                        f" or --name for a new one")
+    return run_dir
+
+
+def prepare_run_dir(config: ExperimentConfig, resume: bool, overwrite: bool) -> Path:
+    run_dir = check_run_dir(config, resume, overwrite)
+    if not resume and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
@@ -146,7 +167,7 @@ class MetricsLog:
         self.file.close()
 
 
-def init_wandb(config: ExperimentConfig, run_dir: Path, summary_fields: dict):
+def init_wandb(config: ExperimentConfig, run_dir: Path, run_id: str, summary_fields: dict):
     """A W&B run, or None. The key comes from the environment only; without one, runs stay offline."""
     mode = config.wandb
     if mode == "auto":
@@ -159,7 +180,7 @@ def init_wandb(config: ExperimentConfig, run_dir: Path, summary_fields: dict):
         project=os.environ.get("WANDB_PROJECT", "nerf-experiments"),
         group=os.environ.get("WANDB_RUN_GROUP", config.out),
         name=config.name, dir=str(run_dir), mode=mode, resume="allow",
-        id=f"{config.name}-{zlib.crc32(str(run_dir.resolve()).encode()):08x}",  # stable, so --resume continues it
+        id=run_id,  # new for a new run, kept in the checkpoint so that --resume continues the same W&B run
         config={**dataclasses.asdict(config), **summary_fields},
     )
 
@@ -182,11 +203,41 @@ def evaluate(model: NeRF, scene: Scene, views, config, device, autocast_dtype) -
 
 
 def run(config: ExperimentConfig, resume: bool = False, overwrite: bool = False) -> dict:
-    """Train one experiment and write its run directory; returns summary.json's contents."""
+    """Train one experiment and write its run directory; returns summary.json's contents (on rank 0)."""
+    ranks = bitnerf_ddp.init(config.device, config.distributed)
+    try:
+        return train(config, ranks, resume, overwrite)
+    finally:
+        bitnerf_ddp.shutdown()
+
+
+def train_step(step_model: nn.Module, batch, optimizer, scheduler, scaler, config: ExperimentConfig,
+               device: torch.device, autocast_dtype) -> dict[str, torch.Tensor]:
+    """One optimizer step on this rank's share of the batch; step_model is the DDP module when distributed.
+
+    The loss is the mean over this rank's rays; DDP averages the gradients of equal shares, which is the
+    gradient of the mean over the global batch.
+    """
+    with autocast(device, autocast_dtype):
+        out = step_model(batch.origins, batch.dirs, batch.jitter)
+    fine_mse = F.mse_loss(out["rgb"], batch.rgb)
+    loss = fine_mse + F.mse_loss(out["rgb_coarse"], batch.rgb) if config.n_fine > 0 else fine_mse
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    grad_norm = nn.utils.clip_grad_norm_(step_model.parameters(), config.grad_clip or math.inf)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return {"loss": loss.detach(), "fine_mse": fine_mse.detach(), "grad_norm": grad_norm.detach()}
+
+
+def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, overwrite: bool) -> dict:
     run_start = time.perf_counter()
-    device = resolve_device(config.device)
+    device = ranks.device
     scene = load_scene(config.data, config.downscale)
-    run_dir = prepare_run_dir(config, resume, overwrite)
+    run_dir = prepare_run_dir(config, resume, overwrite) if ranks.is_main else Path(config.out) / config.name
+    bitnerf_ddp.barrier()
     autocast_dtype = amp_dtype(config, device)
     precision = precision_name(config, device)
 
@@ -198,20 +249,28 @@ def run(config: ExperimentConfig, resume: bool = False, overwrite: bool = False)
     # Gradient scaling guards fp16's narrow exponent range; bf16 has fp32's range and needs none.
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
 
-    start_step, prior_wall = 0, 0.0
+    start_step, prior_wall, wandb_id = 0, 0.0, f"{config.name}-{uuid.uuid4().hex[:8]}"
     train_clock = Stopwatch(device)
     if resume:
         checkpoint = load_checkpoint(run_dir / "checkpoint.pt", config, model, optimizer, scheduler, scaler)
         start_step, prior_wall, train_clock.elapsed = checkpoint["step"], checkpoint["wall_s"], checkpoint["train_s"]
+        wandb_id = checkpoint.get("wandb_id", wandb_id)
     if config.compile:
         for field in (model.coarse, model.fine):
             if field is not None:
                 field.compile(fullgraph=True)
+    step_model = bitnerf_ddp.wrap(model, ranks)
 
-    sampler = RaySampler(scene, device, config.batch_rays, config.seed)
+    sampler = RaySampler(scene, device, config.batch_rays, config.seed,
+                         jitter_samples=config.n_coarse + config.n_fine if config.perturb else 0,
+                         rank=ranks.rank, world_size=ranks.world_size)
     n_params = sum(p.numel() for p in model.parameters())
-    wandb_run = init_wandb(config, run_dir, {"precision": precision, "params": n_params, "scene": scene.name})
-    metrics = MetricsLog(run_dir / "metrics.csv", start_step)
+    wandb_run = metrics = None
+    if ranks.is_main:
+        wandb_run = init_wandb(config, run_dir, wandb_id,
+                               {"precision": precision, "params": n_params, "scene": scene.name,
+                                "world_size": ranks.world_size})
+        metrics = MetricsLog(run_dir / "metrics.csv", start_step)
     samples_per_step = config.batch_rays * config.samples_per_ray
 
     def wall_s() -> float:
@@ -219,44 +278,39 @@ def run(config: ExperimentConfig, resume: bool = False, overwrite: bool = False)
 
     def save_checkpoint(next_step: int) -> None:
         atomic_torch_save({
-            "step": next_step, "wall_s": wall_s(), "train_s": train_clock.elapsed,
+            "step": next_step, "wall_s": wall_s(), "train_s": train_clock.elapsed, "wandb_id": wandb_id,
             "config": dataclasses.asdict(config), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
         }, str(run_dir / "checkpoint.pt"))
 
-    print(f"{config.name}: {scene.name} {scene.width}x{scene.height}, {len(scene.i_train)} train / "
-          f"{len(scene.i_test)} test views, {n_params / 1e6:.2f}M params, {precision} on {device}, run dir {run_dir}")
+    if ranks.is_main:
+        print(f"{config.name}: {scene.name} {scene.width}x{scene.height}, {len(scene.i_train)} train / "
+              f"{len(scene.i_test)} test views, {n_params / 1e6:.2f}M params, {precision} on {device}"
+              f"{f' x {ranks.world_size} processes' if ranks.world_size > 1 else ''}, run dir {run_dir}")
     model.train()
     last_log_train_s, last_log_step = train_clock.elapsed, start_step
     progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc=config.name,
-                    dynamic_ncols=True, disable=None)
+                    dynamic_ncols=True, disable=None if ranks.is_main else True)
     step = start_step
     try:
         for step in progress:
             with train_clock:
-                batch = sampler.batch(step)
-                with autocast(device, autocast_dtype):
-                    out = model(batch.origins, batch.dirs, sampler.generator)
-                fine_mse = F.mse_loss(out["rgb"], batch.rgb)
-                loss = fine_mse + F.mse_loss(out["rgb_coarse"], batch.rgb) if model.fine is not None else fine_mse
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
+                stats = train_step(step_model, sampler.batch(step), optimizer, scheduler, scaler, config, device,
+                                   autocast_dtype)
 
             done = step + 1
             row = {}
             if done % config.log_every == 0 or done == config.steps:
+                loss, fine_mse = bitnerf_ddp.mean_across_ranks(torch.stack([stats["loss"], stats["fine_mse"]])).tolist()
                 interval = train_clock.elapsed - last_log_train_s
-                row = {"step": done, "wall_s": round(wall_s(), 3), "loss": loss.item(),
-                       "psnr_train": -10.0 * math.log10(max(fine_mse.item(), 1e-10)),
-                       "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0],
+                row = {"step": done, "wall_s": round(wall_s(), 3), "loss": loss,
+                       "psnr_train": -10.0 * math.log10(max(fine_mse, 1e-10)),
+                       "grad_norm": stats["grad_norm"].item(), "lr": scheduler.get_last_lr()[0],
                        "samples_per_s": samples_per_step * (done - last_log_step) / max(interval, 1e-9)}
                 last_log_train_s, last_log_step = train_clock.elapsed, done
                 progress.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr_train']:.2f}")
+            if not ranks.is_main:
+                continue
             if done % config.eval_every == 0 and done < config.steps:
                 views = scene.i_test[: config.eval_views]
                 results = evaluate(model, scene, views, config, device, autocast_dtype)
@@ -276,6 +330,8 @@ def run(config: ExperimentConfig, resume: bool = False, overwrite: bool = False)
             if done % config.ckpt_every == 0 or done == config.steps:
                 save_checkpoint(done)
     except KeyboardInterrupt:
+        if not ranks.is_main:
+            sys.exit(130)
         save_checkpoint(step)
         metrics.close()
         if wandb_run:
@@ -283,13 +339,17 @@ def run(config: ExperimentConfig, resume: bool = False, overwrite: bool = False)
         print(f"\ninterrupted at step {step}; checkpoint saved, continue with --resume", file=sys.stderr)
         sys.exit(130)
     progress.close()
+    peak_mem = bitnerf_ddp.sum_across_ranks(peak_memory_bytes(device), device)
+    if not ranks.is_main:
+        return {}
     metrics.close()
 
     summary = finish(config, model, scene, run_dir, device, autocast_dtype, precision, wandb_run)
     summary.update({
+        "world_size": ranks.world_size,
         "steps": config.steps, "wall_s": round(wall_s(), 2), "train_s": round(train_clock.elapsed, 2),
         "train_samples_per_s": round(samples_per_step * config.steps / max(train_clock.elapsed, 1e-9)),
-        "peak_mem_bytes": peak_memory_bytes(device),
+        "peak_mem_bytes": peak_mem,
         "params": n_params, "checkpoint_bytes": (run_dir / "checkpoint.pt").stat().st_size,
     })
     write_json(run_dir / "summary.json", summary)
@@ -320,7 +380,7 @@ def finish(config, model, scene, run_dir, device, autocast_dtype, precision, wan
 
         wandb_run.log({"video": wandb.Video(video[-1], format=Path(video[-1]).suffix[1:])})
     return {
-        "experiment": config.name, "model": config.model, "precision": precision, "world_size": 1,
+        "experiment": config.name, "model": config.model, "precision": precision,
         "global_batch_rays": config.batch_rays,
         "psnr_test": round(float(np.mean([r["psnr"] for r in results])), 3),
         "ssim_test": round(float(np.mean(ssims)), 4),

@@ -11,7 +11,7 @@ from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 AXIS_FIELDS = {"exp1": set(), "exp2": {"precision"}, "exp3": {"precision", "batch_rays", "steps"},
-               "exp4": {"model"}}
+               "exp4": {"model"}, "exp5": {"distributed"}, "exp6": {"model", "distributed"}}
 
 
 def changed_fields(a: ExperimentConfig, b: ExperimentConfig) -> set[str]:
@@ -23,6 +23,12 @@ def changed_fields(a: ExperimentConfig, b: ExperimentConfig) -> set[str]:
 def test_each_experiment_changes_only_its_axis(name, base):
     assert changed_fields(experiment(name, base), base) == AXIS_FIELDS[name]
     assert experiment(name, base).name == name
+
+
+@pytest.mark.parametrize("base", [EXP1, QUICK], ids=["full", "quick"])
+def test_the_ddp_experiments_add_only_ddp_to_their_single_process_twins(base):
+    assert changed_fields(experiment("exp5", base), experiment("exp1", base)) == {"distributed"}
+    assert changed_fields(experiment("exp6", base), experiment("exp4", base)) == {"distributed"}
 
 
 def test_module_constants_are_the_full_experiments():

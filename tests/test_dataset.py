@@ -95,13 +95,16 @@ def test_missing_corrupt_and_incomplete_files(tmp_path):
 
 def test_ray_batches_are_deterministic_and_shard_the_global_batch(tmp_path):
     scene = load_scene(str(write_scene(tmp_path / "s.npz", n=10)))
-    whole = RaySampler(scene, torch.device("cpu"), 64, seed=3)
-    shards = [RaySampler(scene, torch.device("cpu"), 64, seed=3, rank=r, world_size=2) for r in range(2)]
+    whole = RaySampler(scene, torch.device("cpu"), 64, seed=3, jitter_samples=5)
+    shards = [RaySampler(scene, torch.device("cpu"), 64, seed=3, jitter_samples=5, rank=r, world_size=2)
+              for r in range(2)]
     for step in (0, 5):
         batch = whole.batch(step)
         assert torch.equal(batch.rgb, whole.batch(step).rgb)
-        assert torch.equal(batch.origins, torch.cat([s.batch(step).origins for s in shards]))
-        assert torch.equal(batch.dirs, torch.cat([s.batch(step).dirs for s in shards]))
+        for field in ("origins", "dirs", "rgb", "jitter"):
+            assert torch.equal(getattr(batch, field), torch.cat([getattr(s.batch(step), field) for s in shards]))
+    assert whole.batch(0).jitter.shape == (64, 5) and 0 <= whole.batch(0).jitter.min() < whole.batch(0).jitter.max() < 1
+    assert RaySampler(scene, torch.device("cpu"), 64, seed=3).batch(0).jitter is None
     assert not torch.equal(whole.batch(0).rgb, whole.batch(1).rgb)
     # Only training views are sampled, with their pixels' colours.
     train_colours = torch.from_numpy(scene.images[scene.i_train]).reshape(-1, 3)

@@ -87,10 +87,10 @@ def test_renderer_matches_the_exact_integral_through_a_uniform_sphere():
 
 
 def test_stratified_samples_cover_their_bins():
-    t = sample_stratified(2.0, 6.0, 100, 8, True, "cpu", torch.Generator().manual_seed(0))
+    t = sample_stratified(2.0, 6.0, 100, 8, "cpu", torch.rand(100, 8, generator=torch.Generator().manual_seed(0)))
     bins = torch.floor((t - 2.0) / 0.5)
     assert torch.equal(bins, torch.arange(8.0).expand(100, 8))
-    assert torch.allclose(sample_stratified(2.0, 6.0, 1, 4, False, "cpu"), torch.tensor([[2.5, 3.5, 4.5, 5.5]]))
+    assert torch.allclose(sample_stratified(2.0, 6.0, 1, 4, "cpu"), torch.tensor([[2.5, 3.5, 4.5, 5.5]]))
 
 
 def test_importance_samples_follow_the_weights():
@@ -98,7 +98,7 @@ def test_importance_samples_follow_the_weights():
     weights = torch.zeros(2, 10)
     weights[0, 3] = 1.0  # all mass in [0.3, 0.4]
     weights[1] = 1.0  # uniform
-    samples = sample_pdf(bins, weights, 1000, True, torch.Generator().manual_seed(0))
+    samples = sample_pdf(bins, weights, 1000, torch.rand(2, 1000, generator=torch.Generator().manual_seed(0)))
     assert ((samples[0] >= 0.3 - 1e-3) & (samples[0] <= 0.4 + 1e-3)).float().mean() > 0.98
     assert abs(samples[1].mean().item() - 0.5) < 0.03
 

@@ -1,0 +1,147 @@
+"""Data-parallel training of NeRF and BitNeRF: the process group, DDP wrapping, and self-launch.
+
+`python exp5.py` relaunches itself under torchrun (one process per visible GPU, else 2 CPU processes
+sharing the cores; `--nproc N` overrides); `torchrun --nproc_per_node N exp5.py` runs the same code
+directly, and torchrun's rendezvous flags take it across nodes. Each process is a rank: it trains on
+its share of every global batch, and DDP averages the gradients, so one step equals one
+single-process step on the union of the shares. That holds only if every training forward goes
+through the DDP module: calling `ddp.module(...)` skips the gradient averaging (the seed's bug).
+
+BitNet under DDP needs nothing more: every rank holds the same latent weights (DDP broadcasts them at
+wrap time and applies the same averaged update), so every rank computes the same absmean scale and
+the same ternary weights.
+
+Failure handling rests on torchrun: when one rank dies, its agent stops the others at once.
+"""
+
+import datetime
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from utils import UserError, resolve_device
+
+# A rank waits this long in a collective before giving up: long enough for rank 0's evaluation
+# between training steps, short enough that a lost peer on another node ends the run.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the job: rank 0 of 1 when not distributed."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def under_torchrun() -> bool:
+    """Whether torchrun (or another launcher with its environment) started this process."""
+    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"))
+
+
+def default_nproc(device: str) -> int:
+    """One process per visible GPU, else two CPU processes."""
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return 2
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """argv less the launcher's --nproc option, which torchrun would take for its own --nproc-per-node."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--nproc="):
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        else:
+            kept.append(arg)
+    return kept
+
+
+def launch(script: str, argv: list[str], nproc: int, device: str) -> int:
+    """Run `script argv` under torchrun on this machine with nproc processes; returns the exit code.
+
+    CPU processes split the cores between them (torchrun alone would give each one thread). Ctrl-C
+    reaches every process through the terminal; this waits for them to save and exit, and returns 130.
+    """
+    env = dict(os.environ)
+    if device == "cpu" or not torch.cuda.is_available():
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or nproc) // nproc)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               script, *without_nproc(argv)]
+    job = subprocess.Popen(command, env=env)
+    try:
+        return job.wait()
+    except KeyboardInterrupt:
+        # Every process got the terminal's SIGINT: rank 0 saves a checkpoint, torchrun stops the rest.
+        try:
+            job.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            job.kill()
+        return 130
+
+
+def init(device_name: str, distributed: bool) -> Ranks:
+    """Join the process group of torchrun's environment (gloo on the CPU, nccl on CUDA)."""
+    if not distributed:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError("this experiment is single-process, but torchrun started several processes:"
+                            " use exp5.py/exp6.py (or --distributed) for data-parallel training")
+        return Ranks(device=resolve_device(device_name))
+    if not under_torchrun():
+        raise UserError("distributed training needs torchrun's environment: start it with python expN.py"
+                        " (it launches torchrun itself) or with torchrun")
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT,
+                            device_id=device if device.type == "cuda" else None)
+    return Ranks(dist.get_rank(), dist.get_world_size(), device)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, ranks: Ranks) -> nn.Module:
+    """The module to call for training: DDP around model when distributed, else model itself."""
+    if ranks.world_size == 1 and not dist.is_initialized():
+        return model
+    device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The element-wise mean of values over all ranks (values itself when not distributed)."""
+    if not dist.is_initialized():
+        return values
+    total = values.detach().clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
+
+
+def sum_across_ranks(value: int, device: torch.device) -> int:
+    if not dist.is_initialized():
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return int(total.item())
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()

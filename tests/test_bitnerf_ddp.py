@@ -1,0 +1,163 @@
+"""DDP on 2 CPU ranks (gloo): one step equals the single-process step, BitNet quantizes alike on
+every rank, a lost rank ends the job, and a checkpoint resumes under another world size."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import bitnerf
+import bitnerf_ddp
+import train
+from dataset import RaySampler, load_scene
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def step_setup(config, ranks):
+    """A model, its optimizer state and this rank's first batch, as train.train sets them up."""
+    scene = load_scene(config.data)
+    torch.manual_seed(config.seed)
+    model = train.build_model(config, scene, ranks.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    sampler = RaySampler(scene, ranks.device, config.batch_rays, config.seed,
+                         jitter_samples=config.n_coarse + config.n_fine, rank=ranks.rank, world_size=ranks.world_size)
+    return model, optimizer, scheduler, scaler, sampler.batch(0)
+
+
+def quantized_state(model) -> dict:
+    """Each quantized layer's ternary weight and scale, as the forward pass computes them."""
+    return {name: bitnerf.ternarize(layer.weight) for name, layer in bitnerf.quantized_linears(model).items()}
+
+
+def one_ddp_step(rank: int, world_size: int, port: int, config, out_dir: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    ranks = bitnerf_ddp.init("cpu", distributed=True)
+    try:
+        model, optimizer, scheduler, scaler, batch = step_setup(config, ranks)
+        step_model = bitnerf_ddp.wrap(model, ranks)
+        stats = train.train_step(step_model, batch, optimizer, scheduler, scaler, config, ranks.device, None)
+        loss = bitnerf_ddp.mean_across_ranks(stats["loss"])
+        torch.save({"params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                    "quantized": quantized_state(model) if config.model == "bitnerf" else {},
+                    "loss": loss, "grad_norm": stats["grad_norm"]}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        bitnerf_ddp.shutdown()
+
+
+def plain(tensor: torch.Tensor) -> torch.Tensor:
+    """The values of a parameter, torchao's BitNet weight subclass included."""
+    return getattr(tensor, "_data", tensor)
+
+
+@pytest.mark.parametrize("model_name", ["nerf", "bitnerf"])
+def test_a_ddp_step_equals_a_single_process_step_on_the_union_of_the_rays(tiny_config, tmp_path, model_name):
+    config = replace(tiny_config, model=model_name, batch_rays=64, perturb=True)
+    mp.spawn(one_ddp_step, args=(2, free_port(), config, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+    model, optimizer, scheduler, scaler, batch = step_setup(config, bitnerf_ddp.Ranks())
+    before = {k: plain(v).clone() for k, v in model.state_dict().items()}
+    stats = train.train_step(model, batch, optimizer, scheduler, scaler, config, torch.device("cpu"), None)
+    assert torch.allclose(ranks[0]["loss"], stats["loss"], rtol=1e-5)
+    assert torch.allclose(ranks[0]["grad_norm"], stats["grad_norm"], rtol=1e-4)
+    # Adam's first update is about lr * sign(gradient) (lr 5e-3 here), so a gradient element near zero
+    # can turn float summation-order noise into a visible difference: tolerate 0.2% of one step.
+    for name, value in model.state_dict().items():
+        value = plain(value)
+        for rank in ranks:
+            assert torch.allclose(plain(rank["params"][name]), value, rtol=1e-5, atol=1e-5), name
+    assert any(not torch.equal(plain(v), before[k]) for k, v in model.state_dict().items())
+    if model_name == "bitnerf":
+        # Every rank quantizes identically: same ternary weights, same absmean scale.
+        assert ranks[0]["quantized"].keys() == ranks[1]["quantized"].keys() and ranks[0]["quantized"]
+        for name, (values, scale) in ranks[0]["quantized"].items():
+            other_values, other_scale = ranks[1]["quantized"][name]
+            assert torch.equal(values, other_values) and torch.equal(scale, other_scale)
+
+
+def exp5_command(config, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "exp5.py"), "--quick", "--data", config.data, "--out", config.out,
+            "--depth", "2", "--width", "32", "--n-coarse", "8", "--n-fine", "8", "--batch-rays", "64",
+            "--video-frames", "1", "--eval-views", "1", "--wandb", "disabled", *extra]
+
+
+def run_exp5(config, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(exp5_command(config, *extra), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_exp5_trains_on_two_processes_and_resumes_on_one(tiny_config):
+    first = run_exp5(tiny_config, "--steps", "20", "--ckpt-every", "10", "--eval-every", "10")
+    assert first.returncode == 0, first.stderr[-2000:]
+    run_dir = Path(tiny_config.out) / "exp5"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_batch_rays"] == 64
+
+    resumed = run_exp5(tiny_config, "--steps", "30", "--resume", "--nproc", "1", "--eval-every", "10")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["steps"] == 30
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 30
+
+
+def descendants(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for child in found for p in (int(child), *descendants(int(child)))]
+
+
+def start_training_workers(config) -> tuple[subprocess.Popen, list[int], list[int]]:
+    """A long exp5 job in its own process group, once both ranks train: (job, all its processes, the ranks)."""
+    job = subprocess.Popen(exp5_command(config, "--steps", "1000000", "--eval-every", "1000000"),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = Path(config.out) / "exp5" / "metrics.csv"
+    deadline = time.monotonic() + 180
+    while not metrics.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(2.0)  # both ranks are inside the training loop
+    processes = descendants(job.pid)
+    commands = {p: Path(f"/proc/{p}/cmdline").read_text() for p in processes}
+    workers = [p for p, c in commands.items() if "exp5.py" in c and "torch.distributed.run" not in c]
+    assert len(workers) == 2, commands
+    return job, processes, workers
+
+
+def test_a_dead_rank_ends_the_job_with_a_clear_error_and_no_stray_processes(tiny_config):
+    job, processes, workers = start_training_workers(tiny_config)
+    os.kill(max(workers), signal.SIGKILL)
+    killed_at = time.monotonic()
+    _, stderr = job.communicate(timeout=90)
+    assert time.monotonic() - killed_at < 60
+    assert job.returncode == 1
+    assert stderr.strip().splitlines()[-1].startswith("error: exp5 failed in one of its 2 processes")
+    assert not [p for p in processes if Path(f"/proc/{p}").exists()]
+
+
+def test_ctrl_c_stops_every_rank_and_saves_a_checkpoint(tiny_config):
+    job, processes, _ = start_training_workers(tiny_config)
+    os.killpg(job.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    _, stderr = job.communicate(timeout=90)
+    assert job.returncode == 130, stderr[-2000:]
+    assert "checkpoint saved, continue with --resume" in stderr
+    assert torch.load(Path(tiny_config.out) / "exp5" / "checkpoint.pt", weights_only=False)["step"] > 0
+    assert not [p for p in processes if Path(f"/proc/{p}").exists()]
