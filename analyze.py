@@ -9,12 +9,12 @@ reproducible on its own with `--only NAME`:
 - weight_sparsity: per Linear layer, the fraction of weights with |w| <= 1e-3 * max|w| of that layer;
   for BitNeRF's quantized layers also the exact fraction of zeros among the ternary weights its
   forward pass multiplies by.
-- render_weight_sparsity: on test views (every other pixel of each row and column), the fraction of
-  samples whose compositing weight is below 1e-4 (they change no pixel visibly), split into empty space in front of the surface (what
-  empty-space skipping could skip) and samples behind it, where the transmittance has fallen below
-  1e-4 (what early ray termination could skip).
-- time_breakdown: torch.profiler over the render of one test image, split into ray generation,
-  sampling, positional encoding, MLP and compositing.
+- render_weight_sparsity: on the first test view (--views N: more), one pixel of every 2x2 block,
+  the fraction of samples whose compositing weight is below 1e-4 (they change no pixel visibly),
+  split into empty space in front of the surface (what empty-space skipping could skip) and samples
+  behind it, where the transmittance has fallen below 1e-4 (what early ray termination could skip).
+- time_breakdown: torch.profiler over the render of the first test view, split into ray generation,
+  sampling, positional encoding, MLP, compositing and the rest.
 
 The model-based analyses evaluate the model as training evaluated it (eval mode, the run's autocast).
 """
@@ -43,7 +43,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 NEAR_ZERO_WEIGHT = 1e-3  # a weight counts as near zero at |w| <= NEAR_ZERO_WEIGHT * max|w| of its layer
 SKIPPABLE_WEIGHT = 1e-4  # a sample whose compositing weight is below this contributes < 1e-4 of a pixel
-# render_weight_sparsity renders every PIXEL_STRIDE-th pixel of each row and column: a quarter of the
+# render_weight_sparsity renders one pixel of every PIXEL_STRIDE x PIXEL_STRIDE block: a quarter of the
 # view's pixels, spread over all of it, keeps the report's analyses within a minute on 2 CPU cores.
 PIXEL_STRIDE = 2
 TIME_STAGES = ("ray generation", "sampling", "encoding", "MLP", "compositing", "other")
@@ -196,8 +196,8 @@ def time_breakdown(run: TrainedRun) -> dict:
               "encoding": seconds["encoding"], "MLP": seconds["field"] - seconds["encoding"],
               "compositing": seconds["compositing"]}
     stages["other"] = seconds["render"] - sum(stages.values())
-    return {"view": view, "pixels": run.scene.height * run.scene.width, "device": str(device), "total_s": round(seconds["render"], 5),
-            "stages_s": {name: round(stages[name], 5) for name in TIME_STAGES}}
+    return {"view": view, "pixels": run.scene.height * run.scene.width, "device": str(device),
+            "total_s": round(seconds["render"], 5), "stages_s": {name: round(stages[name], 5) for name in TIME_STAGES}}
 
 
 ANALYSES = {

@@ -16,6 +16,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
 
 import analyze
 from analyze import read_json
@@ -114,7 +115,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_psnr_curve(run_dir: Path, summary: dict) -> list[tuple[int, float, float]]:
+def psnr_curve(run_dir: Path, summary: dict) -> list[tuple[int, float, float]]:
     """(step, wall seconds, test PSNR) at every evaluation, ending with the final one on all test views."""
     rows = read_metrics(run_dir)
     curve = [(int(r["step"]), float(r["wall_s"]), float(r["psnr_test"])) for r in rows if r["psnr_test"]]
@@ -127,7 +128,7 @@ def plot_psnr(runs, path: Path) -> None:
     by_step, by_wall = figure.subplots(1, 2, sharey=True)
     colors = run_colors(runs)
     for run_dir, summary in runs:
-        steps, walls, psnrs = zip(*test_psnr_curve(run_dir, summary))
+        steps, walls, psnrs = zip(*psnr_curve(run_dir, summary))
         label = f"{run_dir.name} ({summary['precision']})"
         by_step.plot(steps, psnrs, "o-", color=colors[run_dir.name], label=label, markersize=4)
         by_wall.plot(walls, psnrs, "o-", color=colors[run_dir.name], label=label, markersize=4)
@@ -135,7 +136,7 @@ def plot_psnr(runs, path: Path) -> None:
     by_wall.set(title="Test PSNR against wall time", xlabel="wall time since the run started (s)")
     for axes in (by_step, by_wall):
         axes.grid(alpha=0.3)
-    by_wall.legend(loc="lower right", fontsize=8)
+    figure.legend(*by_step.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     save_figure(figure, path)
 
 
@@ -232,14 +233,17 @@ def plot_sparsity(activation: dict, weight: dict, runs, path: Path) -> None:
     for run_name, result in activation.items():
         plot(inputs_axes, result, "input_sparsity", linestyle="-", color=colors[run_name], label=run_name)
     for run_name, result in weight.items():
-        plot(weights_axes, result, "near_zero", linestyle="-", color=colors[run_name], label=f"{run_name}: |w| ≤ 1e-3·max|w|")
-        plot(weights_axes, result, "ternary_zero", linestyle="--", color=colors[run_name], label=f"{run_name}: ternary zeros")
+        color = colors[run_name]
+        plot(weights_axes, result, "near_zero", linestyle="-", color=color,
+             label=f"{run_name}: |w| ≤ {analyze.NEAR_ZERO_WEIGHT:g}·max|w|")
+        plot(weights_axes, result, "ternary_zero", linestyle="--", color=color, label=f"{run_name}: ternary zeros")
     inputs_axes.set(title="Input activation sparsity per layer (fraction of exactly-zero inputs, test rays)",
                     ylabel="zero inputs")
     weights_axes.set(title="Weight sparsity per layer", ylabel="zero or near-zero weights")
     weights_axes.set_xticks(range(len(layers)), layers, rotation=35, ha="right")
     for axes in (inputs_axes, weights_axes):
         axes.set_ylim(-0.03, 1.03)
+        axes.yaxis.set_major_formatter(PercentFormatter(1.0))
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7, loc="upper left", ncols=2)
     save_figure(figure, path)
@@ -281,8 +285,9 @@ def plot_time_breakdown(results: dict, runs, path: Path) -> None:
         left += shares
     for y, name in enumerate(names):
         axes.annotate(f" {1e3 * results[name]['total_s']:.0f} ms", (left[y], y), va="center", fontsize=8)
-    axes.set(title="Where rendering one test image goes (torch.profiler)", xlabel="share of the render time",
+    axes.set(title="Where the time of rendering one test image goes (torch.profiler)", xlabel="share of the render time",
              xlim=(0, 1.15))
+    axes.xaxis.set_major_formatter(PercentFormatter(1.0))
     figure.legend(*axes.get_legend_handles_labels(), loc="outside lower center", ncols=len(analyze.TIME_STAGES),
                   fontsize=8)
     save_figure(figure, path)
@@ -295,13 +300,13 @@ def time_table(results: dict) -> str:
     return markdown_table(["experiment", "render (1 view)", *analyze.TIME_STAGES], rows)
 
 
-def analyses_section(analyses: dict, runs, out_dir: Path, reproduce: str) -> list[str]:
+def analyses_section(analyses: dict, runs, out_dir: Path, analyze_command: str, report_command: str) -> list[str]:
     """The analyses' Markdown (and plots) for the runs in this report; each says how to rerun it."""
     run_names = [run_dir.name for run_dir, _ in runs]
     present = {name: {run: result[run] for run in run_names if run in result} for name, result in analyses.items()}
 
     def command(*names):
-        return f"Reproduce: `python analyze.py {reproduce} --only {' '.join(names)}`, then `python report.py --skip-analyses`."
+        return f"Reproduce: `{analyze_command} --only {' '.join(names)}`, then `{report_command}`."
 
     def missing(*names):
         return f"Not computed for these runs. {command(*names)}"
@@ -384,11 +389,13 @@ def write_report(runs_dir: Path, hw_dir: Path, out_dir: Path, analyses: dict | N
         lines += ["", "## Post-training quantization vs BitNet training", "",
                   "The same question answered two ways: quantize a trained NeRF (`python ptq.py runs/exp1`), or train "
                   "BitNeRF's ternary weights from the start (exp4).", "", ptq]
+    analyze_command = shlex.join(["python", "analyze.py", "--runs", str(runs_dir), "--out", str(out_dir)])
     if analyses is None:
-        lines += ["", "## Analyses", "", f"Not computed: run `python analyze.py --runs {runs_dir} --out {out_dir}`, "
-                  f"or this report without --skip-analyses."]
+        lines += ["", "## Analyses", "", f"Not computed: run `{analyze_command}`, or this report without --skip-analyses."]
     else:
-        lines += ["", *analyses_section(analyses, runs, out_dir, f"--runs {runs_dir} --out {out_dir}")]
+        report_command = shlex.join(["python", "report.py", "--runs", str(runs_dir), "--hw", str(hw_dir),
+                                     "--out", str(out_dir), "--skip-analyses"])
+        lines += ["", *analyses_section(analyses, runs, out_dir, analyze_command, report_command)]
     path = out_dir / "README.md"
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n".join(lines).rstrip() + "\n")

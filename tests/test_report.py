@@ -140,7 +140,8 @@ def test_ptq_results_and_stored_analyses_are_rendered(runs, tmp_path):
     assert "| exp1, int8-weight | after training (ptq.py) | 8 | 112 kB | 19.92 | 0.800 |" in ptq
     assert "| exp4 | during training (BitNet b1.58) | 1.58 | 52 kB | 19.00 | 0.800 |" in ptq
     assert "| exp2 | fine | 48 | 60.0% | 40.0% | 20.0% |" in readme
-    assert "| exp1 | 1000 ms | 10 ms (1.0%) | 40 ms (4.0%) | 100 ms (10.0%) | 600 ms (60.0%) | 200 ms (20.0%) | 50 ms (5.0%) |" in readme
+    assert ("| exp1 | 1000 ms | 10 ms (1.0%) | 40 ms (4.0%) | 100 ms (10.0%) | 600 ms (60.0%) | 200 ms (20.0%) "
+            "| 50 ms (5.0%) |") in readme
     assert "| `coarse.layers.1` | in 50.0% · w 1.0% | in 50.0% · w 1.0% | in 50.0% · w 1.0% |" in readme
     assert "deleted_run" not in readme  # only the runs in --runs are reported
     assert_images_of(readme, out, {"psnr.png", "renders.png", "sparsity.png", "time_breakdown.png"})
@@ -154,6 +155,7 @@ def test_report_runs_the_analyses_on_trained_runs(trained_runs, tmp_path):
     assert all(set(by_run) == {"bitnerf", "nerf"} for by_run in analyses.values())
     readme = (out / "README.md").read_text()
     assert "Not computed" not in readme and "| bitnerf | fine | 16 |" in readme
+    assert f"`python analyze.py --runs {trained_runs} --out {out} --only time_breakdown`" in readme
     assert "ternary" in readme.split("### Sparsity per layer", 1)[1]
     assert_images_of(readme, out, {"psnr.png", "renders.png", "sparsity.png", "time_breakdown.png"})
 
