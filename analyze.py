@@ -23,7 +23,6 @@ import contextlib
 import functools
 import json
 import os
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -35,7 +34,7 @@ from tqdm import tqdm
 import bitnerf
 import nerf
 from train import amp_dtype, autocast, load_trained, test_rays, write_json
-from utils import OneLineParser, UserError, resolve_device
+from utils import OneLineParser, UserError, exit_on_user_error, resolve_device
 
 # The CUDA build's profiler library (Kineto) logs its stages, and a failed GPU probe on a CPU-only
 # machine, to stderr at every use; silence it unless the user asked for its logs.
@@ -233,14 +232,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", help="the scene, if not where the runs found it")
     parser.add_argument("--views", type=int, default=1, help="test views per run for render_weight_sparsity")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    try:
+    with exit_on_user_error():
         args = parser.parse_args(argv)
         if args.views < 1:
             raise UserError(f"--views must be at least 1, got {args.views}")
         analyze(args.runs, args.out, args.only, args.data, resolve_device(args.device), args.views)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(f"analyses {', '.join(args.only)} -> {args.out / 'analyses.json'}")
 
 

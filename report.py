@@ -20,7 +20,7 @@ from matplotlib.ticker import PercentFormatter
 
 import analyze
 from analyze import read_json
-from utils import OneLineParser, UserError, resolve_device
+from utils import OneLineParser, UserError, exit_on_user_error, resolve_device
 
 HW_ENERGY_PARTS = {"energy_dram_j": "DRAM", "energy_global_buffer_j": "global buffer",
                    "energy_scratchpad_j": "scratchpad", "energy_mac_j": "MAC", "energy_other_j": "other"}
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-analyses", action="store_true",
                         help="do not run analyze.py (the report still shows report/analyses.json if there is one)")
     start = time.perf_counter()
-    try:
+    with exit_on_user_error():
         args = parser.parse_args(argv)
         analyses_path = args.out / "analyses.json"
         if args.skip_analyses:
@@ -421,9 +421,6 @@ def main(argv: list[str] | None = None) -> None:
             analyses = analyze.analyze(args.runs, args.out, data=args.data, device=resolve_device("auto"))
         command = shlex.join(["python", "report.py", *(sys.argv[1:] if argv is None else argv)])
         path = write_report(args.runs, args.hw, args.out, analyses, command)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(f"report -> {path} ({time.perf_counter() - start:.0f} s)")
 
 
