@@ -31,9 +31,10 @@ suite: setup
 	$(PY) exp2.py $(SUITE_FLAGS)
 	$(PY) exp3.py $(SUITE_FLAGS)
 	$(PY) exp4.py $(SUITE_FLAGS)
+	$(PY) report.py --runs $(SUITE_OUT)
 
 data: setup
 	$(PY) data_setup.py --scene builtin
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs report

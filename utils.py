@@ -1,6 +1,7 @@
 """Small shared helpers: camera poses, image metrics, seeding, media writing, meters."""
 
 import argparse
+import contextlib
 import math
 import os
 import resource
@@ -13,6 +14,16 @@ import torch
 
 class UserError(Exception):
     """Bad input from the user: reported as one line with exit code 2, never as a traceback."""
+
+
+@contextlib.contextmanager
+def exit_on_user_error():
+    """A command's body: bad input (UserError) ends it with one line on stderr and exit code 2, never a traceback."""
+    try:
+        yield
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 class OneLineParser(argparse.ArgumentParser):

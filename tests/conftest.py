@@ -30,6 +30,22 @@ def tiny_config(builtin_scene, tmp_path):
     )
 
 
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory) -> Path:
+    """A folder with a NeRF and a BitNeRF run, each trained for 10 steps on a small random scene (one 16x16 test view)."""
+    import train
+
+    root = tmp_path_factory.mktemp("trained")
+    config = replace(
+        configs.QUICK, data=str(write_scene(root / "scene.npz", n=6, size=16)), out=str(root / "runs"),
+        wandb="disabled", depth=2, width=32, n_coarse=8, n_fine=8, steps=10, batch_rays=64, log_every=5,
+        eval_every=5, ckpt_every=10, video_frames=1, eval_views=1,
+    )
+    train.run(replace(config, name="nerf"))
+    train.run(replace(config, name="bitnerf", model="bitnerf"))
+    return root / "runs"
+
+
 def write_scene(path: Path, n: int = 6, size: int = 8, **overrides) -> Path:
     """A small valid scene .npz (random images, cameras on a circle), with any key replaced."""
     from utils import pose_spherical

@@ -43,3 +43,10 @@ def test_atomic_save_keeps_the_old_file_when_saving_fails(tmp_path):
     with pytest.raises(RuntimeError):
         utils.atomic_torch_save({"step": 2, "bad": Unpicklable()}, str(path))
     assert torch.load(path)["step"] == 1
+
+
+def test_exit_on_user_error_is_one_line_and_exit_code_2(capsys):
+    with pytest.raises(SystemExit) as exit_info, utils.exit_on_user_error():
+        raise utils.UserError("no runs in runs/")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: no runs in runs/\n"

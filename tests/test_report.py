@@ -1,0 +1,180 @@
+import csv
+import json
+import re
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+import report
+
+HW_COLUMNS = ["run", "experiment", "arch", "precision", "energy_per_frame_j", "latency_per_frame_s", "edp_j_s",
+              "energy_dram_j", "energy_global_buffer_j", "energy_scratchpad_j", "energy_mac_j", "energy_other_j",
+              "macs_per_frame", "zero_gating_saving_frac"]
+LAYERS = ["coarse.layers.0", "coarse.layers.1", "coarse.output_head"]
+
+
+def write_run(runs_dir: Path, name: str, precision: str = "fp32", model: str = "nerf", world_size: int = 1,
+              psnr: float = 20.0) -> Path:
+    """A finished run directory as train.run writes it, with made-up numbers and 8x8 renders of test views 8 and 9."""
+    run_dir = runs_dir / name
+    (run_dir / "renders").mkdir(parents=True)
+    summary = {
+        "experiment": name, "model": model, "precision": precision, "world_size": world_size,
+        "global_batch_rays": 256, "steps": 20, "wall_s": 12.5, "train_s": 10.0, "train_samples_per_s": 250000,
+        "peak_mem_bytes": 1_400_000_000, "psnr_test": psnr, "ssim_test": 0.8, "psnr_test_per_view": [psnr, psnr],
+        "params": 110344, "weight_bits": 1.58 if model == "bitnerf" else 32, "checkpoint_bytes": 1_300_000,
+        "model_bytes": 52_000 if model == "bitnerf" else 448_000, "scene": "builtin", "device": "cpu",
+        "torch_version": "2.5.0",
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "wall_s", "loss", "psnr_train", "grad_norm", "lr", "samples_per_s", "psnr_test"])
+        writer.writerow([10, 5.0, 0.02, 17.0, 0.1, 1e-3, 250000, psnr - 3.0])
+        writer.writerow([20, 9.0, 0.01, 19.0, 0.1, 5e-4, 250000, ""])
+    layers = [{"name": n, "in_features": 8, "out_features": 8, "weight_bits": 32, "input_bits": 32, "output_bits": 32,
+               "input_sparsity": 0.5, "samples_per_frame": 1000} for n in LAYERS]
+    (run_dir / "layers.json").write_text(json.dumps({"samples_per_frame": 1000, "layers": layers}))
+    rng = np.random.default_rng(0)
+    for view in (8, 9):
+        for kind in ("rgb", "gt", "depth"):
+            iio.imwrite(run_dir / "renders" / f"{kind}_{view:03d}.png", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    return run_dir
+
+
+def write_hw_results(hw_dir: Path, runs: list[str]) -> None:
+    hw_dir.mkdir()
+    with open(hw_dir / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HW_COLUMNS)
+        writer.writeheader()
+        for arch, energy in (("eyeriss", 56.0), ("tpu_v4i", 5.0)):
+            for run in runs:
+                writer.writerow({"run": run, "experiment": run, "arch": arch, "precision": "fp32",
+                                 "energy_per_frame_j": energy, "latency_per_frame_s": 0.012, "edp_j_s": energy * 0.012,
+                                 "energy_dram_j": 0.4 * energy, "energy_global_buffer_j": 0.2 * energy,
+                                 "energy_scratchpad_j": 0.2 * energy, "energy_mac_j": 0.15 * energy,
+                                 "energy_other_j": 0.05 * energy, "macs_per_frame": 1e12, "zero_gating_saving_frac": 0.1})
+
+
+@pytest.fixture
+def runs(tmp_path) -> Path:
+    runs_dir = tmp_path / "runs"
+    write_run(runs_dir, "exp4", precision="ternary-int8", model="bitnerf", psnr=19.0)
+    write_run(runs_dir, "exp1")
+    write_run(runs_dir, "exp2", precision="bf16-amp")
+    (runs_dir / "unfinished").mkdir()  # no summary.json: not a run
+    return runs_dir
+
+
+def results_table(readme: str) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of the first Markdown table after '## Results'."""
+    section = readme.split("## Results", 1)[1]
+    lines = [line for line in section.split("\n\n", 2)[1].splitlines() if line.startswith("|")]
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    return cells[0], cells[2:]
+
+
+def assert_images_of(readme: str, out: Path, expected: set[str]) -> None:
+    """Every image the README shows is a valid PNG in out, and they are the expected ones."""
+    shown = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme))
+    assert shown == expected
+    for name in shown:
+        image = iio.imread(out / name)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0
+
+
+def test_report_has_a_row_per_experiment_with_every_column_filled(runs, tmp_path):
+    write_hw_results(tmp_path / "hw", ["exp1", "exp2", "exp4"])
+    out = tmp_path / "report"
+    report.main(["--runs", str(runs), "--hw", str(tmp_path / "hw"), "--out", str(out), "--skip-analyses"])
+    readme = (out / "README.md").read_text()
+    header, rows = results_table(readme)
+    assert [row[0] for row in rows] == ["exp1", "exp2", "exp4"]
+    assert header[:3] == ["experiment", "precision", "world size"]
+    assert {"eyeriss energy/frame", "eyeriss latency/frame", "tpu_v4i energy/frame", "tpu_v4i latency/frame"} <= set(header)
+    assert all(len(row) == len(header) and all(cell and cell != "n/a" for cell in row) for row in rows)
+    exp4 = dict(zip(header, rows[2]))
+    assert exp4["precision"] == "ternary-int8" and exp4["weight bits"] == "1.58" and exp4["model size"] == "52 kB"
+    assert exp4["test PSNR (dB)"] == "19.00" and exp4["eyeriss energy/frame"] == "56 J"
+    assert exp4["tpu_v4i latency/frame"] == "12 ms" and exp4["peak memory"] == "1.4 GB"
+    assert_images_of(readme, out, {"psnr.png", "renders.png", "energy.png"})
+    assert "Not computed" in readme and "Post-training quantization" not in readme
+
+
+def test_missing_hardware_results_are_na_with_a_note(runs, tmp_path):
+    out = tmp_path / "report"
+    report.main(["--runs", str(runs), "--hw", str(tmp_path / "no_hw"), "--out", str(out), "--skip-analyses"])
+    readme = (out / "README.md").read_text()
+    header, rows = results_table(readme)
+    assert header[-2:] == ["energy/frame", "latency/frame"]
+    assert all(row[-2:] == ["n/a", "n/a"] and all(row[:-2]) for row in rows)
+    assert f"no hardware results at `{tmp_path / 'no_hw' / 'results.csv'}`" in readme
+    assert_images_of(readme, out, {"psnr.png", "renders.png"})
+
+
+def test_ptq_results_and_stored_analyses_are_rendered(runs, tmp_path):
+    (runs / "exp1" / "ptq.json").write_text(json.dumps([
+        {"variant": v, "weight_bits": bits, "model_bytes": 448_000 * bits // 32, "psnr_test": 20.0 - bits / 100,
+         "ssim_test": 0.8, "eval_s": 1.0} for v, bits in (("fp32", 32), ("fp16", 16), ("int8-weight", 8))]))
+    out = tmp_path / "report"
+    out.mkdir()
+    layers = [{"name": n, "input_sparsity": 0.5} for n in LAYERS]
+    weights = [{"name": n, "near_zero": 0.01} for n in LAYERS]
+    passes = {"coarse": {"samples_per_ray": 16, "skippable": 0.8, "empty_space": 0.7, "behind_surface": 0.1},
+              "fine": {"samples_per_ray": 48, "skippable": 0.6, "empty_space": 0.4, "behind_surface": 0.2}}
+    timing = {"view": 8, "pixels": 64, "device": "cpu", "total_s": 1.0,
+              "stages_s": {"ray generation": 0.01, "sampling": 0.04, "encoding": 0.1, "MLP": 0.6, "compositing": 0.2,
+                           "other": 0.05}}
+    runs_analysed = ("exp1", "exp2", "exp4", "deleted_run")
+    (out / "analyses.json").write_text(json.dumps({
+        "activation_sparsity": {r: layers for r in runs_analysed},
+        "weight_sparsity": {r: weights for r in runs_analysed},
+        "render_weight_sparsity": {r: {"views": [8], "passes": passes} for r in runs_analysed},
+        "time_breakdown": {r: timing for r in runs_analysed},
+    }))
+    report.main(["--runs", str(runs), "--hw", str(tmp_path / "no_hw"), "--out", str(out), "--skip-analyses"])
+    readme = (out / "README.md").read_text()
+    ptq = readme.split("## Post-training quantization vs BitNet training", 1)[1]
+    assert "| exp1, int8-weight | after training (ptq.py) | 8 | 112 kB | 19.92 | 0.800 |" in ptq
+    assert "| exp4 | during training (BitNet b1.58) | 1.58 | 52 kB | 19.00 | 0.800 |" in ptq
+    assert "| exp2 | fine | 48 | 60.0% | 40.0% | 20.0% |" in readme
+    assert ("| exp1 | 1000 ms | 10 ms (1.0%) | 40 ms (4.0%) | 100 ms (10.0%) | 600 ms (60.0%) | 200 ms (20.0%) "
+            "| 50 ms (5.0%) |") in readme
+    assert "| `coarse.layers.1` | in 50.0% · w 1.0% | in 50.0% · w 1.0% | in 50.0% · w 1.0% |" in readme
+    assert "deleted_run" not in readme  # only the runs in --runs are reported
+    assert_images_of(readme, out, {"psnr.png", "renders.png", "sparsity.png", "time_breakdown.png"})
+
+
+def test_report_runs_the_analyses_on_trained_runs(trained_runs, tmp_path):
+    out = tmp_path / "report"
+    report.main(["--runs", str(trained_runs), "--hw", str(tmp_path / "no_hw"), "--out", str(out)])
+    analyses = json.loads((out / "analyses.json").read_text())
+    assert set(analyses) == {"activation_sparsity", "weight_sparsity", "render_weight_sparsity", "time_breakdown"}
+    assert all(set(by_run) == {"bitnerf", "nerf"} for by_run in analyses.values())
+    readme = (out / "README.md").read_text()
+    assert "Not computed" not in readme and "| bitnerf | fine | 16 |" in readme
+    assert f"`python analyze.py --runs {trained_runs} --out {out} --only time_breakdown`" in readme
+    assert "ternary" in readme.split("### Sparsity per layer", 1)[1]
+    assert_images_of(readme, out, {"psnr.png", "renders.png", "sparsity.png", "time_breakdown.png"})
+
+
+@pytest.mark.parametrize("problem", ["no runs folder", "no finished runs", "hw results without columns"])
+def test_bad_input_is_one_line_and_exit_code_2(runs, tmp_path, capsys, problem):
+    args = {"no runs folder": ["--runs", str(tmp_path / "missing")],
+            "no finished runs": ["--runs", str(runs / "unfinished")],
+            "hw results without columns": ["--runs", str(runs), "--hw", str(tmp_path / "hw")]}[problem]
+    (tmp_path / "hw").mkdir()
+    (tmp_path / "hw" / "results.csv").write_text("run,arch\nexp1,eyeriss\n")
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([*args, "--out", str(tmp_path / "report"), "--skip-analyses"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert not (tmp_path / "report" / "README.md").exists()
+
+
+def test_si_prefixes():
+    assert [report.si(v, u) for v, u in ((56.0, "J"), (0.0123, "J"), (1.4e9, "B"), (110344, ""), (0.0, "s"))] == \
+        ["56 J", "12.3 mJ", "1.4 GB", "110 k", "0 s"]
