@@ -58,7 +58,7 @@ def run_colors(runs) -> dict[str, str]:
 
 
 def read_hw_results(hw_dir: Path) -> list[dict] | None:
-    """hw_eval's rows (one per run and architecture), or None when hw_eval has not run."""
+    """hw_eval's rows (one per run and architecture), or None when hw_eval has not run (or wrote no rows)."""
     path = hw_dir / "results.csv"
     if not path.exists():
         return None
@@ -67,7 +67,7 @@ def read_hw_results(hw_dir: Path) -> list[dict] | None:
         missing = [c for c in HW_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise UserError(f"{path} lacks the columns {', '.join(missing)}: rerun hw_eval.py to rewrite it")
-        return list(reader)
+        return list(reader) or None
 
 
 def results_table(runs, hw_rows: list[dict] | None, hw_dir: Path) -> str:
