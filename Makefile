@@ -10,7 +10,9 @@ PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python
 	2>/dev/null && { echo "$$p"; break; }; done)
 DATA ?=
 SUITE_OUT ?= runs
-SUITE_FLAGS := --quick --overwrite --out $(SUITE_OUT) $(if $(DATA),--data $(DATA))
+# FULL=1 (on a GPU): the full configurations instead of the quick CPU preset.
+FULL ?=
+SUITE_FLAGS := $(if $(FULL),,--quick) --overwrite --out $(SUITE_OUT) $(if $(DATA),--data $(DATA))
 
 .PHONY: test suite setup data clean
 
@@ -31,6 +33,9 @@ suite: setup
 	$(PY) exp2.py $(SUITE_FLAGS)
 	$(PY) exp3.py $(SUITE_FLAGS)
 	$(PY) exp4.py $(SUITE_FLAGS)
+	$(PY) exp5.py $(SUITE_FLAGS)
+	$(PY) exp6.py $(SUITE_FLAGS)
+	$(PY) ptq.py $(SUITE_OUT)/exp1 $(if $(DATA),--data $(DATA))
 	$(PY) report.py --runs $(SUITE_OUT)
 
 data: setup
