@@ -14,13 +14,23 @@ SUITE_FLAGS := --quick --overwrite --out $(SUITE_OUT) $(if $(DATA),--data $(DATA
 
 .PHONY: test suite setup data clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(VENV)/.hw_eval_setup
 
 $(VENV)/.installed: requirements.txt
 	@test -n "$(PYTHON312)" || { echo "error: Python 3.12 or newer is needed: install python3.12 (apt, pyenv or uv) or pass PYTHON312=/path/to/python3.12" >&2; exit 2; }
 	test -x $(PY) || $(PYTHON312) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+# hw_eval.py's mapper (AccelForge) renders mappings with graphviz's dot, and its SRAM model runs CACTI,
+# whose shipped binary needs glibc 2.38 (Debian 12 and Ubuntu 22.04 lack it): hw_eval.py --setup rebuilds it.
+# Redone after requirements.txt changes (a reinstalled hwcomponents-cacti brings the shipped binary back).
+$(VENV)/.hw_eval_setup: $(VENV)/.installed
+	@command -v dot >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& { apt-get install -y -qq graphviz >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq graphviz >/dev/null; }; }; } \
+		|| { echo "error: hw_eval.py needs graphviz's dot, and apt-get cannot install it here: install the graphviz package (sudo apt-get install graphviz), then run make again" >&2; exit 2; }
+	$(PY) hw_eval.py --setup
 	touch $@
 
 test: setup
@@ -31,9 +41,10 @@ suite: setup
 	$(PY) exp2.py $(SUITE_FLAGS)
 	$(PY) exp3.py $(SUITE_FLAGS)
 	$(PY) exp4.py $(SUITE_FLAGS)
+	$(PY) hw_eval.py --runs $(SUITE_OUT)
 
 data: setup
 	$(PY) data_setup.py --scene builtin
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs hw_eval

@@ -6,7 +6,8 @@ import pytest
 
 import hw_eval
 
-FP32, AMP, TERNARY = (32, 32, 32), (16, 16, 16), (2, 8, 32)
+FP32, AMP, TERNARY = (32, 32, 32), (16, 16, 16), (2, 8, 8)  # (weight, input, output) bits
+TILE = 256  # samples per mapped tile: small, for a quick mapper
 
 
 def layer(name: str, in_features: int, out_features: int, bits=FP32, sparsity=0.0, samples=1024) -> dict:
@@ -54,7 +55,7 @@ def test_integer_partial_sums_are_as_wide_as_the_widest_sum_needs():
 def test_mac_models_cost_less_at_fewer_bits():
     fp32 = hw_eval.LayerMAC(45e-9, 32, 32, 32).compute().energy
     fp16 = hw_eval.LayerMAC(45e-9, 16, 16, 32).compute().energy
-    ternary_int8 = hw_eval.LayerMAC(45e-9, 2, 8, 14).compute().energy
+    ternary_int8 = hw_eval.LayerMAC(45e-9, *TERNARY[:2], 14).compute().energy
     assert fp32 == pytest.approx(3.7e-12 + 0.9e-12)  # Horowitz, ISSCC 2014, at its own 45 nm
     assert fp32 > fp16 > ternary_int8 > 0
 
@@ -66,30 +67,35 @@ def write_run(runs_dir, name: str, experiment: str, precision: str, layers: list
     (run_dir / "layers.json").write_text(json.dumps({"layers": layers}))
 
 
-def small_model(bits, head_bits, sparsity: float) -> list[dict]:
-    """Two fields of two layers: a hidden layer and a head that reads its output concatenated with the
-    encoded point. The hidden layer has most of the MACs, as in NeRF."""
-    return [layer(f"{field}.{name}", i, o, b, sparsity, samples)
-            for field, samples in (("coarse", 4096), ("fine", 12288))
-            for name, i, o, b in (("layers_0", 6, 64, bits), ("output_head", 64 + 6, 1, head_bits))]
+def one_layer_fields(bits, sparsity: float) -> list[dict]:
+    """A coarse and a fine field of one layer each: the smallest model the mapper can take quickly."""
+    return [layer("coarse.layers.0", 6, 64, bits, sparsity, samples=4096),
+            layer("fine.layers.0", 6, 64, bits, sparsity, samples=12288)]
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    """The real mapper on three precisions and both architectures; exp3 repeats exp2's workload."""
+    """The real mapper on three precisions on both architectures; exp3 repeats exp2's workload."""
     tmp = tmp_path_factory.mktemp("hw_eval")
     runs = tmp / "runs"
-    write_run(runs, "exp1", "exp1", "fp32", small_model(FP32, FP32, 0.25))
-    write_run(runs, "exp2", "exp2", "bf16-amp", small_model(AMP, AMP, 0.25))
-    write_run(runs, "exp3", "exp3", "bf16-amp", small_model(AMP, AMP, 0.5))
-    write_run(runs, "exp4", "exp4", "ternary-int8", small_model(TERNARY, FP32, 0.25))
-    rows = hw_eval.evaluate(runs, list(hw_eval.ARCHITECTURES), tmp / "out", tile=1024)
+    write_run(runs, "exp1", "exp1", "fp32", one_layer_fields(FP32, 0.25))
+    write_run(runs, "exp2", "exp2", "bf16-amp", one_layer_fields(AMP, 0.25))
+    write_run(runs, "exp3", "exp3", "bf16-amp", one_layer_fields(AMP, 0.5))
+    write_run(runs, "exp4", "exp4", "ternary-int8", one_layer_fields(TERNARY, 0.25))
+    rows = hw_eval.evaluate(runs, list(hw_eval.ARCHITECTURES), tmp / "out", tile=TILE)
     return runs, tmp / "out", {(r["run"], r["arch"]): r for r in rows}
+
+
+def test_concatenated_inputs_are_mapped_with_all_their_macs():
+    field = [layer("coarse.layers.0", 6, 16), layer("coarse.output_head", 16 + 6, 1)]
+    mapped = hw_eval.map_tile("tpu_v4i", hw_eval.field_workload(field, TILE), hw_eval.FLOAT_ACCUMULATOR_BITS)
+    assert mapped["macs"] == TILE * (6 * 16 + 22 * 1)
+    assert set(mapped["mac_energy_j"]) == {"layers_0", "output_head"}
 
 
 def test_mapped_macs_equal_the_layers_multiply_accumulates(evaluated):
     _, _, rows = evaluated
-    expected = sum(l["in_features"] * l["out_features"] * l["samples_per_frame"] for l in small_model(FP32, FP32, 0))
+    expected = sum(l["in_features"] * l["out_features"] * l["samples_per_frame"] for l in one_layer_fields(FP32, 0))
     for row in rows.values():
         assert row["macs_per_frame"] == expected
 
@@ -122,7 +128,7 @@ def test_identical_workloads_are_mapped_once_and_a_second_run_maps_nothing(evalu
         raise AssertionError("the mapper ran although every workload is cached")
 
     monkeypatch.setattr(hw_eval, "map_tile", no_mapping)
-    again = hw_eval.evaluate(runs, list(hw_eval.ARCHITECTURES), out, tile=1024)
+    again = hw_eval.evaluate(runs, list(hw_eval.ARCHITECTURES), out, tile=TILE)
     assert {(r["run"], r["arch"]): r for r in again} == rows
 
 
@@ -151,7 +157,7 @@ def test_no_runs_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_missing_dot_is_a_one_line_error_before_mapping(tmp_path, monkeypatch, capsys):
-    write_run(tmp_path / "runs", "exp1", "exp1", "fp32", small_model(FP32, FP32, 0.0))
+    write_run(tmp_path / "runs", "exp1", "exp1", "fp32", one_layer_fields(FP32, 0.0))
     real_which = hw_eval.shutil.which
     monkeypatch.setattr(hw_eval.shutil, "which", lambda name: None if name == "dot" else real_which(name))
     with pytest.raises(SystemExit) as exit_info:
