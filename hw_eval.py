@@ -65,6 +65,8 @@ ARCHITECTURES = {
                           "Register": "scratchpad", "MAC": "mac"}),
 }
 ENERGY_GROUPS = ("dram", "global_buffer", "scratchpad", "mac", "other")
+LAYER_FIELDS = ("name", "in_features", "out_features", "weight_bits", "input_bits", "output_bits", "input_sparsity",
+                "samples_per_frame")
 
 # Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC 2014, 45 nm:
 # (energy in J, area in m^2) of one floating-point operation by operand width.
@@ -301,19 +303,21 @@ def map_tile(arch_name: str, workload: dict, int_accumulator: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp), \
             contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         mapping = map_workload_to_arch(spec, print_progress=False)
-    per_component = mapping.energy(per_component=True, per_einsum=True)
-    einsums = [e["name"] for e in workload["einsums"]]
+    per_einsum_component = mapping.energy(per_component=True, per_einsum=True)
+    energy_j: dict[str, float] = {}
+    for (_, component), joules in per_einsum_component.items():
+        energy_j[component] = energy_j.get(component, 0.0) + joules
     return {
-        "energy_j": {c: sum(per_component.get((e, c), 0.0) for e in einsums) for _, c in per_component},
-        "mac_energy_j": {e: per_component[(e, "MAC")] for e in einsums},
+        "energy_j": energy_j,
+        "mac_energy_j": {e["name"]: per_einsum_component[e["name"], "MAC"] for e in workload["einsums"]},
         "latency_s": float(mapping.latency()),
         "macs": int(sum(n for (e, c, a), n in mapping.actions(per_einsum=True).items() if c == "MAC")),
     }
 
 
-def cached_map_tile(arch_name: str, workload: dict, int_accumulator: int, cache_dir: Path) -> tuple[dict, bool]:
+def cached_map_tile(arch_name: str, workload: dict, int_accumulator: int, cache_dir: Path) -> dict:
     """map_tile through a cache keyed by the workload, the architecture, the accumulator width, AccelForge's
-    version and this file (any change to the model invalidates it). Returns (tile result, was cached)."""
+    version and this file (any change to the model invalidates it)."""
     from importlib.metadata import version
 
     key = json.dumps({"workload": workload, "arch": arch_name, "int_accumulator": int_accumulator,
@@ -321,11 +325,11 @@ def cached_map_tile(arch_name: str, workload: dict, int_accumulator: int, cache_
                      sort_keys=True)
     path = cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
     if path.is_file():
-        return json.loads(path.read_text()), True
+        return json.loads(path.read_text())
     result = map_tile(arch_name, workload, int_accumulator)
     cache_dir.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(result, indent=1))
-    return result, False
+    return result
 
 
 # --- Runs and results ----------------------------------------------------------------------------
@@ -351,6 +355,9 @@ def load_runs(runs_dir: Path) -> list[Run]:
             summary, layers = json.loads(summary_path.read_text()), json.loads(path.read_text())["layers"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise UserError(f"{path.parent}: unreadable summary.json or layers.json ({e})") from None
+        missing = [f for f in LAYER_FIELDS if any(f not in layer for layer in layers)]
+        if missing or not layers:
+            raise UserError(f"{path}: every layer needs {', '.join(LAYER_FIELDS)}; missing: {', '.join(missing) or 'all'}")
         runs.append(Run(path.parent.name, summary, layers))
     return runs
 
@@ -364,7 +371,7 @@ def evaluate_run(run: Run, arch_name: str, tile: int, cache_dir: Path, progress:
         samples = layers[0]["samples_per_frame"]
         rows = min(tile, samples)
         progress.set_postfix_str(f"{run.name} {field} on {arch_name}")
-        result, _ = cached_map_tile(arch_name, field_workload(layers, rows), int_accumulator, cache_dir)
+        result = cached_map_tile(arch_name, field_workload(layers, rows), int_accumulator, cache_dir)
         progress.update()
         scale = samples / rows
         for component, joules in result["energy_j"].items():
@@ -448,18 +455,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help="samples per mapped tile (default: %(default)s)")
     parser.add_argument("--setup", action="store_true", help="check (and rebuild if needed) CACTI, check dot, and exit")
     args = parser.parse_args(argv)
+    arch_names = list(dict.fromkeys(args.arch))
     try:
         if args.setup:
             setup()
             return
         if args.tile < 1:
             raise UserError(f"--tile must be positive, got {args.tile}")
-        rows = evaluate(Path(args.runs), args.arch, Path(args.out), args.tile)
+        rows = evaluate(Path(args.runs), arch_names, Path(args.out), args.tile)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"{len(rows)} results -> {Path(args.out) / 'results.csv'}, "
-          + ", ".join(str(Path(args.out) / f"{a}.md") for a in args.arch))
+          + ", ".join(str(Path(args.out) / f"{a}.md") for a in arch_names))
 
 
 if __name__ == "__main__":
