@@ -16,13 +16,23 @@ SUITE_FLAGS := $(if $(FULL),,--quick) --overwrite --out $(SUITE_OUT) $(if $(DATA
 
 .PHONY: test suite setup data clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(VENV)/.hw_eval_setup
 
 $(VENV)/.installed: requirements.txt
 	@test -n "$(PYTHON312)" || { echo "error: Python 3.12 or newer is needed: install python3.12 (apt, pyenv or uv) or pass PYTHON312=/path/to/python3.12" >&2; exit 2; }
 	test -x $(PY) || $(PYTHON312) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+# hw_eval.py's mapper (AccelForge) renders mappings with graphviz's dot, and its SRAM model runs CACTI,
+# whose shipped binary needs glibc 2.38 (Debian 12 and Ubuntu 22.04 lack it): hw_eval.py --setup rebuilds it.
+# Redone after requirements.txt changes (a reinstalled hwcomponents-cacti brings the shipped binary back).
+$(VENV)/.hw_eval_setup: $(VENV)/.installed
+	@command -v dot >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& { apt-get install -y -qq graphviz >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq graphviz >/dev/null; }; }; } \
+		|| { echo "error: hw_eval.py needs graphviz's dot, and apt-get cannot install it here: install the graphviz package (sudo apt-get install graphviz), then run make again" >&2; exit 2; }
+	$(PY) hw_eval.py --setup
 	touch $@
 
 test: setup
@@ -36,10 +46,11 @@ suite: setup
 	$(PY) exp5.py $(SUITE_FLAGS)
 	$(PY) exp6.py $(SUITE_FLAGS)
 	$(PY) ptq.py $(SUITE_OUT)/exp1 $(if $(DATA),--data $(DATA))
+	$(PY) hw_eval.py --runs $(SUITE_OUT)
 	$(PY) report.py --runs $(SUITE_OUT)
 
 data: setup
 	$(PY) data_setup.py --scene builtin
 
 clean:
-	rm -rf $(VENV) runs report
+	rm -rf $(VENV) runs hw_eval report

@@ -1,0 +1,176 @@
+import csv
+import json
+import math
+
+import pytest
+
+import hw_eval
+
+FP32, AMP, TERNARY = (32, 32, 32), (16, 16, 16), (2, 8, 8)  # (weight, input, output) bits
+TILE = 256  # samples per mapped tile: small, for a quick mapper
+
+
+def layer(name: str, in_features: int, out_features: int, bits=FP32, sparsity=0.0, samples=1024) -> dict:
+    weight_bits, input_bits, output_bits = bits
+    return {"name": name, "in_features": in_features, "out_features": out_features, "weight_bits": weight_bits,
+            "input_bits": input_bits, "output_bits": output_bits, "input_sparsity": sparsity,
+            "samples_per_frame": samples}
+
+
+def nerf_field(bits=FP32, head_bits=FP32) -> list[dict]:
+    """The full NeRF topology at toy sizes: 3 layers with the encoded point (15) concatenated before the
+    third, the density head, and the colour branch with the encoded view direction (9) concatenated."""
+    return [layer("coarse.layers.0", 15, 16, bits), layer("coarse.layers.1", 16, 16, bits),
+            layer("coarse.layers.2", 16 + 15, 16, bits), layer("coarse.density_head", 16, 1, head_bits),
+            layer("coarse.feature", 16, 16, bits), layer("coarse.view_layer", 16 + 9, 8, bits),
+            layer("coarse.rgb_head", 8, 3, head_bits)]
+
+
+def test_each_layer_reads_its_source_through_the_skip_and_the_colour_branch():
+    # -1 is the encoded point; the skip layer and the view layer read a narrower output, widened.
+    assert hw_eval.layer_inputs(nerf_field()) == [-1, 0, 1, 2, 2, 4, 5]
+
+
+def test_workload_has_one_einsum_per_layer_with_bits_from_the_run():
+    workload = hw_eval.field_workload(nerf_field(TERNARY, head_bits=FP32), rows=64)
+    einsums = {e["name"]: e for e in workload["einsums"]}
+    assert list(einsums) == ["layers_0", "layers_1", "layers_2", "density_head", "feature", "view_layer", "rgb_head"]
+    bits = {a["name"]: a["bits_per_value"] for e in workload["einsums"] for a in e["tensor_accesses"]}
+    assert bits["X"] == 8 and bits["W_layers_0"] == 2 and bits["Y_layers_0"] == 8
+    # layers.2's output feeds the fp32 density head and the int8 feature layer: stored for the wider reader.
+    assert bits["Y_layers_2"] == 32 and bits["W_density_head"] == 32
+    assert bits["Y_rgb_head"] == 32  # a final output, as the layer writes it
+    skip_input = einsums["layers_2"]["tensor_accesses"][0]
+    assert skip_input["name"] == "Y_layers_1"
+    assert workload["iteration_space_shape"]["k_layers_2"] == "0 <= k_layers_2 < 31"  # 16 hidden + 15 encoded
+    assert workload["iteration_space_shape"]["m"] == "0 <= m < 64"
+
+
+def test_integer_partial_sums_are_as_wide_as_the_widest_sum_needs():
+    # A 2-bit x 8-bit product needs 9 bits; summing 31 of them 5 more.
+    assert hw_eval.int_accumulator_bits(nerf_field(TERNARY, head_bits=FP32)) == 2 + 8 - 1 + math.ceil(math.log2(31))
+    assert hw_eval.int_accumulator_bits(nerf_field(FP32)) == hw_eval.FLOAT_ACCUMULATOR_BITS
+
+
+def test_mac_models_cost_less_at_fewer_bits():
+    fp32 = hw_eval.LayerMAC(45e-9, 32, 32, 32).compute().energy
+    fp16 = hw_eval.LayerMAC(45e-9, 16, 16, 32).compute().energy
+    ternary_int8 = hw_eval.LayerMAC(45e-9, *TERNARY[:2], 14).compute().energy
+    assert fp32 == pytest.approx(3.7e-12 + 0.9e-12)  # Horowitz, ISSCC 2014, at its own 45 nm
+    assert fp32 > fp16 > ternary_int8 > 0
+
+
+def write_run(runs_dir, name: str, experiment: str, precision: str, layers: list[dict]) -> None:
+    run_dir = runs_dir / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"experiment": experiment, "precision": precision}))
+    (run_dir / "layers.json").write_text(json.dumps({"layers": layers}))
+
+
+def one_layer_fields(bits, sparsity: float) -> list[dict]:
+    """A coarse and a fine field of one layer each: the smallest model the mapper can take quickly."""
+    return [layer("coarse.layers.0", 6, 64, bits, sparsity, samples=4096),
+            layer("fine.layers.0", 6, 64, bits, sparsity, samples=12288)]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """The real mapper on three precisions on both architectures; exp3 repeats exp2's workload."""
+    tmp = tmp_path_factory.mktemp("hw_eval")
+    runs = tmp / "runs"
+    write_run(runs, "exp1", "exp1", "fp32", one_layer_fields(FP32, 0.25))
+    write_run(runs, "exp2", "exp2", "bf16-amp", one_layer_fields(AMP, 0.25))
+    write_run(runs, "exp3", "exp3", "bf16-amp", one_layer_fields(AMP, 0.5))
+    write_run(runs, "exp4", "exp4", "ternary-int8", one_layer_fields(TERNARY, 0.25))
+    rows = hw_eval.evaluate(runs, list(hw_eval.ARCHITECTURES), tmp / "out", tile=TILE)
+    return runs, tmp / "out", {(r["run"], r["arch"]): r for r in rows}
+
+
+def test_concatenated_inputs_are_mapped_with_all_their_macs():
+    field = [layer("coarse.layers.0", 6, 16), layer("coarse.output_head", 16 + 6, 1)]
+    mapped = hw_eval.map_tile("tpu_v4i", hw_eval.field_workload(field, TILE), hw_eval.FLOAT_ACCUMULATOR_BITS)
+    assert mapped["macs"] == TILE * (6 * 16 + 22 * 1)
+    assert set(mapped["mac_energy_j"]) == {"layers_0", "output_head"}
+
+
+def test_mapped_macs_equal_the_layers_multiply_accumulates(evaluated):
+    _, _, rows = evaluated
+    expected = sum(l["in_features"] * l["out_features"] * l["samples_per_frame"] for l in one_layer_fields(FP32, 0))
+    for row in rows.values():
+        assert row["macs_per_frame"] == expected
+
+
+@pytest.mark.parametrize("arch", list(hw_eval.ARCHITECTURES))
+def test_energy_falls_as_bitwidths_fall(evaluated, arch):
+    _, _, rows = evaluated
+    fp32, amp, ternary = (rows[run, arch] for run in ("exp1", "exp2", "exp4"))
+    for column in ("energy_per_frame_j", "energy_mac_j", "energy_dram_j"):
+        assert fp32[column] > amp[column] > ternary[column] > 0
+    assert sum(fp32[f"energy_{g}_j"] for g in hw_eval.ENERGY_GROUPS) == pytest.approx(fp32["energy_per_frame_j"])
+    assert fp32["edp_j_s"] == pytest.approx(fp32["energy_per_frame_j"] * fp32["latency_per_frame_s"])
+
+
+def test_zero_gating_saves_the_sparse_share_of_mac_energy(evaluated):
+    _, _, rows = evaluated
+    for arch in hw_eval.ARCHITECTURES:
+        amp, amp_sparser = rows["exp2", arch], rows["exp3", arch]
+        assert amp["zero_gating_saving_frac"] == pytest.approx(0.25 * amp["energy_mac_j"] / amp["energy_per_frame_j"])
+        assert amp_sparser["zero_gating_saving_frac"] == pytest.approx(2 * amp["zero_gating_saving_frac"])
+
+
+def test_identical_workloads_are_mapped_once_and_a_second_run_maps_nothing(evaluated, monkeypatch):
+    runs, out, rows = evaluated
+    # Per architecture: one workload per precision (coarse and fine, exp2 and exp3 share theirs).
+    assert len(list((out / ".cache").glob("*.json"))) == 3 * len(hw_eval.ARCHITECTURES)
+    assert rows["exp3", "tpu_v4i"]["energy_per_frame_j"] == rows["exp2", "tpu_v4i"]["energy_per_frame_j"]
+
+    def no_mapping(*args):
+        raise AssertionError("the mapper ran although every workload is cached")
+
+    monkeypatch.setattr(hw_eval, "map_tile", no_mapping)
+    again = hw_eval.evaluate(runs, list(hw_eval.ARCHITECTURES), out, tile=TILE)
+    assert {(r["run"], r["arch"]): r for r in again} == rows
+
+
+def test_results_csv_and_tables(evaluated):
+    _, out, rows = evaluated
+    with open(out / "results.csv") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == hw_eval.CSV_COLUMNS
+        assert len(list(reader)) == len(rows)
+    for arch in hw_eval.ARCHITECTURES:
+        table = (out / f"{arch}.md").read_text().splitlines()
+        exp1_row = next(line for line in table if line.startswith("| exp1 |"))
+        exp4_row = next(line for line in table if line.startswith("| exp4 |"))
+        assert exp1_row.split("|")[7:9] == [" 1.000 ", " 1.000 "]  # ×exp1 energy and latency
+        ratio = rows["exp4", arch]["energy_per_frame_j"] / rows["exp1", arch]["energy_per_frame_j"]
+        assert exp4_row.split("|")[7].strip() == f"{ratio:.3f}"
+
+
+def test_no_runs_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        hw_eval.main(["--runs", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no runs in") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_dot_is_a_one_line_error_before_mapping(tmp_path, monkeypatch, capsys):
+    write_run(tmp_path / "runs", "exp1", "exp1", "fp32", one_layer_fields(FP32, 0.0))
+    real_which = hw_eval.shutil.which
+    monkeypatch.setattr(hw_eval.shutil, "which", lambda name: None if name == "dot" else real_which(name))
+    with pytest.raises(SystemExit) as exit_info:
+        hw_eval.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the AccelForge mapper needs graphviz's `dot`") and err.count("\n") == 1
+
+
+def test_setup_leaves_a_working_cacti_alone(capsys):
+    binary = hw_eval.cacti_dir() / "cacti"
+    assert hw_eval.cacti_runs()  # make setup (hw_eval.py --setup) has run
+    before = binary.stat().st_mtime_ns
+    hw_eval.setup()
+    assert binary.stat().st_mtime_ns == before
+    assert "CACTI runs" in capsys.readouterr().out
