@@ -181,6 +181,33 @@ def evaluate(model: NeRF, scene: Scene, views, config, device, autocast_dtype) -
     return results
 
 
+def build_optimizer(config: ExperimentConfig, model: nn.Module, device: torch.device, autocast_dtype):
+    """AdamW, its exponential learning-rate decay from lr to lr_final over the run, and the gradient scaler."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    decay = config.lr_final / config.lr
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: decay ** min(step / config.steps, 1.0))
+    # Gradient scaling guards fp16's narrow exponent range; bf16 has fp32's range and needs none.
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    return optimizer, scheduler, scaler
+
+
+def train_step(step_model: nn.Module, batch, optimizer, scheduler, scaler, config: ExperimentConfig,
+               device: torch.device, autocast_dtype, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """One optimizer step on a batch of rays; returns loss, fine MSE and gradient norm as tensors (no device sync)."""
+    with autocast(device, autocast_dtype):
+        out = step_model(batch.origins, batch.dirs, generator)
+    fine_mse = F.mse_loss(out["rgb"], batch.rgb)
+    loss = fine_mse + F.mse_loss(out["rgb_coarse"], batch.rgb) if config.n_fine > 0 else fine_mse
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    grad_norm = nn.utils.clip_grad_norm_(step_model.parameters(), config.grad_clip or math.inf)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return {"loss": loss.detach(), "fine_mse": fine_mse.detach(), "grad_norm": grad_norm.detach()}
+
+
 def run(config: ExperimentConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Train one experiment and write its run directory; returns summary.json's contents."""
     run_start = time.perf_counter()
@@ -192,11 +219,7 @@ def run(config: ExperimentConfig, resume: bool = False, overwrite: bool = False)
 
     torch.manual_seed(config.seed)
     model = build_model(config, scene, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    decay = config.lr_final / config.lr
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: decay ** min(step / config.steps, 1.0))
-    # Gradient scaling guards fp16's narrow exponent range; bf16 has fp32's range and needs none.
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    optimizer, scheduler, scaler = build_optimizer(config, model, device, autocast_dtype)
 
     start_step, prior_wall = 0, 0.0
     train_clock = Stopwatch(device)
@@ -234,26 +257,16 @@ def run(config: ExperimentConfig, resume: bool = False, overwrite: bool = False)
     try:
         for step in progress:
             with train_clock:
-                batch = sampler.batch(step)
-                with autocast(device, autocast_dtype):
-                    out = model(batch.origins, batch.dirs, sampler.generator)
-                fine_mse = F.mse_loss(out["rgb"], batch.rgb)
-                loss = fine_mse + F.mse_loss(out["rgb_coarse"], batch.rgb) if model.fine is not None else fine_mse
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
+                stats = train_step(model, sampler.batch(step), optimizer, scheduler, scaler, config, device,
+                                   autocast_dtype, sampler.generator)
 
             done = step + 1
             row = {}
             if done % config.log_every == 0 or done == config.steps:
                 interval = train_clock.elapsed - last_log_train_s
-                row = {"step": done, "wall_s": round(wall_s(), 3), "loss": loss.item(),
-                       "psnr_train": -10.0 * math.log10(max(fine_mse.item(), 1e-10)),
-                       "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0],
+                row = {"step": done, "wall_s": round(wall_s(), 3), "loss": stats["loss"].item(),
+                       "psnr_train": -10.0 * math.log10(max(stats["fine_mse"].item(), 1e-10)),
+                       "grad_norm": stats["grad_norm"].item(), "lr": scheduler.get_last_lr()[0],
                        "samples_per_s": samples_per_step * (done - last_log_step) / max(interval, 1e-9)}
                 last_log_train_s, last_log_step = train_clock.elapsed, done
                 progress.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr_train']:.2f}")
