@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd import DeviceType
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
@@ -67,13 +68,14 @@ def linear_shapes(model: NeRF, batch_rays: int) -> list[tuple[int, int, int]]:
             for name, m in model.named_modules() if isinstance(m, nn.Linear)]
 
 
-def forward_flops_per_ray(model: NeRF) -> int:
-    return sum(2 * rows * n_in * n_out for rows, n_in, n_out in linear_shapes(model, 1))
+def forward_flops(shapes: list[tuple[int, int, int]]) -> int:
+    """The forward matmuls' FLOPs: a multiply and an add per (row, input, output) of each layer."""
+    return sum(2 * rows * n_in * n_out for rows, n_in, n_out in shapes)
 
 
 def flops_per_sample(model: NeRF) -> float:
     """Training FLOPs per MLP query: the Linear layers' forward FLOPs times FORWARD_BACKWARD."""
-    return FORWARD_BACKWARD * forward_flops_per_ray(model) / sum(model.samples_per_ray().values())
+    return FORWARD_BACKWARD * forward_flops(linear_shapes(model, batch_rays=1)) / sum(model.samples_per_ray().values())
 
 
 def matmul_seconds(shapes: list[tuple[int, int, int]], dtype: torch.dtype, device: torch.device, repeats: int) -> float:
@@ -126,7 +128,8 @@ def non_mlp_share(step, steps: int, device: torch.device) -> float:
     mlp_ops = {e.sequence_nr for r in mlp_ranges for e in descendants(r) if e.sequence_nr >= 0}
     mlp_backward = [e for e in events if e.name == ACCUMULATE_GRAD
                     or (e.name.startswith(BACKWARD_PREFIX) and e.sequence_nr in mlp_ops)]
-    total = sum(duration(e) for e in events if e.cpu_parent is None)
+    # Every op sits under a top-level CPU event: a step, or on CUDA also a backward node on autograd's device thread.
+    total = sum(duration(e) for e in events if e.cpu_parent is None and e.device_type == DeviceType.CPU)
     return 1.0 - sum(duration(e) for e in mlp_ranges + mlp_backward) / total
 
 
@@ -221,8 +224,7 @@ def bench_experiment(config: ExperimentConfig, scene: Scene, device: torch.devic
 
     samples_per_step = config.batch_rays * config.samples_per_ray
     samples_per_s = samples_per_step * steps_per_round / min(train_s)
-    matmul_flops = FORWARD_BACKWARD * sum(2 * rows * n_in * n_out for rows, n_in, n_out in shapes)
-    matmul_flops_per_s = matmul_flops * steps_per_round / min(matmul_s)
+    matmul_flops_per_s = FORWARD_BACKWARD * forward_flops(shapes) * steps_per_round / min(matmul_s)
     seed_samples_per_s = seed.samples_per_step * seed_steps_per_round / min(seed_s)
     model_flops_per_s = samples_per_s * flops_per_sample(model)
     return {

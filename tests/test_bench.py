@@ -45,7 +45,7 @@ def test_flops_per_sample_matches_flop_counter(small_config, small_scene):
 
     with FlopCounterMode(display=False) as forward:
         model(batch.origins, batch.dirs)
-    assert forward.get_total_flops() == small_config.batch_rays * bench.forward_flops_per_ray(model)
+    assert forward.get_total_flops() == bench.forward_flops(bench.linear_shapes(model, small_config.batch_rays))
 
     with FlopCounterMode(display=False) as step:
         train.train_step(model, batch, optimizer, scheduler, scaler, small_config, CPU, None)
