@@ -93,6 +93,11 @@ class ExperimentConfig:
         """MLP queries per ray: the coarse samples, plus coarse and fine samples again in the fine pass."""
         return self.n_coarse + (self.n_coarse + self.n_fine if self.n_fine else 0)
 
+    @property
+    def jitter_per_ray(self) -> int:
+        """Uniforms per training ray that place its samples within their bins (NeRF.forward); 0 without perturb."""
+        return self.n_coarse + self.n_fine if self.perturb else 0
+
 
 EXP1 = ExperimentConfig()
 

@@ -10,12 +10,14 @@ The layer constructor is a parameter (`linear`), which is how BitNeRF reuses thi
 """
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 LinearFactory = Callable[[int, int], nn.Module]
+MLP_RANGE = "mlp"  # the profiler range around every MLP evaluation
 
 
 class PositionalEncoding(nn.Module):
@@ -65,6 +67,14 @@ class RadianceField(nn.Module):
     def forward(self, points: torch.Tensor, viewdirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """points, viewdirs: (..., 3) -> rgb (..., 3), density (...)."""
         encoded = self.pos_encoding(points)
+        encoded_dirs = self.dir_encoding(viewdirs) if self.use_viewdirs else None
+        # A named range, so that a profile (bench.py) can tell the MLP's time from encoding and rendering
+        # (not in a compiled field, which runs as one graph and would only warn about it).
+        with nullcontext() if torch.compiler.is_compiling() else torch.profiler.record_function(MLP_RANGE):
+            return self.decode(encoded, encoded_dirs)
+
+    def decode(self, encoded: torch.Tensor, encoded_dirs: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MLP on encoded points (..., pos_dim) and, with view directions, encoded directions (..., dir_dim)."""
         h = encoded
         for i, layer in enumerate(self.layers):
             h = F.relu(layer(h))
@@ -72,7 +82,7 @@ class RadianceField(nn.Module):
                 h = torch.cat([encoded, h], dim=-1)
         if self.use_viewdirs:
             raw_density = self.density_head(h)[..., 0]
-            h = torch.cat([self.feature(h), self.dir_encoding(viewdirs)], dim=-1)
+            h = torch.cat([self.feature(h), encoded_dirs], dim=-1)
             raw_rgb = self.rgb_head(F.relu(self.view_layer(h)))
         else:
             raw = self.output_head(h)

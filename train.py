@@ -202,6 +202,16 @@ def evaluate(model: NeRF, scene: Scene, views, config, device, autocast_dtype) -
     return results
 
 
+def build_optimizer(config: ExperimentConfig, model: nn.Module, device: torch.device, autocast_dtype):
+    """AdamW, its exponential learning-rate decay from lr to lr_final over the run, and the gradient scaler."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    decay = config.lr_final / config.lr
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: decay ** min(step / config.steps, 1.0))
+    # Gradient scaling guards fp16's narrow exponent range; bf16 has fp32's range and needs none.
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    return optimizer, scheduler, scaler
+
+
 def run(config: ExperimentConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Train one experiment and write its run directory; returns summary.json's contents (on rank 0)."""
     ranks = bitnerf_ddp.init(config.device, config.distributed)
@@ -243,11 +253,7 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
 
     torch.manual_seed(config.seed)
     model = build_model(config, scene, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    decay = config.lr_final / config.lr
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: decay ** min(step / config.steps, 1.0))
-    # Gradient scaling guards fp16's narrow exponent range; bf16 has fp32's range and needs none.
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    optimizer, scheduler, scaler = build_optimizer(config, model, device, autocast_dtype)
 
     start_step, prior_wall, wandb_id = 0, 0.0, f"{config.name}-{uuid.uuid4().hex[:8]}"
     train_clock = Stopwatch(device)
@@ -262,7 +268,7 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
     step_model = bitnerf_ddp.wrap(model, ranks)
 
     sampler = RaySampler(scene, device, config.batch_rays, config.seed,
-                         jitter_samples=config.n_coarse + config.n_fine if config.perturb else 0,
+                         jitter_samples=config.jitter_per_ray,
                          rank=ranks.rank, world_size=ranks.world_size)
     n_params = sum(p.numel() for p in model.parameters())
     wandb_run = metrics = None

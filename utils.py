@@ -121,6 +121,15 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start peak_memory_bytes afresh: CUDA's peak statistics, or on Linux the process's peak resident set."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    elif os.path.exists("/proc/self/clear_refs"):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux: resets the peak RSS that getrusage reports to the current RSS
+
+
 class Stopwatch:
     """Accumulates the wall time spent inside `with stopwatch:` blocks (synchronising CUDA at the edges)."""
 

@@ -34,11 +34,9 @@ def step_setup(config, ranks):
     scene = load_scene(config.data)
     torch.manual_seed(config.seed)
     model = train.build_model(config, scene, ranks.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    sampler = RaySampler(scene, ranks.device, config.batch_rays, config.seed,
-                         jitter_samples=config.n_coarse + config.n_fine, rank=ranks.rank, world_size=ranks.world_size)
+    optimizer, scheduler, scaler = train.build_optimizer(config, model, ranks.device, None)
+    sampler = RaySampler(scene, ranks.device, config.batch_rays, config.seed, config.jitter_per_ray,
+                         rank=ranks.rank, world_size=ranks.world_size)
     return model, optimizer, scheduler, scaler, sampler.batch(0)
 
 

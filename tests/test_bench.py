@@ -1,0 +1,115 @@
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import bench
+import configs
+import train
+from conftest import write_scene
+from dataset import RaySampler, load_scene
+from nerf import MLP_RANGE, RadianceField
+
+ROW_KEYS = {"experiment", "samples_per_s", "rays_per_s", "flops_per_sample", "matmul_flops_per_s", "mfu",
+            "peak_mem_bytes", "non_mlp_share", "seed_pipeline_samples_per_s", "speedup_vs_seed_pipeline"}
+CPU = torch.device("cpu")
+TINY_BUDGET = bench.Budget(warmup=1, steps=2, seed_steps=1, rounds=1, profile_steps=1)
+
+
+@pytest.fixture
+def small_scene(tmp_path):
+    """Six 8x8 views: the seed pipeline's whole-image batches stay small."""
+    return load_scene(str(write_scene(tmp_path / "small.npz")))
+
+
+@pytest.fixture
+def small_config():
+    """A small MLP with a skip connection and the view-dependent branch: every kind of Linear layer."""
+    return replace(configs.QUICK, depth=3, width=32, skips=(1,), use_viewdirs=True, pos_freqs=4, dir_freqs=2,
+                   n_coarse=8, n_fine=8, batch_rays=64)
+
+
+def test_quick_preset_flops_per_sample_by_hand(small_scene):
+    model = train.build_model(configs.QUICK, small_scene, CPU)
+    encoded = 3 + 3 * 2 * 6  # the points and 6 frequencies of sin and cos
+    assert bench.flops_per_sample(model) == 3 * 2 * (encoded * 128 + 3 * 128 * 128 + 128 * 4) == 327_936
+
+
+def test_flops_per_sample_matches_flop_counter(small_config, small_scene):
+    model = train.build_model(small_config, small_scene, CPU)
+    optimizer, scheduler, scaler = train.build_optimizer(small_config, model, CPU, None)
+    batch = RaySampler(small_scene, CPU, small_config.batch_rays, seed=0).batch(0)
+    samples = small_config.batch_rays * small_config.samples_per_ray
+
+    with FlopCounterMode(display=False) as forward:
+        model(batch.origins, batch.dirs)
+    assert forward.get_total_flops() == bench.forward_flops(bench.linear_shapes(model, small_config.batch_rays))
+
+    with FlopCounterMode(display=False) as step:
+        train.train_step(model, batch, optimizer, scheduler, scaler, small_config, CPU, None)
+    # The encoded points need no gradient, so autograd skips each field's first-layer input gradient.
+    first = model.coarse.layers[0]
+    skipped = 2 * first.in_features * first.out_features * samples
+    assert step.get_total_flops() == bench.flops_per_sample(model) * samples - skipped
+
+
+# The seed pipeline forks its DataLoader worker from this multi-threaded process, as the seed did.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
+def test_row_holds_every_measurement_and_the_seed_pipeline_runs(small_config, small_scene):
+    row = bench.bench_experiment(small_config, small_scene, CPU, TINY_BUDGET)
+    assert ROW_KEYS <= row.keys()
+    assert 0 < row["mfu"] < 1.5 and 0 <= row["non_mlp_share"] < 1 and row["peak_mem_bytes"] > 0
+    assert row["rays_per_s"] == pytest.approx(row["samples_per_s"] / small_config.samples_per_ray, abs=1)
+    assert row["seed_pipeline_samples_per_s"] > 0 and row["speedup_vs_seed_pipeline"] > 0
+
+
+def test_seed_views_are_encoded_stratified_samples_of_whole_images(small_scene):
+    field = RadianceField(depth=2, width=16, pos_freqs=4, dir_freqs=2, use_viewdirs=True)
+    item = bench.SeedViews(small_scene, field, n_samples=5)[0]
+    pixels = small_scene.height * small_scene.width
+    assert item["encoded"].shape == (pixels, 5, field.pos_encoding.out_dim)
+    assert item["encoded_dirs"].shape == (pixels, 5, field.dir_encoding.out_dim)
+    bins = torch.linspace(small_scene.near, small_scene.far, 6)
+    assert ((item["t"] >= bins[:-1]) & (item["t"] < bins[1:])).all()  # one sample in each bin
+    assert torch.equal(item["rgb"], torch.from_numpy(small_scene.images[small_scene.i_train[0]]).reshape(-1, 3))
+
+
+def test_a_step_that_is_all_mlp_has_a_small_non_mlp_share():
+    field = RadianceField(depth=4, width=64, pos_freqs=4, use_viewdirs=False)
+    encoded = torch.randn(4096, field.pos_encoding.out_dim)
+
+    def mlp_step(_):
+        with torch.profiler.record_function(MLP_RANGE):
+            rgb, _density = field.decode(encoded, None)
+        rgb.sum().backward()
+
+    mlp_step(0)
+    assert 0 <= bench.non_mlp_share(mlp_step, 3, CPU) < 0.3
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
+def test_main_writes_the_rows_and_prints_the_table(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    scene_path = write_scene(tmp_path / "scene.npz")
+    bench.main(["--quick", "--experiments", "exp1,exp2", "--data", str(scene_path), "--out", str(out),
+                "--warmup", "1", "--steps", "1", "--seed-steps", "1", "--rounds", "1", "--profile-steps", "1"])
+    rows = json.loads(out.read_text())
+    assert [r["experiment"] for r in rows] == ["exp1", "exp2"]
+    assert [r["precision"] for r in rows] == ["fp32", "bf16-amp"]
+    assert rows[0]["samples_per_ray"] == 16 + 16 + 32 and rows[0]["batch_rays"] == 256
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:2] == ["experiment", "precision"] and table[1].startswith("exp1")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--experiments", "exp1,exp9"], "error: --experiments takes a comma-separated list from"),
+    (["--steps", "0"], "error: --steps, --seed-steps, --rounds and --profile-steps must be at least 1"),
+])
+def test_bad_options_are_one_line_and_exit_code_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench.main(argv)
+    assert stop.value.code == 2
+    stderr = capsys.readouterr().err.strip().splitlines()
+    assert len(stderr) == 1 and stderr[0].startswith(message)
