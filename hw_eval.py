@@ -59,7 +59,7 @@ ARCHITECTURES = {
         component_groups={"MainMemory": "dram", "GlobalBuffer": "global_buffer", "InputScratchpad": "scratchpad",
                           "WeightScratchpad": "scratchpad", "OutputScratchpad": "scratchpad", "MAC": "mac"}),
     "tpu_v4i": Architecture(
-        title="TPU-v4i-like 128x128 systolic array (7 nm)", mac_tech_node=7e-9,
+        title="TPU-v4i-like core: four 128x128 systolic arrays (7 nm)", mac_tech_node=7e-9,
         partial_sum_memories=("LocalBuffer",),
         component_groups={"MainMemory": "dram", "GlobalBuffer": "global_buffer", "LocalBuffer": "scratchpad",
                           "Register": "scratchpad", "MAC": "mac"}),
