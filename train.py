@@ -204,7 +204,9 @@ def evaluate(model: NeRF, scene: Scene, views, config, device, autocast_dtype) -
 
 def build_optimizer(config: ExperimentConfig, model: nn.Module, device: torch.device, autocast_dtype):
     """AdamW, its exponential learning-rate decay from lr to lr_final over the run, and the gradient scaler."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # Fused: one kernel per parameter tensor instead of about a dozen small ops, 3.5 -> 0.7 ms a step for
+    # the quick model on 2 CPU cores (BENCHMARKS.md); the same update up to rounding.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
     decay = config.lr_final / config.lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: decay ** min(step / config.steps, 1.0))
     # Gradient scaling guards fp16's narrow exponent range; bf16 has fp32's range and needs none.
