@@ -8,13 +8,16 @@ import pytest
 
 import ptq
 import train
+from conftest import write_scene
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_post_training_quantization_keeps_quality_and_shrinks_the_weights(tiny_config):
-    config = replace(tiny_config, steps=150, eval_every=1000, ckpt_every=1000)
+def test_post_training_quantization_keeps_quality_and_shrinks_the_weights(tiny_config, tmp_path):
+    # 16x16 views keep the evaluation of four variants quick (CPU fp16 has no fast kernels).
+    scene = write_scene(tmp_path / "small.npz", n=8, size=16)
+    config = replace(tiny_config, data=str(scene), steps=100, eval_every=1000, ckpt_every=1000, video_frames=1)
     train.run(config)
     run_dir = Path(config.out) / config.name
     rows = {r["variant"]: r for r in ptq.evaluate_variants(run_dir, ptq.VARIANTS, None, train.resolve_device("cpu"))}
