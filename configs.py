@@ -32,7 +32,8 @@ class ExperimentConfig:
     # Model: the NeRF of Mildenhall et al. (2020) with 64 coarse + 64 fine samples, enough at 100x100.
     model: str = "nerf"
     # BitNeRF only: also quantize the density and colour heads. Off, as in torchao's BitNet recipe:
-    # on the quick lego run, ternary heads cost QUANTIZE_HEADS_COST_DB dB for 1% of the weights (BENCHMARKS.md).
+    # after 600 quick steps on lego_100, ternary heads cost 0.36 dB of test PSNR (19.00 against 19.36)
+    # and would save only their ~1k weights (a 128x4 head per field) of the model's 0.11M (BENCHMARKS.md).
     quantize_heads: bool = False
     depth: int = 8
     width: int = 256
