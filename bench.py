@@ -22,7 +22,6 @@ goes to stdout, the rows to bench.json.
 """
 
 import copy
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ import train
 from configs import ExperimentConfig
 from dataset import RaySampler, Scene, get_rays, load_scene
 from nerf import MLP_RANGE, NeRF, RadianceField, composite
-from utils import OneLineParser, Stopwatch, UserError, peak_memory_bytes, reset_peak_memory, resolve_device
+from utils import OneLineParser, Stopwatch, UserError, exit_on_user_error, peak_memory_bytes, reset_peak_memory, resolve_device
 
 # Forward and backward FLOPs per forward FLOP: the backward pass computes the input's and the weight's gradient.
 FORWARD_BACKWARD = 3
@@ -270,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", choices=configs.DEVICES)
     for field in ("warmup", "steps", "seed_steps", "rounds", "profile_steps"):
         parser.add_argument("--" + field.replace("_", "-"), type=int, default=getattr(Budget, field), metavar="N")
-    try:
+    with exit_on_user_error():
         args = parser.parse_args(argv)
         names = parse_experiments(args.experiments)
         budget = Budget(args.warmup, args.steps, args.seed_steps, args.rounds, args.profile_steps)
@@ -278,9 +277,6 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError("--steps, --seed-steps, --rounds and --profile-steps must be at least 1, --warmup at least 0")
         device = resolve_device(args.device)
         scene = load_scene(args.data)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     base = configs.QUICK if args.quick else configs.EXP1
     rows = [bench_experiment(configs.experiment(name, base), scene, device, budget)
             for name in tqdm(names, desc="bench", disable=None)]

@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from hwcomponents.scaling import tech_node_area, tech_node_energy, tech_node_lat
 from hwcomponents_library import AladdinAdder, AladdinMultiplier
 from tqdm import tqdm
 
-from utils import OneLineParser, UserError
+from utils import OneLineParser, UserError, exit_on_user_error
 
 CSV_COLUMNS = ("run", "experiment", "arch", "precision", "energy_per_frame_j", "latency_per_frame_s", "edp_j_s",
                "energy_dram_j", "energy_global_buffer_j", "energy_scratchpad_j", "energy_mac_j", "energy_other_j",
@@ -456,16 +455,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--setup", action="store_true", help="check (and rebuild if needed) CACTI, check dot, and exit")
     args = parser.parse_args(argv)
     arch_names = list(dict.fromkeys(args.arch))
-    try:
+    with exit_on_user_error():
         if args.setup:
             setup()
             return
         if args.tile < 1:
             raise UserError(f"--tile must be positive, got {args.tile}")
         rows = evaluate(Path(args.runs), arch_names, Path(args.out), args.tile)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(f"{len(rows)} results -> {Path(args.out) / 'results.csv'}, "
           + ", ".join(str(Path(args.out) / f"{a}.md") for a in arch_names))
 

@@ -11,7 +11,6 @@ the comparison differs only in when and how finely weights are quantized.
 
 import copy
 import io
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from tqdm import tqdm
 import bitnerf
 from bitnerf import quantize_
 from train import evaluate, load_trained, write_json
-from utils import OneLineParser, UserError, resolve_device, ssim
+from utils import OneLineParser, UserError, exit_on_user_error, resolve_device, ssim
 
 # torchao's int8 schemes: per-output-channel symmetric int8 weights; the dynamic one also quantizes
 # each input row to int8 at run time, as BitNeRF's forward does.
@@ -86,12 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--data", help="the scene, if not where the run found it")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    try:
+    with exit_on_user_error():
         args = parser.parse_args(argv)
         rows = evaluate_variants(args.run_dir, args.variants, args.data, resolve_device(args.device))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     write_json(args.run_dir / "ptq.json", rows)
     print(f"{'variant':<14}{'weight bits':>12}{'model kB':>10}{'PSNR':>8}{'SSIM':>8}")
     for r in rows:

@@ -30,8 +30,8 @@ import configs
 from configs import ExperimentConfig
 from dataset import RaySampler, Scene, get_rays, load_scene
 from nerf import NeRF, render_image
-from utils import (Stopwatch, UserError, atomic_torch_save, colorize_depth, peak_memory_bytes, pose_spherical,
-                   psnr, resolve_device, ssim, to_uint8, write_video)
+from utils import (Stopwatch, UserError, atomic_torch_save, colorize_depth, exit_on_user_error, peak_memory_bytes,
+                   pose_spherical, psnr, resolve_device, ssim, to_uint8, write_video)
 
 METRIC_COLUMNS = ("step", "wall_s", "loss", "psnr_train", "grad_norm", "lr", "samples_per_s", "psnr_test")
 # Config fields that may change when a run is resumed; any other change would make it a different run.
@@ -46,7 +46,7 @@ def main(name: str, argv: list[str] | None = None) -> None:
     under torchrun.
     """
     argv = sys.argv[1:] if argv is None else argv
-    try:
+    with exit_on_user_error():
         config, args = configs.parse_args(name, argv)
         if config.distributed and not bitnerf_ddp.under_torchrun():
             load_scene(config.data, config.downscale)
@@ -58,9 +58,6 @@ def main(name: str, argv: list[str] | None = None) -> None:
                                  f" its message is above")
             sys.exit(code)
         run(config, resume=args.resume, overwrite=args.overwrite)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 def amp_dtype(config: ExperimentConfig, device: torch.device) -> torch.dtype | None:
