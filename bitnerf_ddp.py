@@ -119,7 +119,7 @@ def shutdown() -> None:
 
 def wrap(model: nn.Module, ranks: Ranks) -> nn.Module:
     """The module to call for training: DDP around model when distributed, else model itself."""
-    if ranks.world_size == 1 and not dist.is_initialized():
+    if not dist.is_initialized():
         return model
     device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
