@@ -14,6 +14,7 @@ the same ternary weights.
 Failure handling rests on torchrun: when one rank dies, its agent stops the others at once.
 """
 
+import contextlib
 import datetime
 import os
 import subprocess
@@ -140,6 +141,21 @@ def sum_across_ranks(value: int, device: torch.device) -> int:
     total = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return int(total.item())
+
+
+@contextlib.contextmanager
+def main_rank_alone(ranks: Ranks):
+    """Work rank 0 does alone (evaluation, the final renders) takes the CPU threads of its node's other
+    ranks, which meanwhile wait in a collective or have finished (on the CPU each rank has cores / N)."""
+    if ranks.device.type != "cpu" or ranks.world_size == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads * int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def barrier() -> None:

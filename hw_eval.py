@@ -9,6 +9,7 @@ operand widths, and writes `results.csv` and one Markdown table per architecture
 The mapper sees a tile of `--tile` samples; energy and latency are scaled to a whole 800x800 frame.
 Mapped tiles are cached in `<out>/.cache/`, keyed by everything that determines them, so a second
 run, and runs with the same layers and bitwidths (exp2 and exp3), do not map again.
+Distinct tiles are mapped in parallel, one process per CPU (`--jobs N` to change it).
 What the model includes and leaves out: README.md, "Accelerator evaluation".
 """
 
@@ -18,10 +19,12 @@ import hashlib
 import io
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -292,7 +295,8 @@ def map_tile(arch_name: str, workload: dict, int_accumulator: int) -> dict:
     """Map one workload with AccelForge's FFM mapper (lowest energy); energies in J, latency in s, per tile.
 
     The mapper runs in a temporary directory (it writes mapping.svg into the working directory) with
-    its console output captured, in one process: on 2 cores its process pool was 4x slower.
+    its console output captured, in one process: AccelForge's own pool, which splits one mapping across
+    processes, was 4x slower on 2 cores (map_missing runs whole tiles in parallel instead).
     """
     import accelforge as af
     from accelforge.mapper.FFM.main import map_workload_to_arch
@@ -314,21 +318,44 @@ def map_tile(arch_name: str, workload: dict, int_accumulator: int) -> dict:
     }
 
 
-def cached_map_tile(arch_name: str, workload: dict, int_accumulator: int, cache_dir: Path) -> dict:
-    """map_tile through a cache keyed by the workload, the architecture, the accumulator width, AccelForge's
-    version and this file (any change to the model invalidates it)."""
+def cache_path(arch_name: str, workload: dict, int_accumulator: int, cache_dir: Path) -> Path:
+    """Where a tile's mapping is cached: keyed by the workload, the architecture, the accumulator width,
+    AccelForge's version and this file (any change to the model invalidates it)."""
     from importlib.metadata import version
 
     key = json.dumps({"workload": workload, "arch": arch_name, "int_accumulator": int_accumulator,
                       "accelforge": version("accelforge"), "model": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()},
                      sort_keys=True)
-    path = cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    result = map_tile(arch_name, workload, int_accumulator)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    write_text(path, json.dumps(result, indent=1))
-    return result
+    return cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+
+
+def map_to_cache(path: Path, arch_name: str, workload: dict, int_accumulator: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(map_tile(arch_name, workload, int_accumulator), indent=1))
+
+
+def map_missing(tiles: dict[Path, tuple[str, dict, int]], jobs: int) -> None:
+    """Map every tile whose cache file is missing, `jobs` tiles at a time in separate processes.
+
+    One mapping is single-threaded Python, so independent tiles in parallel scale with the cores
+    (two at once on 2 cores took as long as one alone).
+    """
+    missing = {path: tile for path, tile in tiles.items() if not path.is_file()}
+    if not missing:
+        return
+    with tqdm(total=len(missing), desc="hw_eval mappings", unit="tile", disable=None) as progress:
+        if min(jobs, len(missing)) == 1:
+            for path, tile in missing.items():
+                progress.set_postfix_str(tile[0])
+                map_to_cache(path, *tile)
+                progress.update()
+            return
+        # spawn, not fork: the caller may hold threads (PyTorch's in the tests), which fork can deadlock.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(jobs, len(missing)), mp_context=context) as pool:
+            for future in as_completed([pool.submit(map_to_cache, path, *tile) for path, tile in missing.items()]):
+                future.result()
+                progress.update()
 
 
 # --- Runs and results ----------------------------------------------------------------------------
@@ -361,24 +388,40 @@ def load_runs(runs_dir: Path) -> list[Run]:
     return runs
 
 
-def evaluate_run(run: Run, arch_name: str, tile: int, cache_dir: Path, progress: tqdm) -> dict:
-    """One results.csv row: each field's tile mapped (or read from the cache) and scaled to a frame."""
+@dataclass
+class FieldTile:
+    """One field of a run on one architecture: its layers, and the cached mapping of a tile of `rows` samples."""
+    layers: list[dict]
+    rows: int
+    cache: Path
+
+
+def field_tiles(run: Run, arch_name: str, tile: int, cache_dir: Path) -> tuple[list[FieldTile], dict]:
+    """The run's fields on the architecture, and the mapping job of each (cache path -> map_tile arguments)."""
     int_accumulator = int_accumulator_bits(run.layers)
+    fields, jobs = [], {}
+    for layers in split_fields(run.layers).values():
+        rows = min(tile, layers[0]["samples_per_frame"])
+        workload = field_workload(layers, rows)
+        path = cache_path(arch_name, workload, int_accumulator, cache_dir)
+        fields.append(FieldTile(layers, rows, path))
+        jobs[path] = (arch_name, workload, int_accumulator)
+    return fields, jobs
+
+
+def frame_row(run: Run, arch_name: str, fields: list[FieldTile]) -> dict:
+    """One results.csv row: each field's mapped tile scaled to a frame."""
     energy = dict.fromkeys(ENERGY_GROUPS, 0.0)
     latency = macs = gated = 0.0
-    for field, layers in split_fields(run.layers).items():
-        samples = layers[0]["samples_per_frame"]
-        rows = min(tile, samples)
-        progress.set_postfix_str(f"{run.name} {field} on {arch_name}")
-        result = cached_map_tile(arch_name, field_workload(layers, rows), int_accumulator, cache_dir)
-        progress.update()
-        scale = samples / rows
+    for field in fields:
+        result = json.loads(field.cache.read_text())
+        scale = field.layers[0]["samples_per_frame"] / field.rows
         for component, joules in result["energy_j"].items():
             energy[ARCHITECTURES[arch_name].component_groups.get(component, "other")] += scale * joules
         latency += scale * result["latency_s"]
         macs += scale * result["macs"]
         # Zero-gating skips a MAC whose input is zero: ideally its whole MAC energy.
-        for layer in layers:
+        for layer in field.layers:
             gated += scale * result["mac_energy_j"][einsum_name(layer)] * layer["input_sparsity"]
     total = sum(energy.values())
     return {
@@ -428,17 +471,21 @@ def markdown_table(arch_name: str, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate(runs_dir: Path, arch_names: list[str], out_dir: Path, tile: int = DEFAULT_TILE) -> list[dict]:
-    """Evaluate every run on every architecture; write results.csv and <arch>.md into out_dir."""
+def evaluate(runs_dir: Path, arch_names: list[str], out_dir: Path, tile: int = DEFAULT_TILE,
+             jobs: int = 1) -> list[dict]:
+    """Evaluate every run on every architecture (mapping `jobs` tiles at a time); write results.csv and
+    <arch>.md into out_dir."""
     runs = load_runs(runs_dir)
     check_toolchain()
     out_dir.mkdir(parents=True, exist_ok=True)
-    n_tiles = sum(len(split_fields(run.layers)) for run in runs) * len(arch_names)
-    rows = []
-    with tqdm(total=n_tiles, desc="hw_eval", unit="tile", disable=None) as progress:
-        for arch_name in arch_names:
-            for run in runs:
-                rows.append(evaluate_run(run, arch_name, tile, out_dir / ".cache", progress))
+    planned, mapping_jobs = [], {}
+    for arch_name in arch_names:
+        for run in runs:
+            fields, run_jobs = field_tiles(run, arch_name, tile, out_dir / ".cache")
+            planned.append((run, arch_name, fields))
+            mapping_jobs.update(run_jobs)
+    map_missing(mapping_jobs, jobs)
+    rows = [frame_row(run, arch_name, fields) for run, arch_name, fields in planned]
     write_csv(out_dir / "results.csv", rows)
     for arch_name in arch_names:
         write_text(out_dir / f"{arch_name}.md", markdown_table(arch_name, [r for r in rows if r["arch"] == arch_name]))
@@ -452,6 +499,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="architectures (default: all)")
     parser.add_argument("--out", default="hw_eval", help="output folder (default: hw_eval)")
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help="samples per mapped tile (default: %(default)s)")
+    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
+                        help="tiles mapped at once, one process each (default: the CPUs here, %(default)s)")
     parser.add_argument("--setup", action="store_true", help="check (and rebuild if needed) CACTI, check dot, and exit")
     args = parser.parse_args(argv)
     arch_names = list(dict.fromkeys(args.arch))
@@ -461,7 +510,9 @@ def main(argv: list[str] | None = None) -> None:
             return
         if args.tile < 1:
             raise UserError(f"--tile must be positive, got {args.tile}")
-        rows = evaluate(Path(args.runs), arch_names, Path(args.out), args.tile)
+        if args.jobs < 1:
+            raise UserError(f"--jobs must be positive, got {args.jobs}")
+        rows = evaluate(Path(args.runs), arch_names, Path(args.out), args.tile, args.jobs)
     print(f"{len(rows)} results -> {Path(args.out) / 'results.csv'}, "
           + ", ".join(str(Path(args.out) / f"{a}.md") for a in arch_names))
 

@@ -317,8 +317,8 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
             if not ranks.is_main:
                 continue
             if done % config.eval_every == 0 and done < config.steps:
-                views = scene.i_test[: config.eval_views]
-                results = evaluate(model, scene, views, config, device, autocast_dtype)
+                with bitnerf_ddp.main_rank_alone(ranks):
+                    results = evaluate(model, scene, scene.i_test[: config.eval_views], config, device, autocast_dtype)
                 row = {**row, "step": done, "wall_s": round(wall_s(), 3),
                        "psnr_test": float(np.mean([r["psnr"] for r in results]))}
                 if wandb_run:
@@ -349,7 +349,8 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
         return {}
     metrics.close()
 
-    summary = finish(config, model, scene, run_dir, device, autocast_dtype, precision, wandb_run)
+    with bitnerf_ddp.main_rank_alone(ranks):
+        summary = finish(config, model, scene, run_dir, device, autocast_dtype, precision, wandb_run)
     summary.update({
         "world_size": ranks.world_size,
         "steps": config.steps, "wall_s": round(wall_s(), 2), "train_s": round(train_clock.elapsed, 2),

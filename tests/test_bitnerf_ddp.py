@@ -164,3 +164,13 @@ def test_ctrl_c_stops_every_rank_and_saves_a_checkpoint(tiny_config):
     assert "checkpoint saved, continue with --resume" in stderr
     assert torch.load(Path(tiny_config.out) / "exp5" / "checkpoint.pt", weights_only=False)["step"] > 0
     assert not [p for p in processes if Path(f"/proc/{p}").exists()]
+
+
+def test_rank_0_alone_takes_the_threads_of_its_nodes_waiting_ranks(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    threads = torch.get_num_threads()
+    with bitnerf_ddp.main_rank_alone(bitnerf_ddp.Ranks(0, 2, torch.device("cpu"))):
+        assert torch.get_num_threads() == 2 * threads
+    assert torch.get_num_threads() == threads
+    with bitnerf_ddp.main_rank_alone(bitnerf_ddp.Ranks()):
+        assert torch.get_num_threads() == threads

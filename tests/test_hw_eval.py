@@ -82,7 +82,7 @@ def evaluated(tmp_path_factory):
     write_run(runs, "exp2", "exp2", "bf16-amp", one_layer_fields(AMP, 0.25))
     write_run(runs, "exp3", "exp3", "bf16-amp", one_layer_fields(AMP, 0.5))
     write_run(runs, "exp4", "exp4", "ternary-int8", one_layer_fields(TERNARY, 0.25))
-    rows = hw_eval.evaluate(runs, list(hw_eval.ARCHITECTURES), tmp / "out", tile=TILE)
+    rows = hw_eval.evaluate(runs, list(hw_eval.ARCHITECTURES), tmp / "out", tile=TILE, jobs=2)  # a process pool
     return runs, tmp / "out", {(r["run"], r["arch"]): r for r in rows}
 
 
