@@ -182,7 +182,7 @@ def time_breakdown(run: TrainedRun) -> dict:
         for owner, attribute, label in stage_functions:
             patches.enter_context(mock.patch.object(owner, attribute, profiled(label, getattr(owner, attribute), device)))
         origins, dirs = test_rays(run.scene, view, device)
-        model(origins.reshape(-1, 3)[:chunk], dirs.reshape(-1, 3)[:chunk])  # warm-up: first-call allocations
+        nerf.render_image(model, origins, dirs, chunk)  # warm-up: first-call allocations and kernel choices
 
         def render():
             origins, dirs = profiled("ray generation", test_rays, device)(run.scene, view, device)

@@ -188,8 +188,8 @@ def plot_energy(runs, hw_rows: list[dict], path: Path) -> None:
             totals += energies
         for x, total in enumerate(totals):
             axes.annotate(si(total, "J"), (x, total), ha="center", va="bottom", fontsize=8)
-        axes.set(title=f"{arch}: energy per 800×800 frame", ylabel="energy per frame (J)")
-        axes.margins(y=0.12)
+        # An explicit limit: a zero-height top segment's bar edge would pin the axis to the tallest bar.
+        axes.set(title=f"{arch}: energy per 800×800 frame", ylabel="energy per frame (J)", ylim=(0, 1.12 * totals.max()))
         axes.tick_params(axis="x", labelrotation=30)
         axes.grid(axis="y", alpha=0.3)
     figure.legend(*axes.get_legend_handles_labels(), loc="outside right upper", fontsize=8)

@@ -10,7 +10,7 @@ from configs import EXP1, QUICK, ExperimentConfig, experiment
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-AXIS_FIELDS = {"exp1": set(), "exp2": {"precision"}, "exp3": {"precision", "batch_rays", "steps"},
+AXIS_FIELDS = {"exp1": set(), "exp2": {"precision"}, "exp3": {"precision", "batch_rays", "steps", *configs.STEP_INTERVALS},
                "exp4": {"model"}, "exp5": {"distributed"}, "exp6": {"model", "distributed"}}
 
 
@@ -35,6 +35,7 @@ def test_module_constants_are_the_full_experiments():
     assert configs.EXP2 == experiment("exp2") and configs.EXP3 == experiment("exp3")
     assert configs.EXP3.batch_rays == 4 * EXP1.batch_rays and configs.EXP2.precision == "amp"
     assert configs.EXP3.batch_rays * configs.EXP3.steps == EXP1.batch_rays * EXP1.steps  # equal ray budget
+    assert configs.EXP3.batch_rays * configs.EXP3.eval_every == EXP1.batch_rays * EXP1.eval_every
 
 
 def test_seed_configuration_is_expressible():
