@@ -244,6 +244,7 @@ def train_step(step_model: nn.Module, batch, optimizer, scheduler, scaler, confi
 def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, overwrite: bool) -> dict:
     run_start = time.perf_counter()
     device = ranks.device
+    compiled = compiles(config, device)
     scene = load_scene(config.data, config.downscale)
     run_dir = prepare_run_dir(config, resume, overwrite) if ranks.is_main else Path(config.out) / config.name
     bitnerf_ddp.barrier()
@@ -260,10 +261,8 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
         checkpoint = load_checkpoint(run_dir / "checkpoint.pt", config, model, optimizer, scheduler, scaler)
         start_step, prior_wall, train_clock.elapsed = checkpoint["step"], checkpoint["wall_s"], checkpoint["train_s"]
         wandb_id = checkpoint.get("wandb_id", wandb_id)
-    if config.compile:
-        for field in (model.coarse, model.fine):
-            if field is not None:
-                field.compile(fullgraph=True)
+    if compiled:
+        compile_fields(model)
     step_model = bitnerf_ddp.wrap(model, ranks)
 
     sampler = RaySampler(scene, device, config.batch_rays, config.seed,
@@ -441,6 +440,27 @@ def layer_bits(module: nn.Linear, autocast_dtype) -> dict[str, int]:
 
 
 @torch.no_grad()
+def compiles(config: ExperimentConfig, device: torch.device) -> bool:
+    """Whether to torch.compile the radiance fields: --compile on/off, and auto compiles BitNeRF's.
+
+    BitNet's quantization is many small elementwise ops that inductor fuses: on 2 CPU cores it trains
+    at 1.8x the samples/s and evaluates 2.6x faster after about 30 s of compilation (BENCHMARKS.md).
+    NeRF's step is matmul-bound and ran 1.3-2x slower compiled on the CPU. On the CPU inductor
+    builds C++, so auto needs a compiler there and on refuses to start without one.
+    """
+    has_compiler = device.type != "cpu" or shutil.which(os.environ.get("CXX", "g++")) is not None
+    if config.compile == "on" and not has_compiler:
+        raise UserError(f"--compile on needs a C++ compiler on the CPU ({os.environ.get('CXX', 'g++')} is not on "
+                        f"the PATH): install one (apt-get install g++) or use --compile off")
+    return config.compile == "on" or (config.compile == "auto" and config.model == "bitnerf" and has_compiler)
+
+
+def compile_fields(model: NeRF) -> None:
+    for field in (model.coarse, model.fine):
+        if field is not None:
+            field.compile(fullgraph=True)
+
+
 def describe_layers(model: NeRF, scene: Scene, config, device, autocast_dtype) -> dict:
     """Every Linear layer in execution order with its shape, bitwidths and measured input sparsity.
 
@@ -458,7 +478,8 @@ def describe_layers(model: NeRF, scene: Scene, config, device, autocast_dtype) -
     handles = [m.register_forward_hook(hook) for m in names]
     origins, dirs = test_rays(scene, scene.i_test[0], device)
     model.eval()
-    with autocast(device, autocast_dtype):
+    # Eager: a compiled field runs its Linear layers inside one graph, past their hooks.
+    with autocast(device, autocast_dtype), torch.compiler.set_stance("force_eager"):
         model(origins.reshape(-1, 3)[: config.chunk], dirs.reshape(-1, 3)[: config.chunk])
     model.train()
     for h in handles:

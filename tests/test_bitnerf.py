@@ -8,7 +8,9 @@ from torch import nn
 
 import bitnerf
 import train
+from dataset import load_scene
 from nerf import NeRF
+from utils import UserError
 
 FIELD = dict(near=2.0, far=6.0, white_bkgd=True, n_coarse=8, n_fine=8, depth=3, width=32, pos_freqs=4,
              dir_freqs=2, skips=(0,))
@@ -101,7 +103,8 @@ def test_export_reloads_to_bit_identical_renders(tmp_path):
 
 
 def test_bitnerf_run_learns_and_reports_ternary_bits(tiny_config):
-    config = replace(tiny_config, model="bitnerf", steps=300, eval_every=300, ckpt_every=300)
+    # compile auto, the default: BitNeRF's fields are compiled wherever a C++ compiler is found.
+    config = replace(tiny_config, model="bitnerf", steps=300, eval_every=300, ckpt_every=300, compile="auto")
     summary = train.run(config)
     run_dir = Path(config.out) / config.name
     assert summary["model"] == "bitnerf" and summary["precision"] == "ternary-int8"
@@ -111,3 +114,19 @@ def test_bitnerf_run_learns_and_reports_ternary_bits(tiny_config):
     layers = {layer["name"]: layer for layer in json.loads((run_dir / "layers.json").read_text())["layers"]}
     assert (layers["fine.layers.1.linear"]["weight_bits"], layers["fine.layers.1.linear"]["input_bits"]) == (2, 8)
     assert layers["fine.rgb_head.linear"]["weight_bits"] == 32
+    # Every Linear of both fields, also when compiled fields run their layers past the hooks.
+    model = train.build_model(config, load_scene(config.data), torch.device("cpu"))
+    assert list(layers) == [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+
+
+def test_compile_auto_compiles_bitnerf_only(tiny_config, monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train.shutil, "which", lambda name: "/usr/bin/" + name)
+    assert train.compiles(replace(tiny_config, model="bitnerf", compile="auto"), cpu)
+    assert not train.compiles(replace(tiny_config, model="nerf", compile="auto"), cpu)
+    assert train.compiles(replace(tiny_config, model="nerf", compile="on"), cpu)
+    assert not train.compiles(replace(tiny_config, model="bitnerf", compile="off"), cpu)
+    monkeypatch.setattr(train.shutil, "which", lambda name: None)  # no C++ compiler for inductor on the CPU
+    assert not train.compiles(replace(tiny_config, model="bitnerf", compile="auto"), cpu)
+    with pytest.raises(UserError, match=r"needs a C\+\+ compiler"):
+        train.compiles(replace(tiny_config, model="bitnerf", compile="on"), cpu)
