@@ -262,7 +262,9 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
         start_step, prior_wall, train_clock.elapsed = checkpoint["step"], checkpoint["wall_s"], checkpoint["train_s"]
         wandb_id = checkpoint.get("wandb_id", wandb_id)
     if compiled:
-        compile_fields(model)
+        for field in (model.coarse, model.fine):
+            if field is not None:
+                field.compile(fullgraph=True)
     step_model = bitnerf_ddp.wrap(model, ranks)
 
     sampler = RaySampler(scene, device, config.batch_rays, config.seed,
@@ -439,7 +441,6 @@ def layer_bits(module: nn.Linear, autocast_dtype) -> dict[str, int]:
     return {"weight_bits": bits, "input_bits": bits, "output_bits": bits}
 
 
-@torch.no_grad()
 def compiles(config: ExperimentConfig, device: torch.device) -> bool:
     """Whether to torch.compile the radiance fields: --compile on/off, and auto compiles BitNeRF's.
 
@@ -455,12 +456,7 @@ def compiles(config: ExperimentConfig, device: torch.device) -> bool:
     return config.compile == "on" or (config.compile == "auto" and config.model == "bitnerf" and has_compiler)
 
 
-def compile_fields(model: NeRF) -> None:
-    for field in (model.coarse, model.fine):
-        if field is not None:
-            field.compile(fullgraph=True)
-
-
+@torch.no_grad()
 def describe_layers(model: NeRF, scene: Scene, config, device, autocast_dtype) -> dict:
     """Every Linear layer in execution order with its shape, bitwidths and measured input sparsity.
 
