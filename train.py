@@ -449,9 +449,10 @@ def compiles(config: ExperimentConfig, device: torch.device) -> bool:
     NeRF's step is matmul-bound and ran 1.3-2x slower compiled on the CPU. On the CPU inductor
     builds C++, so auto needs a compiler there and on refuses to start without one.
     """
-    has_compiler = device.type != "cpu" or shutil.which(os.environ.get("CXX", "g++")) is not None
+    compiler = os.environ.get("CXX", "g++")  # what inductor builds its CPU kernels with
+    has_compiler = device.type != "cpu" or shutil.which(compiler) is not None
     if config.compile == "on" and not has_compiler:
-        raise UserError(f"--compile on needs a C++ compiler on the CPU ({os.environ.get('CXX', 'g++')} is not on "
+        raise UserError(f"--compile on needs a C++ compiler on the CPU ({compiler} is not on "
                         f"the PATH): install one (apt-get install g++) or use --compile off")
     return config.compile == "on" or (config.compile == "auto" and config.model == "bitnerf" and has_compiler)
 
