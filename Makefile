@@ -38,6 +38,7 @@ $(VENV)/.hw_eval_setup: $(VENV)/.installed
 test: setup
 	$(PY) -m pytest -q tests
 
+# analyze.py writes report/analyses.json, which report.py (reading result files only) shows.
 suite: setup
 	$(PY) exp1.py $(SUITE_FLAGS)
 	$(PY) exp2.py $(SUITE_FLAGS)
@@ -47,7 +48,8 @@ suite: setup
 	$(PY) exp6.py $(SUITE_FLAGS)
 	$(PY) ptq.py $(SUITE_OUT)/exp1 $(if $(DATA),--data $(DATA))
 	$(PY) hw_eval.py --runs $(SUITE_OUT)
-	$(PY) report.py --runs $(SUITE_OUT)
+	$(PY) analyze.py --runs $(SUITE_OUT) --out report $(if $(DATA),--data $(DATA))
+	$(PY) report.py --runs $(SUITE_OUT) --out report
 
 data: setup
 	$(PY) data_setup.py --scene builtin

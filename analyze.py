@@ -5,7 +5,7 @@ directory and merges their results into `report/analyses.json`, which report.py 
 reproducible on its own with `--only NAME`:
 
 - activation_sparsity: per Linear layer, the fraction of exactly-zero inputs (layers.json, measured
-  by train.describe_layers on test rays): the MACs that zero-gating could skip.
+  by the training run on test rays): the MACs that zero-gating could skip.
 - weight_sparsity: per Linear layer, the fraction of weights with |w| <= 1e-3 * max|w| of that layer;
   for BitNeRF's quantized layers also the exact fraction of zeros among the ternary weights its
   forward pass multiplies by.
@@ -21,7 +21,6 @@ The model-based analyses evaluate the model as training evaluated it (eval mode,
 
 import contextlib
 import functools
-import json
 import os
 from pathlib import Path
 from unittest import mock
@@ -33,8 +32,9 @@ from tqdm import tqdm
 
 import bitnerf
 import nerf
-from train import amp_dtype, autocast, load_trained, test_rays, write_json
-from utils import OneLineParser, UserError, exit_on_user_error, resolve_device
+import rundir
+from evaluation import Evaluation
+from utils import OneLineParser, UserError, exit_on_user_error, read_json, resolve_device, write_json
 
 # The CUDA build's profiler library (Kineto) logs its stages, and a failed GPU probe on a CPU-only
 # machine, to stderr at every use; silence it unless the user asked for its logs.
@@ -48,24 +48,6 @@ PIXEL_STRIDE = 2
 TIME_STAGES = ("ray generation", "sampling", "encoding", "MLP", "compositing", "other")
 
 
-def read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e}); rerun what wrote it") from None
-
-
-def find_runs(runs_dir: Path) -> list[tuple[Path, dict]]:
-    """(run directory, summary) of every subfolder of runs_dir with a summary.json, ordered by experiment name."""
-    if not runs_dir.is_dir():
-        raise UserError(f"no runs folder {runs_dir}: train first (make suite, or python exp1.py --quick), or pass --runs")
-    runs = [(d, read_json(d / "summary.json")) for d in runs_dir.iterdir() if (d / "summary.json").is_file()]
-    if not runs:
-        raise UserError(f"no finished runs in {runs_dir} (no subfolder holds a summary.json): train first "
-                        f"(make suite, or python exp1.py --quick), or pass --runs")
-    return sorted(runs, key=lambda run: (run[1]["experiment"], run[0].name))
-
-
 class TrainedRun:
     """A run directory whose config, scene and model are loaded on first use, once for every analysis."""
 
@@ -74,7 +56,7 @@ class TrainedRun:
 
     @functools.cached_property
     def loaded(self):
-        return load_trained(self.run_dir, self.data, self.device)
+        return rundir.load_trained(self.run_dir, self.data, self.device)
 
     @property
     def config(self):
@@ -88,16 +70,18 @@ class TrainedRun:
     def model(self) -> nerf.NeRF:
         return self.loaded[2]
 
+    @functools.cached_property
+    def evaluation(self) -> Evaluation:
+        """The evaluation the run's training did: its autocast dtype on its scene."""
+        return Evaluation.of(self.config, self.scene, self.device)
+
     @property
     def views(self) -> list[int]:
         return [int(v) for v in self.scene.i_test[: self.n_views]]
 
-    def autocast(self):
-        return autocast(self.device, amp_dtype(self.config, self.device))
-
 
 def activation_sparsity(run: TrainedRun) -> list[dict]:
-    layers = read_json(run.run_dir / "layers.json")["layers"]
+    layers = rundir.read_layers(run.run_dir)
     return [{"name": layer["name"], "input_sparsity": layer["input_sparsity"]} for layer in layers]
 
 
@@ -137,10 +121,9 @@ def render_weight_sparsity(run: TrainedRun) -> dict:
         count["behind_surface"] += int((transmittance < SKIPPABLE_WEIGHT).sum())
         return out
 
-    with mock.patch.object(model, "_render", counting_render), run.autocast():
+    with mock.patch.object(model, "_render", counting_render), run.evaluation.autocast():
         for view in run.views:
-            origins, dirs = (x[::PIXEL_STRIDE, ::PIXEL_STRIDE].reshape(-1, 3)
-                             for x in test_rays(run.scene, view, run.device))
+            origins, dirs = (x[::PIXEL_STRIDE, ::PIXEL_STRIDE].reshape(-1, 3) for x in run.evaluation.rays(view))
             for origins_chunk, dirs_chunk in zip(origins.split(chunk), dirs.split(chunk)):
                 model(origins_chunk, dirs_chunk)
     passes = {}
@@ -178,14 +161,14 @@ def time_breakdown(run: TrainedRun) -> dict:
                        (nerf.PositionalEncoding, "forward", "encoding"), (nerf.RadianceField, "forward", "field"),
                        (nerf, "composite", "compositing")]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with contextlib.ExitStack() as patches, run.autocast():
+    with contextlib.ExitStack() as patches, run.evaluation.autocast():
         for owner, attribute, label in stage_functions:
             patches.enter_context(mock.patch.object(owner, attribute, profiled(label, getattr(owner, attribute), device)))
-        origins, dirs = test_rays(run.scene, view, device)
+        origins, dirs = run.evaluation.rays(view)
         nerf.render_image(model, origins, dirs, chunk)  # warm-up: first-call allocations and kernel choices
 
         def render():
-            origins, dirs = profiled("ray generation", test_rays, device)(run.scene, view, device)
+            origins, dirs = profiled("ray generation", run.evaluation.rays, device)(view)
             nerf.render_image(model, origins, dirs, chunk)
 
         with profile(activities=activities) as profiler:
@@ -210,9 +193,12 @@ ANALYSES = {
 def analyze(runs_dir: Path, out_dir: Path, names=tuple(ANALYSES), data: str | None = None,
             device: torch.device = torch.device("cpu"), n_views: int = 1) -> dict:
     """Run the named analyses on every run and merge them into out_dir/analyses.json; returns its contents."""
-    runs = [TrainedRun(run_dir, data, device, n_views) for run_dir, _ in find_runs(runs_dir)]
+    runs = [TrainedRun(run_dir, data, device, n_views) for run_dir, _ in rundir.find_runs(runs_dir)]
     path = out_dir / "analyses.json"
     results = read_json(path) if path.exists() else {}
+    # What the analyses' thresholds and stages are, for report.py, which reads this file without torch.
+    results["definitions"] = {"near_zero_weight": NEAR_ZERO_WEIGHT, "skippable_weight": SKIPPABLE_WEIGHT,
+                              "pixel_stride": PIXEL_STRIDE, "time_stages": list(TIME_STAGES)}
     for name in names:
         results[name] = {}
     for run in tqdm(runs, desc="analyses", disable=None):

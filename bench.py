@@ -3,7 +3,8 @@
 `python bench.py --quick` measures, in one process, for each experiment's configuration (the quick
 preset with --quick, as `expN.py --quick` trains it):
 
-- throughput of the real training step (train.train_step): samples/s (MLP queries) and rays/s over a
+- throughput of the real training step (step.train_step, as train.py runs it): samples/s (MLP queries)
+  and rays/s over a
   fixed number of steps after warm-up, and the peak memory;
 - the model's FLOPs per sample, counted from its Linear shapes: 2*in*out per layer for the forward
   pass, times 3 for forward and backward (the backward pass multiplies for the input's gradient and
@@ -33,12 +34,15 @@ from torch.autograd import DeviceType
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
+import bitnerf
 import configs
-import train
+import precision
 from configs import ExperimentConfig
-from dataset import RaySampler, Scene, get_rays, load_scene
+from dataset import RaySampler, Scene, load_scene
 from nerf import MLP_RANGE, NeRF, RadianceField, composite
-from utils import OneLineParser, Stopwatch, UserError, exit_on_user_error, peak_memory_bytes, reset_peak_memory, resolve_device
+from step import Optimization, train_step
+from utils import (OneLineParser, Stopwatch, UserError, exit_on_user_error, get_rays, peak_memory_bytes,
+                   reset_peak_memory, resolve_device, write_json)
 
 # Forward and backward FLOPs per forward FLOP: the backward pass computes the input's and the weight's gradient.
 FORWARD_BACKWARD = 3
@@ -164,14 +168,15 @@ class SeedPipeline:
 
     def __init__(self, config: ExperimentConfig, scene: Scene, device: torch.device, autocast_dtype):
         self.scene, self.device, self.autocast_dtype = scene, device, autocast_dtype
-        self.field = train.build_model(config, scene, device).coarse.train()
-        self.optimizer, _, self.scaler = train.build_optimizer(config, self.field, device, autocast_dtype)
+        self.field = bitnerf.build_model(config, scene, device).coarse.train()
+        optimization = Optimization.build(config, self.field, device, autocast_dtype)
+        self.optimizer, self.scaler = optimization.optimizer, optimization.scaler
         self.views = SeedViews(scene, self.field, config.n_coarse)
         self.samples_per_step = scene.height * scene.width * config.n_coarse
 
     def step(self, item: dict[str, torch.Tensor]) -> None:
         item = {k: v.to(self.device, non_blocking=True) for k, v in item.items()}
-        with train.autocast(self.device, self.autocast_dtype):
+        with precision.autocast(self.device, self.autocast_dtype):
             rgb, density = self.field.decode(item["encoded"], item.get("encoded_dirs"))
         out = composite(rgb.float(), density.float(), item["t"], item["dirs"], self.scene.far, self.scene.white_bkgd)
         loss = F.mse_loss(out["rgb"], item["rgb"])
@@ -195,15 +200,16 @@ class SeedPipeline:
 
 def bench_experiment(config: ExperimentConfig, scene: Scene, device: torch.device, budget: Budget) -> dict:
     """One row of bench.json: throughput, FLOPs, MFU, non-MLP share and memory of config's training step."""
-    autocast_dtype = train.amp_dtype(config, device)
+    autocast_dtype = precision.amp_dtype(config, device)
     torch.manual_seed(config.seed)
-    model = train.build_model(config, scene, device).train()
-    optimizer, scheduler, scaler = train.build_optimizer(config, model, device, autocast_dtype)
+    model = bitnerf.build_model(config, scene, device).train()
+    optimization = Optimization.build(config, model, device, autocast_dtype)
     sampler = RaySampler(scene, device, config.batch_rays, config.seed, config.jitter_per_ray)
 
     def train_steps(first: int, count: int) -> None:
         for step in range(first, first + count):
-            train.train_step(model, sampler.batch(step), optimizer, scheduler, scaler, config, device, autocast_dtype)
+            train_step(model, sampler.batch(step), optimization, config,
+                       lambda: precision.autocast(device, autocast_dtype))
 
     steps_per_round = max(1, budget.steps // budget.rounds)
     seed_steps_per_round = max(1, budget.seed_steps // budget.rounds)
@@ -229,7 +235,7 @@ def bench_experiment(config: ExperimentConfig, scene: Scene, device: torch.devic
     seed_samples_per_s = seed.samples_per_step * seed_steps_per_round / min(seed_s)
     model_flops_per_s = samples_per_s * flops_per_sample(model)
     return {
-        "experiment": config.name, "model": config.model, "precision": train.precision_name(config, device),
+        "experiment": config.name, "model": config.model, "precision": precision.precision_name(config.model, autocast_dtype),
         "device": str(device), "threads": torch.get_num_threads(),
         "batch_rays": config.batch_rays, "samples_per_ray": config.samples_per_ray, "timed_steps": steps_per_round,
         "samples_per_s": round(samples_per_s), "rays_per_s": round(samples_per_s / config.samples_per_ray),
@@ -280,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     base = configs.QUICK if args.quick else configs.EXP1
     rows = [bench_experiment(configs.experiment(name, base), scene, device, budget)
             for name in tqdm(names, desc="bench", disable=None)]
-    train.write_json(args.out, rows)
+    write_json(args.out, rows)
     print_table(rows)
 
 

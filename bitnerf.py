@@ -30,7 +30,7 @@ from torchao.prototype.quantized_training.bitnet import (  # noqa: E402
 from torchao.prototype.quantized_training.int8 import quantize_int8_rowwise  # noqa: E402
 
 from nerf import NeRF  # noqa: E402
-from utils import atomic_torch_save  # noqa: E402
+from utils import atomic_write  # noqa: E402
 
 # Layers left in high precision: the heads that produce density and colour.
 HIGH_PRECISION_LAYERS = ("density_head", "rgb_head", "output_head")
@@ -73,6 +73,19 @@ def to_bitnet(model: nn.Module, quantize_heads: bool = False) -> nn.Module:
     quantize_(model, bitnet_training(),
               filter_fn=lambda m, name: isinstance(m, nn.Linear) and is_quantized_layer(name, quantize_heads))
     return model
+
+
+def build_model(config, scene, device: torch.device) -> NeRF:
+    """The model an ExperimentConfig names on the scene's bounds: NeRF, or BitNeRF (the same topology from
+    RMSNormLinear layers, converted by torchao)."""
+    constructor = bitnerf if config.model == "bitnerf" else NeRF
+    model = constructor(
+        near=scene.near, far=scene.far, white_bkgd=scene.white_bkgd, n_coarse=config.n_coarse,
+        n_fine=config.n_fine, depth=config.depth, width=config.width,
+        pos_freqs=config.pos_freqs, dir_freqs=config.dir_freqs, skips=config.skips,
+        use_viewdirs=config.use_viewdirs,
+    ).to(device)
+    return to_bitnet(model, config.quantize_heads) if config.model == "bitnerf" else model
 
 
 def quantized_linears(model: nn.Module) -> dict[str, nn.Linear]:
@@ -130,7 +143,7 @@ def export_ternary(model: nn.Module, path: str | Path) -> int:
         packed[name] = {"packed": pack_ternary(ternary), "shape": tuple(ternary.shape), "scale": scale}
     latent_weights = {f"{name}.weight" for name in quantized}
     state = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in latent_weights}
-    atomic_torch_save({"ternary": packed, "state": state}, str(path))
+    atomic_write(path, lambda tmp: torch.save({"ternary": packed, "state": state}, tmp))
     return Path(path).stat().st_size
 
 

@@ -33,8 +33,8 @@ class ExperimentConfig:
     # Model: the NeRF of Mildenhall et al. (2020) with 64 coarse + 64 fine samples, enough at 100x100.
     model: str = "nerf"
     # BitNeRF only: also quantize the density and colour heads. Off, as in torchao's BitNet recipe:
-    # after 600 quick steps on lego_100, ternary heads cost 0.36 dB of test PSNR (19.00 against 19.36)
-    # and would save only their ~1k weights (a 128x4 head per field) of the model's 0.11M (BENCHMARKS.md).
+    # ternary heads cost test PSNR and would save only a few of the model's weights (BENCHMARKS.md,
+    # "BitNeRF: ternary heads or high-precision heads").
     quantize_heads: bool = False
     depth: int = 8
     width: int = 256
@@ -55,8 +55,8 @@ class ExperimentConfig:
     grad_clip: float = 0.0  # 0: no clipping (the norm is logged either way)
     precision: str = "fp32"
     amp_dtype: str = "auto"  # auto: fp16 with gradient scaling on CUDA, bf16 on the CPU (no fast fp16 GEMM there)
-    # torch.compile of the radiance fields. auto: BitNeRF's only, where it measured 1.8x faster on the
-    # CPU; NeRF's matmul-bound step ran 1.3-2x slower compiled (train.compiles).
+    # torch.compile of the radiance fields. auto: BitNeRF's only, whose many small quantization ops
+    # inductor fuses; NeRF's matmul-bound step ran slower compiled on the CPU (train.compiles).
     compile: str = "auto"
     distributed: bool = False  # DistributedDataParallel over torchrun processes; batch_rays is the global batch
 
@@ -106,19 +106,18 @@ class ExperimentConfig:
 EXP1 = ExperimentConfig()
 
 # The CPU preset: the same code paths, sized to finish in about 5 minutes on 2 CPU cores. Chosen by
-# test PSNR at equal compute on the 100x100 lego scene (BENCHMARKS.md): a 4x128 MLP (~8x cheaper
-# per sample than 8x256), 6 frequencies as in tiny-NeRF (faster early convergence at 100x100),
-# no view-dependent branch (~1.3x the samples/s), 16 coarse + 32 fine samples, and many small
-# batches with a high, decaying learning rate: 256 rays per step beat 512 and 1024 by 0.6 and 1.4 dB.
-# 2400 steps (not 3000) and a 16-frame video keep all six experiments, hw_eval and the report of
-# `make suite` within 25 minutes on 2 CPU cores.
+# test PSNR at equal compute on the 100x100 lego scene (BENCHMARKS.md, "How the quick preset was
+# chosen"): a 4x128 MLP, far cheaper per sample than 8x256; 6 frequencies as in tiny-NeRF (faster
+# early convergence at 100x100); no view-dependent branch; 16 coarse + 32 fine samples; and many
+# small batches with a high, decaying learning rate, which beat fewer larger ones. The step count and
+# a 16-frame video keep all of `make suite` within its 25 minutes on 2 CPU cores.
 QUICK = replace(
     EXP1,
     depth=4, width=128, skips=(), pos_freqs=6, use_viewdirs=False, n_coarse=16, n_fine=32,
     steps=2400, batch_rays=256, lr=5e-3, lr_final=2.5e-4,
     log_every=100, eval_every=800, ckpt_every=800, video_frames=16,
-    # On the CPU, rendering in chunks of 1024 rays is 1.8x faster than 4096: smaller activations stay
-    # clear of the allocator's page-faulting large-block path.
+    # On the CPU, rendering in chunks of 1024 rays is faster than 4096: smaller activations stay clear
+    # of the allocator's page-faulting large-block path.
     chunk=1024,
 )
 
@@ -135,7 +134,7 @@ AXES = {
     "exp3": lambda base: replace(base, precision="amp", batch_rays=4 * base.batch_rays, steps=base.steps // 4,
                                  **{k: max(1, getattr(base, k) // 4) for k in STEP_INTERVALS}),
     # BitNeRF keeps exp1's learning rate and weight decay: the seed changed both for BitNeRF, but at
-    # equal settings BitNeRF already trains stably here (BENCHMARKS.md), so no change is needed.
+    # equal settings BitNeRF already trains stably (BENCHMARKS.md, "The suite on lego_100").
     "exp4": lambda base: replace(base, model="bitnerf"),
     # Data parallel: the global batch stays exp1's (exp4's), split across the processes.
     "exp5": lambda base: replace(base, distributed=True),
@@ -145,13 +144,6 @@ AXES = {
 
 def experiment(name: str, base: ExperimentConfig = EXP1) -> ExperimentConfig:
     return replace(AXES[name](base), name=name)
-
-
-EXP2 = experiment("exp2")
-EXP3 = experiment("exp3")
-EXP4 = experiment("exp4")
-EXP5 = experiment("exp5")
-EXP6 = experiment("exp6")
 
 
 def _option_type(annotation):

@@ -5,14 +5,15 @@ torus, a cylinder and a fuzzy blob) rendered from 100 cameras by dense quadratur
 volume rendering integral NeRF learns, so a NeRF that fits it well can reach a high PSNR, and its
 `depths` are the exact expected ray termination the NeRF estimates.
 
-    python data_setup.py --scene {builtin,tiny_nerf,nerf_synthetic,all} [--out DIR]
+    python data_setup.py [--scene {builtin,tiny_nerf,nerf_synthetic,all}] [--out DIR]
+
+--scene defaults to tiny_nerf: tiny_nerf_data.npz, the data the seed code fetched.
 """
 
 import http.client
 import math
 import os
 import shutil
-import sys
 import tempfile
 import urllib.request
 import zipfile
@@ -22,8 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset import get_rays
-from utils import OneLineParser, UserError, pose_spherical
+from utils import OneLineParser, UserError, atomic_write, exit_on_user_error, get_rays, pose_spherical
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 BUILTIN_SCENE = DATA_DIR / "builtin.npz"
@@ -207,11 +207,6 @@ def _density(x, y, z):
     return total
 
 
-def scene_density(points: torch.Tensor) -> torch.Tensor:
-    """Volume density sigma(x) of the built-in scene at points (..., 3): the objects' densities summed."""
-    return _density(*points.unbind(-1))
-
-
 def _sdf_normal(sdf, x, y, z, step=1e-3):
     """Unit surface normal: an SDF's gradient from its values at the corners of a small tetrahedron
     (as accurate as central differences, with four evaluations instead of six)."""
@@ -383,15 +378,12 @@ def write_builtin_scene(path=BUILTIN_SCENE) -> Path:
         "i_test": TEST_VIEWS,
         "depths": np.stack(depths).astype(np.float32),
     }
-    # Write to a temporary file beside the target, then rename: readers never see half a file.
-    temp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", suffix=".tmp", delete=False)
-    try:
-        with temp:
-            np.savez(temp, **scene)
-        os.replace(temp.name, path)
-    except BaseException:
-        Path(temp.name).unlink(missing_ok=True)
-        raise
+
+    def save(temp_path):
+        with open(temp_path, "wb") as f:  # a file object: np.savez would add .npz to a path
+            np.savez(f, **scene)
+
+    atomic_write(path, save)
     return path
 
 
@@ -419,38 +411,44 @@ def _remove_if_created_and_empty(dest_dir: Path, created: bool) -> None:
 def download_tiny_nerf(dest_dir=DATA_DIR) -> Path:
     """Download tiny_nerf_data.npz (the lego scene, 106 views at 100x100) into dest_dir; returns its path.
 
-    Does nothing if the file is already there. Raises UserError (and leaves nothing behind) on failure.
+    Does nothing if the file is already there. A failed download raises UserError and leaves nothing
+    behind; a dest_dir that cannot be written raises OSError.
     """
     dest_dir = Path(dest_dir)
     target = dest_dir / "tiny_nerf_data.npz"
     if target.is_file():
         return target
     url = TINY_NERF_URL
-    created = _make_dest_dir(dest_dir)
-    temp_path = None
-    try:
-        with tempfile.NamedTemporaryFile(dir=dest_dir, prefix=target.name + ".", suffix=".tmp", delete=False) as f:
-            temp_path = Path(f.name)
-            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+
+    def failed(reason: str) -> UserError:
+        return UserError(f"could not download {url} ({reason}); download it by hand (e.g. in a browser) and "
+                         f"save it as {target}, or use the built-in scene, which needs no network "
+                         f"(python data_setup.py --scene builtin, or run the experiments without --data)")
+
+    def fetch(temp_path):
+        """Stream url into temp_path with a progress bar and check that it is the whole scene."""
+        # Every failure is raised in here, so that atomic_write removes temp_path.
+        try:
+            with open(temp_path, "wb") as f, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
                 expected_bytes = int(response.headers.get("Content-Length") or 0) or None
                 with tqdm(total=expected_bytes, unit="B", unit_scale=True, desc=target.name) as progress:
                     while block := response.read(1 << 20):
                         f.write(block)
                         progress.update(len(block))
-        if expected_bytes is not None and temp_path.stat().st_size != expected_bytes:
-            raise OSError(f"got {temp_path.stat().st_size} of {expected_bytes} bytes")
-        with np.load(temp_path) as scene:  # a proxy's error page would pass the size check, not this
-            missing = {"images", "poses", "focal"} - set(scene.files)
+            size = os.path.getsize(temp_path)
+            if expected_bytes is not None and size != expected_bytes:
+                raise failed(f"got {size} of {expected_bytes} bytes")
+            with np.load(temp_path) as scene:  # a proxy's error page would pass the size check, not this
+                missing = {"images", "poses", "focal"} - set(scene.files)
+        except (OSError, http.client.HTTPException, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise failed(_one_line(e)) from e
         if missing:
-            raise OSError(f"the file lacks {sorted(missing)}")
-        os.replace(temp_path, target)
-        temp_path = None
-    except (OSError, http.client.HTTPException, ValueError, zipfile.BadZipFile) as e:
-        raise UserError(f"could not download {url} ({_one_line(e)}); "
-                        f"download it by hand (e.g. in a browser) and save it as {target}") from e
+            raise failed(f"the file lacks {sorted(missing)}")
+
+    created = _make_dest_dir(dest_dir)
+    try:
+        atomic_write(target, fetch)
     finally:
-        if temp_path is not None:
-            temp_path.unlink(missing_ok=True)
         _remove_if_created_and_empty(dest_dir, created)
     return target
 
@@ -492,7 +490,12 @@ def download_nerf_synthetic(dest_dir=DATA_DIR) -> Path:
         unpacked = staging / "nerf_synthetic"
         if not unpacked.is_dir():
             raise UserError(f"the downloaded nerf_synthetic.zip has no nerf_synthetic/ folder; {by_hand}")
-        os.replace(unpacked, target)
+        # A rename within dest_dir: target appears whole or not at all.
+        try:
+            os.replace(unpacked, target)
+        except OSError:
+            if not target.is_dir():  # else a concurrent run put its (complete) folder there first
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         _remove_if_created_and_empty(dest_dir, created)
@@ -505,22 +508,23 @@ def download_nerf_synthetic(dest_dir=DATA_DIR) -> Path:
 
 def main(argv=None) -> None:
     parser = OneLineParser(description="Download the real NeRF data or write the built-in scene.")
-    parser.add_argument("--scene", required=True, choices=["builtin", "tiny_nerf", "nerf_synthetic", "all"],
-                        help="what to get: the built-in procedural scene (no network), tiny_nerf_data.npz, "
-                             "the Blender nerf_synthetic scenes, or all three")
+    parser.add_argument("--scene", default="tiny_nerf", choices=["builtin", "tiny_nerf", "nerf_synthetic", "all"],
+                        help="what to get: the built-in procedural scene (no network), tiny_nerf_data.npz "
+                             "(the default), the Blender nerf_synthetic scenes, or all three")
     parser.add_argument("--out", type=Path, default=DATA_DIR, help=f"folder to write into (default {DATA_DIR})")
     args = parser.parse_args(argv)
-    try:
-        if args.scene in ("builtin", "all"):
-            print(f"wrote {write_builtin_scene(args.out / 'builtin.npz')}")
-        # The downloads skip what is already there, hence "ready" rather than "wrote".
-        if args.scene in ("tiny_nerf", "all"):
-            print(f"ready: {download_tiny_nerf(args.out)}")
-        if args.scene in ("nerf_synthetic", "all"):
-            print(f"ready: {download_nerf_synthetic(args.out)}")
-    except (UserError, OSError) as e:  # OSError: e.g. an --out folder that cannot be written
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    with exit_on_user_error():
+        try:
+            if args.scene in ("builtin", "all"):
+                print(f"wrote {write_builtin_scene(args.out / 'builtin.npz')}")
+            # The downloads skip what is already there, hence "ready" rather than "wrote".
+            if args.scene in ("tiny_nerf", "all"):
+                print(f"ready: {download_tiny_nerf(args.out)}")
+            if args.scene in ("nerf_synthetic", "all"):
+                print(f"ready: {download_nerf_synthetic(args.out)}")
+        except OSError as e:  # the downloads report their own failures: this is writing into --out
+            raise UserError(f"could not write into {args.out} ({_one_line(e)}); "
+                            f"give --out a folder you can write to") from e
 
 
 if __name__ == "__main__":

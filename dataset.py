@@ -9,7 +9,7 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
-from utils import UserError
+from utils import UserError, get_rays
 
 
 @dataclass
@@ -34,23 +34,6 @@ class Scene:
     @property
     def width(self) -> int:
         return self.images.shape[2]
-
-
-def get_rays(height: int, width: int, focal: float, c2w: torch.Tensor):
-    """Origins and unnormalised directions of every pixel's ray, each (H, W, 3), on c2w's device.
-
-    Pixel (i, j) looks through ((i - W/2)/f, -(j - H/2)/f, -1) in camera space, the convention of
-    the original NeRF code and of tiny_nerf_data.npz; the ray parameter t is camera-space depth.
-    """
-    j, i = torch.meshgrid(
-        torch.arange(height, dtype=torch.float32, device=c2w.device),
-        torch.arange(width, dtype=torch.float32, device=c2w.device),
-        indexing="ij",
-    )
-    dirs_cam = torch.stack([(i - width * 0.5) / focal, -(j - height * 0.5) / focal, -torch.ones_like(i)], -1)
-    dirs = dirs_cam @ c2w[:3, :3].T
-    origins = c2w[:3, 3].expand(dirs.shape)
-    return origins, dirs
 
 
 def load_scene(path: str | None, downscale: int = 1) -> Scene:
@@ -86,7 +69,7 @@ def load_npz(path: Path) -> Scene:
         i_train = arrays.get("i_train", np.setdiff1d(np.arange(n), arrays.get("i_test", [])))
         i_test = arrays.get("i_test", np.setdiff1d(np.arange(n), i_train))
     else:
-        # Without a split, the first 90% of views train and the rest test (DESIGN.md).
+        # Without a split, the first 90% of views train and the rest test, as the README documents.
         n_train = max(1, min(n - 1, int(round(0.9 * n))))
         i_train, i_test = np.arange(n_train), np.arange(n_train, n)
     scene = Scene(

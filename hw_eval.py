@@ -1,12 +1,14 @@
 """Energy and latency of each run's MLP on two accelerator models (AccelForge + hwcomponents).
 
-`python hw_eval.py [--runs DIR] [--arch NAME ...] [--out DIR]` reads every `DIR/*/layers.json` and
-`summary.json`, turns each field's layers (coarse, fine) into an AccelForge workload of one einsum per
-Linear layer, maps it onto an Eyeriss-like and a TPU-v4i-like architecture whose MACs take the run's
-operand widths, and writes `results.csv` and one Markdown table per architecture into `--out`.
+`python hw_eval.py [--runs DIR] [--arch NAME ...] [--out DIR]` reads every finished run in DIR (its
+`summary.json` and `layers.json`), turns each field's layers (coarse, fine) into an AccelForge
+workload of one einsum per Linear layer, maps it onto an Eyeriss-like and a TPU-v4i-like
+architecture whose MACs take the run's operand widths, and writes `results.csv` and one Markdown
+table per architecture into `--out`.
 `python hw_eval.py --setup` makes sure CACTI (the Eyeriss model's SRAM estimator) runs here.
 
-The mapper sees a tile of `--tile` samples; energy and latency are scaled to a whole 800x800 frame.
+The mapper sees a tile of `--tile` samples; energy and latency are scaled to a whole frame (the
+frame of rundir.FRAME_HEIGHT x FRAME_WIDTH pixels that layers.json counts samples for).
 Mapped tiles are cached in `<out>/.cache/`, keyed by everything that determines them, so a second
 run, and runs with the same layers and bitwidths (exp2 and exp3), do not map again.
 Distinct tiles are mapped in parallel, one process per CPU (`--jobs N` to change it).
@@ -29,19 +31,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hwcomponents import ActionCost, ComponentModel, action
-from hwcomponents.scaling import tech_node_area, tech_node_energy, tech_node_latency, tech_node_leak, tech_node_throughput
+from hwcomponents.scaling import (tech_node_area, tech_node_energy, tech_node_latency, tech_node_leak,
+                                  tech_node_throughput)
 from hwcomponents_library import AladdinAdder, AladdinMultiplier
 from tqdm import tqdm
 
-from utils import OneLineParser, UserError, exit_on_user_error
+import precision
+import rundir
+from utils import OneLineParser, UserError, atomic_write, exit_on_user_error, read_json, write_json
 
 CSV_COLUMNS = ("run", "experiment", "arch", "precision", "energy_per_frame_j", "latency_per_frame_s", "edp_j_s",
                "energy_dram_j", "energy_global_buffer_j", "energy_scratchpad_j", "energy_mac_j", "energy_other_j",
                "macs_per_frame", "zero_gating_saving_frac")
 DEFAULT_TILE = 16384
-# Operands this wide or wider are floating point (fp32, fp16, bf16: this project's float runs);
-# narrower ones are integers (BitNeRF's ternary weights and int8 activations).
-FLOAT_MIN_BITS = 16
+FRAME = f"{rundir.FRAME_WIDTH}x{rundir.FRAME_HEIGHT}"
 FLOAT_ACCUMULATOR_BITS = 32  # fp16/bf16 products accumulate in fp32, as tensor cores and TPUs do
 
 
@@ -67,8 +70,6 @@ ARCHITECTURES = {
                           "Register": "scratchpad", "MAC": "mac"}),
 }
 ENERGY_GROUPS = ("dram", "global_buffer", "scratchpad", "mac", "other")
-LAYER_FIELDS = ("name", "in_features", "out_features", "weight_bits", "input_bits", "output_bits", "input_sparsity",
-                "samples_per_frame")
 
 # Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC 2014, 45 nm:
 # (energy in J, area in m^2) of one floating-point operation by operand width.
@@ -113,7 +114,7 @@ class LayerMAC(ComponentModel):
     priority = 0.9
 
     def __init__(self, tech_node: float, weight_bits: int, input_bits: int, accumulator_bits: int):
-        self.is_float = input_bits >= FLOAT_MIN_BITS
+        self.is_float = precision.is_float(input_bits)
         if self.is_float:
             self.parts = [FloatMAC(tech_node, max(weight_bits, input_bits), accumulator_bits)]
         else:
@@ -132,14 +133,15 @@ class LayerMAC(ComponentModel):
 
 def accumulator_bits_expression(int_accumulator_bits: int) -> str:
     """An einsum's partial-sum width, as an AccelForge expression over its tensors."""
-    return f"{FLOAT_ACCUMULATOR_BITS} if input.bits_per_value >= {FLOAT_MIN_BITS} else {int_accumulator_bits}"
+    # The same test as precision.is_float, in AccelForge's expression language.
+    return f"{FLOAT_ACCUMULATOR_BITS} if input.bits_per_value >= {precision.FLOAT_MIN_BITS} else {int_accumulator_bits}"
 
 
 def int_accumulator_bits(layers: list[dict]) -> int:
     """Bits that hold an exact sum of the widest integer layer's products: w + x - 1 bits per signed
     product, plus one bit per doubling of the terms summed."""
     widths = [l["weight_bits"] + l["input_bits"] - 1 + math.ceil(math.log2(l["in_features"]))
-              for l in layers if l["input_bits"] < FLOAT_MIN_BITS]
+              for l in layers if not precision.is_float(l["input_bits"])]
     return max(widths, default=FLOAT_ACCUMULATOR_BITS)
 
 
@@ -323,15 +325,15 @@ def cache_path(arch_name: str, workload: dict, int_accumulator: int, cache_dir: 
     AccelForge's version and this file (any change to the model invalidates it)."""
     from importlib.metadata import version
 
+    model = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
     key = json.dumps({"workload": workload, "arch": arch_name, "int_accumulator": int_accumulator,
-                      "accelforge": version("accelforge"), "model": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()},
-                     sort_keys=True)
+                      "accelforge": version("accelforge"), "model": model}, sort_keys=True)
     return cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
 
 def map_to_cache(path: Path, arch_name: str, workload: dict, int_accumulator: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, json.dumps(map_tile(arch_name, workload, int_accumulator), indent=1))
+    write_json(path, map_tile(arch_name, workload, int_accumulator))
 
 
 def map_missing(tiles: dict[Path, tuple[str, dict, int]], jobs: int) -> None:
@@ -367,27 +369,6 @@ class Run:
     layers: list[dict]
 
 
-def load_runs(runs_dir: Path) -> list[Run]:
-    paths = sorted(runs_dir.glob("*/layers.json"))
-    if not paths:
-        raise UserError(f"no runs in {runs_dir}: expected {runs_dir}/<name>/layers.json from a finished "
-                        f"experiment (e.g. python exp1.py --quick)")
-    runs = []
-    for path in paths:
-        summary_path = path.with_name("summary.json")
-        if not summary_path.is_file():
-            raise UserError(f"{path.parent} has layers.json but no summary.json: its run did not finish")
-        try:
-            summary, layers = json.loads(summary_path.read_text()), json.loads(path.read_text())["layers"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise UserError(f"{path.parent}: unreadable summary.json or layers.json ({e})") from None
-        missing = [f for f in LAYER_FIELDS if any(f not in layer for layer in layers)]
-        if missing or not layers:
-            raise UserError(f"{path}: every layer needs {', '.join(LAYER_FIELDS)}; missing: {', '.join(missing) or 'all'}")
-        runs.append(Run(path.parent.name, summary, layers))
-    return runs
-
-
 @dataclass
 class FieldTile:
     """One field of a run on one architecture: its layers, and the cached mapping of a tile of `rows` samples."""
@@ -414,7 +395,7 @@ def frame_row(run: Run, arch_name: str, fields: list[FieldTile]) -> dict:
     energy = dict.fromkeys(ENERGY_GROUPS, 0.0)
     latency = macs = gated = 0.0
     for field in fields:
-        result = json.loads(field.cache.read_text())
+        result = read_json(field.cache)
         scale = field.layers[0]["samples_per_frame"] / field.rows
         for component, joules in result["energy_j"].items():
             energy[ARCHITECTURES[arch_name].component_groups.get(component, "other")] += scale * joules
@@ -433,19 +414,13 @@ def frame_row(run: Run, arch_name: str, fields: list[FieldTile]) -> dict:
     }
 
 
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_csv(path: Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
-    write_text(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
 
 
 def markdown_table(arch_name: str, rows: list[dict]) -> str:
@@ -458,7 +433,7 @@ def markdown_table(arch_name: str, rows: list[dict]) -> str:
     lines = [
         f"# {ARCHITECTURES[arch_name].title}",
         "",
-        "Per 800x800 frame; a model, not a silicon measurement (README.md, \"Accelerator evaluation\").",
+        f"Per {FRAME} frame; a model, not a silicon measurement (README.md, \"Accelerator evaluation\").",
         "",
         "| run | experiment | precision | energy/frame (J) | latency/frame (s) | EDP (J·s) | ×exp1 energy "
         "| ×exp1 latency | zero-gating saving |",
@@ -475,7 +450,7 @@ def evaluate(runs_dir: Path, arch_names: list[str], out_dir: Path, tile: int = D
              jobs: int = 1) -> list[dict]:
     """Evaluate every run on every architecture (mapping `jobs` tiles at a time); write results.csv and
     <arch>.md into out_dir."""
-    runs = load_runs(runs_dir)
+    runs = [Run(run_dir.name, summary, rundir.read_layers(run_dir)) for run_dir, summary in rundir.find_runs(runs_dir)]
     check_toolchain()
     out_dir.mkdir(parents=True, exist_ok=True)
     planned, mapping_jobs = [], {}
@@ -488,12 +463,14 @@ def evaluate(runs_dir: Path, arch_names: list[str], out_dir: Path, tile: int = D
     rows = [frame_row(run, arch_name, fields) for run, arch_name, fields in planned]
     write_csv(out_dir / "results.csv", rows)
     for arch_name in arch_names:
-        write_text(out_dir / f"{arch_name}.md", markdown_table(arch_name, [r for r in rows if r["arch"] == arch_name]))
+        atomic_write(out_dir / f"{arch_name}.md",
+                     markdown_table(arch_name, [r for r in rows if r["arch"] == arch_name]))
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(prog="hw_eval.py", description="Energy and latency per frame of each run on accelerator models.")
+    parser = OneLineParser(prog="hw_eval.py",
+                           description="Energy and latency per frame of each run on accelerator models.")
     parser.add_argument("--runs", default="runs", help="folder of run directories (default: runs)")
     parser.add_argument("--arch", nargs="+", choices=list(ARCHITECTURES), default=list(ARCHITECTURES),
                         help="architectures (default: all)")

@@ -14,15 +14,15 @@ import io
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 import bitnerf
+import rundir
 from bitnerf import quantize_
-from train import evaluate, load_trained, write_json
-from utils import OneLineParser, UserError, exit_on_user_error, resolve_device, ssim
+from evaluation import Evaluation
+from utils import OneLineParser, UserError, exit_on_user_error, resolve_device, write_json
 
 # torchao's int8 schemes: per-output-channel symmetric int8 weights; the dynamic one also quantizes
 # each input row to int8 at run time, as BitNeRF's forward does.
@@ -61,20 +61,21 @@ def saved_bytes(model: nn.Module) -> int:
 
 
 def evaluate_variants(run_dir: Path, variants, data: str | None, device: torch.device) -> list[dict]:
-    config, scene, model = load_trained(run_dir, data, device)
+    config, scene, model = rundir.load_trained(run_dir, data, device)
     if config.model != "nerf":
         raise UserError(f"{run_dir} is a {config.model} run: post-training quantization applies to NeRF runs (exp1, exp2, exp3, exp5)")
+    evaluation = Evaluation.of(config, scene, device)
     rows = []
     for variant in tqdm(variants, desc="ptq", disable=None):
         quantized, autocast_dtype = quantized_copy(model, variant)
         start = time.perf_counter()
         with torch.no_grad():
-            results = evaluate(quantized, scene, scene.i_test, config, device, autocast_dtype)
-            ssims = [ssim(r["rgb"], torch.from_numpy(scene.images[r["view"]]).to(device)) for r in results]
+            variant_evaluation = evaluation.with_dtype(autocast_dtype)
+            metrics = variant_evaluation.metrics(variant_evaluation.test_views(quantized))
         rows.append({
             "variant": variant, "weight_bits": WEIGHT_BITS[variant], "model_bytes": saved_bytes(quantized),
-            "psnr_test": round(float(np.mean([r["psnr"] for r in results])), 3),
-            "ssim_test": round(float(np.mean(ssims)), 4), "eval_s": round(time.perf_counter() - start, 2),
+            "psnr_test": metrics["psnr_test"], "ssim_test": metrics["ssim_test"],
+            "eval_s": round(time.perf_counter() - start, 2),
         })
     return rows
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     with exit_on_user_error():
         args = parser.parse_args(argv)
         rows = evaluate_variants(args.run_dir, args.variants, args.data, resolve_device(args.device))
-    write_json(args.run_dir / "ptq.json", rows)
+    write_json(args.run_dir / rundir.PTQ, rows)
     print(f"{'variant':<14}{'weight bits':>12}{'model kB':>10}{'PSNR':>8}{'SSIM':>8}")
     for r in rows:
         print(f"{r['variant']:<14}{r['weight_bits']:>12}{r['model_bytes'] / 1e3:>10.0f}{r['psnr_test']:>8.2f}{r['ssim_test']:>8.3f}")

@@ -1,9 +1,9 @@
 """The report: one Markdown page comparing every experiment, with plots beside it (it renders on GitHub).
 
-`python report.py [--runs runs] [--hw hw_eval] [--out report] [--data PATH] [--skip-analyses]` reads
-each run directory (summary.json, metrics.csv, renders/, ptq.json), hw_eval's results.csv and the
-analyses of analyze.py (run first, unless --skip-analyses; kept in report/analyses.json), and writes
-report/README.md with its PNG plots.
+`python report.py [--runs runs] [--hw hw_eval] [--out report]` reads each run directory (summary.json,
+metrics.csv, renders/, ptq.json), hw_eval's results.csv and the analyses.json that `analyze.py --out`
+wrote into the same folder (both default to report/), and writes README.md with its PNG plots there.
+It reads result files only and runs nothing, so it starts without PyTorch.
 """
 
 import csv
@@ -18,14 +18,15 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-import analyze
-from analyze import read_json
-from utils import OneLineParser, UserError, exit_on_user_error, resolve_device
+import rundir
+from utils import OneLineParser, UserError, atomic_write, exit_on_user_error, read_json
 
 HW_ENERGY_PARTS = {"energy_dram_j": "DRAM", "energy_global_buffer_j": "global buffer",
                    "energy_scratchpad_j": "scratchpad", "energy_mac_j": "MAC", "energy_other_j": "other"}
 HW_COLUMNS = ("run", "arch", "energy_per_frame_j", "latency_per_frame_s", *HW_ENERGY_PARTS)
 RENDER_VIEWS = 2  # test views per experiment in the grid of renders
+FRAME = f"{rundir.FRAME_WIDTH}×{rundir.FRAME_HEIGHT}"  # the frame hw_eval.py costs
+ANALYSES = "analyses.json"
 SI_PREFIXES = ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"), (1e-12, "p"))
 
 
@@ -47,9 +48,7 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 
 def save_figure(figure: Figure, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    figure.savefig(tmp, format="png", dpi=110)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
 
 
 def run_colors(runs) -> dict[str, str]:
@@ -100,24 +99,16 @@ def results_table(runs, hw_rows: list[dict] | None, hw_dir: Path) -> str:
         notes.append(f"- *n/a*: no hardware results at `{hw_dir / 'results.csv'}`; run `python hw_eval.py` "
                      f"(`make suite` does) and then this report again.")
     else:
-        notes.append("- Energy and latency per 800×800 frame on each architecture are AccelForge models of "
+        notes.append(f"- Energy and latency per {FRAME} frame on each architecture are AccelForge models of "
                      "the run's layers (`hw_eval.py`), not silicon measurements.")
         if any((run_dir.name, arch) not in hw for run_dir, _ in runs for arch in archs):
             notes.append(f"- *n/a*: the run is missing from `{hw_dir / 'results.csv'}`; rerun `python hw_eval.py`.")
     return markdown_table(header, rows) + "\n\n" + "\n".join(notes)
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.csv"
-    if not path.exists():
-        raise UserError(f"{run_dir} has a summary.json but no metrics.csv: rerun the experiment")
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def psnr_curve(run_dir: Path, summary: dict) -> list[tuple[int, float, float]]:
     """(step, wall seconds, test PSNR) at every evaluation, ending with the final one on all test views."""
-    rows = read_metrics(run_dir)
+    rows = rundir.read_metrics(run_dir)
     curve = [(int(r["step"]), float(r["wall_s"]), float(r["psnr_test"])) for r in rows if r["psnr_test"]]
     end_wall = next((float(r["wall_s"]) for r in rows if int(r["step"]) == summary["steps"]), summary["wall_s"])
     return curve + [(summary["steps"], end_wall, summary["psnr_test"])]
@@ -141,7 +132,7 @@ def plot_psnr(runs, path: Path) -> None:
 
 
 def render_views(run_dir: Path) -> list[str]:
-    return sorted(p.stem.removeprefix("rgb_") for p in (run_dir / "renders").glob("rgb_*.png"))
+    return sorted(p.stem.removeprefix("rgb_") for p in (run_dir / rundir.RENDERS).glob("rgb_*.png"))
 
 
 def plot_renders(runs, path: Path) -> list[str]:
@@ -160,13 +151,13 @@ def plot_renders(runs, path: Path) -> list[str]:
         axes.set_yticks([])
     first_run = runs[0][0]
     for i, view in enumerate(views):
-        grid[0, 2 * i].imshow(iio.imread(first_run / "renders" / f"gt_{view}.png"))
+        grid[0, 2 * i].imshow(iio.imread(first_run / rundir.RENDERS / f"gt_{view}.png"))
         grid[0, 2 * i].set_title(f"view {int(view)}", fontsize=9)
         grid[0, 2 * i + 1].set_title(f"view {int(view)} depth", fontsize=9)
         grid[0, 2 * i + 1].set_axis_off()
         for row, (run_dir, _) in enumerate(runs, start=1):
-            grid[row, 2 * i].imshow(iio.imread(run_dir / "renders" / f"rgb_{view}.png"))
-            grid[row, 2 * i + 1].imshow(iio.imread(run_dir / "renders" / f"depth_{view}.png"))
+            grid[row, 2 * i].imshow(iio.imread(run_dir / rundir.RENDERS / f"rgb_{view}.png"))
+            grid[row, 2 * i + 1].imshow(iio.imread(run_dir / rundir.RENDERS / f"depth_{view}.png"))
     grid[0, 0].set_ylabel("ground truth", fontsize=9)
     for row, (run_dir, summary) in enumerate(runs, start=1):
         grid[row, 0].set_ylabel(f"{run_dir.name}\n{summary['psnr_test']:.2f} dB", fontsize=9)
@@ -189,7 +180,8 @@ def plot_energy(runs, hw_rows: list[dict], path: Path) -> None:
         for x, total in enumerate(totals):
             axes.annotate(si(total, "J"), (x, total), ha="center", va="bottom", fontsize=8)
         # An explicit limit: a zero-height top segment's bar edge would pin the axis to the tallest bar.
-        axes.set(title=f"{arch}: energy per 800×800 frame", ylabel="energy per frame (J)", ylim=(0, 1.12 * totals.max()))
+        axes.set(title=f"{arch}: energy per {FRAME} frame", ylabel="energy per frame (J)",
+                 ylim=(0, 1.12 * totals.max()))
         axes.tick_params(axis="x", labelrotation=30)
         axes.grid(axis="y", alpha=0.3)
     figure.legend(*axes.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
@@ -200,10 +192,10 @@ def ptq_table(runs) -> str | None:
     """Post-training quantization variants (ptq.py) beside the runs that trained BitNeRF, or None without ptq.json."""
     rows = []
     for run_dir, _ in runs:
-        if (run_dir / "ptq.json").exists():
+        if (run_dir / rundir.PTQ).exists():
             rows += [[f"{run_dir.name}, {v['variant']}", "after training (ptq.py)", f"{v['weight_bits']:g}",
                       si(v["model_bytes"], "B"), f"{v['psnr_test']:.2f}", f"{v['ssim_test']:.3f}"]
-                     for v in read_json(run_dir / "ptq.json")]
+                     for v in read_json(run_dir / rundir.PTQ)]
     if not rows:
         return None
     rows += [[run_dir.name, "during training (BitNet b1.58)", f"{s['weight_bits']:g}", si(s["model_bytes"], "B"),
@@ -216,7 +208,7 @@ def layer_label(name: str) -> str:
     return name.removesuffix(".linear")
 
 
-def plot_sparsity(activation: dict, weight: dict, runs, path: Path) -> None:
+def plot_sparsity(activation: dict, weight: dict, near_zero_weight: float, runs, path: Path) -> None:
     """Per layer: the fraction of zero inputs, and of near-zero (and ternary zero) weights, a line per run."""
     figure = Figure(figsize=(11, 6.5), layout="constrained")
     inputs_axes, weights_axes = figure.subplots(2, 1, sharex=True)
@@ -235,7 +227,7 @@ def plot_sparsity(activation: dict, weight: dict, runs, path: Path) -> None:
     for run_name, result in weight.items():
         color = colors[run_name]
         plot(weights_axes, result, "near_zero", linestyle="-", color=color,
-             label=f"{run_name}: |w| ≤ {analyze.NEAR_ZERO_WEIGHT:g}·max|w|")
+             label=f"{run_name}: |w| ≤ {near_zero_weight:g}·max|w|")
         plot(weights_axes, result, "ternary_zero", linestyle="--", color=color, label=f"{run_name}: ternary zeros")
     inputs_axes.set(title="Input activation sparsity per layer (fraction of exactly-zero inputs, test rays)",
                     ylabel="zero inputs")
@@ -257,53 +249,68 @@ def sparsity_tables(activation: dict, weight: dict) -> str:
         inputs = {layer_label(layer["name"]): layer["input_sparsity"] for layer in activation.get(run_name, [])}
         weights = {layer_label(layer["name"]): layer for layer in weight.get(run_name, [])}
         for name in dict.fromkeys([*inputs, *weights]):
+            ternary = weights.get(name, {}).get("ternary_zero")
             parts = [f"in {percent(inputs[name])}" if name in inputs else "",
                      f"w {percent(weights[name]['near_zero'])}" if name in weights else "",
-                     f"ternary {percent(weights[name]['ternary_zero'])}" if "ternary_zero" in weights.get(name, {}) else ""]
+                     f"ternary {percent(ternary)}" if ternary is not None else ""]
             cells.setdefault(name, {})[run_name] = " · ".join(p for p in parts if p)
     rows = [[f"`{name}`", *(by_run.get(run_name, "") for run_name in runs)] for name, by_run in cells.items()]
     return markdown_table(["layer", *runs], rows)
 
 
-def render_sparsity_table(results: dict) -> str:
+def render_sparsity_table(results: dict, skippable_weight: float) -> str:
     rows = [[run_name, name, p["samples_per_ray"], percent(p["skippable"]), percent(p["empty_space"]),
              percent(p["behind_surface"])]
             for run_name, result in results.items() for name, p in result["passes"].items()]
-    return markdown_table(["experiment", "pass", "samples per ray", f"weight < {analyze.SKIPPABLE_WEIGHT:g} (skippable)",
+    return markdown_table(["experiment", "pass", "samples per ray", f"weight < {skippable_weight:g} (skippable)",
                            "of which empty space", "of which behind the surface"], rows)
 
 
-def plot_time_breakdown(results: dict, runs, path: Path) -> None:
+def plot_time_breakdown(results: dict, stages: list[str], runs, path: Path) -> None:
     """A horizontal bar per run: the share of each rendering stage, with the render's total time."""
     names = [run_dir.name for run_dir, _ in runs if run_dir.name in results][::-1]
     figure = Figure(figsize=(9, 1.2 + 0.45 * len(names)), layout="constrained")
     axes = figure.subplots()
     left = np.zeros(len(names))
-    for i, stage in enumerate(analyze.TIME_STAGES):
+    for i, stage in enumerate(stages):
         shares = np.array([results[n]["stages_s"][stage] / results[n]["total_s"] for n in names])
         axes.barh(names, shares, left=left, label=stage, color=f"C{i}")
         left += shares
     for y, name in enumerate(names):
         axes.annotate(f" {1e3 * results[name]['total_s']:.0f} ms", (left[y], y), va="center", fontsize=8)
-    axes.set(title="Where the time of rendering one test image goes (torch.profiler)", xlabel="share of the render time",
-             xlim=(0, 1.15))
+    axes.set(title="Where the time of rendering one test image goes (torch.profiler)",
+             xlabel="share of the render time", xlim=(0, 1.15))
     axes.xaxis.set_major_formatter(PercentFormatter(1.0))
-    figure.legend(*axes.get_legend_handles_labels(), loc="outside lower center", ncols=len(analyze.TIME_STAGES),
-                  fontsize=8)
+    figure.legend(*axes.get_legend_handles_labels(), loc="outside lower center", ncols=len(stages), fontsize=8)
     save_figure(figure, path)
 
 
-def time_table(results: dict) -> str:
+def time_table(results: dict, stages: list[str]) -> str:
     rows = [[run_name, f"{1e3 * r['total_s']:.0f} ms",
-             *(f"{1e3 * r['stages_s'][s]:.0f} ms ({percent(r['stages_s'][s] / r['total_s'])})" for s in analyze.TIME_STAGES)]
+             *(f"{1e3 * r['stages_s'][s]:.0f} ms ({percent(r['stages_s'][s] / r['total_s'])})" for s in stages)]
             for run_name, r in results.items()]
-    return markdown_table(["experiment", "render (1 view)", *analyze.TIME_STAGES], rows)
+    return markdown_table(["experiment", "render (1 view)", *stages], rows)
+
+
+def read_analyses(out_dir: Path, analyze_command: str) -> dict | None:
+    """analyze.py's analyses.json in out_dir, or None when analyze.py has not written one there."""
+    path = out_dir / ANALYSES
+    if not path.exists():
+        return None
+    analyses = read_json(path)
+    if not isinstance(analyses, dict) or not isinstance(analyses.get("definitions"), dict):
+        raise UserError(f"{path} lacks the analyses' definitions (an older analyze.py wrote it):"
+                        f" rerun `{analyze_command}`")
+    return analyses
 
 
 def analyses_section(analyses: dict, runs, out_dir: Path, analyze_command: str, report_command: str) -> list[str]:
     """The analyses' Markdown (and plots) for the runs in this report; each says how to rerun it."""
     run_names = [run_dir.name for run_dir, _ in runs]
-    present = {name: {run: result[run] for run in run_names if run in result} for name, result in analyses.items()}
+    definitions = analyses["definitions"]
+    near_zero, skippable, stride = (definitions[k] for k in ("near_zero_weight", "skippable_weight", "pixel_stride"))
+    present = {name: {run: result[run] for run in run_names if run in result}
+               for name, result in analyses.items() if name != "definitions"}
 
     def command(*names):
         return f"Reproduce: `{analyze_command} --only {' '.join(names)}`, then `{report_command}`."
@@ -316,11 +323,11 @@ def analyses_section(analyses: dict, runs, out_dir: Path, analyze_command: str, 
     activation, weight = present.get("activation_sparsity", {}), present.get("weight_sparsity", {})
     lines += ["### Sparsity per layer: inputs and weights", ""]
     if activation or weight:
-        plot_sparsity(activation, weight, runs, out_dir / "sparsity.png")
+        plot_sparsity(activation, weight, near_zero, runs, out_dir / "sparsity.png")
         lines += ["![Input activation and weight sparsity per layer](sparsity.png)", "",
                   f"*in*: the fraction of exactly-zero inputs of the layer on test rays (layers.json; ReLU outputs "
                   f"are what a zero-gating MAC array could skip); *w*: the fraction of weights with "
-                  f"|w| ≤ {analyze.NEAR_ZERO_WEIGHT:g}·max|w| of the layer (BitNeRF: of its latent fp32 weights); "
+                  f"|w| ≤ {near_zero:g}·max|w| of the layer (BitNeRF: of its latent fp32 weights); "
                   f"*ternary*: BitNeRF's exact zeros among the ternary weights its forward pass uses.", "",
                   sparsity_tables(activation, weight), "", command("activation_sparsity", "weight_sparsity"), ""]
     else:
@@ -329,35 +336,39 @@ def analyses_section(analyses: dict, runs, out_dir: Path, analyze_command: str, 
     lines += ["### Volume-rendering weight sparsity", ""]
     if present.get("render_weight_sparsity"):
         views = sorted({v for result in present["render_weight_sparsity"].values() for v in result["views"]})
-        lines += [f"Samples whose compositing weight w = T·α is below {analyze.SKIPPABLE_WEIGHT:g} change no pixel "
+        lines += [f"Samples whose compositing weight w = T·α is below {skippable:g} change no pixel "
                   f"visibly: empty-space skipping and early ray termination exist to skip them. *Empty space*: the "
-                  f"ray is still transparent there (T ≥ {analyze.SKIPPABLE_WEIGHT:g}) but nothing is there; *behind "
-                  f"the surface*: the transmittance T has fallen below {analyze.SKIPPABLE_WEIGHT:g}, what early ray "
+                  f"ray is still transparent there (T ≥ {skippable:g}) but nothing is there; *behind "
+                  f"the surface*: the transmittance T has fallen below {skippable:g}, what early ray "
                   f"termination skips. Test view(s) {', '.join(map(str, views))}, one pixel of "
-                  f"every {analyze.PIXEL_STRIDE}×{analyze.PIXEL_STRIDE} block.", "",
-                  render_sparsity_table(present["render_weight_sparsity"]), "", command("render_weight_sparsity"), ""]
+                  f"every {stride}×{stride} block.", "",
+                  render_sparsity_table(present["render_weight_sparsity"], skippable), "",
+                  command("render_weight_sparsity"), ""]
     else:
         lines += [missing("render_weight_sparsity"), ""]
 
     lines += ["### Where the time of rendering an image goes", ""]
     if present.get("time_breakdown"):
         results = present["time_breakdown"]
-        plot_time_breakdown(results, runs, out_dir / "time_breakdown.png")
+        plot_time_breakdown(results, definitions["time_stages"], runs, out_dir / "time_breakdown.png")
         first = next(iter(results.values()))
         lines += ["![Time breakdown of rendering one test image](time_breakdown.png)", "",
                   f"One {first['pixels']}-pixel test view rendered in eval mode on `{first['device']}` under "
                   f"torch.profiler, with ranges around nerf.py's stages: *MLP* is the radiance field less its "
                   f"positional encoding; *other* is the rest (chunking, sorting the fine samples). Timings on a "
-                  f"shared machine are indicative.", "", time_table(results), "", command("time_breakdown"), ""]
+                  f"shared machine are indicative.", "", time_table(results, definitions["time_stages"]), "",
+                  command("time_breakdown"), ""]
     else:
         lines += [missing("time_breakdown"), ""]
     return lines
 
 
-def write_report(runs_dir: Path, hw_dir: Path, out_dir: Path, analyses: dict | None, command: str) -> Path:
-    """Write out_dir/README.md and its plots; returns the README's path."""
-    runs = analyze.find_runs(runs_dir)
+def write_report(runs_dir: Path, hw_dir: Path, out_dir: Path, command: str) -> Path:
+    """Write out_dir/README.md and its plots, with out_dir/analyses.json's analyses; returns the README's path."""
+    runs = rundir.find_runs(runs_dir)
     hw_rows = read_hw_results(hw_dir)
+    analyze_command = shlex.join(["python", "analyze.py", "--runs", str(runs_dir), "--out", str(out_dir)])
+    analyses = read_analyses(out_dir, analyze_command)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# NeRF experiments: report", "",
              f"Written by `{command}` from {len(runs)} runs in `{runs_dir}`, in experiment order.", "",
@@ -380,7 +391,7 @@ def write_report(runs_dir: Path, hw_dir: Path, out_dir: Path, analyses: dict | N
         tables = [f"[{arch}]({os.path.relpath(hw_dir / f'{arch}.md', out_dir)})" for arch in archs
                   if (hw_dir / f"{arch}.md").exists()]
         lines += ["![Energy per frame by component, per architecture](energy.png)", "",
-                  "Energy per 800×800 frame, stacked by where it is spent, from `hw_eval.py` (AccelForge models, "
+                  f"Energy per {FRAME} frame, stacked by where it is spent, from `hw_eval.py` (AccelForge models, "
                   "not measurements)." + (f" Per-architecture tables: {', '.join(tables)}." if tables else "")]
     else:
         lines += [f"n/a: no hardware results at `{hw_dir / 'results.csv'}`; run `python hw_eval.py`, then this report."]
@@ -389,17 +400,15 @@ def write_report(runs_dir: Path, hw_dir: Path, out_dir: Path, analyses: dict | N
         lines += ["", "## Post-training quantization vs BitNet training", "",
                   "The same question answered two ways: quantize a trained NeRF (`python ptq.py runs/exp1`), or train "
                   "BitNeRF's ternary weights from the start (exp4).", "", ptq]
-    analyze_command = shlex.join(["python", "analyze.py", "--runs", str(runs_dir), "--out", str(out_dir)])
+    report_command = shlex.join(["python", "report.py", "--runs", str(runs_dir), "--hw", str(hw_dir),
+                                 "--out", str(out_dir)])
     if analyses is None:
-        lines += ["", "## Analyses", "", f"Not computed: run `{analyze_command}`, or this report without --skip-analyses."]
+        lines += ["", "## Analyses", "", f"Not computed: run `{analyze_command}` (`make suite` does), then "
+                  f"`{report_command}`."]
     else:
-        report_command = shlex.join(["python", "report.py", "--runs", str(runs_dir), "--hw", str(hw_dir),
-                                     "--out", str(out_dir), "--skip-analyses"])
         lines += ["", *analyses_section(analyses, runs, out_dir, analyze_command, report_command)]
     path = out_dir / "README.md"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines).rstrip() + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, "\n".join(lines).rstrip() + "\n")
     return path
 
 
@@ -407,20 +416,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog="report.py", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="the folder of run directories")
     parser.add_argument("--hw", type=Path, default=Path("hw_eval"), help="hw_eval.py's output folder")
-    parser.add_argument("--out", type=Path, default=Path("report"), help="where README.md and the plots go")
-    parser.add_argument("--data", help="the scene for the analyses, if not where the runs found it")
-    parser.add_argument("--skip-analyses", action="store_true",
-                        help="do not run analyze.py (the report still shows report/analyses.json if there is one)")
+    parser.add_argument("--out", type=Path, default=Path("report"),
+                        help="where README.md and the plots go, and where analyze.py wrote analyses.json")
     start = time.perf_counter()
     with exit_on_user_error():
         args = parser.parse_args(argv)
-        analyses_path = args.out / "analyses.json"
-        if args.skip_analyses:
-            analyses = read_json(analyses_path) if analyses_path.exists() else None
-        else:
-            analyses = analyze.analyze(args.runs, args.out, data=args.data, device=resolve_device("auto"))
         command = shlex.join(["python", "report.py", *(sys.argv[1:] if argv is None else argv)])
-        path = write_report(args.runs, args.hw, args.out, analyses, command)
+        path = write_report(args.runs, args.hw, args.out, command)
     print(f"report -> {path} ({time.perf_counter() - start:.0f} s)")
 
 

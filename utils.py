@@ -1,15 +1,27 @@
-"""Small shared helpers: camera poses, image metrics, seeding, media writing, meters."""
+"""Small shared helpers: errors, the one atomic write, JSON files, cameras, image metrics, media, meters.
+
+torch is imported inside the helpers that use it, so that readers of result files (report.py,
+hw_eval.py) start without loading it.
+"""
+
+from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import resource
 import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 class UserError(Exception):
@@ -32,6 +44,39 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         sys.stderr.write(f"error: {message} (see --help)\n")
         sys.exit(2)
+
+
+def atomic_write(path: str | Path, content: str | bytes | Callable[[str], object]) -> None:
+    """Write a file all at once: to a temporary file beside it, then rename over it.
+
+    content is text, bytes, or a function that writes a file at the path it is given (torch.save,
+    savefig). A crash, a kill or a concurrent writer never leaves a half-written file at path.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if callable(content):
+            content(tmp)
+        else:
+            Path(tmp).write_bytes(content.encode() if isinstance(content, str) else content)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data) -> None:
+    atomic_write(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: str | Path):
+    """A JSON file's contents; an unreadable or invalid file is a UserError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is not a readable JSON file ({e}); rerun what wrote it") from None
 
 
 def pose_spherical(theta_deg: float, phi_deg: float, radius: float) -> np.ndarray:
@@ -58,7 +103,28 @@ def pose_spherical(theta_deg: float, phi_deg: float, radius: float) -> np.ndarra
     return c2w.astype(np.float32)
 
 
+def get_rays(height: int, width: int, focal: float, c2w: torch.Tensor):
+    """Origins and unnormalised directions of every pixel's ray, each (H, W, 3), on c2w's device.
+
+    Pixel (i, j) looks through ((i - W/2)/f, -(j - H/2)/f, -1) in camera space, the convention of
+    the original NeRF code and of tiny_nerf_data.npz; the ray parameter t is camera-space depth.
+    """
+    import torch
+
+    j, i = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32, device=c2w.device),
+        torch.arange(width, dtype=torch.float32, device=c2w.device),
+        indexing="ij",
+    )
+    dirs_cam = torch.stack([(i - width * 0.5) / focal, -(j - height * 0.5) / focal, -torch.ones_like(i)], -1)
+    dirs = dirs_cam @ c2w[:3, :3].T
+    origins = c2w[:3, 3].expand(dirs.shape)
+    return origins, dirs
+
+
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -67,6 +133,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
+    import torch
+
     mse = torch.mean((pred.float() - target.float()) ** 2).item()
     return float("inf") if mse == 0 else -10.0 * math.log10(mse)
 
@@ -79,8 +147,13 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> float:
     return structural_similarity_index_measure(to_nchw(pred), to_nchw(target), data_range=1.0).item()
 
 
+def depth_error(pred: torch.Tensor, target: np.ndarray) -> float:
+    """Mean absolute difference of a rendered depth map from the scene's ground truth, in scene units."""
+    return float(np.abs(pred.detach().float().cpu().numpy() - target).mean())
+
+
 def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(image, torch.Tensor):
+    if not isinstance(image, np.ndarray):
         image = image.detach().float().cpu().numpy()
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
@@ -107,16 +180,11 @@ def write_video(path_stem: str, frames: list[np.ndarray], fps: int = 24) -> list
     return written + [f"{path_stem}.mp4"]
 
 
-def atomic_torch_save(obj, path: str) -> None:
-    """Save to a temporary file beside `path`, then rename: a crash never leaves a half-written file."""
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def peak_memory_bytes(device: torch.device) -> int:
     """Peak CUDA memory allocated, or on the CPU the process's peak resident set size."""
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.max_memory_allocated(device)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -124,6 +192,8 @@ def peak_memory_bytes(device: torch.device) -> int:
 def reset_peak_memory(device: torch.device) -> None:
     """Start peak_memory_bytes afresh: CUDA's peak statistics, or on Linux the process's peak resident set."""
     if device.type == "cuda":
+        import torch
+
         torch.cuda.reset_peak_memory_stats(device)
     elif os.path.exists("/proc/self/clear_refs"):
         with open("/proc/self/clear_refs", "w") as f:
@@ -147,4 +217,6 @@ class Stopwatch:
 
     def _sync(self):
         if self.device.type == "cuda":
+            import torch
+
             torch.cuda.synchronize(self.device)

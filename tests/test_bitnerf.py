@@ -8,7 +8,6 @@ from torch import nn
 
 import bitnerf
 import train
-from dataset import load_scene
 from nerf import NeRF
 from utils import UserError
 
@@ -30,12 +29,39 @@ def test_bitnerf_shares_nerf_topology_with_rmsnorm_before_every_linear():
     assert all(isinstance(m.norm, nn.RMSNorm) for m in bit_layers)
 
 
+FIELD_LINEARS = ["layers.0", "layers.1", "layers.2", "density_head", "feature", "view_layer", "rgb_head"]
+
+
 def test_only_hidden_layers_are_quantized():
     quantized = bitnerf.quantized_linears(make_bitnerf())
-    assert "coarse.layers.0.linear" in quantized and "fine.view_layer.linear" in quantized
-    assert not any(head in name for name in quantized for head in bitnerf.HIGH_PRECISION_LAYERS)
-    n_linear = sum(isinstance(m, nn.Linear) for m in make_bitnerf().modules())
-    assert len(quantized) == n_linear - 4  # density and colour heads of both fields stay high precision
+    # FIELD's 3 hidden layers, feature and view layers in each field; the density and colour heads stay.
+    assert sorted(quantized) == sorted(f"{field}.{layer}.linear" for field in ("coarse", "fine")
+                                       for layer in ("layers.0", "layers.1", "layers.2", "feature", "view_layer"))
+    every = bitnerf.quantized_linears(bitnerf.to_bitnet(bitnerf.bitnerf(**FIELD), quantize_heads=True))
+    assert sorted(every) == sorted(f"{field}.{layer}.linear" for field in ("coarse", "fine") for layer in FIELD_LINEARS)
+
+
+def bitnet_layer(weight: list[list[float]]) -> nn.Linear:
+    """A bias-free Linear with this weight, converted to torchao's BitNet training weight."""
+    layer = nn.Linear(len(weight[0]), len(weight), bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(weight))
+    return bitnerf.to_bitnet(layer, quantize_heads=True)
+
+
+def test_ternary_weights_and_output_of_a_2x3_layer_by_hand():
+    layer = bitnet_layer([[0.9, -0.05, 0.3], [-1.2, 0.6, 0.0]])
+    ternary, scale = bitnerf.ternarize(layer.weight)
+    # absmean = (0.9 + 0.05 + 0.3 + 1.2 + 0.6 + 0) / 6; W / absmean = [[1.77, -0.10, 0.59], [-2.36, 1.18, 0]]
+    # rounds to [[2, 0, 1], [-2, 1, 0]] and clips to +-1.
+    absmean = 3.05 / 6
+    assert scale.item() == pytest.approx(absmean)
+    assert ternary.tolist() == [[1, 0, 1], [-1, 1, 0]] and ternary.dtype == torch.int8
+    # The input row in int8: absmax 4 is 127, so [0.5, -1, 4] * 127/4 = [15.875, -31.75, 127] -> [16, -32, 127].
+    # Integer products: [16 + 127, -16 - 32] = [143, -48], then times both scales.
+    out = layer(torch.tensor([[0.5, -1.0, 4.0]]))
+    expected = torch.tensor([[143.0, -48.0]]) * (4 / 127) * absmean
+    assert torch.allclose(out, expected, rtol=1e-6)
 
 
 def reference_bitnet_linear(x, weight, bias):
@@ -73,6 +99,13 @@ def test_gradients_reach_the_latent_weights_straight_through():
     x_dequant = torch.round(normed / row_scale) * row_scale
     assert torch.allclose(grad, torch.ones(16, 32).T @ x_dequant, rtol=1e-4, atol=1e-4)
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_packing_puts_four_codes_in_a_byte_lowest_bits_first():
+    # Codes value + 1: [-1, 0, 1, 1 | 0, pad, pad, pad] -> [0, 1, 2, 2 | 1, 1, 1, 1].
+    packed = bitnerf.pack_ternary(torch.tensor([-1, 0, 1, 1, 0], dtype=torch.int8))
+    assert packed.tolist() == [0 | 1 << 2 | 2 << 4 | 2 << 6, 1 | 1 << 2 | 1 << 4 | 1 << 6] == [164, 85]
+    assert bitnerf.unpack_ternary(torch.tensor([164, 85], dtype=torch.uint8), (5,)).tolist() == [-1, 0, 1, 1, 0]
 
 
 def test_packing_round_trips():
@@ -114,9 +147,10 @@ def test_bitnerf_run_learns_and_reports_ternary_bits(tiny_config):
     layers = {layer["name"]: layer for layer in json.loads((run_dir / "layers.json").read_text())["layers"]}
     assert (layers["fine.layers.1.linear"]["weight_bits"], layers["fine.layers.1.linear"]["input_bits"]) == (2, 8)
     assert layers["fine.rgb_head.linear"]["weight_bits"] == 32
-    # Every Linear of both fields, also when compiled fields run their layers past the hooks.
-    model = train.build_model(config, load_scene(config.data), torch.device("cpu"))
-    assert list(layers) == [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    # Every Linear of both fields (depth 2, view directions) in execution order, also when compiled fields
+    # run their layers past the hooks.
+    assert list(layers) == [f"{field}.{layer}.linear" for field in ("coarse", "fine")
+                            for layer in ("layers.0", "layers.1", "density_head", "feature", "view_layer", "rgb_head")]
 
 
 def test_compile_auto_compiles_bitnerf_only(tiny_config, monkeypatch):

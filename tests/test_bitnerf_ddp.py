@@ -1,6 +1,7 @@
 """DDP on 2 CPU ranks (gloo): one step equals the single-process step, BitNet quantizes alike on
 every rank, a lost rank ends the job, and a checkpoint resumes under another world size."""
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import bitnerf
 import bitnerf_ddp
 import train
 from dataset import RaySampler, load_scene
+from step import Optimization, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +35,7 @@ def step_setup(config, ranks):
     """A model, its optimizer state and this rank's first batch, as train.train sets them up."""
     scene = load_scene(config.data)
     torch.manual_seed(config.seed)
-    model = train.build_model(config, scene, ranks.device)
+    model = bitnerf.build_model(config, scene, ranks.device)
     # SGD with lr 1: the parameter change is the (averaged) gradient itself, compared at float
     # tolerance. Adam's first step is about lr * sign(gradient), which would turn float noise in a
     # near-zero gradient element into a whole step.
@@ -42,7 +44,7 @@ def step_setup(config, ranks):
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     sampler = RaySampler(scene, ranks.device, config.batch_rays, config.seed, config.jitter_per_ray,
                          rank=ranks.rank, world_size=ranks.world_size)
-    return model, optimizer, scheduler, scaler, sampler.batch(0)
+    return model, Optimization(optimizer, scheduler, scaler), sampler.batch(0)
 
 
 def quantized_state(model) -> dict:
@@ -56,9 +58,9 @@ def one_ddp_step(rank: int, world_size: int, port: int, config, out_dir: str) ->
     torch.set_num_threads(1)
     ranks = bitnerf_ddp.init("cpu", distributed=True)
     try:
-        model, optimizer, scheduler, scaler, batch = step_setup(config, ranks)
+        model, optimization, batch = step_setup(config, ranks)
         step_model = bitnerf_ddp.wrap(model, ranks)
-        stats = train.train_step(step_model, batch, optimizer, scheduler, scaler, config, ranks.device, None)
+        stats = train_step(step_model, batch, optimization, config, contextlib.nullcontext)
         loss = bitnerf_ddp.mean_across_ranks(stats["loss"])
         torch.save({"params": {k: v.detach().clone() for k, v in model.state_dict().items()},
                     "quantized": quantized_state(model) if config.model == "bitnerf" else {},
@@ -78,9 +80,9 @@ def test_a_ddp_step_equals_a_single_process_step_on_the_union_of_the_rays(tiny_c
     mp.spawn(one_ddp_step, args=(2, free_port(), config, str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
-    model, optimizer, scheduler, scaler, batch = step_setup(config, bitnerf_ddp.Ranks())
+    model, optimization, batch = step_setup(config, bitnerf_ddp.Ranks())
     before = {k: plain(v).clone() for k, v in model.state_dict().items()}
-    stats = train.train_step(model, batch, optimizer, scheduler, scaler, config, torch.device("cpu"), None)
+    stats = train_step(model, batch, optimization, config, contextlib.nullcontext)
     assert torch.allclose(ranks[0]["loss"], stats["loss"], rtol=1e-5)
     assert torch.allclose(ranks[0]["grad_norm"], stats["grad_norm"], rtol=1e-4)
     for name, value in model.state_dict().items():

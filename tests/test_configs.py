@@ -10,7 +10,8 @@ from configs import EXP1, QUICK, ExperimentConfig, experiment
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-AXIS_FIELDS = {"exp1": set(), "exp2": {"precision"}, "exp3": {"precision", "batch_rays", "steps", *configs.STEP_INTERVALS},
+AXIS_FIELDS = {"exp1": set(), "exp2": {"precision"}, "exp3": {"precision", "batch_rays", "steps", "log_every", "eval_every",
+                                                                 "ckpt_every"},
                "exp4": {"model"}, "exp5": {"distributed"}, "exp6": {"model", "distributed"}}
 
 
@@ -31,25 +32,42 @@ def test_the_ddp_experiments_add_only_ddp_to_their_single_process_twins(base):
     assert changed_fields(experiment("exp6", base), experiment("exp4", base)) == {"distributed"}
 
 
-def test_module_constants_are_the_full_experiments():
-    assert configs.EXP2 == experiment("exp2") and configs.EXP3 == experiment("exp3")
-    assert configs.EXP3.batch_rays == 4 * EXP1.batch_rays and configs.EXP2.precision == "amp"
-    assert configs.EXP3.batch_rays * configs.EXP3.steps == EXP1.batch_rays * EXP1.steps  # equal ray budget
-    assert configs.EXP3.batch_rays * configs.EXP3.eval_every == EXP1.batch_rays * EXP1.eval_every
+@pytest.mark.parametrize("base, expected", [
+    # 4096 rays x 11000 steps = 16384 x 2750; eval and checkpoints every 1000 x 4096 rays = 250 x 16384.
+    (EXP1, dict(batch_rays=16384, steps=2750, log_every=25, eval_every=250, ckpt_every=250)),
+    (QUICK, dict(batch_rays=1024, steps=600, log_every=25, eval_every=200, ckpt_every=200)),
+    # Spacing below 4 steps stays 1: never 0 (which would log, evaluate or save never, or divide by zero).
+    (dataclasses.replace(QUICK, steps=8, log_every=2, eval_every=3, ckpt_every=5),
+     dict(batch_rays=1024, steps=2, log_every=1, eval_every=1, ckpt_every=1)),
+], ids=["full", "quick", "short"])
+def test_exp3_is_four_times_the_batch_at_the_same_rays_by_hand(base, expected):
+    exp3 = experiment("exp3", base)
+    assert {k: getattr(exp3, k) for k in expected} == expected and exp3.precision == "amp"
+    assert experiment("exp2", base).precision == "amp" and base.precision == "fp32"
+
+
+def test_samples_and_jitter_per_ray_by_hand():
+    # The fine pass evaluates the coarse samples again, with the fine ones.
+    assert (EXP1.samples_per_ray, EXP1.jitter_per_ray) == (64 + 64 + 64, 64 + 64)
+    assert (QUICK.samples_per_ray, QUICK.jitter_per_ray) == (16 + 16 + 32, 16 + 32)
+    assert dataclasses.replace(QUICK, perturb=False).jitter_per_ray == 0
 
 
 def test_seed_configuration_is_expressible():
     """The seed's model: one MLP on points only, 16 frequencies, 32 samples, no fine pass."""
     seed = dataclasses.replace(EXP1, use_viewdirs=False, pos_freqs=16, n_coarse=32, n_fine=0)
-    assert seed.samples_per_ray == 32
+    assert seed.samples_per_ray == 32 and seed.jitter_per_ray == 32
 
 
 def test_command_line_overrides_apply_on_top_of_the_preset():
     config, args = configs.parse_args("exp3", ["--quick", "--steps", "7", "--skips", "1", "--no-perturb"])
     assert config.steps == 7 and config.skips == (1,) and not config.perturb
-    assert config.batch_rays == 4 * QUICK.batch_rays and config.precision == "amp" and config.name == "exp3"
-    assert not args.resume
-    assert configs.parse_args("exp1", [])[0] == EXP1
+    # The rest is the quick exp3: 4 x 256 rays, AMP, the quick 4x128 MLP.
+    assert (config.batch_rays, config.precision, config.name, config.width, config.lr) == (1024, "amp", "exp3", 128, 5e-3)
+    assert args.quick and not args.resume
+    assert configs.parse_args("exp1", [])[0] == EXP1  # no flag: every field at its default
+    full4, _ = configs.parse_args("exp4", [])
+    assert (full4.model, full4.width, full4.steps, full4.batch_rays) == ("bitnerf", 256, 11000, 4096)
 
 
 @pytest.mark.parametrize("overrides, message", [

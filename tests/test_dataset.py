@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import write_scene
-from dataset import RaySampler, get_rays, load_scene
-from utils import UserError, pose_spherical
+from dataset import RaySampler, load_scene
+from utils import UserError, get_rays, pose_spherical
 
 
 def test_rays_follow_the_nerf_pinhole_convention():
@@ -19,6 +19,20 @@ def test_rays_follow_the_nerf_pinhole_convention():
     assert torch.allclose(dirs[3, 4], -c2w[:3, 2], atol=1e-6)
     assert torch.allclose(dirs[3, 5] - dirs[3, 4], c2w[:3, 0] / 10.0, atol=1e-6)
     assert torch.allclose(dirs[4, 4] - dirs[3, 4], -c2w[:3, 1] / 10.0, atol=1e-6)
+
+
+def test_rays_of_a_camera_at_the_world_origin_by_hand():
+    # Identity c2w: camera space is world space. Pixel (i, j) of a 2x4 image, focal 2, looks along
+    # ((i - 2) / 2, -(j - 1) / 2, -1).
+    origins, dirs = get_rays(2, 4, 2.0, torch.eye(4))
+    assert torch.equal(origins, torch.zeros(2, 4, 3))
+    assert dirs.tolist() == [[[-1.0, 0.5, -1.0], [-0.5, 0.5, -1.0], [0.0, 0.5, -1.0], [0.5, 0.5, -1.0]],
+                             [[-1.0, 0.0, -1.0], [-0.5, 0.0, -1.0], [0.0, 0.0, -1.0], [0.5, 0.0, -1.0]]]
+    # A camera moved to (1, 2, 3) and turned 90 degrees about z: x -> y, y -> -x.
+    c2w = torch.tensor([[0.0, -1.0, 0.0, 1.0], [1.0, 0.0, 0.0, 2.0], [0.0, 0.0, 1.0, 3.0], [0.0, 0.0, 0.0, 1.0]])
+    origins, dirs = get_rays(2, 4, 2.0, c2w)
+    assert origins[1, 3].tolist() == [1.0, 2.0, 3.0]
+    assert dirs[0, 0].tolist() == [-0.5, -1.0, -1.0]  # camera (-1, 0.5, -1) -> world (-0.5, -1, -1)
 
 
 def test_npz_defaults_and_optional_keys(tmp_path):
@@ -109,5 +123,13 @@ def test_ray_batches_are_deterministic_and_shard_the_global_batch(tmp_path):
     # Only training views are sampled, with their pixels' colours.
     train_colours = torch.from_numpy(scene.images[scene.i_train]).reshape(-1, 3)
     assert whole.rgb.shape == train_colours.shape and torch.equal(whole.rgb, train_colours)
+    # Each ray of a batch carries the colour of the pixel it goes through: find its pixel among every
+    # training pixel's ray (origin and direction) and compare.
+    rays = [get_rays(scene.height, scene.width, scene.focal, torch.from_numpy(scene.poses[v])) for v in scene.i_train]
+    all_rays = torch.cat([torch.cat([o, d], -1).reshape(-1, 6) for o, d in rays])
+    batch = whole.batch(5)
+    pixel = torch.cdist(torch.cat([batch.origins, batch.dirs], -1), all_rays).argmin(-1)
+    assert torch.allclose(all_rays[pixel], torch.cat([batch.origins, batch.dirs], -1))
+    assert torch.equal(batch.rgb, train_colours[pixel])
     with pytest.raises(UserError, match="divisible"):
         RaySampler(scene, torch.device("cpu"), 63, seed=0, world_size=2)

@@ -1,10 +1,10 @@
 import csv
 import json
-import math
 
 import pytest
 
 import hw_eval
+import report
 
 FP32, AMP, TERNARY = (32, 32, 32), (16, 16, 16), (2, 8, 8)  # (weight, input, output) bits
 TILE = 256  # samples per mapped tile: small, for a quick mapper
@@ -47,9 +47,13 @@ def test_workload_has_one_einsum_per_layer_with_bits_from_the_run():
 
 
 def test_integer_partial_sums_are_as_wide_as_the_widest_sum_needs():
-    # A 2-bit x 8-bit product needs 9 bits; summing 31 of them 5 more.
-    assert hw_eval.int_accumulator_bits(nerf_field(TERNARY, head_bits=FP32)) == 2 + 8 - 1 + math.ceil(math.log2(31))
-    assert hw_eval.int_accumulator_bits(nerf_field(FP32)) == hw_eval.FLOAT_ACCUMULATOR_BITS
+    # The widest integer layer is layers.2: 2-bit x 8-bit products need 9 bits, and summing 31 of them
+    # (up to 32 = 2^5) 5 more: 14. The fp32 heads' sums are float, however wide.
+    ternary = nerf_field(TERNARY, head_bits=FP32) + [layer("coarse.wide_head", 1024, 1, FP32)]
+    assert hw_eval.int_accumulator_bits(ternary) == 14
+    # int8 x int8 over 64 terms: 15-bit products, 6 more bits for 64 = 2^6 terms.
+    assert hw_eval.int_accumulator_bits([layer("coarse.layers.0", 64, 16, (8, 8, 8))]) == 21
+    assert hw_eval.int_accumulator_bits(nerf_field(FP32)) == 32  # no integer layer: fp32 sums
 
 
 def test_mac_models_cost_less_at_fewer_bits():
@@ -82,6 +86,9 @@ def evaluated(tmp_path_factory):
     write_run(runs, "exp2", "exp2", "bf16-amp", one_layer_fields(AMP, 0.25))
     write_run(runs, "exp3", "exp3", "bf16-amp", one_layer_fields(AMP, 0.5))
     write_run(runs, "exp4", "exp4", "ternary-int8", one_layer_fields(TERNARY, 0.25))
+    # exp1's layers on frames of twice the samples: the same tiles (no more mapping), scaled twice as far.
+    write_run(runs, "exp1_double", "exp1_double", "fp32",
+              [{**l, "samples_per_frame": 2 * l["samples_per_frame"]} for l in one_layer_fields(FP32, 0.25)])
     rows = hw_eval.evaluate(runs, list(hw_eval.ARCHITECTURES), tmp / "out", tile=TILE, jobs=2)  # a process pool
     return runs, tmp / "out", {(r["run"], r["arch"]): r for r in rows}
 
@@ -95,9 +102,9 @@ def test_concatenated_inputs_are_mapped_with_all_their_macs():
 
 def test_mapped_macs_equal_the_layers_multiply_accumulates(evaluated):
     _, _, rows = evaluated
-    expected = sum(l["in_features"] * l["out_features"] * l["samples_per_frame"] for l in one_layer_fields(FP32, 0))
-    for row in rows.values():
-        assert row["macs_per_frame"] == expected
+    # 6 x 64 MACs per sample, on 4096 coarse and 12288 fine samples: 384 x 16384.
+    for (run, _), row in rows.items():
+        assert row["macs_per_frame"] == (2 if run == "exp1_double" else 1) * 6_291_456
 
 
 @pytest.mark.parametrize("arch", list(hw_eval.ARCHITECTURES))
@@ -106,8 +113,16 @@ def test_energy_falls_as_bitwidths_fall(evaluated, arch):
     fp32, amp, ternary = (rows[run, arch] for run in ("exp1", "exp2", "exp4"))
     for column in ("energy_per_frame_j", "energy_mac_j", "energy_dram_j"):
         assert fp32[column] > amp[column] > ternary[column] > 0
-    assert sum(fp32[f"energy_{g}_j"] for g in hw_eval.ENERGY_GROUPS) == pytest.approx(fp32["energy_per_frame_j"])
-    assert fp32["edp_j_s"] == pytest.approx(fp32["energy_per_frame_j"] * fp32["latency_per_frame_s"])
+
+
+def test_a_frame_of_twice_the_samples_costs_twice(evaluated):
+    _, _, rows = evaluated
+    for arch in hw_eval.ARCHITECTURES:
+        frame, double = rows["exp1", arch], rows["exp1_double", arch]
+        for column in ("energy_per_frame_j", "energy_dram_j", "energy_mac_j", "latency_per_frame_s", "macs_per_frame"):
+            assert double[column] == pytest.approx(2 * frame[column])
+        assert double["edp_j_s"] == pytest.approx(4 * frame["edp_j_s"])  # twice the energy for twice the time
+        assert double["zero_gating_saving_frac"] == pytest.approx(frame["zero_gating_saving_frac"])
 
 
 def test_zero_gating_saves_the_sparse_share_of_mac_energy(evaluated):
@@ -136,23 +151,43 @@ def test_results_csv_and_tables(evaluated):
     _, out, rows = evaluated
     with open(out / "results.csv") as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == hw_eval.CSV_COLUMNS
-        assert len(list(reader)) == len(rows)
+        assert set(report.HW_COLUMNS) <= set(reader.fieldnames)  # what report.py reads
+        written = {(r["run"], r["arch"]): r for r in reader}
+    assert written.keys() == rows.keys()
+    for key, row in rows.items():
+        for column in ("energy_per_frame_j", "latency_per_frame_s", "energy_mac_j", "zero_gating_saving_frac"):
+            assert float(written[key][column]) == pytest.approx(row[column], rel=1e-5)
     for arch in hw_eval.ARCHITECTURES:
-        table = (out / f"{arch}.md").read_text().splitlines()
-        exp1_row = next(line for line in table if line.startswith("| exp1 |"))
-        exp4_row = next(line for line in table if line.startswith("| exp4 |"))
-        assert exp1_row.split("|")[7:9] == [" 1.000 ", " 1.000 "]  # ×exp1 energy and latency
-        ratio = rows["exp4", arch]["energy_per_frame_j"] / rows["exp1", arch]["energy_per_frame_j"]
-        assert exp4_row.split("|")[7].strip() == f"{ratio:.3f}"
+        text = (out / f"{arch}.md").read_text()
+        assert "Per 800x800 frame" in text
+        ratios = {cells[1].strip(): [float(c) for c in cells[7:9]]  # ×exp1 energy and latency, by run
+                  for cells in (line.split("|") for line in text.splitlines() if line.startswith("| exp"))}
+        assert ratios["exp1"] == [1.0, 1.0]
+        assert ratios["exp3"] == ratios["exp2"]  # the same workload
+        assert 0 < ratios["exp4"][0] < ratios["exp2"][0] < 1  # fewer bits cost less than exp1's fp32
 
 
-def test_no_runs_is_a_one_line_error(tmp_path, capsys):
+@pytest.mark.parametrize("problem", ["no finished runs", "no layers.json", "a layer without its bits"])
+def test_bad_runs_are_a_one_line_error_before_mapping(tmp_path, capsys, problem):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    if problem == "no layers.json":
+        write_run(runs, "exp1", "exp1", "fp32", one_layer_fields(FP32, 0.0))
+        (runs / "exp1" / "layers.json").unlink()
+    elif problem == "a layer without its bits":
+        bad = one_layer_fields(FP32, 0.0)
+        del bad[1]["input_bits"]
+        write_run(runs, "exp1", "exp1", "fp32", bad)
     with pytest.raises(SystemExit) as exit_info:
-        hw_eval.main(["--runs", str(tmp_path), "--out", str(tmp_path / "out")])
+        hw_eval.main(["--runs", str(runs), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: no runs in") and err.count("\n") == 1
+    expected = {"no finished runs": f"error: no finished runs in {runs}",
+                "no layers.json": f"error: {runs / 'exp1'} has a summary.json but no layers.json",
+                "a layer without its bits": f"error: {runs / 'exp1' / 'layers.json'}: every layer needs"}[problem]
+    assert err.startswith(expected) and err.count("\n") == 1
+    if problem == "a layer without its bits":
+        assert err.rstrip().endswith("missing: input_bits")
     assert not (tmp_path / "out").exists()
 
 

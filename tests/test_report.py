@@ -1,6 +1,8 @@
 import csv
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -13,6 +15,7 @@ HW_COLUMNS = ["run", "experiment", "arch", "precision", "energy_per_frame_j", "l
               "energy_dram_j", "energy_global_buffer_j", "energy_scratchpad_j", "energy_mac_j", "energy_other_j",
               "macs_per_frame", "zero_gating_saving_frac"]
 LAYERS = ["coarse.layers.0", "coarse.layers.1", "coarse.output_head"]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write_run(runs_dir: Path, name: str, precision: str = "fp32", model: str = "nerf", world_size: int = 1,
@@ -55,7 +58,8 @@ def write_hw_results(hw_dir: Path, runs: list[str]) -> None:
                                  "energy_per_frame_j": energy, "latency_per_frame_s": 0.012, "edp_j_s": energy * 0.012,
                                  "energy_dram_j": 0.4 * energy, "energy_global_buffer_j": 0.2 * energy,
                                  "energy_scratchpad_j": 0.2 * energy, "energy_mac_j": 0.15 * energy,
-                                 "energy_other_j": 0.05 * energy, "macs_per_frame": 1e12, "zero_gating_saving_frac": 0.1})
+                                 "energy_other_j": 0.05 * energy, "macs_per_frame": 1e12,
+                                 "zero_gating_saving_frac": 0.1})
 
 
 @pytest.fixture
@@ -88,24 +92,28 @@ def assert_images_of(readme: str, out: Path, expected: set[str]) -> None:
 def test_report_has_a_row_per_experiment_with_every_column_filled(runs, tmp_path):
     write_hw_results(tmp_path / "hw", ["exp1", "exp2", "exp4"])
     out = tmp_path / "report"
-    report.main(["--runs", str(runs), "--hw", str(tmp_path / "hw"), "--out", str(out), "--skip-analyses"])
+    report.main(["--runs", str(runs), "--hw", str(tmp_path / "hw"), "--out", str(out)])
     readme = (out / "README.md").read_text()
     header, rows = results_table(readme)
     assert [row[0] for row in rows] == ["exp1", "exp2", "exp4"]
     assert header[:3] == ["experiment", "precision", "world size"]
-    assert {"eyeriss energy/frame", "eyeriss latency/frame", "tpu_v4i energy/frame", "tpu_v4i latency/frame"} <= set(header)
+    assert {"eyeriss energy/frame", "eyeriss latency/frame", "tpu_v4i energy/frame",
+            "tpu_v4i latency/frame"} <= set(header)
     assert all(len(row) == len(header) and all(cell and cell != "n/a" for cell in row) for row in rows)
     exp4 = dict(zip(header, rows[2]))
     assert exp4["precision"] == "ternary-int8" and exp4["weight bits"] == "1.58" and exp4["model size"] == "52 kB"
     assert exp4["test PSNR (dB)"] == "19.00" and exp4["eyeriss energy/frame"] == "56 J"
     assert exp4["tpu_v4i latency/frame"] == "12 ms" and exp4["peak memory"] == "1.4 GB"
     assert_images_of(readme, out, {"psnr.png", "renders.png", "energy.png"})
-    assert "Not computed" in readme and "Post-training quantization" not in readme
+    assert "Post-training quantization" not in readme
+    # No analyses.json: the report says how to compute the analyses, and computes nothing itself.
+    assert f"Not computed: run `python analyze.py --runs {runs} --out {out}`" in readme
+    assert not (out / "analyses.json").exists()
 
 
 def test_missing_hardware_results_are_na_with_a_note(runs, tmp_path):
     out = tmp_path / "report"
-    report.main(["--runs", str(runs), "--hw", str(tmp_path / "no_hw"), "--out", str(out), "--skip-analyses"])
+    report.main(["--runs", str(runs), "--hw", str(tmp_path / "no_hw"), "--out", str(out)])
     readme = (out / "README.md").read_text()
     header, rows = results_table(readme)
     assert header[-2:] == ["energy/frame", "latency/frame"]
@@ -128,31 +136,46 @@ def test_ptq_results_and_stored_analyses_are_rendered(runs, tmp_path):
               "stages_s": {"ray generation": 0.01, "sampling": 0.04, "encoding": 0.1, "MLP": 0.6, "compositing": 0.2,
                            "other": 0.05}}
     runs_analysed = ("exp1", "exp2", "exp4", "deleted_run")
+    # Not analyze.py's values, and the stages in reverse: the report must take them from the file.
+    stages = ["other", "compositing", "MLP", "encoding", "sampling", "ray generation"]
+    definitions = {"near_zero_weight": 0.05, "skippable_weight": 0.01, "pixel_stride": 4, "time_stages": stages}
     (out / "analyses.json").write_text(json.dumps({
+        "definitions": definitions,
         "activation_sparsity": {r: layers for r in runs_analysed},
         "weight_sparsity": {r: weights for r in runs_analysed},
         "render_weight_sparsity": {r: {"views": [8], "passes": passes} for r in runs_analysed},
         "time_breakdown": {r: timing for r in runs_analysed},
     }))
-    report.main(["--runs", str(runs), "--hw", str(tmp_path / "no_hw"), "--out", str(out), "--skip-analyses"])
+    report.main(["--runs", str(runs), "--hw", str(tmp_path / "no_hw"), "--out", str(out)])
     readme = (out / "README.md").read_text()
     ptq = readme.split("## Post-training quantization vs BitNet training", 1)[1]
     assert "| exp1, int8-weight | after training (ptq.py) | 8 | 112 kB | 19.92 | 0.800 |" in ptq
     assert "| exp4 | during training (BitNet b1.58) | 1.58 | 52 kB | 19.00 | 0.800 |" in ptq
     assert "| exp2 | fine | 48 | 60.0% | 40.0% | 20.0% |" in readme
-    assert ("| exp1 | 1000 ms | 10 ms (1.0%) | 40 ms (4.0%) | 100 ms (10.0%) | 600 ms (60.0%) | 200 ms (20.0%) "
-            "| 50 ms (5.0%) |") in readme
+    assert "| experiment | pass | samples per ray | weight < 0.01 (skippable) |" in readme
+    assert "below 0.01 change no pixel" in readme and "one pixel of every 4×4 block" in readme
+    assert "|w| ≤ 0.05·max|w| of the layer" in readme
+    assert ("| experiment | render (1 view) | other | compositing | MLP | encoding | sampling | ray generation |"
+            in readme)
+    assert ("| exp1 | 1000 ms | 50 ms (5.0%) | 200 ms (20.0%) | 600 ms (60.0%) | 100 ms (10.0%) | 40 ms (4.0%) "
+            "| 10 ms (1.0%) |") in readme
     assert "| `coarse.layers.1` | in 50.0% · w 1.0% | in 50.0% · w 1.0% | in 50.0% · w 1.0% |" in readme
+    assert f"then `python report.py --runs {runs} --hw {tmp_path / 'no_hw'} --out {out}`." in readme
     assert "deleted_run" not in readme  # only the runs in --runs are reported
+    assert "definitions" not in readme  # the thresholds, not an analysis
     assert_images_of(readme, out, {"psnr.png", "renders.png", "sparsity.png", "time_breakdown.png"})
 
 
-def test_report_runs_the_analyses_on_trained_runs(trained_runs, tmp_path):
+def test_report_shows_what_analyze_wrote_for_trained_runs(trained_runs, tmp_path):
+    import analyze
+
     out = tmp_path / "report"
+    analyze.main(["--runs", str(trained_runs), "--out", str(out), "--device", "cpu"])
     report.main(["--runs", str(trained_runs), "--hw", str(tmp_path / "no_hw"), "--out", str(out)])
     analyses = json.loads((out / "analyses.json").read_text())
-    assert set(analyses) == {"activation_sparsity", "weight_sparsity", "render_weight_sparsity", "time_breakdown"}
-    assert all(set(by_run) == {"bitnerf", "nerf"} for by_run in analyses.values())
+    assert set(analyses) == {"definitions", "activation_sparsity", "weight_sparsity", "render_weight_sparsity",
+                             "time_breakdown"}
+    assert all(set(by_run) == {"bitnerf", "nerf"} for name, by_run in analyses.items() if name != "definitions")
     readme = (out / "README.md").read_text()
     assert "Not computed" not in readme and "| bitnerf | fine | 16 |" in readme
     assert f"`python analyze.py --runs {trained_runs} --out {out} --only time_breakdown`" in readme
@@ -160,19 +183,34 @@ def test_report_runs_the_analyses_on_trained_runs(trained_runs, tmp_path):
     assert_images_of(readme, out, {"psnr.png", "renders.png", "sparsity.png", "time_breakdown.png"})
 
 
-@pytest.mark.parametrize("problem", ["no runs folder", "no finished runs", "hw results without columns"])
+@pytest.mark.parametrize("problem", ["no runs folder", "no finished runs", "hw results without columns",
+                                     "analyses without definitions", "a removed option"])
 def test_bad_input_is_one_line_and_exit_code_2(runs, tmp_path, capsys, problem):
     args = {"no runs folder": ["--runs", str(tmp_path / "missing")],
             "no finished runs": ["--runs", str(runs / "unfinished")],
-            "hw results without columns": ["--runs", str(runs), "--hw", str(tmp_path / "hw")]}[problem]
+            "hw results without columns": ["--runs", str(runs), "--hw", str(tmp_path / "hw")],
+            "analyses without definitions": ["--runs", str(runs)],
+            "a removed option": ["--runs", str(runs), "--skip-analyses"]}[problem]
     (tmp_path / "hw").mkdir()
     (tmp_path / "hw" / "results.csv").write_text("run,arch\nexp1,eyeriss\n")
+    if problem == "analyses without definitions":
+        (tmp_path / "report").mkdir()
+        (tmp_path / "report" / "analyses.json").write_text(json.dumps({"time_breakdown": {}}))  # an older analyze.py's
     with pytest.raises(SystemExit) as exit_info:
-        report.main([*args, "--out", str(tmp_path / "report"), "--skip-analyses"])
+        report.main([*args, "--out", str(tmp_path / "report")])
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
+    if problem == "analyses without definitions":
+        assert f"rerun `python analyze.py --runs {runs} --out {tmp_path / 'report'}`" in lines[0]
     assert not (tmp_path / "report" / "README.md").exists()
+
+
+def test_report_starts_without_torch():
+    # A fresh interpreter: this one has loaded torch already (conftest).
+    check = "import report, sys; assert 'torch' not in sys.modules, 'importing report loaded torch'"
+    result = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_si_prefixes():

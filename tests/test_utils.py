@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -34,15 +36,58 @@ def test_depth_colouring_and_video(tmp_path):
 
 def test_atomic_save_keeps_the_old_file_when_saving_fails(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    utils.atomic_torch_save({"step": 1}, str(path))
+    utils.atomic_write(path, lambda tmp: torch.save({"step": 1}, tmp))
 
     class Unpicklable:
         def __reduce__(self):
             raise RuntimeError("crash while saving")
 
     with pytest.raises(RuntimeError):
-        utils.atomic_torch_save({"step": 2, "bad": Unpicklable()}, str(path))
+        utils.atomic_write(path, lambda tmp: torch.save({"step": 2, "bad": Unpicklable()}, tmp))
     assert torch.load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
+
+
+def test_atomic_write_writes_text_bytes_and_what_a_function_writes(tmp_path):
+    utils.atomic_write(tmp_path / "a.txt", "héllo\n")
+    assert (tmp_path / "a.txt").read_bytes() == "héllo\n".encode()  # UTF-8
+    utils.atomic_write(tmp_path / "a.txt", b"\x00\xff")  # replaces the file
+    assert (tmp_path / "a.txt").read_bytes() == b"\x00\xff"
+    utils.atomic_write(tmp_path / "b.bin", lambda tmp: open(tmp, "wb").write(b"by a function"))
+    assert (tmp_path / "b.bin").read_bytes() == b"by a function"
+    # Readable by others, as open() would make it (mkstemp's temporary files are 0600).
+    assert {(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {0o644}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin"]
+
+
+def test_atomic_write_that_fails_leaves_neither_a_file_nor_a_temporary_one(tmp_path):
+    def half_then_crash(tmp):
+        with open(tmp, "w") as f:
+            f.write("half a fi")
+        raise KeyboardInterrupt  # not an Exception: a Ctrl-C mid-write must clean up too
+
+    with pytest.raises(KeyboardInterrupt):
+        utils.atomic_write(tmp_path / "new.json", half_then_crash)
+    (tmp_path / "old.json").write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        utils.atomic_write(tmp_path / "old.json", half_then_crash)
+    assert [p.name for p in tmp_path.iterdir()] == ["old.json"] and (tmp_path / "old.json").read_text() == "old"
+
+
+def test_json_files_round_trip_and_a_bad_one_is_a_user_error_naming_it(tmp_path):
+    utils.write_json(tmp_path / "s.json", {"psnr": 20.5, "views": [1, 2]})
+    assert (tmp_path / "s.json").read_text() == '{\n  "psnr": 20.5,\n  "views": [\n    1,\n    2\n  ]\n}\n'
+    assert utils.read_json(tmp_path / "s.json") == {"psnr": 20.5, "views": [1, 2]}
+    (tmp_path / "bad.json").write_text('{"psnr": ')
+    for path in (tmp_path / "bad.json", tmp_path / "missing.json"):
+        with pytest.raises(utils.UserError, match=f"^{re.escape(str(path))} is not a readable JSON file .*; rerun what wrote it$"):
+            utils.read_json(path)
+
+
+def test_depth_error_is_the_mean_absolute_difference():
+    predicted = torch.tensor([[2.0, 4.0], [3.0, 3.5]])
+    truth = np.full((2, 2), 3.0, dtype=np.float32)
+    assert utils.depth_error(predicted, truth) == pytest.approx((1 + 1 + 0 + 0.5) / 4)  # signed mean: 0.125
 
 
 def test_exit_on_user_error_is_one_line_and_exit_code_2(capsys):

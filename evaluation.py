@@ -1,0 +1,148 @@
+"""Evaluating a trained or training model on its scene: test views and their metrics, the 360° video,
+and the census of its Linear layers that layers.json records.
+
+An `Evaluation` carries what every evaluation needs (the scene, the config, the device, the autocast
+dtype and, when it writes files, the run directory), so train.py, ptq.py and analyze.py render alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import bitnerf
+import precision
+import rundir
+from configs import ExperimentConfig
+from dataset import Scene
+from nerf import NeRF, render_image
+from utils import colorize_depth, depth_error, get_rays, pose_spherical, psnr, ssim, to_uint8, write_video
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    scene: Scene
+    config: ExperimentConfig
+    device: torch.device
+    dtype: torch.dtype | None  # the autocast dtype; None computes in fp32
+    run_dir: Path | None = None  # where write_test_views and video write
+
+    @classmethod
+    def of(cls, config: ExperimentConfig, scene: Scene, device: torch.device, run_dir: Path | None = None):
+        """The evaluation a run of config does: in its own autocast dtype."""
+        return cls(scene, config, device, precision.amp_dtype(config, device), run_dir)
+
+    def with_dtype(self, dtype: torch.dtype | None) -> Evaluation:
+        return dataclasses.replace(self, dtype=dtype)
+
+    def autocast(self):
+        return precision.autocast(self.device, self.dtype)
+
+    def rays(self, view: int):
+        """Origins and directions (H, W, 3) of every pixel of a scene view."""
+        return self.camera_rays(torch.from_numpy(self.scene.poses[view]).to(self.device))
+
+    def camera_rays(self, c2w: torch.Tensor):
+        return get_rays(self.scene.height, self.scene.width, self.scene.focal, c2w)
+
+    def render(self, model: nn.Module, origins: torch.Tensor, dirs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """rgb (H, W, 3) and depth (H, W) of a ray grid, in eval mode and the evaluation's autocast."""
+        was_training = model.training
+        model.eval()
+        with self.autocast():
+            rendered = render_image(model, origins, dirs, self.config.chunk)
+        model.train(was_training)
+        return rendered
+
+    def test_views(self, model: nn.Module, views=None) -> list[dict]:
+        """Per view (all test views by default): the rendered rgb and depth, and PSNR against the ground truth."""
+        results = []
+        for view in self.scene.i_test if views is None else views:
+            rendered = self.render(model, *self.rays(view))
+            results.append({"view": int(view), **rendered, "psnr": psnr(rendered["rgb"], self.target(view))})
+        return results
+
+    def target(self, view: int) -> torch.Tensor:
+        return torch.from_numpy(self.scene.images[view]).to(self.device)
+
+    def metrics(self, results: list[dict]) -> dict:
+        """summary.json's test metrics of test_views' results: PSNR, SSIM, and the mean absolute depth
+        error where the scene has ground-truth depth."""
+        metrics = {
+            "psnr_test": round(float(np.mean([r["psnr"] for r in results])), 3),
+            "ssim_test": round(float(np.mean([ssim(r["rgb"], self.target(r["view"])) for r in results])), 4),
+            "psnr_test_per_view": [round(r["psnr"], 3) for r in results],
+        }
+        if self.scene.depths is not None:
+            errors = [depth_error(r["depth"], self.scene.depths[r["view"]]) for r in results]
+            metrics["depth_abs_error_test"] = round(float(np.mean(errors)), 4)
+        return metrics
+
+    def write_test_views(self, results: list[dict]) -> None:
+        """renders/: each test view's render, ground truth and depth map."""
+        renders = self.run_dir / rundir.RENDERS
+        renders.mkdir(exist_ok=True)
+        near, far = self.scene.near, self.scene.far
+        for r in results:
+            iio.imwrite(renders / f"rgb_{r['view']:03d}.png", to_uint8(r["rgb"]))
+            iio.imwrite(renders / f"gt_{r['view']:03d}.png", to_uint8(self.target(r["view"])))
+            iio.imwrite(renders / f"depth_{r['view']:03d}.png", colorize_depth(r["depth"], near, far))
+
+    def video(self, model: nn.Module) -> list[str]:
+        """A 360-degree orbit at the training cameras' median radius and elevation, colour beside depth."""
+        centres = self.scene.poses[self.scene.i_train, :3, 3]
+        radius = float(np.median(np.linalg.norm(centres, axis=-1)))
+        elevation = float(np.degrees(np.median(np.arcsin(np.clip(centres[:, 2] / radius, -1, 1)))))
+        frames = []
+        for theta in tqdm(np.linspace(0.0, 360.0, self.config.video_frames, endpoint=False), desc="video",
+                          leave=False, disable=None):
+            c2w = torch.from_numpy(pose_spherical(theta, -elevation, radius)).to(self.device)
+            rendered = self.render(model, *self.camera_rays(c2w))
+            frames.append(np.concatenate([to_uint8(rendered["rgb"]),
+                                          colorize_depth(rendered["depth"], self.scene.near, self.scene.far)], axis=1))
+        return write_video(str(self.run_dir / rundir.VIDEO_STEM), frames)
+
+    @torch.no_grad()
+    def layers(self, model: NeRF) -> dict:
+        """layers.json: every Linear layer in execution order with its shape, bitwidths and measured input sparsity.
+
+        Sparsity is the fraction of exactly-zero inputs over one chunk of rays of the first test view.
+        """
+        names = {m: n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        zeros: dict[str, list[float]] = {}
+
+        def count_zeros(module, inputs, output):
+            x = inputs[0]
+            zeros.setdefault(names[module], [0.0, 0.0])
+            zeros[names[module]][0] += (x == 0).sum().item()
+            zeros[names[module]][1] += x.numel()
+
+        handles = [m.register_forward_hook(count_zeros) for m in names]
+        origins, dirs = self.rays(self.scene.i_test[0])
+        was_training = model.training
+        model.eval()
+        # Eager: a compiled field runs its Linear layers inside one graph, past their hooks.
+        with self.autocast(), torch.compiler.set_stance("force_eager"):
+            model(origins.reshape(-1, 3)[: self.config.chunk], dirs.reshape(-1, 3)[: self.config.chunk])
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+        per_ray = model.samples_per_ray()
+        layers = []
+        for name in zeros:  # dicts keep insertion order: the order the hooks fired
+            module = model.get_submodule(name)
+            quantized = isinstance(module.weight, bitnerf.BitNetTrainingLinearWeight)
+            layers.append({
+                "name": name, "in_features": module.in_features, "out_features": module.out_features,
+                **precision.layer_bits(quantized, self.dtype),
+                "input_sparsity": round(zeros[name][0] / zeros[name][1], 4),
+                "samples_per_frame": rundir.FRAME_PIXELS * per_ray[name.split(".")[0]],
+            })
+        return {"samples_per_frame": rundir.FRAME_PIXELS * sum(per_ray.values()), "layers": layers}
