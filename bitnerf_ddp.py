@@ -11,12 +11,14 @@ BitNet under DDP needs nothing more: every rank holds the same latent weights (D
 wrap time and applies the same averaged update), so every rank computes the same absmean scale and
 the same ternary weights.
 
-Failure handling rests on torchrun: when one rank dies, its agent stops the others at once.
+Failure handling rests on torchrun: when one rank dies, its agent stops the others at once, or with
+`--max-restarts N` restarts them all, and the restarted ranks resume from the last checkpoint (train.py).
 """
 
 import contextlib
 import datetime
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -31,6 +33,18 @@ from utils import UserError, resolve_device
 # A rank waits this long in a collective before giving up: long enough for rank 0's evaluation
 # between training steps, short enough that a lost peer on another node ends the run.
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
+# torchrun, except that a stop signal ends it with 128 + the signal's number, the shell's convention,
+# instead of its traceback.
+TORCHRUN = """import sys
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.run import main
+try:
+    main()
+except SignalException as e:
+    sys.exit(128 + e.sigval)
+"""
+# The signals the launcher passes on to torchrun, which passes them on to every rank.
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -71,27 +85,33 @@ def without_nproc(argv: list[str]) -> list[str]:
     return kept
 
 
-def launch(script: str, argv: list[str], nproc: int, device: str) -> int:
-    """Run `script argv` under torchrun on this machine with nproc processes; returns the exit code.
+def launch(script: str, argv: list[str], nproc: int, device: str, max_restarts: int = 0) -> int:
+    """Run `script argv` under torchrun on this machine with nproc processes, restarting them all up to
+    max_restarts times after one dies; returns torchrun's exit code.
 
-    CPU processes split the cores between them (torchrun alone would give each one thread). Ctrl-C
-    reaches every process through the terminal; this waits for them to save and exit, and returns 130.
+    CPU processes split the cores between them (torchrun alone would give each one thread). torchrun
+    runs in a process group of its own and this process passes SIGINT, SIGTERM and SIGHUP on to it, so
+    each process gets a stop signal once, whether it came from the terminal (Ctrl-C), to this process
+    alone (a scheduler, a notebook host) or to its process group: torchrun sends it on to every rank,
+    which stop between two steps (rank 0 saving a checkpoint), and ends with 128 + the signal's number.
     """
     env = dict(os.environ)
     if device == "cpu" or not torch.cuda.is_available():
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or nproc) // nproc)))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               script, *without_nproc(argv)]
-    job = subprocess.Popen(command, env=env)
+    command = [sys.executable, "-c", TORCHRUN, "--standalone", f"--nproc-per-node={nproc}",
+               f"--max-restarts={max_restarts}", script, *without_nproc(argv)]
+    job = subprocess.Popen(command, env=env, process_group=0)
+    previous = {s: signal.signal(s, lambda signum, frame: job.send_signal(signum)) for s in FORWARDED_SIGNALS}
     try:
         return job.wait()
-    except KeyboardInterrupt:
-        # Every process got the terminal's SIGINT: rank 0 saves a checkpoint, torchrun stops the rest.
-        try:
-            job.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            job.kill()
-        return 130
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def restart_count() -> int:
+    """How often torchrun has restarted this job after one of its processes died (--max-restarts); 0 at first."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
 def init(device_name: str, distributed: bool) -> Ranks:
@@ -133,6 +153,15 @@ def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:
     total = values.detach().clone()
     dist.all_reduce(total)
     return total / dist.get_world_size()
+
+
+def max_across_ranks(value: int, device: torch.device) -> int:
+    """The largest of an integer over all ranks (value itself when not distributed)."""
+    if not dist.is_initialized():
+        return value
+    largest = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+    return int(largest.item())
 
 
 def sum_across_ranks(value: int, device: torch.device) -> int:

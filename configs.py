@@ -85,6 +85,9 @@ class ExperimentConfig:
                 raise UserError(f"{key} must not be negative, got {getattr(self, key)}")
         if self.n_coarse < 2:
             raise UserError(f"n_coarse must be at least 2, got {self.n_coarse}")
+        if self.n_fine and self.n_coarse < 3:
+            # The fine pass samples the coarse weights of the interior bins, of which 2 samples have none.
+            raise UserError(f"a fine pass (n_fine > 0) needs n_coarse of at least 3, got {self.n_coarse}")
         if not 0 < self.lr_final <= self.lr:
             raise UserError(f"need 0 < lr_final <= lr, got lr={self.lr}, lr_final={self.lr_final}")
         if any(not 0 <= s < self.depth - 1 for s in self.skips):
@@ -166,6 +169,9 @@ def parse_args(name: str, argv: list[str] | None = None) -> tuple[ExperimentConf
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     parser.add_argument("--nproc", type=int, default=None, metavar="N",
                         help="distributed runs: processes to launch (default: one per GPU, else 2 on the CPU)")
+    parser.add_argument("--max-restarts", type=int, default=0, metavar="N",
+                        help="distributed runs: restart every process up to N times after one dies; each"
+                             " restart resumes from the last checkpoint")
     for f in dataclasses.fields(ExperimentConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool:
@@ -177,6 +183,8 @@ def parse_args(name: str, argv: list[str] | None = None) -> tuple[ExperimentConf
     args = parser.parse_args(argv)
     if args.nproc is not None and args.nproc < 1:
         raise UserError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.max_restarts < 0:
+        raise UserError(f"--max-restarts must not be negative, got {args.max_restarts}")
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)
                  if getattr(args, f.name) is not None}
     if "skips" in overrides:

@@ -25,20 +25,42 @@ import multiprocessing
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from hwcomponents import ActionCost, ComponentModel, action
-from hwcomponents.scaling import (tech_node_area, tech_node_energy, tech_node_latency, tech_node_leak,
-                                  tech_node_throughput)
-from hwcomponents_library import AladdinAdder, AladdinMultiplier
 from tqdm import tqdm
 
 import precision
 import rundir
 from utils import OneLineParser, UserError, atomic_write, exit_on_user_error, read_json, write_json
+
+ACCELFORGE_REQUIREMENT = "accelforge==1.0.467"  # as requirements.txt pins it
+
+
+def toolchain_missing(error: ImportError) -> str:
+    """What to do when AccelForge or hwcomponents cannot be imported, in one line."""
+    version = ".".join(map(str, sys.version_info[:2]))
+    if sys.version_info[:2] < (3, 12):
+        return (f"hw_eval.py needs Python >= 3.12 (AccelForge's hwcomponents require it; this is Python {version}):"
+                f" run it with Python 3.12+ after pip install {ACCELFORGE_REQUIREMENT}; training and report.py"
+                f" work here")
+    return f"hw_eval.py needs AccelForge and hwcomponents ({error}): pip install {ACCELFORGE_REQUIREMENT}"
+
+
+try:
+    from hwcomponents import ActionCost, ComponentModel, action
+    from hwcomponents.scaling import (tech_node_area, tech_node_energy, tech_node_latency, tech_node_leak,
+                                      tech_node_throughput)
+    from hwcomponents_library import AladdinAdder, AladdinMultiplier
+except ImportError as e:
+    # Run as a command, say what it needs in one line; imported, keep the error for the importer.
+    if __name__ != "__main__":
+        raise ImportError(toolchain_missing(e)) from e
+    with exit_on_user_error():
+        raise UserError(toolchain_missing(e)) from None
 
 CSV_COLUMNS = ("run", "experiment", "arch", "precision", "energy_per_frame_j", "latency_per_frame_s", "edp_j_s",
                "energy_dram_j", "energy_global_buffer_j", "energy_scratchpad_j", "energy_mac_j", "energy_other_j",
@@ -264,8 +286,8 @@ def check_toolchain() -> None:
     """Fail with one line before mapping, not with a traceback from inside the mapper."""
     try:
         import accelforge  # noqa: F401
-    except ImportError:
-        raise UserError("AccelForge is not installed: pip install -r requirements.txt (or make setup)") from None
+    except ImportError as e:
+        raise UserError(toolchain_missing(e)) from None
     if not cacti_runs():
         raise UserError("CACTI does not run on this machine: run `python hw_eval.py --setup` (or make setup)")
     check_dot()

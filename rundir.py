@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 
@@ -28,6 +29,11 @@ LAYER_FIELDS = ("name", "in_features", "out_features", "weight_bits", "input_bit
 RESUMABLE_CHANGES = {"steps", "out", "device", "wandb", "log_every", "eval_every", "eval_views",
                      "ckpt_every", "video_frames", "chunk"}
 NO_RUNS_HINT = "train first (make suite, or python exp1.py --quick), or pass --runs"
+# What every checkpoint holds (train.py writes it); a file without these keys is not one.
+CHECKPOINT_KEYS = ("step", "wall_s", "train_s", "config", "model", "optimizer", "scheduler", "scaler")
+# A process that holds a run directory's lock for the processes it starts (a distributed launcher for
+# its ranks) names itself here, so that its rank 0 trains under that lock.
+LOCK_HOLDER_ENV = "NERF_RUN_LOCK_HOLDER"
 
 
 def path_of(config) -> Path:
@@ -46,13 +52,78 @@ def check(config, resume: bool, overwrite: bool) -> Path:
     return run_dir
 
 
-def prepare(config, resume: bool, overwrite: bool) -> Path:
-    """The run directory, created (and for a new run emptied) once the flags allow it."""
+def prepare(config, resume: bool, overwrite: bool, lock: RunLock) -> Path:
+    """The run directory, created (and for a new run emptied) once this process holds its lock and the
+    flags allow it."""
+    lock.acquire()
     run_dir = check(config, resume, overwrite)
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+class RunLock:
+    """One process's claim on a run directory: `<out>/.<name>.lock` holding its process id, beside the
+    directory, which --overwrite deletes.
+
+    The claim is an exclusive flock on that file, which the system drops when the process ends, however
+    it ends: a lock file left by a process that died is taken over. Works wherever flock does (local
+    file systems, NFS on Linux)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir.parent / f".{self.run_dir.name}.lock"
+        self.file = None
+
+    def acquire(self) -> None:
+        """Hold the lock, or raise a UserError naming the process that holds it. A lock held by this
+        process's launcher (LOCK_HOLDER_ENV) is this job's already."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while self.file is None:
+            file = open(self.path, "a+")
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                file.seek(0)
+                holder = file.read().strip()
+                file.close()
+                if holder and holder == os.environ.get(LOCK_HOLDER_ENV):
+                    return
+                who = f"process {holder}" if holder else "a process starting up"
+                raise UserError(f"{self.run_dir} is in use by another run ({who}; lock {self.path}): wait for it to"
+                                f" end, or train into another --name") from None
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            if current is None or not os.path.samestat(os.fstat(file.fileno()), current):
+                # The holder released the lock (deleting the file) between our open and flock: lock the new file.
+                file.close()
+                continue
+            file.truncate(0)
+            file.write(f"{os.getpid()}\n")
+            file.flush()
+            self.file = file
+
+    def share_with_children(self) -> None:
+        """Let the processes this one starts from now on (a distributed launch's rank 0) train under this lock."""
+        os.environ[LOCK_HOLDER_ENV] = str(os.getpid())
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.path.unlink(missing_ok=True)  # before unlocking, so that a waiting process never locks a stale file
+            self.file.close()
+            self.file = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class MetricsLog:
@@ -89,11 +160,25 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
     atomic_write(run_dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(run_dir: Path, config) -> dict:
-    """The run's training checkpoint (on the CPU), which must come from config's settings."""
+def read_checkpoint(path: Path, map_location, advice: str) -> dict:
+    """A checkpoint file's contents; a truncated, corrupt or foreign file is a UserError ending in advice."""
     import torch
 
-    checkpoint = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # a damaged file fails in the zip reader, the unpickler or a storage, each its own way
+        reason = (str(e).strip() or "no details").splitlines()[0]
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: {reason}); {advice}") from None
+    missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint] if isinstance(checkpoint, dict) else CHECKPOINT_KEYS
+    if missing:
+        raise UserError(f"{path} is not a training checkpoint (no {', '.join(missing)}); {advice}")
+    return checkpoint
+
+
+def load_checkpoint(run_dir: Path, config) -> dict:
+    """The run's training checkpoint (on the CPU), which must come from config's settings."""
+    checkpoint = read_checkpoint(run_dir / CHECKPOINT, "cpu", "restore it from a copy, or start afresh with"
+                                 " --overwrite instead of --resume")
     saved = checkpoint["config"]
     changed = sorted(k for k, v in dataclasses.asdict(config).items()
                      if k not in RESUMABLE_CHANGES and saved.get(k) != v)
@@ -120,8 +205,6 @@ def write_model_file(run_dir: Path, model, model_kind: str, dtype) -> Path:
 
 def load_trained(run_dir: Path, data: str | None, device):
     """A finished run's config, scene (its own, or data) and model with the checkpoint's weights, in eval mode."""
-    import torch
-
     import bitnerf
     from configs import ExperimentConfig
     from dataset import load_scene
@@ -129,7 +212,7 @@ def load_trained(run_dir: Path, data: str | None, device):
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
         raise UserError(f"no checkpoint at {path}: give a run directory that an expN.py run wrote")
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    checkpoint = read_checkpoint(path, device, "restore it from a copy, or train the run again (expN.py --overwrite)")
     saved = {**checkpoint["config"], "skips": tuple(checkpoint["config"]["skips"])}
     config = ExperimentConfig(**{**saved, "data": data or saved["data"]})
     scene = load_scene(config.data, config.downscale)

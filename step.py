@@ -1,5 +1,6 @@
 """One optimizer step, the same in train.py's loop and in bench.py's measurements: AdamW with its
-learning-rate schedule and gradient scaler, and `train_step` on one batch of rays."""
+learning-rate schedule and gradient scaler, `train_step` on one batch of rays, and `check_step_memory`,
+which refuses a batch whose step cannot fit the device before training starts."""
 
 from __future__ import annotations
 
@@ -11,8 +12,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import bitnerf
+import precision
 from configs import ExperimentConfig
-from dataset import RayBatch
+from dataset import RayBatch, Scene
+from utils import UserError, available_memory_bytes
+
+# A step's peak memory over what autograd saves for its backward pass: the gradients of the activations
+# and the temporaries of both passes, and the allocator's rounding. Chosen above the ratios of measured
+# peaks of train_step (NeRF, BitNeRF and AMP on the CPU) to the saved bytes; tests/test_faults.py checks it.
+MEMORY_MARGIN = 1.5
+# Bytes per training pixel that RaySampler keeps on the device: origin, direction and colour, 3 floats each.
+SAMPLER_BYTES_PER_PIXEL = 9 * 4
+# Bytes per parameter of training: the weight, its gradient and AdamW's two moments, fp32 each.
+TRAINING_BYTES_PER_PARAM = 4 * 4
 
 
 @dataclass
@@ -69,3 +82,60 @@ def train_step(step_model: nn.Module, batch: RayBatch, optimization: Optimizatio
     optimization.scaler.update()
     optimization.scheduler.step()
     return {"loss": loss.detach(), "fine_mse": fine_mse.detach(), "grad_norm": grad_norm.detach()}
+
+
+def saved_bytes_per_ray(config: ExperimentConfig, scene: Scene, dtype: torch.dtype | None) -> tuple[int, int]:
+    """(bytes that autograd saves for the backward pass per training ray, parameters) of config's model
+    computing in autocast dtype.
+
+    Counted on a throwaway CPU copy of the model: the saved tensors of a forward pass over two rays less
+    those over one ray (what does not grow with the rays, such as the weights, cancels).
+    """
+    cpu = torch.device("cpu")
+    model = bitnerf.build_model(config, scene, cpu)
+
+    def saved_bytes(rays: int) -> int:
+        storages = {}
+
+        def note(tensor: torch.Tensor) -> torch.Tensor:
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()  # once per storage: views share theirs
+            return tensor
+
+        origins, dirs = torch.zeros(rays, 3), torch.tensor([[0.0, 0.0, -1.0]]).expand(rays, 3)
+        jitter = torch.full((rays, config.jitter_per_ray), 0.5) if config.jitter_per_ray else None
+        with torch.autograd.graph.saved_tensors_hooks(note, lambda tensor: tensor), precision.autocast(cpu, dtype):
+            out = model(origins, dirs, jitter)  # kept until counted, so that no saved storage is freed and reused
+        del out
+        return sum(storages.values())
+
+    return saved_bytes(2) - saved_bytes(1), sum(p.numel() for p in model.parameters())
+
+
+def check_step_memory(config: ExperimentConfig, scene: Scene, device: torch.device, world_size: int = 1,
+                      sharing: int = 1) -> None:
+    """Refuse, as a UserError naming the largest batch that fits, a batch_rays whose training step cannot
+    fit the memory available on device (CUDA: free memory; CPU: MemAvailable). world_size processes
+    split the batch, and `sharing` of them share this device's memory (CPU ranks of one machine).
+
+    The estimate per process: MEMORY_MARGIN times the bytes autograd saves for its rays, plus the
+    sampler's rays and the weights, gradients and AdamW moments. Skipped where the available memory is unknown.
+    """
+    available = available_memory_bytes(device)
+    if available is None:
+        return
+    per_ray, params = saved_bytes_per_ray(config, scene, precision.amp_dtype(config, device))
+    per_ray *= MEMORY_MARGIN
+    pixels = len(scene.i_train) * scene.height * scene.width
+    fixed = SAMPLER_BYTES_PER_PIXEL * pixels + TRAINING_BYTES_PER_PARAM * params
+    budget = available / sharing - fixed  # what one process may use for its share of the batch
+    rays = config.batch_rays // world_size
+    if rays * per_ray <= budget:
+        return
+    need_gib, available_gib = sharing * (fixed + rays * per_ray) / 2**30, available / 2**30
+    where = f"{device}" + (f" ({sharing} processes)" if sharing > 1 else "")
+    largest = int(max(budget, 0.0) // per_ray) * world_size
+    fix = (f"use --batch-rays {largest} or less" if largest >= world_size else "not even one ray per process"
+           " fits: free memory, or shrink the model (--width, --depth, --n-coarse, --n-fine)")
+    raise UserError(f"--batch-rays {config.batch_rays} needs about {need_gib:.1f} GiB for a training step on {where},"
+                    f" but {available_gib:.1f} GiB is available: {fix}")

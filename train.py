@@ -4,15 +4,20 @@
 the scene, build the model, train with optional AMP and torch.compile, evaluate on the test views, and
 write the run directory (rundir.py: summary.json, layers.json, metrics.csv, checkpoint.pt, renders,
 depth maps, video). Read it top to bottom: the entry point, setup, the loop, then the final evaluation.
+Faults end a run with one line and what to do (README, "Faults and recovery"): SIGINT and SIGTERM stop it
+between two steps with a checkpoint, running out of memory saves one and names the option to lower.
 Nothing imports this file for helpers: what the loop shares with other commands lives in step.py
 (the optimizer step), evaluation.py (rendering and metrics) and rundir.py (the files).
 """
 
+import contextlib
 import dataclasses
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import uuid
 
@@ -28,25 +33,43 @@ import rundir
 from configs import ExperimentConfig
 from dataset import RaySampler, load_scene
 from evaluation import Evaluation
-from step import Optimization, train_step
-from utils import Stopwatch, UserError, colorize_depth, exit_on_user_error, peak_memory_bytes, to_uint8, write_json
+from step import Optimization, check_step_memory, train_step
+from utils import (Stopwatch, UserError, colorize_depth, exit_on_user_error, is_out_of_memory, peak_memory_bytes,
+                   to_uint8, write_json)
+
+# The signals that stop a run with a checkpoint: Ctrl-C, and what schedulers, notebook hosts and torchrun send.
+# A run they stop exits with 128 + the signal's number, the shell's convention: 130 for SIGINT, 143 for SIGTERM.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# What to do when memory runs out in the part of a run that an option sizes.
+OUT_OF_MEMORY_ADVICE = {
+    "--batch-rays": "lower --batch-rays and start afresh with --overwrite, or free memory and continue with --resume",
+    "--chunk": "continue with --resume and a lower --chunk",
+}
 
 
 def main(name: str, argv: list[str] | None = None) -> None:
     """Entry point of `expN.py`: bad input is one line on stderr and exit code 2, never a traceback.
 
-    A distributed experiment started with plain python checks its input, then relaunches itself
-    under torchrun.
+    A distributed experiment started with plain python checks its input and takes the run directory's
+    lock, then relaunches itself under torchrun, whose rank 0 trains under that lock.
     """
     argv = sys.argv[1:] if argv is None else argv
     with exit_on_user_error():
         config, args = configs.parse_args(name, argv)
         if config.distributed and not bitnerf_ddp.under_torchrun():
-            load_scene(config.data, config.downscale)
-            rundir.check(config, args.resume, args.overwrite)
+            scene = load_scene(config.data, config.downscale)
             nproc = args.nproc or bitnerf_ddp.default_nproc(config.device)
-            code = bitnerf_ddp.launch(sys.argv[0], argv, nproc, config.device)
-            if code not in (0, 130):
+            if config.device == "cpu" or not torch.cuda.is_available():
+                # CPU ranks share this machine's memory: refuse a batch here once, not in every rank. (A GPU
+                # rank checks its own GPU; checking here would hold a CUDA context through the whole run.)
+                check_step_memory(config, scene, torch.device("cpu"), nproc, nproc)
+            with rundir.RunLock(rundir.path_of(config)) as lock:
+                run_dir = rundir.check(config, args.resume, args.overwrite)
+                if args.resume:
+                    rundir.load_checkpoint(run_dir, config)  # a bad checkpoint: one line here, not one per rank
+                lock.share_with_children()
+                code = bitnerf_ddp.launch(sys.argv[0], argv, nproc, config.device, args.max_restarts)
+            if code not in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM):
                 raise SystemExit(f"error: {name} failed in one of its {nproc} processes (torchrun exit code {code});"
                                  f" its message is above")
             sys.exit(code)
@@ -54,12 +77,66 @@ def main(name: str, argv: list[str] | None = None) -> None:
 
 
 def run(config: ExperimentConfig, resume: bool = False, overwrite: bool = False) -> dict:
-    """Train one experiment and write its run directory; returns summary.json's contents (on rank 0)."""
+    """Train one experiment and write its run directory; returns summary.json's contents (on rank 0).
+
+    Rank 0 holds the run directory's lock until this returns or exits; SIGINT and SIGTERM stop the run
+    (StopSignals)."""
     ranks = bitnerf_ddp.init(config.device, config.distributed)
+    lock = rundir.RunLock(rundir.path_of(config))
     try:
-        return train(config, ranks, resume, overwrite)
+        with StopSignals() as stop:
+            return train(config, ranks, resume, overwrite, lock, stop)
     finally:
+        lock.release()
         bitnerf_ddp.shutdown()
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM during a run. Until the final evaluation, the handler only notes the
+    signal and the loop acts on it between two steps, so that the checkpoint it saves holds exactly the
+    optimizer steps applied and --resume continues bit for bit. In the final evaluation (`at_once`), which
+    the last checkpoint already precedes, the handler raises KeyboardInterrupt.
+
+    signum: the first signal noted, or 0."""
+
+    def __init__(self):
+        self.signum, self.at_once, self.previous = 0, False, {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():  # the only thread Python runs handlers in
+            self.previous = {s: signal.signal(s, self.note) for s in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def note(self, signum: int, frame) -> None:
+        self.signum = self.signum or signum
+        if self.at_once:
+            raise KeyboardInterrupt
+
+
+class OutOfMemory(Exception):
+    """Memory ran out in a part of the run whose size one option sets."""
+
+    def __init__(self, option: str, value: int):
+        super().__init__(option, value)
+        self.option, self.value = option, value
+
+    def message(self, checkpoint: str) -> str:
+        return f"out of memory with {self.option} {self.value}; {checkpoint}: {OUT_OF_MEMORY_ADVICE[self.option]}"
+
+
+@contextlib.contextmanager
+def sized_by(option: str, value: int):
+    """Running out of memory in the block (CUDA, the CPU allocator or Python) raises OutOfMemory naming option."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        raise OutOfMemory(option, value) from None
 
 
 def compiles(config: ExperimentConfig, device: torch.device) -> bool:
@@ -126,13 +203,26 @@ class RunLog:
             self.wandb.finish(exit_code=exit_code)
 
 
-def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, overwrite: bool) -> dict:
+def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, overwrite: bool, lock: rundir.RunLock,
+          stop: StopSignals) -> dict:
     # --- Setup: the run directory, the model, its optimizer, the rays -------------------------------
     run_start = time.perf_counter()
     device = ranks.device
     compiled = compiles(config, device)
     scene = load_scene(config.data, config.downscale)
-    run_dir = rundir.prepare(config, resume, overwrite) if ranks.is_main else rundir.path_of(config)
+    if restarts := bitnerf_ddp.restart_count():
+        # torchrun restarted the job after a process died (--max-restarts): the run directory is this job's
+        # own, so continue from its last checkpoint, or start again where it has none yet.
+        resume = (rundir.path_of(config) / rundir.CHECKPOINT).exists()
+        overwrite = not resume
+        if ranks.is_main:
+            print(f"{config.name}: restart {restarts} after a process died;"
+                  f" {'resuming from the last checkpoint' if resume else 'no checkpoint yet, starting again'}",
+                  file=sys.stderr)
+    # Before the run directory is touched; CPU ranks of one machine share its memory, GPU ranks have one each.
+    check_step_memory(config, scene, device, ranks.world_size,
+                      int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1)
+    run_dir = rundir.prepare(config, resume, overwrite, lock) if ranks.is_main else rundir.path_of(config)
     bitnerf_ddp.barrier()
     evaluation = Evaluation.of(config, scene, device, run_dir)
 
@@ -181,13 +271,16 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
     last_log_train_s, last_log_step = train_clock.elapsed, start_step
     progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc=config.name,
                     dynamic_ncols=True, disable=None if ranks.is_main else True)
-    step = start_step
+    applied, signum = start_step, 0  # applied: the optimizer steps taken, which a checkpoint saved now records
     try:
         for step in progress:
-            with train_clock:
+            # Every rank asks between the same two steps whether any got a stop signal, so that all stop there.
+            if signum := bitnerf_ddp.max_across_ranks(stop.signum, device):
+                break
+            with train_clock, sized_by("--batch-rays", config.batch_rays):
                 stats = train_step(step_model, sampler.batch(step), optimization, config, evaluation.autocast)
 
-            done = step + 1
+            applied = done = step + 1
             row = {}
             if done % config.log_every == 0 or done == config.steps:
                 loss, fine_mse = bitnerf_ddp.mean_across_ranks(torch.stack([stats["loss"], stats["fine_mse"]])).tolist()
@@ -201,7 +294,7 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
             if not ranks.is_main:
                 continue
             if done % config.eval_every == 0 and done < config.steps:
-                with bitnerf_ddp.main_rank_alone(ranks):
+                with bitnerf_ddp.main_rank_alone(ranks), sized_by("--chunk", config.chunk):
                     results = evaluation.test_views(model, scene.i_test[: config.eval_views])
                 row = {**row, "step": done, "wall_s": round(wall_s(), 3),
                        "psnr_test": float(np.mean([r["psnr"] for r in results]))}
@@ -210,21 +303,43 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
                 log.row(row)
             if done % config.ckpt_every == 0 or done == config.steps:
                 save_checkpoint(done)
-    except KeyboardInterrupt:
+        else:
+            signum = bitnerf_ddp.max_across_ranks(stop.signum, device)
+    except KeyboardInterrupt:  # raised by code: the signal itself only sets stop.signum
+        signum = signal.SIGINT
+    except OutOfMemory as e:
         if not ranks.is_main:
-            sys.exit(130)
-        save_checkpoint(step)
-        log.close(exit_code=130)
-        print(f"\ninterrupted at step {step}; checkpoint saved, continue with --resume", file=sys.stderr)
-        sys.exit(130)
+            raise UserError(e.message(f"rank {ranks.rank}, the last checkpoint is kept")) from None
+        save_checkpoint(applied)
+        log.close(exit_code=1)
+        raise UserError(e.message(f"checkpoint saved at step {applied}")) from None
+    if signum:
+        if ranks.is_main:
+            save_checkpoint(applied)
+            log.close(exit_code=128 + signum)
+            print(f"\ninterrupted ({signal.Signals(signum).name}) at step {applied}; checkpoint saved, continue"
+                  f" with --resume", file=sys.stderr)
+        sys.exit(128 + signum)
     progress.close()
     peak_mem = bitnerf_ddp.sum_across_ranks(peak_memory_bytes(device), device)
     if not ranks.is_main:
         return {}
 
     # --- The final evaluation and summary.json ----------------------------------------------------
-    with bitnerf_ddp.main_rank_alone(ranks):
-        summary = finish(evaluation, model, precision_name, log)
+    stop.at_once = True
+    try:
+        with bitnerf_ddp.main_rank_alone(ranks), sized_by("--chunk", config.chunk):
+            summary = finish(evaluation, model, precision_name, log)
+    except KeyboardInterrupt:
+        signum = stop.signum or signal.SIGINT
+        log.close(exit_code=128 + signum)
+        print(f"\ninterrupted ({signal.Signals(signum).name}) in the final evaluation; the checkpoint holds all"
+              f" {config.steps} steps, --resume evaluates it again", file=sys.stderr)
+        sys.exit(128 + signum)
+    except OutOfMemory as e:
+        log.close(exit_code=1)
+        raise UserError(e.message(f"the checkpoint holds all {config.steps} steps")) from None
+    stop.at_once = False
     summary.update({
         "world_size": ranks.world_size,
         "steps": config.steps, "wall_s": round(wall_s(), 2), "train_s": round(train_clock.elapsed, 2),

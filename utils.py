@@ -12,6 +12,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -53,18 +54,18 @@ def atomic_write(path: str | Path, content: str | bytes | Callable[[str], object
     savefig). A crash, a kill or a concurrent writer never leaves a half-written file at path.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    # A folder of its own per write keeps concurrent writers apart, while the file in it keeps a fixed
+    # name: torch.save records the file's name inside its archive, so the bytes stay reproducible.
+    tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = tmp_dir / f"{path.name}.tmp"
     try:
         if callable(content):
-            content(tmp)
+            content(str(tmp))
         else:
-            Path(tmp).write_bytes(content.encode() if isinstance(content, str) else content)
-        os.chmod(tmp, 0o644)
+            tmp.write_bytes(content.encode() if isinstance(content, str) else content)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def write_json(path: str | Path, data) -> None:
@@ -187,6 +188,33 @@ def peak_memory_bytes(device: torch.device) -> int:
 
         return torch.cuda.max_memory_allocated(device)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Memory that new tensors on device can still get: CUDA's free memory plus what PyTorch's allocator holds
+    unused, or on Linux the system's MemAvailable (RAM that can be had without swapping); None where unknown."""
+    if device.type == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024  # reported in kB
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether error is an allocation that failed: CUDA's OutOfMemoryError, Python's MemoryError, or the
+    RuntimeError of PyTorch's CPU allocator."""
+    import torch
+
+    return (isinstance(error, (torch.OutOfMemoryError, MemoryError))
+            or isinstance(error, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(error))
 
 
 def reset_peak_memory(device: torch.device) -> None:

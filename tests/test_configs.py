@@ -4,14 +4,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import configs
 from configs import EXP1, QUICK, ExperimentConfig, experiment
+from nerf import NeRF
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-AXIS_FIELDS = {"exp1": set(), "exp2": {"precision"}, "exp3": {"precision", "batch_rays", "steps", "log_every", "eval_every",
-                                                                 "ckpt_every"},
+AXIS_FIELDS = {"exp1": set(), "exp2": {"precision"},
+               "exp3": {"precision", "batch_rays", "steps", "log_every", "eval_every", "ckpt_every"},
                "exp4": {"model"}, "exp5": {"distributed"}, "exp6": {"model", "distributed"}}
 
 
@@ -76,6 +78,7 @@ def test_command_line_overrides_apply_on_top_of_the_preset():
     ({"lr_final": 1.0}, "lr_final <= lr"),
     ({"skips": (9,)}, "skips must lie in"),
     ({"n_fine": -1}, "n_fine must not be negative"),
+    ({"n_coarse": 2, "n_fine": 4}, "needs n_coarse of at least 3"),
 ])
 def test_bad_values_raise_user_errors(overrides, message):
     with pytest.raises(UserError, match=message):
@@ -95,3 +98,11 @@ def test_command_line_errors_are_one_line_with_exit_code_2(argv, message, tmp_pa
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_two_coarse_samples_without_a_fine_pass_render():
+    """The smallest configurations the checks allow run: 2 coarse samples alone, 3 with a fine pass."""
+    for n_coarse, n_fine in ((2, 0), (3, 2)):
+        config = dataclasses.replace(EXP1, n_coarse=n_coarse, n_fine=n_fine)
+        model = NeRF(2.0, 6.0, False, n_coarse=config.n_coarse, n_fine=config.n_fine, depth=1, width=4).eval()
+        assert model(torch.zeros(1, 3), torch.ones(1, 3))["rgb"].shape == (1, 3)

@@ -80,7 +80,8 @@ def test_json_files_round_trip_and_a_bad_one_is_a_user_error_naming_it(tmp_path)
     assert utils.read_json(tmp_path / "s.json") == {"psnr": 20.5, "views": [1, 2]}
     (tmp_path / "bad.json").write_text('{"psnr": ')
     for path in (tmp_path / "bad.json", tmp_path / "missing.json"):
-        with pytest.raises(utils.UserError, match=f"^{re.escape(str(path))} is not a readable JSON file .*; rerun what wrote it$"):
+        message = f"^{re.escape(str(path))} is not a readable JSON file .*; rerun what wrote it$"
+        with pytest.raises(utils.UserError, match=message):
             utils.read_json(path)
 
 
