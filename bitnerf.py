@@ -75,9 +75,9 @@ def to_bitnet(model: nn.Module, quantize_heads: bool = False) -> nn.Module:
     return model
 
 
-def build_model(config, scene, device: torch.device) -> NeRF:
+def build_model(config, scene, device: torch.device, quantized: bool = True) -> NeRF:
     """The model an ExperimentConfig names on the scene's bounds: NeRF, or BitNeRF (the same topology from
-    RMSNormLinear layers, converted by torchao)."""
+    RMSNormLinear layers, converted by torchao unless quantized is False, as load_ternary wants it)."""
     constructor = bitnerf if config.model == "bitnerf" else NeRF
     model = constructor(
         near=scene.near, far=scene.far, white_bkgd=scene.white_bkgd, n_coarse=config.n_coarse,
@@ -85,7 +85,7 @@ def build_model(config, scene, device: torch.device) -> NeRF:
         pos_freqs=config.pos_freqs, dir_freqs=config.dir_freqs, skips=config.skips,
         use_viewdirs=config.use_viewdirs,
     ).to(device)
-    return to_bitnet(model, config.quantize_heads) if config.model == "bitnerf" else model
+    return to_bitnet(model, config.quantize_heads) if config.model == "bitnerf" and quantized else model
 
 
 def quantized_linears(model: nn.Module) -> dict[str, nn.Linear]:

@@ -98,6 +98,10 @@ def launch(script: str, argv: list[str], nproc: int, device: str, max_restarts: 
     env = dict(os.environ)
     if device == "cpu" or not torch.cuda.is_available():
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or nproc) // nproc)))
+    if max_restarts:
+        # A restarted rank can read its peers' addresses of the attempt before from the store that torchrun
+        # shares across attempts, and fail to connect (pytorch/pytorch#135712): give each attempt its own store.
+        env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     command = [sys.executable, "-c", TORCHRUN, "--standalone", f"--nproc-per-node={nproc}",
                f"--max-restarts={max_restarts}", script, *without_nproc(argv)]
     job = subprocess.Popen(command, env=env, process_group=0)

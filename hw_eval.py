@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from tqdm import tqdm
 
 import precision
 import rundir
+import sparsity
 from utils import OneLineParser, UserError, atomic_write, exit_on_user_error, read_json, write_json
 
 ACCELFORGE_REQUIREMENT = "accelforge==1.0.467"  # as requirements.txt pins it
@@ -62,9 +64,16 @@ except ImportError as e:
     with exit_on_user_error():
         raise UserError(toolchain_missing(e)) from None
 
-CSV_COLUMNS = ("run", "experiment", "arch", "precision", "energy_per_frame_j", "latency_per_frame_s", "edp_j_s",
-               "energy_dram_j", "energy_global_buffer_j", "energy_scratchpad_j", "energy_mac_j", "energy_other_j",
-               "macs_per_frame", "zero_gating_saving_frac")
+CSV_COLUMNS = ("run", "experiment", "arch", "design", "precision", "energy_per_frame_j", "latency_per_frame_s",
+               "edp_j_s", "energy_dram_j", "energy_global_buffer_j", "energy_scratchpad_j", "energy_mac_j",
+               "energy_other_j", "macs_per_frame", "zero_gating_saving_frac",
+               # The densities the sparse designs used (MAC-weighted over the layers), and the check of independence.
+               "input_density", "weight_density", "effectual_density", "joint_density_measured",
+               # Skipping's MAC time against dense, with the PE array's load imbalance and under perfect balance.
+               "mac_time_frac", "mac_time_frac_balanced",
+               # The same design with every weight taken as dense: what the zero weights are worth.
+               "energy_weights_dense_j", "latency_weights_dense_s", "weight_density_source")
+DESIGNS = sparsity.DESIGNS
 DEFAULT_TILE = 16384
 FRAME = f"{rundir.FRAME_WIDTH}x{rundir.FRAME_HEIGHT}"
 FLOAT_ACCUMULATOR_BITS = 32  # fp16/bf16 products accumulate in fp32, as tensor cores and TPUs do
@@ -76,6 +85,7 @@ class Architecture:
     mac_tech_node: float  # metres; the example's own node (Eyeriss) or the chip's (TPU v4i, 7 nm)
     partial_sum_memories: tuple[str, ...]  # memories that hold outputs while they accumulate
     component_groups: dict[str, str]  # AccelForge component -> results.csv energy column (others: energy_other_j)
+    sparse: sparsity.SparseHardware  # how the gating and skipping designs exploit zeros (README: the sources)
 
 
 # The AccelForge examples `accelforge.examples.arches.<name>`, with the MAC replaced (see LayerMAC).
@@ -84,12 +94,29 @@ ARCHITECTURES = {
         title="Eyeriss-like row-stationary array (168 PEs, 65 nm)", mac_tech_node=65e-9,
         partial_sum_memories=("OutputScratchpad",),
         component_groups={"MainMemory": "dram", "GlobalBuffer": "global_buffer", "InputScratchpad": "scratchpad",
-                          "WeightScratchpad": "scratchpad", "OutputScratchpad": "scratchpad", "MAC": "mac"}),
+                          "WeightScratchpad": "scratchpad", "OutputScratchpad": "scratchpad", "MAC": "mac"},
+        # Eyeriss v1 (Chen et al., JSSC 2017): zero-flagged inputs gate the weight read and the MAC; activations
+        # run-length coded with 5-bit zero runs. Each PE's three scratchpads feed its MAC one value per MAC;
+        # a PE skips among the inputs its 12 x 16-bit input scratchpad holds; the example clocks at 200 MHz.
+        sparse=sparsity.SparseHardware(
+            input_port="InputScratchpad", weight_port="WeightScratchpad", output_port="OutputScratchpad",
+            compressed=("MainMemory", "GlobalBuffer"), partial_sum_levels=("OutputScratchpad",),
+            lane_components=("InputScratchpad", "WeightScratchpad", "OutputScratchpad", "MAC"),
+            window_bits=12 * 16, clock_hz=200e6, formats=(sparsity.rle(5),))),
     "tpu_v4i": Architecture(
         title="TPU-v4i-like core: four 128x128 systolic arrays (7 nm)", mac_tech_node=7e-9,
         partial_sum_memories=("LocalBuffer",),
         component_groups={"MainMemory": "dram", "GlobalBuffer": "global_buffer", "LocalBuffer": "scratchpad",
-                          "Register": "scratchpad", "MAC": "mac"}),
+                          "Register": "scratchpad", "MAC": "mac"},
+        # A weight-stationary systolic array: each PE's weight register feeds its MAC; inputs and partial sums
+        # pass between PEs in lock-step (one input register per PE, no buffer: a window of one value, see
+        # sparsity.lane_time_fraction). Activations held as a bitmask and nonzeros (SparTen, Gondimalla et al.,
+        # MICRO 2019) in the memories above the arrays; partial sums accumulate dense in the local buffers.
+        sparse=sparsity.SparseHardware(
+            input_port=None, weight_port="Register", output_port=None,
+            compressed=("MainMemory", "GlobalBuffer", "LocalBuffer"), partial_sum_levels=("LocalBuffer",),
+            lane_components=("Register", "MAC"), window_bits=None, clock_hz=1.05e9,
+            formats=(sparsity.BITMASK,))),
 }
 ENERGY_GROUPS = ("dram", "global_buffer", "scratchpad", "mac", "other")
 
@@ -294,9 +321,12 @@ def check_toolchain() -> None:
 
 
 def build_spec(arch_name: str, workload: dict, int_accumulator: int):
-    """The example architecture with a LayerMAC of this workload's operand widths, and the workload."""
+    """The example architecture with a LayerMAC of this workload's operand widths, and the workload
+    (STUDY_ARCHS: the accelerating-NeRFs study's Eyeriss, see study_spec)."""
     import accelforge as af
 
+    if arch_name in STUDY_ARCHS:
+        return study_spec(workload, delay_first=STUDY_ARCHS[arch_name])
     arch = ARCHITECTURES[arch_name]
     spec = af.Spec.from_yaml(getattr(af.examples.arches, arch_name))
     spec.workload = af.Workload(**workload)
@@ -315,6 +345,34 @@ def build_spec(arch_name: str, workload: dict, int_accumulator: int):
     return spec
 
 
+def study_spec(workload: dict, delay_first: bool = False):
+    """The Eyeriss the accelerating-NeRFs study configured (its designs/eyeriss_like/arch/eyeriss_like.yaml):
+    AccelForge's Eyeriss example (168 PEs; 1 Mbit global buffer; 12, 192 and 16-entry 16-bit input, weight
+    and partial-sum scratchpads; LPDDR4), which it matches, at the study's 45 nm, with the example's own
+    integer MAC 16 bits wide (the study's `intmac`, datawidth 16) and 16-bit partial sums (its word-bits);
+    the global buffer's bandwidth is the study's 16 words read and 16 written per cycle (four 64-bit
+    accesses each), and DRAM's bandwidth is unbounded, as the study left it (no bandwidth given: Timeloop
+    reports "Read bandwidth: -" and no throttling). Its 14 x 12 PE array had no dataflow constraints (its
+    mappings spread the output rank over both axes), so neither axis is tied to a reused tensor here.
+    The mapper finds the lowest energy (hw_eval's objective) or, delay_first, the lowest latency and then
+    energy (the study's Timeloop mapper, whose log upgrades on utilization first)."""
+    import accelforge as af
+
+    spec = af.Spec.from_yaml(af.examples.arches.eyeriss)
+    spec.workload = af.Workload(**workload)
+    spec.arch.extra_attributes_for_all_component_models["tech_node"] = 45e-9
+    spec.arch.nodes["MainMemory"].total_latency = "0"
+    spec.arch.nodes["GlobalBuffer"].total_latency = "max(a.n_calls for a in actions) / 4 / 200e6"
+    for axis in spec.arch.nodes["ProcessingElement"].spatial:
+        axis.reuse, axis.may_reuse = "Nothing", "All"
+    mac = spec.arch.nodes["MAC"]
+    mac.extra_attributes_for_component_model["multiplier_width"] = 16
+    mac.extra_attributes_for_component_model["adder_width"] = 16
+    metrics = af.mapper.Metrics
+    spec.mapper.metrics = metrics.LATENCY | metrics.ENERGY if delay_first else metrics.ENERGY
+    return spec
+
+
 def map_tile(arch_name: str, workload: dict, int_accumulator: int) -> dict:
     """Map one workload with AccelForge's FFM mapper (lowest energy); energies in J, latency in s, per tile.
 
@@ -330,16 +388,66 @@ def map_tile(arch_name: str, workload: dict, int_accumulator: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp), \
             contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         mapping = map_workload_to_arch(spec, print_progress=False)
+    if len(mapping) > 1:  # several objectives give a Pareto front: take the fastest, then the least energy
+        latency, energy = mapping.latency(list_if_one_mapping=True), mapping.energy(list_if_one_mapping=True)
+        mapping = mapping[min(range(len(mapping)), key=lambda i: (latency[i], energy[i]))]
+    return mapping_result(mapping, workload, spec)
+
+
+def bits_per_action(spec) -> dict[str, dict[str, float]]:
+    """Each component's bits per read and write, as the spec gives them (the default expression: 1 bit)."""
+    per_component = {}
+    for node in spec.arch.nodes:
+        for node_action in getattr(node, "actions", None) or []:
+            bits = getattr(node_action, "bits_per_action", None)
+            per_component.setdefault(node.name, {})[node_action.name] = bits if isinstance(bits, (int, float)) else 1
+    return per_component
+
+
+def output_elements(workload: dict) -> dict[str, int]:
+    """Each einsum's output elements: the product of its output's ranks' sizes."""
+    sizes = {rank: int(bound.split("<")[-1]) for rank, bound in workload["iteration_space_shape"].items()}
+    return {e["name"]: math.prod(sizes[index] for index in next(a for a in e["tensor_accesses"] if a.get("output"))
+                                 ["projection"].values()) for e in workload["einsums"]}
+
+
+def mapping_result(mapping, workload: dict, spec=None) -> dict:
+    """What the cache keeps of a mapping: energy by component, MAC energy by einsum, latency and MACs, and for
+    the sparsity model every action (einsum, component, tensor, action, count, energy; leakage has tensor
+    None), each (einsum, component)'s latency, each einsum's input, weight and output tensor and bits, its
+    output's elements and (with the spec) each component's bits per action."""
     per_einsum_component = mapping.energy(per_component=True, per_einsum=True)
     energy_j: dict[str, float] = {}
     for (_, component), joules in per_einsum_component.items():
         energy_j[component] = energy_j.get(component, 0.0) + joules
+    counts = mapping.actions(per_einsum=True, per_component=True, per_tensor=True)
+    detail = mapping.energy(per_einsum=True, per_component=True, per_tensor=True, per_action=True)
+    actions = [[einsum, component, tensor, action, float(counts.get((einsum, component, tensor, action), 0.0)),
+                float(joules)] for (einsum, component, tensor, action), joules in detail.items()]
+    actions += [[einsum, component, tensor, action, float(n), 0.0]  # counted, but costing nothing
+                for (einsum, component, tensor, action), n in counts.items()
+                if (einsum, component, tensor, action) not in detail and n]
     return {
         "energy_j": energy_j,
         "mac_energy_j": {e["name"]: per_einsum_component[e["name"], "MAC"] for e in workload["einsums"]},
         "latency_s": float(mapping.latency()),
         "macs": int(sum(n for (e, c, a), n in mapping.actions(per_einsum=True).items() if c == "MAC")),
+        "actions": actions,
+        "component_latency_s": [[e, c, float(seconds)]
+                                for (e, c), seconds in mapping.latency(per_einsum=True, per_component=True).items()],
+        "roles": {e["name"]: e["renames"] for e in workload["einsums"]},
+        "bits": {a["name"]: a["bits_per_value"] for e in workload["einsums"] for a in e["tensor_accesses"]},
+        "output_elements": output_elements(workload),
+        "bits_per_action": bits_per_action(spec) if spec is not None else {},
     }
+
+
+def sparse_tile(result: dict) -> sparsity.Tile:
+    """A cached mapping as the sparsity model reads it."""
+    return sparsity.Tile(actions=[tuple(a) for a in result["actions"]],
+                         latency_s={(e, c): s for e, c, s in result["component_latency_s"]},
+                         roles=result["roles"], bits=result["bits"], output_elements=result["output_elements"],
+                         bits_per_action=result["bits_per_action"])
 
 
 def cache_path(arch_name: str, workload: dict, int_accumulator: int, cache_dir: Path) -> Path:
@@ -412,28 +520,85 @@ def field_tiles(run: Run, arch_name: str, tile: int, cache_dir: Path) -> tuple[l
     return fields, jobs
 
 
-def frame_row(run: Run, arch_name: str, fields: list[FieldTile]) -> dict:
-    """One results.csv row: each field's mapped tile scaled to a frame."""
-    energy = dict.fromkeys(ENERGY_GROUPS, 0.0)
-    latency = macs = gated = 0.0
+WEIGHTS_MEASURED = "measured"
+WEIGHTS_ASSUMED_DENSE = "assumed dense: layers.json has no weight_density"
+
+
+def field_densities(layers: list[dict]) -> dict[str, sparsity.Densities]:
+    """Each einsum's operand densities: its input's (1 - input_sparsity), its weight's (weight_density; 1 where
+    layers.json lacks it, as older runs' do), and its stored output's, which is what the next layer reads
+    (the input density of a reader that takes it as it is, else of one that concatenates it; 1 for a final
+    output). The model takes the product of input and weight density (independence)."""
+    sources = layer_inputs(layers)
+    densities = {}
+    for j, layer in enumerate(layers):
+        readers = [layers[i] for i, source in enumerate(sources) if source == j]
+        readers.sort(key=lambda reader: reader["in_features"] != layer["out_features"])  # plain readers first
+        densities[einsum_name(layer)] = sparsity.Densities(
+            input=1.0 - layer["input_sparsity"], weight=layer.get("weight_density", 1.0),
+            output=1.0 - readers[0]["input_sparsity"] if readers else 1.0)
+    return densities
+
+
+def frame_rows(run: Run, arch_name: str, fields: list[FieldTile]) -> list[dict]:
+    """results.csv's rows of a run on an architecture, one per design: each field's mapped tile, under the
+    design's sparsity model, scaled to a frame."""
+    arch = ARCHITECTURES[arch_name]
+    energy = {design: dict.fromkeys(ENERGY_GROUPS, 0.0) for design in DESIGNS}
+    latency, mac_time, mac_balanced, energy_weights_dense, latency_weights_dense = (
+        dict.fromkeys(DESIGNS, 0.0) for _ in range(5))
+    dense_mac_time = macs = gated = 0.0
     for field in fields:
         result = read_json(field.cache)
         scale = field.layers[0]["samples_per_frame"] / field.rows
-        for component, joules in result["energy_j"].items():
-            energy[ARCHITECTURES[arch_name].component_groups.get(component, "other")] += scale * joules
-        latency += scale * result["latency_s"]
+        tile = sparse_tile(result)
+        densities = field_densities(field.layers)
+        weights_dense = {e: dataclasses.replace(d, weight=1.0) for e, d in densities.items()}
+        for design in DESIGNS:
+            modelled = sparsity.evaluate(design, arch.sparse, tile, densities)
+            for component, joules in modelled.energy_j.items():
+                energy[design][arch.component_groups.get(component, "other")] += scale * joules
+            latency[design] += scale * modelled.latency_s
+            mac_time[design] += scale * modelled.mac_time_s
+            mac_balanced[design] += scale * modelled.mac_time_balanced_s
+            counterfactual = sparsity.evaluate(design, arch.sparse, tile, weights_dense)
+            energy_weights_dense[design] += scale * counterfactual.energy_total_j
+            latency_weights_dense[design] += scale * counterfactual.latency_s
+        dense_mac_time += scale * sum(s for (e, c), s in tile.latency_s.items() if c == arch.sparse.mac)
         macs += scale * result["macs"]
         # Zero-gating skips a MAC whose input is zero: ideally its whole MAC energy.
         for layer in field.layers:
             gated += scale * result["mac_energy_j"][einsum_name(layer)] * layer["input_sparsity"]
-    total = sum(energy.values())
-    return {
-        "run": run.name, "experiment": run.summary.get("experiment", run.name), "arch": arch_name,
-        "precision": run.summary.get("precision", ""), "energy_per_frame_j": total,
-        "latency_per_frame_s": latency, "edp_j_s": total * latency,
-        **{f"energy_{group}_j": joules for group, joules in energy.items()},
-        "macs_per_frame": round(macs), "zero_gating_saving_frac": gated / total,
-    }
+    layers = [layer for field in fields for layer in field.layers]
+    layer_macs = [layer["in_features"] * layer["out_features"] * layer["samples_per_frame"] for layer in layers]
+
+    def mac_weighted(values):
+        return sum(m * v for m, v in zip(layer_macs, values)) / sum(layer_macs)
+
+    input_density = [1.0 - layer["input_sparsity"] for layer in layers]
+    weight_density = [layer.get("weight_density", 1.0) for layer in layers]
+    joint = [layer.get("joint_density") for layer in layers]
+    measured = all("weight_density" in layer for layer in layers)
+    dense_total = sum(energy["dense"].values())
+    rows = []
+    for design in DESIGNS:
+        total = sum(energy[design].values())
+        rows.append({
+            "run": run.name, "experiment": run.summary.get("experiment", run.name), "arch": arch_name,
+            "design": design, "precision": run.summary.get("precision", ""), "energy_per_frame_j": total,
+            "latency_per_frame_s": latency[design], "edp_j_s": total * latency[design],
+            **{f"energy_{group}_j": joules for group, joules in energy[design].items()},
+            "macs_per_frame": round(macs), "zero_gating_saving_frac": gated / dense_total,
+            "input_density": mac_weighted(input_density), "weight_density": mac_weighted(weight_density),
+            "effectual_density": mac_weighted([i * w for i, w in zip(input_density, weight_density)]),
+            "joint_density_measured": mac_weighted(joint) if None not in joint else "",
+            "mac_time_frac": mac_time[design] / dense_mac_time if dense_mac_time else 1.0,
+            "mac_time_frac_balanced": mac_balanced[design] / dense_mac_time if dense_mac_time else 1.0,
+            "energy_weights_dense_j": energy_weights_dense[design],
+            "latency_weights_dense_s": latency_weights_dense[design],
+            "weight_density_source": WEIGHTS_MEASURED if measured else WEIGHTS_ASSUMED_DENSE,
+        })
+    return rows
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -445,26 +610,54 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write(path, buffer.getvalue())
 
 
-def markdown_table(arch_name: str, rows: list[dict]) -> str:
-    """Energy, latency and EDP per frame of each run, and their ratios against exp1's."""
-    reference = next((r for r in rows if r["experiment"] == "exp1"), None)
+DESIGN_TITLES = {"dense": "dense", "gating": "gating", "skipping": "skipping + compressed activations"}
 
-    def ratio(row, key):
-        return f"{row[key] / reference[key]:.3f}" if reference else "n/a"
+
+def markdown_table(arch_name: str, rows: list[dict]) -> str:
+    """Energy, latency and EDP per frame of each run under each design, side by side, with each one's ratio
+    against dense exp1; then the densities each run's sparse designs used."""
+    by_run = {}
+    for r in rows:
+        by_run.setdefault(r["run"], {})[r["design"]] = r
+    reference = next((designs["dense"] for designs in by_run.values()
+                      if designs["dense"]["experiment"] == "exp1"), None)
+
+    def cell(row, key):
+        ratio = f" ({row[key] / reference[key]:.3f}×)" if reference else ""
+        return f"{row[key]:.4g}{ratio}"
 
     lines = [
         f"# {ARCHITECTURES[arch_name].title}",
         "",
-        f"Per {FRAME} frame; a model, not a silicon measurement (README.md, \"Accelerator evaluation\").",
-        "",
-        "| run | experiment | precision | energy/frame (J) | latency/frame (s) | EDP (J·s) | ×exp1 energy "
-        "| ×exp1 latency | zero-gating saving |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"Per {FRAME} frame; a model, not a silicon measurement (README.md, \"Accelerator evaluation\"). "
+        "Three designs: *dense* (AccelForge's mapping as it is), *gating* (a zero operand gates its MAC and the "
+        "operand reads that feed it: energy saved, cycles not), *skipping* (activations compressed in memory, "
+        "zero MACs skipped: energy and cycles saved, with the PE array's load imbalance). In brackets: the "
+        "ratio to dense exp1" + ("" if reference else " (n/a: no exp1 run)") + ".",
     ]
-    for r in rows:
-        lines.append(f"| {r['run']} | {r['experiment']} | {r['precision']} | {r['energy_per_frame_j']:.4g} "
-                     f"| {r['latency_per_frame_s']:.4g} | {r['edp_j_s']:.4g} | {ratio(r, 'energy_per_frame_j')} "
-                     f"| {ratio(r, 'latency_per_frame_s')} | {100 * r['zero_gating_saving_frac']:.1f} % |")
+    for key, title in (("energy_per_frame_j", "Energy per frame (J)"), ("latency_per_frame_s", "Latency per frame (s)"),
+                       ("edp_j_s", "Energy-delay product (J·s)")):
+        lines += ["", f"## {title}", "", "| run | experiment | precision | " + " | ".join(DESIGN_TITLES.values()) + " |",
+                  "|---|---|---|" + "---|" * len(DESIGNS)]
+        for run, designs in by_run.items():
+            first = designs["dense"]
+            lines.append(f"| {run} | {first['experiment']} | {first['precision']} | "
+                         + " | ".join(cell(designs[d], key) for d in DESIGNS) + " |")
+    lines += ["", "## Densities the sparse designs used", "",
+              "MAC-weighted over the layers. *effectual*: input × weight density, the fraction of MACs with both "
+              "operands nonzero under independence; *joint (measured)*: the same fraction counted on the run's "
+              "test rays (layers.json), the check of independence. *MAC time*: skipping's MAC cycles against "
+              "dense, with the PE array's load imbalance and under perfect balance. *zero-gating (ideal)*: the "
+              "share of dense energy in MACs whose input is zero.", "",
+              "| run | input | weight | effectual | joint (measured) | MAC time, skipping | MAC time, balanced "
+              "| zero-gating (ideal) | weights |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for run, designs in by_run.items():
+        r = designs["skipping"]
+        joint = f"{r['joint_density_measured']:.3f}" if r["joint_density_measured"] != "" else "not measured"
+        lines.append(f"| {run} | {r['input_density']:.3f} | {r['weight_density']:.3f} | {r['effectual_density']:.3f} "
+                     f"| {joint} | {r['mac_time_frac']:.3f} | {r['mac_time_frac_balanced']:.3f} "
+                     f"| {100 * r['zero_gating_saving_frac']:.1f} % | {r['weight_density_source']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -482,12 +675,113 @@ def evaluate(runs_dir: Path, arch_names: list[str], out_dir: Path, tile: int = D
             planned.append((run, arch_name, fields))
             mapping_jobs.update(run_jobs)
     map_missing(mapping_jobs, jobs)
-    rows = [frame_row(run, arch_name, fields) for run, arch_name, fields in planned]
+    rows = [row for run, arch_name, fields in planned for row in frame_rows(run, arch_name, fields)]
     write_csv(out_dir / "results.csv", rows)
     for arch_name in arch_names:
         atomic_write(out_dir / f"{arch_name}.md",
                      markdown_table(arch_name, [r for r in rows if r["arch"] == arch_name]))
     return rows
+
+
+# --- Validation on the accelerating-NeRFs study's own case ----------------------------------------
+
+# Shen and McClinton, "Accelerating NeRFs: Optimizing Neural Radiance Fields with Specialized Hardware
+# Architectures" (MIT 6.5930, 2023; github.com/williamshen-nz/accelerating-nerfs): Timeloop with its sparse
+# extensions on its Eyeriss, one FC layer at a time, 64 samples per layer (its layer shapes, N = 64).
+STUDY_ARCHS = {"eyeriss_study": False, "eyeriss_study_delay_first": True}  # name -> the mapper's delay_first
+STUDY_ROWS = 64
+STUDY_INPUT_SPARSITY = 0.603  # its average over the FC layers whose inputs follow a ReLU (all but fc_1, fc_11)
+# (layer, in, out, follows a ReLU): 8 x 256 with the encoded point (63) again at fc_6, the density head fc_9,
+# the activation-free feature layer fc_10, the view layer fc_11 (feature + encoded direction, 27) and the RGB head.
+STUDY_LAYERS = (("fc_1", 63, 256, False), ("fc_2", 256, 256, True), ("fc_3", 256, 256, True), ("fc_4", 256, 256, True),
+                ("fc_5", 256, 256, True), ("fc_6", 319, 256, True), ("fc_7", 256, 256, True), ("fc_8", 256, 256, True),
+                ("fc_9", 256, 1, True), ("fc_10", 256, 256, True), ("fc_11", 283, 128, False), ("fc_12", 128, 3, True))
+# Its Eyeriss results for the MLP (its notebooks/Analyze Profile Results.ipynb, summed over the layers):
+# dense, and compressed activations with skipping (eyeriss_like_onchip_compression): energy (J), cycles.
+STUDY_REPORTED = {"dense": (650.93e-6, 568_192), "skipping": (316.71e-6, 227_813)}
+STUDY_TARGET = 0.25  # within +-25 % of both of its ratios
+
+
+def study_layers() -> list[dict]:
+    """The study's workload as layers.json would record it: 16-bit operands, its average input sparsity after
+    every ReLU, dense weights, one tile of 64 samples."""
+    return [{"name": f"study.{name}", "in_features": n_in, "out_features": n_out, "weight_bits": 16,
+             "input_bits": 16, "output_bits": 16, "input_sparsity": STUDY_INPUT_SPARSITY if relu else 0.0,
+             "weight_density": 1.0, "samples_per_frame": STUDY_ROWS} for name, n_in, n_out, relu in STUDY_LAYERS]
+
+
+def validate_study(out_dir: Path, jobs: int = 1) -> dict:
+    """Model the study's workload on its Eyeriss, dense and under each design, and compare the dense ->
+    skipping energy and cycle ratios with its own; writes <out_dir>/study_validation.md and returns the numbers.
+
+    As the study did, each layer is its own workload (inputs from DRAM, outputs to DRAM, no fusion); layers of
+    one shape share a mapping, and each takes its own densities. Both mapper objectives: hw_eval's (lowest
+    energy) and the study's (lowest latency, then energy).
+    """
+    check_toolchain()
+    layers = study_layers()
+    densities = field_densities(layers)
+    paths, jobs_by_path = {}, {}
+    for arch_name in STUDY_ARCHS:
+        for layer in layers:
+            workload = field_workload([{**layer, "name": "study.fc"}], STUDY_ROWS)  # one name: one mapping per shape
+            path = cache_path(arch_name, workload, 16, out_dir / ".cache")
+            paths[arch_name, layer["name"]], jobs_by_path[path] = path, (arch_name, workload, 16)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    map_missing(jobs_by_path, jobs)
+    hw = ARCHITECTURES["eyeriss"].sparse
+    variants = {"dense": ("dense", False), "gating": ("gating", False), "skipping": ("skipping", False),
+                "skipping, perfect balance": ("skipping", True)}
+    objectives = {"eyeriss_study": "lowest energy (hw_eval's)", "eyeriss_study_delay_first": "lowest latency, "
+                  "then energy (the study's)"}
+    per_layer = {(a, v): {} for a in STUDY_ARCHS for v in variants}
+    for arch_name in STUDY_ARCHS:
+        for layer in layers:
+            tile = sparse_tile(read_json(paths[arch_name, layer["name"]]))
+            d = {"fc": densities[einsum_name(layer)]}
+            for variant, (design, balanced) in variants.items():
+                result = sparsity.evaluate(design, hw, tile, d, balanced=balanced)
+                per_layer[arch_name, variant][einsum_name(layer)] = (result.energy_total_j, result.latency_s * hw.clock_hz)
+    totals = {key: tuple(sum(x[i] for x in values.values()) for i in (0, 1)) for key, values in per_layer.items()}
+    ratios = {(a, v): (totals[a, "dense"][0] / e, totals[a, "dense"][1] / c) for (a, v), (e, c) in totals.items()}
+    reported = {k: (STUDY_REPORTED["dense"][0] / STUDY_REPORTED[k][0], STUDY_REPORTED["dense"][1] / STUDY_REPORTED[k][1])
+                for k in STUDY_REPORTED}
+    lines = ["# hw_eval.py --validate-study: the accelerating-NeRFs study's MLP on its Eyeriss", "",
+             f"{len(layers)} FC layers of 16-bit operands, {STUDY_ROWS} samples, input sparsity "
+             f"{STUDY_INPUT_SPARSITY:.1%} after every ReLU (fc_1 and fc_11 dense), weights dense; each layer mapped "
+             "alone by AccelForge on the study's Eyeriss (hw_eval.study_spec) and costed by the sparsity model. "
+             "Cycles at the Eyeriss clock.", "",
+             "| mapper objective | design | energy (µJ) | cycles | energy ratio (dense / design) | cycle ratio "
+             "| EDP ratio |", "|---|---|---|---|---|---|---|"]
+    for (arch_name, variant), (joules, cycles) in totals.items():
+        e_ratio, c_ratio = ratios[arch_name, variant]
+        lines.append(f"| {objectives[arch_name]} | ours: {variant} | {joules * 1e6:.2f} | {cycles:,.0f} | {e_ratio:.2f}× "
+                     f"| {c_ratio:.2f}× | {e_ratio * c_ratio:.2f}× |")
+    for key, (joules, cycles) in STUDY_REPORTED.items():
+        e_ratio, c_ratio = reported[key]
+        lines.append(f"| the study's | study (Timeloop, sparse extensions): {key} | {joules * 1e6:.2f} | {cycles:,} "
+                     f"| {e_ratio:.2f}× | {c_ratio:.2f}× | {e_ratio * c_ratio:.2f}× |")
+    for arch_name in STUDY_ARCHS:
+        lines += ["", f"Per layer, mapper objective {objectives[arch_name]} (energy µJ, cycles):", "",
+                  "| layer | input density | dense energy | skipping energy | ratio | dense cycles | skipping cycles "
+                  "| ratio | cycles, perfect balance |", "|---|---|---|---|---|---|---|---|---|"]
+        for layer in layers:
+            name = einsum_name(layer)
+            (de, dc), (se, sc), (_, bc) = (per_layer[arch_name, v][name]
+                                           for v in ("dense", "skipping", "skipping, perfect balance"))
+            lines.append(f"| {name} | {1 - layer['input_sparsity']:.3f} | {de * 1e6:.2f} | {se * 1e6:.2f} "
+                         f"| {de / se:.2f}× | {dc:,.0f} | {sc:,.0f} | {dc / sc:.2f}× | {bc:,.0f} |")
+    target_e, target_c = reported["skipping"]
+    within = {(a, v): tuple(abs(ours / theirs - 1) <= STUDY_TARGET for ours, theirs in zip(ratios[a, v], reported["skipping"]))
+              for a in STUDY_ARCHS for v in ("skipping", "skipping, perfect balance")}
+    lines += ["", f"Target: within ±{STUDY_TARGET:.0%} of the study's {target_e:.2f}× energy and {target_c:.2f}× cycles "
+              f"(energy, cycles): " + "; ".join(f"{objectives[a]}, {v}: {'within' if e else 'outside'}, "
+                                                f"{'within' if c else 'outside'}" for (a, v), (e, c) in within.items())
+              + ". BENCHMARKS.md explains the differences."]
+    text = "\n".join(lines) + "\n"
+    atomic_write(out_dir / "study_validation.md", text)
+    return {"totals": totals, "ratios": ratios, "reported": reported, "per_layer": per_layer, "within": within,
+            "text": text}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -501,6 +795,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
                         help="tiles mapped at once, one process each (default: the CPUs here, %(default)s)")
     parser.add_argument("--setup", action="store_true", help="check (and rebuild if needed) CACTI, check dot, and exit")
+    parser.add_argument("--validate-study", action="store_true",
+                        help="model the accelerating-NeRFs study's MLP on its Eyeriss and compare with its sparse "
+                             "results (writes <out>/study_validation.md), and exit")
     args = parser.parse_args(argv)
     arch_names = list(dict.fromkeys(args.arch))
     with exit_on_user_error():
@@ -511,7 +808,14 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"--tile must be positive, got {args.tile}")
         if args.jobs < 1:
             raise UserError(f"--jobs must be positive, got {args.jobs}")
+        if args.validate_study:
+            print(validate_study(Path(args.out), args.jobs)["text"], end="")
+            return
         rows = evaluate(Path(args.runs), arch_names, Path(args.out), args.tile, args.jobs)
+    assumed = sorted({r["run"] for r in rows if r["weight_density_source"] != WEIGHTS_MEASURED})
+    if assumed:
+        print(f"note: {', '.join(assumed)}: layers.json has no weight_density (trained before it was recorded); "
+              f"their weights are taken as dense (density 1) in the gating and skipping designs")
     print(f"{len(rows)} results -> {Path(args.out) / 'results.csv'}, "
           + ", ".join(str(Path(args.out) / f"{a}.md") for a in arch_names))
 

@@ -6,7 +6,9 @@ its saved weights, and test PSNR and SSIM. exp4 trains ternary weights for the s
 so the two answer one question: quantize after training, or train quantized?
 
 The int8 variants quantize the layers BitNeRF quantizes (all but the density and colour heads), so
-the comparison differs only in when and how finely weights are quantized.
+the comparison differs only in when and how finely weights are quantized. The int8 dynamic variant
+zero-pads the inputs of layers whose width is not a multiple of 8 (ZeroPaddedLinear), which leaves
+its results unchanged and keeps it on CUDA's int8 matmul.
 """
 
 import copy
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -32,6 +35,42 @@ TORCHAO_CONFIGS = {
 }
 VARIANTS = ("fp32", "fp16", *TORCHAO_CONFIGS)
 WEIGHT_BITS = {"fp32": 32, "fp16": 16, "int8-weight": 8, "int8-dynamic": 8}
+# cuBLAS's int8 matmul takes input widths in multiples of 8; torchao runs any other width as an int32
+# matmul copied to the CPU (the encoded point's 39 or 63 columns, the skip layer's 319, the view layer's 283).
+INT8_MATMUL_MULTIPLE = 8
+
+
+class ZeroPaddedLinear(nn.Module):
+    """A Linear whose input is zero-padded to a multiple of `multiple` columns, its weight with zero columns there.
+
+    Exact, also under int8 dynamic quantization: the zero columns change neither an input row's nor a
+    weight row's absolute maximum (their int8 scales), and add nothing to the integer sums.
+    """
+
+    def __init__(self, linear: nn.Linear, multiple: int = INT8_MATMUL_MULTIPLE):
+        super().__init__()
+        self.pad = -linear.in_features % multiple
+        self.linear = nn.Linear(linear.in_features + self.pad, linear.out_features, bias=linear.bias is not None,
+                                device=linear.weight.device, dtype=linear.weight.dtype)
+        with torch.no_grad():
+            self.linear.weight.zero_()
+            self.linear.weight[:, :linear.in_features] = linear.weight
+            if linear.bias is not None:
+                self.linear.bias.copy_(linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(F.pad(x, (0, self.pad)))
+
+
+def pad_quantized_inputs(model: nn.Module) -> None:
+    """Wrap, in place, every layer the int8 variants quantize whose input width is not a multiple of 8 in a
+    ZeroPaddedLinear."""
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            path = f"{parent_name}.{name}" if parent_name else name
+            if (isinstance(child, nn.Linear) and bitnerf.is_quantized_layer(path)
+                    and child.in_features % INT8_MATMUL_MULTIPLE):
+                setattr(parent, name, ZeroPaddedLinear(child))
 
 
 def quantized_copy(model: nn.Module, variant: str) -> tuple[nn.Module, torch.dtype | None]:
@@ -48,6 +87,8 @@ def quantized_copy(model: nn.Module, variant: str) -> tuple[nn.Module, torch.dty
         return model, torch.float16
     import torchao.quantization
 
+    if variant == "int8-dynamic":
+        pad_quantized_inputs(model)
     config = getattr(torchao.quantization, TORCHAO_CONFIGS[variant])()
     quantize_(model, config, filter_fn=lambda m, name: isinstance(m, nn.Linear) and bitnerf.is_quantized_layer(name))
     return model, None
@@ -63,7 +104,8 @@ def saved_bytes(model: nn.Module) -> int:
 def evaluate_variants(run_dir: Path, variants, data: str | None, device: torch.device) -> list[dict]:
     config, scene, model = rundir.load_trained(run_dir, data, device)
     if config.model != "nerf":
-        raise UserError(f"{run_dir} is a {config.model} run: post-training quantization applies to NeRF runs (exp1, exp2, exp3, exp5)")
+        raise UserError(f"{run_dir} is a {config.model} run: post-training quantization applies to NeRF runs"
+                        f" (exp1, exp2, exp3, exp5)")
     evaluation = Evaluation.of(config, scene, device)
     rows = []
     for variant in tqdm(variants, desc="ptq", disable=None):
@@ -92,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.run_dir / rundir.PTQ, rows)
     print(f"{'variant':<14}{'weight bits':>12}{'model kB':>10}{'PSNR':>8}{'SSIM':>8}")
     for r in rows:
-        print(f"{r['variant']:<14}{r['weight_bits']:>12}{r['model_bytes'] / 1e3:>10.0f}{r['psnr_test']:>8.2f}{r['ssim_test']:>8.3f}")
+        print(f"{r['variant']:<14}{r['weight_bits']:>12}{r['model_bytes'] / 1e3:>10.0f}{r['psnr_test']:>8.2f}"
+              f"{r['ssim_test']:>8.3f}")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ import contextlib
 import json
 import math
 import os
+import re
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -123,12 +125,65 @@ def get_rays(height: int, width: int, focal: float, c2w: torch.Tensor):
     return origins, dirs
 
 
+# PyTorch's wheels for the CUDA 12.6 runtime, which every driver from 525 on runs (CUDA 12's minor-version
+# compatibility): the usual fix when the installed torch was built for a newer CUDA than the driver, or for none.
+TORCH_CUDA_FIX = "pip install torch --index-url https://download.pytorch.org/whl/cu126"
+# Where the NVIDIA kernel driver shows itself, with or without a PyTorch that can use it.
+NVIDIA_DRIVER_VERSION_FILE = "/proc/driver/nvidia/version"
+NVIDIA_DEVICE_FILE = "/dev/nvidia0"
+
+
+def nvidia_driver() -> str | None:
+    """What shows an NVIDIA GPU here: "driver <version>" when the version is readable, else the file or
+    tool that shows one; None without a sign of one."""
+    try:
+        text = Path(NVIDIA_DRIVER_VERSION_FILE).read_text()
+    except OSError:
+        text = None
+    if text is not None:
+        # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 ..." or, for the open
+        # driver, "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  550.90.07  Release Build ..."
+        match = re.search(r"Kernel Module.*?\s(\d+\.\d+(?:\.\d+)?)\s", text)
+        return f"driver {match[1]}" if match else NVIDIA_DRIVER_VERSION_FILE
+    if os.path.exists(NVIDIA_DEVICE_FILE):
+        return NVIDIA_DEVICE_FILE
+    if shutil.which("nvidia-smi"):
+        try:
+            result = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                    capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return "nvidia-smi"
+        versions = result.stdout.split()
+        return f"driver {versions[0]}" if result.returncode == 0 and versions else "nvidia-smi"
+    return None
+
+
+def unusable_gpu() -> str | None:
+    """Why this PyTorch cannot use the NVIDIA GPU that the machine shows, and the fix; None when it shows none."""
+    import torch
+
+    driver = nvidia_driver()
+    if driver is None:
+        return None
+    build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    return (f"an NVIDIA GPU is visible ({driver}) but this PyTorch ({torch.__version__}, {build}) cannot use it:"
+            f" install a torch build for the driver's CUDA version (nvidia-smi shows it), e.g. {TORCH_CUDA_FIX}")
+
+
 def resolve_device(name: str) -> torch.device:
+    """The device for --device auto|cpu|cuda. auto falls back to the CPU, with a warning on stderr when an
+    NVIDIA GPU is visible that this PyTorch cannot use; cuda without a usable GPU is a UserError."""
     import torch
 
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if reason := unusable_gpu():
+            print(f"warning: running on the CPU: {reason}, or pass --device cpu to silence this", file=sys.stderr)
+        return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
+        if reason := unusable_gpu():
+            raise UserError(f"--device cuda asked for, but {reason}; or use --device cpu")
         raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
     return torch.device(name)
 

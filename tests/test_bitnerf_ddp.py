@@ -1,9 +1,11 @@
 """DDP on 2 CPU ranks (gloo): one step equals the single-process step, BitNet quantizes alike on
-every rank, a lost rank ends the job, and a checkpoint resumes under another world size."""
+every rank, a lost rank ends the job (or, with --max-restarts, is restarted and the run resumes), a
+stop signal stops every rank with a checkpoint, and a checkpoint resumes under another world size."""
 
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +20,8 @@ import torch.multiprocessing as mp
 
 import bitnerf
 import bitnerf_ddp
+import configs
+import rundir
 import train
 from dataset import RaySampler, load_scene
 from step import Optimization, train_step
@@ -145,16 +149,18 @@ def running(processes: list[int], grace_s: float = 15.0) -> list[int]:
     return [p for p in processes if alive(p)]
 
 
-def start_training_workers(config) -> tuple[subprocess.Popen, list[int], list[int]]:
-    """A long exp5 job in its own process group, once both ranks train: (job, all its processes, the ranks)."""
+def start_training_workers(config, *options: str, started: str = "metrics.csv"
+                           ) -> tuple[subprocess.Popen, list[int], list[int]]:
+    """An exp5 job (options: by default a million steps) in its own process group, once both ranks train and
+    its run directory holds `started`: (job, all its processes, the ranks)."""
     # Ctrl-C handling as in a terminal, even where this test runs with SIGINT ignored (a background job).
-    job = subprocess.Popen(exp5_command(config, "--steps", "1000000", "--eval-every", "1000000"),
+    job = subprocess.Popen(exp5_command(config, *(options or ("--steps", "1000000", "--eval-every", "1000000"))),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                            env={**os.environ, "OMP_NUM_THREADS": "1"},
                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    metrics = Path(config.out) / "exp5" / "metrics.csv"
+    marker = Path(config.out) / "exp5" / started
     deadline = time.monotonic() + 180
-    while not metrics.exists() and time.monotonic() < deadline:
+    while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.5)
     time.sleep(2.0)  # both ranks are inside the training loop
     processes = descendants(job.pid)
@@ -183,6 +189,70 @@ def test_ctrl_c_stops_every_rank_and_saves_a_checkpoint(tiny_config):
     assert "checkpoint saved, continue with --resume" in stderr
     assert torch.load(Path(tiny_config.out) / "exp5" / "checkpoint.pt", weights_only=False)["step"] > 0
     assert not running(processes)
+
+
+# A run long enough to be stopped in the middle, checkpointing often; the same in every test that compares to it.
+FAULT_RUN = ("--steps", "1000", "--log-every", "20", "--ckpt-every", "100", "--eval-every", "1000000")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_weights(builtin_scene, tmp_path_factory) -> dict:
+    """The final weights of a FAULT_RUN of exp5 on 2 processes that nothing stopped."""
+    config = replace(configs.QUICK, data=str(builtin_scene), out=str(tmp_path_factory.mktemp("uninterrupted")))
+    result = run_exp5(config, *FAULT_RUN)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return torch.load(Path(config.out) / "exp5" / "checkpoint.pt", weights_only=False)["model"]
+
+
+def assert_weights_equal(weights: dict, run_dir: Path) -> None:
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert checkpoint["step"] == 1000 and checkpoint["model"].keys() == weights.keys()
+    assert all(torch.equal(checkpoint["model"][k], weights[k]) for k in weights)
+
+
+def test_sigterm_to_the_launcher_stops_every_rank_after_one_step_and_resume_matches_an_uninterrupted_run(
+        tiny_config, uninterrupted_weights):
+    job, processes, _ = start_training_workers(tiny_config, *FAULT_RUN)
+    job.send_signal(signal.SIGTERM)  # to the launcher alone, as a scheduler or a notebook host sends it
+    _, stderr = job.communicate(timeout=90)
+    assert job.returncode == 143, stderr[-2000:]
+    assert "Traceback" not in stderr
+    stops = re.findall(r"interrupted \(SIGTERM\) at step (\d+); checkpoint saved, continue with --resume", stderr)
+    run_dir = Path(tiny_config.out) / "exp5"
+    assert len(stops) == 1 and 0 < int(stops[0]) < 1000
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == int(stops[0])
+    assert not running(processes) and not rundir.RunLock(run_dir).path.exists()
+
+    resumed = run_exp5(tiny_config, *FAULT_RUN, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_weights_equal(uninterrupted_weights, run_dir)
+
+
+def test_with_max_restarts_a_killed_rank_is_restarted_and_the_run_ends_as_if_never_stopped(
+        tiny_config, uninterrupted_weights):
+    job, processes, workers = start_training_workers(tiny_config, *FAULT_RUN, "--max-restarts", "1",
+                                                     started="checkpoint.pt")
+    os.kill(max(workers), signal.SIGKILL)
+    _, stderr = job.communicate(timeout=240)
+    assert job.returncode == 0, stderr[-3000:]
+    assert "exp5: restart 1 after a process died; resuming from the last checkpoint" in stderr
+    assert_weights_equal(uninterrupted_weights, Path(tiny_config.out) / "exp5")
+    assert not running(processes)
+
+
+def test_the_launcher_refuses_a_busy_run_directory_or_a_bad_checkpoint_in_one_line_before_torchrun(tiny_config):
+    run_dir = Path(tiny_config.out) / "exp5"
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with rundir.RunLock(run_dir) as lock:
+        busy = run_exp5(tiny_config, "--overwrite", "--steps", "5")
+    assert busy.returncode == 2 and busy.stderr.strip().splitlines() == [
+        f"error: {run_dir} is in use by another run (process {os.getpid()}; lock {lock.path}): wait for it to end,"
+        f" or train into another --name"]
+    damaged = run_exp5(tiny_config, "--resume", "--steps", "5")
+    assert damaged.returncode == 2 and len(damaged.stderr.strip().splitlines()) == 1
+    assert damaged.stderr.startswith(f"error: {run_dir / 'checkpoint.pt'} is not a readable checkpoint")
+    assert (run_dir / "checkpoint.pt").read_bytes() == b"not a checkpoint"
 
 
 def test_rank_0_alone_takes_the_threads_of_its_nodes_waiting_ranks(monkeypatch):

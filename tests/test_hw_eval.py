@@ -1,5 +1,8 @@
 import csv
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +11,7 @@ import report
 
 FP32, AMP, TERNARY = (32, 32, 32), (16, 16, 16), (2, 8, 8)  # (weight, input, output) bits
 TILE = 256  # samples per mapped tile: small, for a quick mapper
+REPO = Path(__file__).resolve().parents[1]
 
 
 def layer(name: str, in_features: int, out_features: int, bits=FP32, sparsity=0.0, samples=1024) -> dict:
@@ -209,3 +213,37 @@ def test_setup_leaves_a_working_cacti_alone(capsys):
     hw_eval.setup()
     assert binary.stat().st_mtime_ns == before
     assert "CACTI runs" in capsys.readouterr().out
+
+
+def run_without_hwcomponents(code: str, python_version: tuple[int, int] | None = None):
+    """Run code in a fresh Python where importing hwcomponents fails (as where it is not installed), optionally
+    reporting python_version as sys.version_info."""
+    prelude = "import sys; sys.modules['hwcomponents'] = None\n"
+    if python_version:
+        prelude += f"sys.version_info = {python_version + (0,)}\n"
+    return subprocess.run([sys.executable, "-c", prelude + code], cwd=REPO, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("python_version, expected", [
+    ((3, 11), "error: hw_eval.py needs Python >= 3.12 (AccelForge's hwcomponents require it; this is Python 3.11)"),
+    (None, "error: hw_eval.py needs AccelForge and hwcomponents ("),
+])
+def test_without_its_toolchain_the_command_says_what_it_needs_in_one_line(python_version, expected):
+    command = "import runpy; sys.argv = ['hw_eval.py', '--runs', 'nowhere']; "
+    command += "runpy.run_path('hw_eval.py', run_name='__main__')"
+    result = run_without_hwcomponents(command, python_version)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(expected) and result.stderr.count("\n") == 1
+    assert f"pip install {hw_eval.ACCELFORGE_REQUIREMENT}" in result.stderr
+
+
+def test_without_its_toolchain_an_importer_gets_an_import_error_that_says_what_it_needs():
+    result = run_without_hwcomponents("import hw_eval")
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("ImportError: hw_eval.py needs AccelForge and hwcomponents")
+
+
+def test_requirements_install_accelforge_where_hwcomponents_installs():
+    lines = (REPO / "requirements.txt").read_text().splitlines()
+    assert f'{hw_eval.ACCELFORGE_REQUIREMENT}; python_version >= "3.12"' in lines

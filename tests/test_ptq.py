@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
+import bitnerf
 import ptq
 import train
 from conftest import write_scene
+from nerf import NeRF
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,3 +43,45 @@ def test_bitnerf_runs_and_missing_runs_are_refused(tiny_config, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.startswith("error: no checkpoint at")
     assert "Traceback" not in result.stderr
+
+
+def int8_dynamic(module: nn.Module) -> nn.Module:
+    import torchao.quantization
+
+    bitnerf.quantize_(module, torchao.quantization.Int8DynamicActivationInt8WeightConfig(),
+                      filter_fn=lambda m, name: isinstance(m, nn.Linear))
+    return module
+
+
+@pytest.mark.parametrize("in_features", [39, 63, 283, 319])
+def test_zero_padding_a_layer_leaves_its_int8_dynamic_output_unchanged(in_features):
+    torch.manual_seed(0)
+    linear = nn.Linear(in_features, 64)
+    padded = ptq.ZeroPaddedLinear(linear)
+    assert padded.linear.in_features % 8 == 0 and padded.linear.in_features - in_features < 8
+    assert not padded.linear.weight[:, in_features:].any()  # else the padding could move a weight row's scale
+    x = torch.randn(300, in_features) * torch.rand(300, 1) * 4  # rows of different scales: per-row int8 scales
+    assert torch.allclose(padded(x), linear(x), atol=1e-5)  # in fp32 the BLAS may sum in another order
+    expected = int8_dynamic(nn.Sequential(linear))(x)  # integer sums: exactly
+    assert torch.equal(int8_dynamic(nn.Sequential(padded))(x), expected)
+
+
+def test_int8_dynamic_variant_runs_every_quantized_matmul_at_widths_of_multiples_of_8(monkeypatch):
+    """The full topology (63-wide encoded point, the skip's 319 inputs and the view layer's 283 at width 256;
+    here width 64): every quantized layer's int8 weight has rows and columns in multiples of 8, as CUDA's int8
+    matmul needs (torchao falls back to an int32 matmul on the CPU otherwise), and the renders do not change."""
+    torch.manual_seed(0)
+    model = NeRF(2.0, 6.0, False, n_coarse=8, n_fine=8, depth=8, width=64, pos_freqs=10, dir_freqs=4,
+                 skips=(4,), use_viewdirs=True).eval()
+    quantized, _ = ptq.quantized_copy(model, "int8-dynamic")
+    widths = {name: m.weight.shape for name, m in quantized.named_modules()
+              if isinstance(m, nn.Linear) and bitnerf.is_quantized_layer(name)}
+    assert {"coarse.layers.0.linear", "coarse.layers.5.linear", "coarse.view_layer.linear"} <= widths.keys()
+    assert all(rows % 8 == 0 and columns % 8 == 0 for rows, columns in widths.values()), widths
+    monkeypatch.setattr(ptq, "pad_quantized_inputs", lambda model: None)
+    unpadded, _ = ptq.quantized_copy(model, "int8-dynamic")
+    points, viewdirs = torch.rand(64, 3) * 2 - 1, nn.functional.normalize(torch.randn(64, 3), dim=-1)
+    with torch.no_grad():
+        for field in ("coarse", "fine"):
+            for a, b in zip(getattr(quantized, field)(points, viewdirs), getattr(unpadded, field)(points, viewdirs)):
+                assert torch.equal(a, b)

@@ -96,3 +96,58 @@ def test_exit_on_user_error_is_one_line_and_exit_code_2(capsys):
         raise utils.UserError("no runs in runs/")
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: no runs in runs/\n"
+
+
+@pytest.fixture
+def no_nvidia(monkeypatch, tmp_path):
+    """A machine without a sign of an NVIDIA GPU: no driver file, no device file, no nvidia-smi on the PATH."""
+    monkeypatch.setattr(utils, "NVIDIA_DRIVER_VERSION_FILE", str(tmp_path / "no_version"))
+    monkeypatch.setattr(utils, "NVIDIA_DEVICE_FILE", str(tmp_path / "no_nvidia0"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty_bin"))
+    return tmp_path
+
+
+def test_an_nvidia_gpu_is_seen_by_its_driver_file_device_file_or_nvidia_smi(no_nvidia):
+    assert utils.nvidia_driver() is None
+    smi = no_nvidia / "empty_bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text("#!/bin/sh\necho 550.54.15\n")
+    smi.chmod(0o755)
+    assert utils.nvidia_driver() == "driver 550.54.15"
+    (no_nvidia / "no_nvidia0").touch()
+    assert utils.nvidia_driver() == str(no_nvidia / "no_nvidia0")
+    (no_nvidia / "no_version").write_text(
+        "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n"
+        "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n")
+    assert utils.nvidia_driver() == "driver 535.104.05"
+
+
+def test_auto_on_a_visible_gpu_that_torch_cannot_use_warns_in_one_line(no_nvidia, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    assert utils.resolve_device("auto") == torch.device("cpu")
+    assert capsys.readouterr().err == ""  # no GPU in sight: the CPU is what the user has
+    (no_nvidia / "no_version").write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  550.90.07\n")
+    assert utils.resolve_device("auto") == torch.device("cpu")
+    warning = capsys.readouterr().err
+    assert len(warning.splitlines()) == 1
+    assert warning.startswith("warning: running on the CPU: an NVIDIA GPU is visible")
+    for part in ("driver 550.90.07", "built for CUDA 12.8", utils.TORCH_CUDA_FIX, "--device cpu to silence this"):
+        assert part in warning
+    assert utils.resolve_device("cpu") == torch.device("cpu") and capsys.readouterr().err == ""
+    monkeypatch.setattr(torch.version, "cuda", None)
+    utils.resolve_device("auto")
+    assert "a CPU-only build" in capsys.readouterr().err
+
+
+def test_device_cuda_without_a_usable_gpu_is_one_user_error_with_the_fix_when_a_gpu_is_visible(no_nvidia, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    no_gpu = "^--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu$"
+    with pytest.raises(utils.UserError, match=no_gpu):
+        utils.resolve_device("cuda")
+    (no_nvidia / "no_nvidia0").touch()
+    with pytest.raises(utils.UserError) as error:
+        utils.resolve_device("cuda")
+    message = str(error.value)
+    assert "\n" not in message and f"an NVIDIA GPU is visible ({no_nvidia / 'no_nvidia0'})" in message
+    assert utils.TORCH_CUDA_FIX in message and message.endswith("or use --device cpu")
