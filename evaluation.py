@@ -111,18 +111,26 @@ class Evaluation:
 
     @torch.no_grad()
     def layers(self, model: NeRF) -> dict:
-        """layers.json: every Linear layer in execution order with its shape, bitwidths and measured input sparsity.
+        """layers.json: every Linear layer in execution order with its shape, bitwidths and measured sparsity.
 
-        Sparsity is the fraction of exactly-zero inputs over one chunk of rays of the first test view.
+        input_sparsity: the fraction of exactly-zero inputs over one chunk of rays of the first test view.
+        weight_density: the fraction of nonzero weights the layer multiplies by (BitNeRF's quantized layers:
+        its ternary weights, bitnerf.ternarize; others: the weights themselves). joint_density: over the same
+        chunk, the fraction of the layer's multiplications whose input and weight are both nonzero, averaged
+        over samples of sum_k [x_k != 0] * [w_jk != 0] / (in * out): what an accelerator skipping both
+        operands' zeros skips, against the product of the two densities that independence would give.
         """
         names = {m: n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
         zeros: dict[str, list[float]] = {}
+        nonzero_inputs: dict[str, torch.Tensor] = {}  # per input feature: the samples where it is nonzero
 
         def count_zeros(module, inputs, output):
             x = inputs[0]
             zeros.setdefault(names[module], [0.0, 0.0])
             zeros[names[module]][0] += (x == 0).sum().item()
             zeros[names[module]][1] += x.numel()
+            per_feature = (x != 0).reshape(-1, x.shape[-1]).sum(dim=0, dtype=torch.float64)
+            nonzero_inputs[names[module]] = nonzero_inputs.get(names[module], 0) + per_feature
 
         handles = [m.register_forward_hook(count_zeros) for m in names]
         origins, dirs = self.rays(self.scene.i_test[0])
@@ -139,10 +147,16 @@ class Evaluation:
         for name in zeros:  # dicts keep insertion order: the order the hooks fired
             module = model.get_submodule(name)
             quantized = isinstance(module.weight, bitnerf.BitNetTrainingLinearWeight)
+            weight = bitnerf.ternarize(module.weight)[0] if quantized else module.weight.detach()
+            nonzero_weights = (weight != 0).sum(dim=0, dtype=torch.float64)  # per input feature, over outputs
+            samples = zeros[name][1] / module.in_features
             layers.append({
                 "name": name, "in_features": module.in_features, "out_features": module.out_features,
                 **precision.layer_bits(quantized, self.dtype),
                 "input_sparsity": round(zeros[name][0] / zeros[name][1], 4),
+                "weight_density": round(nonzero_weights.sum().item() / weight.numel(), 4),
+                "joint_density": round((nonzero_inputs[name] @ nonzero_weights).item()
+                                       / (samples * module.in_features * module.out_features), 4),
                 "samples_per_frame": rundir.FRAME_PIXELS * per_ray[name.split(".")[0]],
             })
         return {"samples_per_frame": rundir.FRAME_PIXELS * sum(per_ray.values()), "layers": layers}

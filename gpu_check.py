@@ -6,7 +6,7 @@ BitNeRF under DDP through their own torchrun launch, one process per visible GPU
 exp2's checkpoint on the device for more steps, quantizes exp1 after training (ptq.py) and costs every
 run on the accelerator models (hw_eval.py; skipped with a note where its toolchain is missing). Then, in
 this process, it times dense matmuls at each run's MLP shapes in the run's compute dtype, for MFU.
-`--device cpu` runs the same sequence on the quick preset for a few steps.
+`--device cpu` runs the same sequence on the quick preset for a few steps, on a smaller built-in scene.
 
 Every experiment runs as a subprocess, `python expN.py ... --out <out> --wandb disabled`, exactly the
 command a user types. It prints a table (check, result, seconds, samples/s, peak memory, note) and writes
@@ -15,6 +15,7 @@ its run directory shows another device, precision, world size or step count than
 code is 0 only if no check failed (a hw_eval skipped for its missing toolchain is not a failure).
 """
 
+import csv
 import json
 import math
 import os
@@ -34,13 +35,14 @@ from utils import OneLineParser, UserError, atomic_write, exit_on_user_error, nv
 
 REPO = Path(__file__).resolve().parent
 EXPERIMENTS = tuple(configs.AXES)
-# On a GPU: short enough that the whole check stays within minutes, long enough that the last logged
-# interval's samples/s is past the warm-up (CUDA context, cuBLAS handles, compilation).
-DEFAULT_STEPS = {"cuda": 200, "cpu": 40}
+# On a GPU: few enough that the full configuration's fp32 steps stay within minutes on a small GPU, enough
+# that the last logged quarter's samples/s is past the warm-up (CUDA context, cuBLAS handles, compilation).
+DEFAULT_STEPS = {"cuda": 100, "cpu": 40}
 VIDEO_FRAMES = {"cuda": 8, "cpu": 2}
-# On the CPU the final evaluation of every test view (and ptq.py's, per variant) outweighs a short run's
-# training, so the CPU sequence trains on the built-in scene with only its first test views.
-CPU_TEST_VIEWS = 2
+# On the CPU, rendering (the final evaluation of every test view, ptq.py's per variant, the video) outweighs a
+# short run's training: the CPU sequence trains on the built-in scene at half its resolution (every other
+# pixel, each with its own ray) with only its first test views.
+CPU_SCENE_STRIDE, CPU_TEST_VIEWS = 2, 2
 RESUMED = "resumed"  # <out>/resumed/exp2: a copy of exp2's run that the resume check continues
 # The matmul benchmark's rows per layer: enough to saturate a GPU, few enough that the operands of the 4x
 # batch's layers fit in a 16 GB one.
@@ -240,12 +242,15 @@ def check_hw_eval(plan: Plan, result: Result, log: Path) -> None:
         return
     hw_out = plan.out / "hw_eval"
     run_command(["hw_eval.py", "--runs", str(plan.out), "--out", str(hw_out)], result, log, plan.timeout_s)
-    with open(hw_out / "results.csv") as f:
-        rows = f.read().splitlines()[1:]
-    runs = len(rundir.find_runs(plan.out))
-    if len(rows) != 2 * runs:
-        raise CheckFailed(f"{hw_out / 'results.csv'} has {len(rows)} rows for {runs} runs on 2 architectures")
-    result.metrics = {"rows": len(rows)}
+    with open(hw_out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    runs = {run_dir.name for run_dir, _ in rundir.find_runs(plan.out)}
+    archs = {row["arch"] for row in rows}
+    costed = {(row["run"], row["arch"]) for row in rows}
+    missing = sorted(f"{run} on {arch}" for run in runs for arch in archs if (run, arch) not in costed)
+    if not rows or missing:
+        raise CheckFailed(f"{hw_out / 'results.csv'} lacks {', '.join(missing) or 'every run'}")
+    result.metrics = {"rows": len(rows), "architectures": sorted(archs)}
 
 
 def check_mfu(plan: Plan, results: dict[str, Result], result: Result) -> None:
@@ -288,8 +293,9 @@ def check_mfu(plan: Plan, results: dict[str, Result], result: Result) -> None:
                                              for (shapes, dtype), rate in rates.items()}}
 
 
-def builtin_scene_with_few_test_views(out: Path, views: int) -> str:
-    """The built-in scene (written on first use) with only its first `views` test views, saved into out."""
+def small_builtin_scene(out: Path) -> str:
+    """The built-in scene (written on first use) at 1/CPU_SCENE_STRIDE of its resolution with its first
+    CPU_TEST_VIEWS test views, saved into out."""
     import numpy as np
 
     import data_setup
@@ -298,8 +304,14 @@ def builtin_scene_with_few_test_views(out: Path, views: int) -> str:
     load_scene(None)
     with np.load(data_setup.BUILTIN_SCENE) as scene:
         arrays = dict(scene)
-    arrays["i_test"] = arrays["i_test"][:views]
-    path = out / f"builtin_{views}_test_views.npz"
+    # Pixel (i, j) looks through ((i - W/2)/f, ...): every other pixel of every other row at half the focal
+    # length is the same ray.
+    for key in ("images", "depths"):
+        arrays[key] = arrays[key][:, ::CPU_SCENE_STRIDE, ::CPU_SCENE_STRIDE]
+    arrays["focal"] = arrays["focal"] / CPU_SCENE_STRIDE
+    arrays["i_test"] = arrays["i_test"][:CPU_TEST_VIEWS]
+    height, width = arrays["images"].shape[1:3]
+    path = out / f"builtin_{width}x{height}_{CPU_TEST_VIEWS}_test_views.npz"
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -408,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
         device = resolve_device(args.device).type
         out = args.out.resolve()  # the commands run in the project's folder
         data = (str(Path(args.data).resolve()) if args.data
-                else builtin_scene_with_few_test_views(out, CPU_TEST_VIEWS) if device == "cpu" else None)
+                else small_builtin_scene(out) if device == "cpu" else None)
         plan = Plan(device, out, args.steps or DEFAULT_STEPS[device], data, args.timeout)
     print(f"gpu_check on {device} ({'full configuration' if device == 'cuda' else 'quick preset'}, {plan.steps} steps)"
           f" into {plan.out}", flush=True)

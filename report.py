@@ -7,6 +7,7 @@ It reads result files only and runs nothing, so it starts without PyTorch.
 """
 
 import csv
+import math
 import os
 import shlex
 import sys
@@ -24,6 +25,9 @@ from utils import OneLineParser, UserError, atomic_write, exit_on_user_error, re
 HW_ENERGY_PARTS = {"energy_dram_j": "DRAM", "energy_global_buffer_j": "global buffer",
                    "energy_scratchpad_j": "scratchpad", "energy_mac_j": "MAC", "energy_other_j": "other"}
 HW_COLUMNS = ("run", "arch", "energy_per_frame_j", "latency_per_frame_s", *HW_ENERGY_PARTS)
+# hw_eval's designs (its results.csv `design` column; a results.csv without it holds dense rows only).
+HW_DESIGNS = {"dense": "dense", "gating": "gating", "skipping": "skipping + compressed activations"}
+HW_METRICS = {"energy_per_frame_j": ("energy", "J"), "latency_per_frame_s": ("latency", "s"), "edp_j_s": ("EDP", "J·s")}
 RENDER_VIEWS = 2  # test views per experiment in the grid of renders
 FRAME = f"{rundir.FRAME_WIDTH}×{rundir.FRAME_HEIGHT}"  # the frame hw_eval.py costs
 ANALYSES = "analyses.json"
@@ -66,7 +70,7 @@ def read_hw_results(hw_dir: Path) -> list[dict] | None:
         missing = [c for c in HW_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise UserError(f"{path} lacks the columns {', '.join(missing)}: rerun hw_eval.py to rewrite it")
-        return list(reader) or None
+        return [{"design": "dense", **row} for row in reader] or None
 
 
 def results_table(runs, hw_rows: list[dict] | None, hw_dir: Path) -> str:
@@ -186,6 +190,139 @@ def plot_energy(runs, hw_rows: list[dict], path: Path) -> None:
         axes.grid(axis="y", alpha=0.3)
     figure.legend(*axes.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     save_figure(figure, path)
+
+
+def hw_by_design(hw_rows: list[dict]) -> dict[tuple[str, str, str], dict]:
+    return {(row["run"], row["arch"], row["design"]): row for row in hw_rows}
+
+
+def dense_reference(hw_rows: list[dict], arch: str) -> dict | None:
+    """Dense exp1 on the architecture: what every design is compared with."""
+    return next((row for row in hw_rows if row["arch"] == arch and row["design"] == "dense"
+                 and row.get("experiment") == "exp1"), None)
+
+
+def plot_designs(runs, hw_rows: list[dict], path: Path) -> None:
+    """Per architecture, energy and latency per frame of each run under each design (grouped bars), against dense exp1."""
+    hw = hw_by_design(hw_rows)
+    archs = list(dict.fromkeys(row["arch"] for row in hw_rows))
+    figure = Figure(figsize=(1.5 + 5.0 * len(archs), 7.0), layout="constrained")
+    grid = figure.subplots(2, len(archs), squeeze=False)
+    width = 0.8 / len(HW_DESIGNS)
+    for column, arch in enumerate(archs):
+        reference = dense_reference(hw_rows, arch)
+        names = [run_dir.name for run_dir, _ in runs if (run_dir.name, arch, "dense") in hw]
+        for row, metric in enumerate(("energy_per_frame_j", "latency_per_frame_s")):
+            axes = grid[row, column]
+            for i, (design, title) in enumerate(HW_DESIGNS.items()):
+                values = [float(hw[name, arch, design][metric]) / (float(reference[metric]) if reference else 1.0)
+                          if (name, arch, design) in hw else 0.0 for name in names]
+                axes.bar(np.arange(len(names)) + (i - 1) * width, values, width, label=title, color=f"C{i}")
+            axes.axhline(1.0, color="k", linewidth=0.8, linestyle=":")
+            label, unit = HW_METRICS[metric]
+            axes.set(title=f"{arch}: {label} per {FRAME} frame",
+                     ylabel=f"{label} / dense exp1" if reference else f"{label} ({unit})")
+            axes.set_xticks(range(len(names)), names, rotation=30)
+            axes.grid(axis="y", alpha=0.3)
+    figure.legend(*grid[0, 0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
+    save_figure(figure, path)
+
+
+def designs_table(runs, hw_rows: list[dict], arch: str) -> str:
+    """Energy, latency and EDP of each run under each design on one architecture, as multiples of dense exp1."""
+    hw, reference = hw_by_design(hw_rows), dense_reference(hw_rows, arch)
+
+    def cell(row, metric):
+        if row is None:
+            return "n/a"
+        value = float(row[metric])
+        return f"{value / float(reference[metric]):.3f}×" if reference else si(value, HW_METRICS[metric][1])
+
+    header = ["experiment", "precision"] + [f"{HW_METRICS[m][0]}, {design}" for m in HW_METRICS for design in HW_DESIGNS]
+    rows = [[s["experiment"], s["precision"]] + [cell(hw.get((run_dir.name, arch, design)), metric)
+                                                for metric in HW_METRICS for design in HW_DESIGNS]
+            for run_dir, s in runs if (run_dir.name, arch, "dense") in hw]
+    return markdown_table(header, rows)
+
+
+def design_winners(runs, hw_rows: list[dict], arch: str) -> str:
+    """Under each design, the precision (and run) with the lowest energy, latency and EDP on the architecture."""
+    hw, reference = hw_by_design(hw_rows), dense_reference(hw_rows, arch)
+    names = [run_dir.name for run_dir, _ in runs]
+    rows = []
+    for design, title in HW_DESIGNS.items():
+        candidates = [hw[name, arch, design] for name in names if (name, arch, design) in hw]
+        if not candidates:
+            continue
+        cells = []
+        for metric in HW_METRICS:
+            best = min(candidates, key=lambda row: float(row[metric]))
+            ratio = f", {float(best[metric]) / float(reference[metric]):.3f}× dense exp1" if reference else ""
+            cells.append(f"{best['precision']} ({best['run']}{ratio})")
+        rows.append([title, *cells])
+    return markdown_table(["design", "lowest energy", "lowest latency", "lowest EDP"], rows)
+
+
+def zero_weight_share(runs, hw_rows: list[dict], arch: str) -> str | None:
+    """How much of each BitNeRF run's energy advantage over exp1 (under the same design) comes from its zero
+    weights: the advantage with its weights as measured, and with every weight taken as dense (hw_eval's
+    energy_weights_dense_j), whose ratio is the zero weights' part."""
+    hw = hw_by_design(hw_rows)
+    exp1 = {design: next((row for row in hw_rows if row["arch"] == arch and row["design"] == design
+                          and row.get("experiment") == "exp1"), None) for design in HW_DESIGNS}
+    rows = []
+    for run_dir, s in runs:
+        if s.get("model") != "bitnerf":
+            continue
+        for design, title in HW_DESIGNS.items():
+            row, reference = hw.get((run_dir.name, arch, design)), exp1[design]
+            if row is None or reference is None or not row.get("energy_weights_dense_j"):
+                continue
+            energy, dense_weights = float(row["energy_per_frame_j"]), float(row["energy_weights_dense_j"])
+            advantage, without = float(reference["energy_per_frame_j"]) / energy, float(reference["energy_per_frame_j"]) / dense_weights
+            zeros = dense_weights / energy
+            share = math.log(zeros) / math.log(advantage) if advantage > 1 and zeros > 0 else float("nan")
+            joint = row.get("joint_density_measured") or ""
+            rows.append([run_dir.name, title, f"{advantage:.2f}×", f"{without:.2f}×", f"{zeros:.3f}×",
+                         "n/a" if math.isnan(share) else percent(share),
+                         f"{float(row['weight_density']):.3f}", f"{float(row['effectual_density']):.3f}",
+                         f"{float(joint):.3f}" if joint else "not measured"])
+    if not rows:
+        return None
+    return markdown_table(["run", "design (vs exp1 under the same design)", "energy advantage over exp1",
+                           "with its weights taken as dense", "from its zero weights", "share of the advantage",
+                           "weight density", "effectual (product, used)", "joint (measured)"], rows)
+
+
+def hardware_designs_section(runs, hw_rows: list[dict], out_dir: Path) -> list[str]:
+    """The three designs side by side: a grouped bar plot and, per architecture, the table, the winners and
+    BitNeRF's zero weights' part."""
+    if not any(row["design"] != "dense" for row in hw_rows):
+        return ["", "The gating and skipping designs are not in this results.csv (an older hw_eval.py wrote it): "
+                "rerun `python hw_eval.py`, then this report."]
+    plot_designs(runs, hw_rows, out_dir / "designs.png")
+    lines = ["", "### Sparsity on the accelerator: dense, gating, skipping", "",
+             "![Energy and latency per frame under each design, against dense exp1](designs.png)", "",
+             "*dense*: the mapping as AccelForge gives it; *gating*: a zero operand gates its MAC and the operand "
+             "reads that feed it (energy saved, cycles not); *skipping*: activations compressed in memory (their "
+             "metadata counted), zero MACs skipped, the PE array waiting for its slowest PE (energy and cycles "
+             "saved). Densities come from layers.json (input zeros on test rays, BitNeRF's ternary zeros); a run "
+             "without weight densities is taken as dense. Every value is a multiple of dense exp1 on the same "
+             "architecture. README.md, \"Accelerator evaluation\", gives the model and its sources."]
+    for arch in dict.fromkeys(row["arch"] for row in hw_rows):
+        lines += ["", f"#### {arch}", "", designs_table(runs, hw_rows, arch), "",
+                  "Which precision wins under each design:", "", design_winners(runs, hw_rows, arch)]
+        share = zero_weight_share(runs, hw_rows, arch)
+        if share:
+            lines += ["", "How much of BitNeRF's energy advantage comes from its zero weights (its ternary "
+                      "zeros; the rest is its narrower bits): the advantage over exp1 under the same design, as "
+                      "measured and with its weights taken as dense; *share*: the zero weights' part of the "
+                      "advantage, in logarithms:", "", share]
+    assumed = sorted({row["run"] for row in hw_rows if row.get("weight_density_source", "measured") != "measured"})
+    if assumed:
+        lines += ["", f"Weight densities not in layers.json (trained before they were recorded), taken as dense: "
+                  f"{', '.join(assumed)}."]
+    return lines
 
 
 def ptq_table(runs) -> str | None:
@@ -367,12 +504,13 @@ def write_report(runs_dir: Path, hw_dir: Path, out_dir: Path, command: str) -> P
     """Write out_dir/README.md and its plots, with out_dir/analyses.json's analyses; returns the README's path."""
     runs = rundir.find_runs(runs_dir)
     hw_rows = read_hw_results(hw_dir)
+    dense_rows = [row for row in hw_rows if row["design"] == "dense"] if hw_rows else None
     analyze_command = shlex.join(["python", "analyze.py", "--runs", str(runs_dir), "--out", str(out_dir)])
     analyses = read_analyses(out_dir, analyze_command)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# NeRF experiments: report", "",
              f"Written by `{command}` from {len(runs)} runs in `{runs_dir}`, in experiment order.", "",
-             "## Results", "", results_table(runs, hw_rows, hw_dir), "",
+             "## Results", "", results_table(runs, dense_rows, hw_dir), "",
              "## Test PSNR during training", ""]
     plot_psnr(runs, out_dir / "psnr.png")
     lines += ["![Test PSNR against step and wall time](psnr.png)", "",
@@ -386,13 +524,15 @@ def write_report(runs_dir: Path, hw_dir: Path, out_dir: Path, command: str) -> P
                f"every test view."] if views else ["No test view was rendered by every run (`renders/rgb_*.png`)."])
     lines += ["", "## Energy per frame on modelled accelerators", ""]
     if hw_rows:
-        plot_energy(runs, hw_rows, out_dir / "energy.png")
+        plot_energy(runs, dense_rows, out_dir / "energy.png")
         archs = list(dict.fromkeys(row["arch"] for row in hw_rows))
         tables = [f"[{arch}]({os.path.relpath(hw_dir / f'{arch}.md', out_dir)})" for arch in archs
                   if (hw_dir / f"{arch}.md").exists()]
         lines += ["![Energy per frame by component, per architecture](energy.png)", "",
-                  f"Energy per {FRAME} frame, stacked by where it is spent, from `hw_eval.py` (AccelForge models, "
-                  "not measurements)." + (f" Per-architecture tables: {', '.join(tables)}." if tables else "")]
+                  f"Energy per {FRAME} frame (dense design), stacked by where it is spent, from `hw_eval.py` "
+                  "(AccelForge models, not measurements)."
+                  + (f" Per-architecture tables: {', '.join(tables)}." if tables else "")]
+        lines += hardware_designs_section(runs, hw_rows, out_dir)
     else:
         lines += [f"n/a: no hardware results at `{hw_dir / 'results.csv'}`; run `python hw_eval.py`, then this report."]
     ptq = ptq_table(runs)

@@ -167,7 +167,7 @@ def read_checkpoint(path: Path, map_location, advice: str) -> dict:
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # a damaged file fails in the zip reader, the unpickler or a storage, each its own way
-        reason = (str(e).strip() or "no details").splitlines()[0]
+        reason = (str(e).strip() or "no details").splitlines()[0].split(". ")[0]
         raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: {reason}); {advice}") from None
     missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint] if isinstance(checkpoint, dict) else CHECKPOINT_KEYS
     if missing:

@@ -275,7 +275,6 @@ def evaluate(design: str, hw: SparseHardware, tile: Tile, densities: dict[str, D
     latency = mac_time = mac_balanced = 0.0
     einsum_latency: dict[str, tuple[float, float]] = {}  # einsum -> (dense, this design)
     for einsum in tile.roles:
-        d = densities.get(einsum, Densities())
         components = {c: s for (e, c), s in tile.latency_s.items() if e == einsum}
         mac_s = components.get(hw.mac, 0.0)
         lanes = max(1, round(tile.macs(einsum, hw.mac) / (mac_s * hw.clock_hz))) if mac_s > 0 and not balanced else 1

@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import bitnerf
-import precision
 from configs import ExperimentConfig
 from dataset import RayBatch, Scene
 from utils import UserError, available_memory_bytes
 
-# A step's peak memory over what autograd saves for its backward pass: the gradients of the activations
-# and the temporaries of both passes, and the allocator's rounding. Chosen above the ratios of measured
-# peaks of train_step (NeRF, BitNeRF and AMP on the CPU) to the saved bytes; tests/test_faults.py checks it.
+# A step's peak memory over what autograd saves for its backward pass, counted in fp32: the gradients of
+# the activations, the temporaries of both passes and the allocator's rounding. Chosen above the ratios of
+# the growth per ray of train_step's memory, measured on the CPU, to the saved bytes per ray (NeRF,
+# BitNeRF, AMP), and no higher, so that batches that fit are not refused; tests/test_faults.py checks it.
 MEMORY_MARGIN = 1.5
 # Bytes per training pixel that RaySampler keeps on the device: origin, direction and colour, 3 floats each.
 SAMPLER_BYTES_PER_PIXEL = 9 * 4
@@ -84,29 +84,30 @@ def train_step(step_model: nn.Module, batch: RayBatch, optimization: Optimizatio
     return {"loss": loss.detach(), "fine_mse": fine_mse.detach(), "grad_norm": grad_norm.detach()}
 
 
-def saved_bytes_per_ray(config: ExperimentConfig, scene: Scene, dtype: torch.dtype | None) -> tuple[int, int]:
-    """(bytes that autograd saves for the backward pass per training ray, parameters) of config's model
-    computing in autocast dtype.
+def saved_bytes_per_ray(config: ExperimentConfig, scene: Scene) -> tuple[int, int]:
+    """(bytes that autograd saves for the backward pass of one training ray in fp32, parameters) of config's model.
 
-    Counted on a throwaway CPU copy of the model: the saved tensors of a forward pass over two rays less
-    those over one ray (what does not grow with the rays, such as the weights, cancels).
+    Counted without computing anything, on a copy of the model on the meta device: the saved tensors of a
+    forward pass over two rays less those over one ray (what does not grow with the rays, such as the
+    weights, cancels). Under AMP the saved activations are 16-bit, but part of the backward pass still
+    computes in fp32: counting them in fp32 keeps the estimate on the safe side.
     """
-    cpu = torch.device("cpu")
-    model = bitnerf.build_model(config, scene, cpu)
+    meta = torch.device("meta")
+    model = bitnerf.build_model(config, scene, meta)
 
     def saved_bytes(rays: int) -> int:
-        storages = {}
+        storages, kept = {}, []
 
         def note(tensor: torch.Tensor) -> torch.Tensor:
-            storage = tensor.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()  # once per storage: views share theirs
+            base = tensor if tensor._base is None else tensor._base  # a view counts as its base, once
+            storages[id(base)] = base.untyped_storage().nbytes()
+            kept.append(base)  # alive until counted, so that no id is reused
             return tensor
 
-        origins, dirs = torch.zeros(rays, 3), torch.tensor([[0.0, 0.0, -1.0]]).expand(rays, 3)
-        jitter = torch.full((rays, config.jitter_per_ray), 0.5) if config.jitter_per_ray else None
-        with torch.autograd.graph.saved_tensors_hooks(note, lambda tensor: tensor), precision.autocast(cpu, dtype):
-            out = model(origins, dirs, jitter)  # kept until counted, so that no saved storage is freed and reused
-        del out
+        origins, dirs = torch.zeros(rays, 3, device=meta), torch.zeros(rays, 3, device=meta)
+        jitter = torch.zeros(rays, config.jitter_per_ray, device=meta) if config.jitter_per_ray else None
+        with torch.autograd.graph.saved_tensors_hooks(note, lambda tensor: tensor):
+            model(origins, dirs, jitter)
         return sum(storages.values())
 
     return saved_bytes(2) - saved_bytes(1), sum(p.numel() for p in model.parameters())
@@ -124,7 +125,7 @@ def check_step_memory(config: ExperimentConfig, scene: Scene, device: torch.devi
     available = available_memory_bytes(device)
     if available is None:
         return
-    per_ray, params = saved_bytes_per_ray(config, scene, precision.amp_dtype(config, device))
+    per_ray, params = saved_bytes_per_ray(config, scene)
     per_ray *= MEMORY_MARGIN
     pixels = len(scene.i_train) * scene.height * scene.width
     fixed = SAMPLER_BYTES_PER_PIXEL * pixels + TRAINING_BYTES_PER_PARAM * params

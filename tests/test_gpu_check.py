@@ -1,6 +1,8 @@
 import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,20 +67,62 @@ def test_a_timed_out_command_fails_its_check_and_ends_its_processes(tmp_path):
     child_pid = tmp_path / "child.pid"
     code = (f"import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
             f"open({str(child_pid)!r}, 'w').write(str(p.pid)); p.wait()")
+    start = time.monotonic()
     with pytest.raises(gpu_check.CheckFailed, match="^timed out after 3 s$"):
         gpu_check.run_command(["-c", code], result, tmp_path / "slow.log", timeout_s=3)
+    assert time.monotonic() - start < 30  # not waiting for the grandchild, which holds the output pipes
     pid = int(child_pid.read_text())
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     assert "time.sleep(60)" in (tmp_path / "slow.log").read_text()
 
 
 def test_hw_eval_without_its_toolchain_is_skipped_with_its_reason(tmp_path, monkeypatch):
+    probe = subprocess.run([sys.executable, "-c", gpu_check.TOOLCHAIN_PROBE], cwd=REPO, capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr  # here the toolchain is complete (tests/test_hw_eval.py needs it)
     monkeypatch.setattr(gpu_check, "TOOLCHAIN_PROBE", "import sys; sys.exit('error: hw_eval.py needs Python >= 3.12')")
     result = gpu_check.Result("hw_eval", "")
     gpu_check.check_hw_eval(gpu_check.Plan("cpu", tmp_path, 2, None, 60), result, tmp_path / "hw.log")
     assert (result.status, result.note) == ("skip", "hw_eval.py needs Python >= 3.12")
-    probe = subprocess.run([sys.executable, "-c", gpu_check.TOOLCHAIN_PROBE], cwd=REPO, capture_output=True)
-    assert probe.returncode == 0, probe.stderr  # here the toolchain is complete (tests/test_hw_eval.py needs it)
+
+
+def fake_run(run_dir: Path, **summary) -> None:
+    """A finished run directory as train.py writes it, with the summary's fields given."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({
+        "device": "cpu", "precision": "fp32", "world_size": 1, "steps": 8, "psnr_test": 20.0,
+        "train_samples_per_s": 900, "peak_mem_bytes": 2**30, "wall_s": 3.0, **summary}))
+    (run_dir / "metrics.csv").write_text("step,wall_s,loss,psnr_train,grad_norm,lr,samples_per_s,psnr_test\n"
+                                         "4,1,0.1,10,1,0.001,500.4,\n8,2,0.1,10,1,0.001,1000.4,12\n")
+
+
+@pytest.mark.parametrize("summary, message", [
+    ({}, None),
+    ({"device": "cuda:0"}, "device 'cuda' (expected 'cpu')"),
+    ({"precision": "bf16-amp"}, "precision 'bf16-amp' (expected 'fp32')"),
+    ({"steps": 4}, "steps 4 (expected 8)"),
+    ({"psnr_test": float("nan")}, "test PSNR is nan"),
+])
+def test_a_run_directory_that_shows_other_settings_than_asked_for_fails_its_check(tmp_path, monkeypatch, summary,
+                                                                                message):
+    monkeypatch.setattr(gpu_check, "run_command", lambda *args: None)
+    fake_run(tmp_path / "exp1", **summary)
+    result = gpu_check.Result("exp1", "")
+    plan = gpu_check.Plan("cpu", tmp_path, 8, None, 60)
+    if message is None:
+        gpu_check.check_experiment(plan, "exp1", result, tmp_path / "log")
+        assert result.metrics["steady_samples_per_s"] == 1000  # the last logged interval, past the warm-up
+        assert (result.metrics["train_samples_per_s"], result.metrics["peak_mem_bytes"]) == (900, 2**30)
+    else:
+        with pytest.raises(gpu_check.CheckFailed, match=re.escape(message)):
+            gpu_check.check_experiment(plan, "exp1", result, tmp_path / "log")
+
+
+def test_a_ddp_run_with_another_world_size_fails_its_check(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "run_command", lambda *args: None)
+    fake_run(tmp_path / "exp5", world_size=1)
+    with pytest.raises(gpu_check.CheckFailed, match=re.escape("world_size 1 (expected 2)")):
+        gpu_check.check_experiment(gpu_check.Plan("cpu", tmp_path, 8, None, 60), "exp5", gpu_check.Result("exp5", ""),
+                                   tmp_path / "log")
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +147,9 @@ def test_a_reduced_cpu_sequence_passes_with_a_table_and_gpu_check_json(tmp_path,
     result = run_gpu_check("--device", "cpu", "--steps", 8, "--only", "exp1", "resume", "--data", small_scene,
                            "--out", out)
     assert result.returncode == 0, result.stdout + result.stderr
-    table = {line.split()[0]: line.split() for line in result.stdout.splitlines()
-             if line.split() and line.split()[0] in gpu_check.BY_NAME}
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("check "))
+    table = {line.split()[0]: line.split() for line in lines[header + 1:header + 4]}
     assert list(table) == ["exp1", "exp2", "resume"] and all(row[1] == "pass" for row in table.values())
     report = json.loads((out / "gpu_check.json").read_text())
     assert (report["passed"], report["device"], report["preset"], report["steps"]) == (True, "cpu", "quick", 8)
@@ -122,11 +167,12 @@ def test_a_reduced_cpu_sequence_passes_with_a_table_and_gpu_check_json(tmp_path,
     monkeypatch.setattr(bench, "matmul_seconds", lambda shapes, dtype, device, repeats: 0.5)
     plan = gpu_check.Plan("cpu", out, 8, str(small_scene), 60)
     results = {name: gpu_check.Result(name, "", metrics=checks[name]["metrics"]) for name in ("exp1", "exp2")}
+    # A DDP run of 2 CPU processes: each rank's matmuls take half the rays, and both share this machine's cores.
+    results["exp5"] = gpu_check.Result("exp5", "", metrics={**checks["exp1"]["metrics"], "world_size": 2})
     gpu_check.check_mfu(plan, results, gpu_check.Result("mfu", ""))
-    rows = 256 * (16 + 16 + 32)  # the quick preset's rays per step, times its coarse + coarse and fine samples
-    forward = 2 * rows * (39 * 128 + 3 * 128 * 128 + 128 * 4)
-    matmul_rate = 3 * forward * gpu_check.MATMUL_PASSES / 0.5
-    for name, dtype in (("exp1", "float32"), ("exp2", "bfloat16")):
+    per_ray = 16 + 16 + 32  # the quick preset's MLP queries per ray: coarse, then coarse and fine again
+    for name, dtype, rays in (("exp1", "float32", 256), ("exp2", "bfloat16", 256), ("exp5", "float32", 128)):
+        matmul_rate = 3 * 2 * rays * per_ray * (39 * 128 + 3 * 128 * 128 + 128 * 4) * gpu_check.MATMUL_PASSES / 0.5
         metrics = results[name].metrics
         assert metrics["flops_per_sample"] == QUICK_FLOPS_PER_SAMPLE and metrics["matmul_dtype"] == dtype
         assert metrics["matmul_flops_per_s"] == round(matmul_rate)

@@ -83,18 +83,27 @@ def one_layer_fields(bits, sparsity: float) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    """The real mapper on three precisions on both architectures; exp3 repeats exp2's workload."""
+    """The real mapper on three precisions on both architectures; exp3 repeats exp2's workload.
+
+    Returns the runs, the output folder, the dense rows by (run, arch) and every row by (run, arch, design).
+    """
     tmp = tmp_path_factory.mktemp("hw_eval")
     runs = tmp / "runs"
     write_run(runs, "exp1", "exp1", "fp32", one_layer_fields(FP32, 0.25))
     write_run(runs, "exp2", "exp2", "bf16-amp", one_layer_fields(AMP, 0.25))
     write_run(runs, "exp3", "exp3", "bf16-amp", one_layer_fields(AMP, 0.5))
-    write_run(runs, "exp4", "exp4", "ternary-int8", one_layer_fields(TERNARY, 0.25))
+    # BitNeRF with measured ternary zeros (70 % of its weights nonzero) and joint density.
+    write_run(runs, "exp4", "exp4", "ternary-int8",
+              [{**l, "weight_density": 0.7, "joint_density": 0.5} for l in one_layer_fields(TERNARY, 0.25)])
     # exp1's layers on frames of twice the samples: the same tiles (no more mapping), scaled twice as far.
     write_run(runs, "exp1_double", "exp1_double", "fp32",
               [{**l, "samples_per_frame": 2 * l["samples_per_frame"]} for l in one_layer_fields(FP32, 0.25)])
+    # exp1's workload with no zeros anywhere, weights measured dense.
+    write_run(runs, "exp1_dense", "exp1_dense", "fp32",
+              [{**l, "weight_density": 1.0} for l in one_layer_fields(FP32, 0.0)])
     rows = hw_eval.evaluate(runs, list(hw_eval.ARCHITECTURES), tmp / "out", tile=TILE, jobs=2)  # a process pool
-    return runs, tmp / "out", {(r["run"], r["arch"]): r for r in rows}
+    return (runs, tmp / "out", {(r["run"], r["arch"]): r for r in rows if r["design"] == "dense"},
+            {(r["run"], r["arch"], r["design"]): r for r in rows})
 
 
 def test_concatenated_inputs_are_mapped_with_all_their_macs():
@@ -105,7 +114,7 @@ def test_concatenated_inputs_are_mapped_with_all_their_macs():
 
 
 def test_mapped_macs_equal_the_layers_multiply_accumulates(evaluated):
-    _, _, rows = evaluated
+    _, _, rows, _ = evaluated
     # 6 x 64 MACs per sample, on 4096 coarse and 12288 fine samples: 384 x 16384.
     for (run, _), row in rows.items():
         assert row["macs_per_frame"] == (2 if run == "exp1_double" else 1) * 6_291_456
@@ -113,14 +122,14 @@ def test_mapped_macs_equal_the_layers_multiply_accumulates(evaluated):
 
 @pytest.mark.parametrize("arch", list(hw_eval.ARCHITECTURES))
 def test_energy_falls_as_bitwidths_fall(evaluated, arch):
-    _, _, rows = evaluated
+    _, _, rows, _ = evaluated
     fp32, amp, ternary = (rows[run, arch] for run in ("exp1", "exp2", "exp4"))
     for column in ("energy_per_frame_j", "energy_mac_j", "energy_dram_j"):
         assert fp32[column] > amp[column] > ternary[column] > 0
 
 
 def test_a_frame_of_twice_the_samples_costs_twice(evaluated):
-    _, _, rows = evaluated
+    _, _, rows, _ = evaluated
     for arch in hw_eval.ARCHITECTURES:
         frame, double = rows["exp1", arch], rows["exp1_double", arch]
         for column in ("energy_per_frame_j", "energy_dram_j", "energy_mac_j", "latency_per_frame_s", "macs_per_frame"):
@@ -130,7 +139,7 @@ def test_a_frame_of_twice_the_samples_costs_twice(evaluated):
 
 
 def test_zero_gating_saves_the_sparse_share_of_mac_energy(evaluated):
-    _, _, rows = evaluated
+    _, _, rows, _ = evaluated
     for arch in hw_eval.ARCHITECTURES:
         amp, amp_sparser = rows["exp2", arch], rows["exp3", arch]
         assert amp["zero_gating_saving_frac"] == pytest.approx(0.25 * amp["energy_mac_j"] / amp["energy_per_frame_j"])
@@ -138,7 +147,7 @@ def test_zero_gating_saves_the_sparse_share_of_mac_energy(evaluated):
 
 
 def test_identical_workloads_are_mapped_once_and_a_second_run_maps_nothing(evaluated, monkeypatch):
-    runs, out, rows = evaluated
+    runs, out, rows, designs = evaluated
     # Per architecture: one workload per precision (coarse and fine, exp2 and exp3 share theirs).
     assert len(list((out / ".cache").glob("*.json"))) == 3 * len(hw_eval.ARCHITECTURES)
     assert rows["exp3", "tpu_v4i"]["energy_per_frame_j"] == rows["exp2", "tpu_v4i"]["energy_per_frame_j"]
@@ -148,27 +157,121 @@ def test_identical_workloads_are_mapped_once_and_a_second_run_maps_nothing(evalu
 
     monkeypatch.setattr(hw_eval, "map_tile", no_mapping)
     again = hw_eval.evaluate(runs, list(hw_eval.ARCHITECTURES), out, tile=TILE)
-    assert {(r["run"], r["arch"]): r for r in again} == rows
+    assert {(r["run"], r["arch"], r["design"]): r for r in again} == designs
 
 
 def test_results_csv_and_tables(evaluated):
-    _, out, rows = evaluated
+    _, out, _, designs = evaluated
     with open(out / "results.csv") as f:
         reader = csv.DictReader(f)
         assert set(report.HW_COLUMNS) <= set(reader.fieldnames)  # what report.py reads
-        written = {(r["run"], r["arch"]): r for r in reader}
-    assert written.keys() == rows.keys()
-    for key, row in rows.items():
-        for column in ("energy_per_frame_j", "latency_per_frame_s", "energy_mac_j", "zero_gating_saving_frac"):
+        written = {(r["run"], r["arch"], r["design"]): r for r in reader}
+    assert written.keys() == designs.keys()  # a row per run x architecture x design
+    assert {design for _, _, design in written} == {"dense", "gating", "skipping"}
+    for key, row in designs.items():
+        for column in ("energy_per_frame_j", "latency_per_frame_s", "energy_mac_j", "zero_gating_saving_frac",
+                       "input_density", "weight_density", "effectual_density", "mac_time_frac",
+                       "energy_weights_dense_j"):
             assert float(written[key][column]) == pytest.approx(row[column], rel=1e-5)
     for arch in hw_eval.ARCHITECTURES:
         text = (out / f"{arch}.md").read_text()
         assert "Per 800x800 frame" in text
-        ratios = {cells[1].strip(): [float(c) for c in cells[7:9]]  # ×exp1 energy and latency, by run
-                  for cells in (line.split("|") for line in text.splitlines() if line.startswith("| exp"))}
-        assert ratios["exp1"] == [1.0, 1.0]
-        assert ratios["exp3"] == ratios["exp2"]  # the same workload
+        energy = text.split("## Energy per frame (J)")[1].split("##")[0]
+        cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[4:7]]
+                 for line in energy.splitlines() if line.startswith("| exp")}
+        ratios = {run: [float(c.split("(")[1].rstrip("×)")) for c in row] for run, row in cells.items()}
+        for run, row in cells.items():  # dense, gating, skipping side by side, each against dense exp1
+            for design, cell in zip(("dense", "gating", "skipping"), row):
+                assert cell.startswith(f"{designs[run, arch, design]['energy_per_frame_j']:.4g} (")
+        assert ratios["exp1"][0] == 1.0
+        assert ratios["exp1"][2] < ratios["exp1"][1] < 1.0  # each design saves more than the last
+        assert ratios["exp3"][0] == ratios["exp2"][0]  # the same workload
+        assert ratios["exp3"][1] < ratios["exp2"][1]  # but sparser
         assert 0 < ratios["exp4"][0] < ratios["exp2"][0] < 1  # fewer bits cost less than exp1's fp32
+        densities = text.split("## Densities the sparse designs used")[1]
+        assert "| exp4 | 0.750 | 0.700 | 0.525 | 0.500 |" in densities
+        assert "| exp1 | 0.750 | 1.000 | 0.750 | not measured |" in densities
+        assert hw_eval.WEIGHTS_ASSUMED_DENSE in densities and hw_eval.WEIGHTS_MEASURED in densities
+
+
+# --- The sparse designs on the real mapper ------------------------------------------------------------
+
+def test_with_every_density_one_the_designs_equal_dense_exactly(evaluated):
+    _, _, _, designs = evaluated
+    for arch in hw_eval.ARCHITECTURES:
+        dense = designs["exp1_dense", arch, "dense"]
+        for design in ("gating", "skipping"):
+            row = designs["exp1_dense", arch, design]
+            for column in ("energy_per_frame_j", "latency_per_frame_s", "edp_j_s", *(f"energy_{g}_j" for g in
+                                                                                    hw_eval.ENERGY_GROUPS)):
+                assert row[column] == dense[column], (arch, design, column)  # exactly
+        # ... and dense is AccelForge's own mapping: exp1's dense row is exp1_dense's.
+        assert designs["exp1", arch, "dense"]["energy_per_frame_j"] == dense["energy_per_frame_j"]
+
+
+def test_gating_saves_energy_not_cycles_and_skipping_saves_both(evaluated):
+    _, _, _, designs = evaluated
+    for arch in hw_eval.ARCHITECTURES:
+        dense, gating, skipping = (designs["exp2", arch, d] for d in ("dense", "gating", "skipping"))
+        assert gating["latency_per_frame_s"] == dense["latency_per_frame_s"]
+        assert gating["energy_dram_j"] == dense["energy_dram_j"]  # gating moves every value still
+        assert skipping["energy_per_frame_j"] < gating["energy_per_frame_j"] < dense["energy_per_frame_j"]
+        assert skipping["latency_per_frame_s"] <= dense["latency_per_frame_s"]
+        assert skipping["mac_time_frac_balanced"] == pytest.approx(0.75)  # input density 0.75, weights dense
+        assert 0.75 <= skipping["mac_time_frac"] <= 1.0  # the PE array waits for its slowest PE
+    # The TPU model's MAC costs no leakage: gating 25 % of the MACs saves exactly 25 % of MAC energy.
+    assert designs["exp2", "tpu_v4i", "gating"]["energy_mac_j"] == pytest.approx(
+        0.75 * designs["exp2", "tpu_v4i", "dense"]["energy_mac_j"])
+    assert designs["exp2", "tpu_v4i", "skipping"]["mac_time_frac"] == pytest.approx(1.0)  # lock-step systolic array
+
+
+def test_bitnerf_zero_weights_are_credited_and_measured_separately(evaluated):
+    _, _, _, designs = evaluated
+    for arch in hw_eval.ARCHITECTURES:
+        row = designs["exp4", arch, "gating"]
+        assert row["effectual_density"] == pytest.approx(0.75 * 0.7)  # the product of the densities, as used
+        assert row["joint_density_measured"] == pytest.approx(0.5)  # recorded beside it
+        assert row["energy_weights_dense_j"] > row["energy_per_frame_j"]  # the zero weights saved energy
+        dense = designs["exp4", arch, "dense"]
+        assert dense["energy_weights_dense_j"] == dense["energy_per_frame_j"]  # dense has nothing to credit
+        assert row["weight_density_source"] == hw_eval.WEIGHTS_MEASURED
+        # A run without weight_density in layers.json still evaluates, its weights taken as dense.
+        assert designs["exp2", arch, "gating"]["weight_density"] == 1.0
+        assert designs["exp2", arch, "gating"]["weight_density_source"] == hw_eval.WEIGHTS_ASSUMED_DENSE
+    assert designs["exp4", "tpu_v4i", "gating"]["energy_mac_j"] == pytest.approx(
+        0.75 * 0.7 * designs["exp4", "tpu_v4i", "dense"]["energy_mac_j"])
+
+
+def test_a_run_without_weight_densities_is_said_to_be_taken_as_dense(evaluated, capsys):
+    runs, out, _, _ = evaluated
+    hw_eval.main(["--runs", str(runs), "--out", str(out), "--tile", str(TILE), "--jobs", "1"])  # all cached
+    printed = capsys.readouterr().out
+    assert printed.startswith("note: exp1, exp1_double, exp2, exp3: layers.json has no weight_density")
+    assert "taken as dense" in printed
+
+
+def test_partial_sums_are_told_from_final_outputs_by_the_spec_s_access_width():
+    field = [layer("coarse.layers.0", 6, 16)]
+    workload = hw_eval.field_workload(field, 64)
+    assert hw_eval.output_elements(workload) == {"layers_0": 64 * 16}
+    per_action = hw_eval.bits_per_action(hw_eval.build_spec("eyeriss", workload, 32))
+    assert per_action["GlobalBuffer"] == {"read": 64, "write": 64}  # the example's 64-bit accesses
+    assert per_action["InputScratchpad"] == {"read": 1, "write": 1}  # counted in bits
+
+
+def test_the_study_s_workload_is_its_mlp_with_the_skip_and_the_view_branch():
+    layers = hw_eval.study_layers()
+    assert [(l["in_features"], l["out_features"]) for l in layers] == [
+        (63, 256), *[(256, 256)] * 4, (319, 256), (256, 256), (256, 256), (256, 1), (256, 256), (283, 128), (128, 3)]
+    # fc_6 reads fc_5 widened by the encoded point; the density head and fc_10 read fc_8; fc_11 reads fc_10.
+    assert hw_eval.layer_inputs(layers) == [-1, 0, 1, 2, 3, 4, 5, 6, 7, 7, 9, 10]
+    densities = hw_eval.field_densities(layers)
+    assert densities["fc_1"].input == densities["fc_11"].input == 1.0  # the encoding, and fc_10 has no ReLU
+    assert [densities[f"fc_{i}"].input for i in (2, 3, 4, 5, 6, 7, 8, 9, 10, 12)] == [pytest.approx(0.397)] * 10
+    # A layer's stored output is what its reader takes: fc_1's is fc_2's input, fc_5's the skip layer's.
+    assert [densities[f"fc_{i}"].output for i in (1, 5, 8, 11)] == [pytest.approx(0.397)] * 4
+    assert densities["fc_10"].output == 1.0 and densities["fc_12"].output == 1.0  # fc_11 reads it dense; the RGB
+    assert {l["weight_bits"] for l in layers} == {16} and {l["weight_density"] for l in layers} == {1.0}
 
 
 @pytest.mark.parametrize("problem", ["no finished runs", "no layers.json", "a layer without its bits"])
