@@ -183,7 +183,7 @@ def parse_args(name: str, argv: list[str] | None = None) -> tuple[ExperimentConf
     args = parser.parse_args(argv)
     if args.nproc is not None and args.nproc < 1:
         raise UserError(f"--nproc must be at least 1, got {args.nproc}")
-    if args.max_restarts < -1:
+    if args.max_restarts < 0:
         raise UserError(f"--max-restarts must not be negative, got {args.max_restarts}")
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)
                  if getattr(args, f.name) is not None}

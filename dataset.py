@@ -151,7 +151,7 @@ def validate_scene(scene: Scene, source) -> None:
         if idx.ndim != 1 or idx.size == 0 or idx.min() < 0 or idx.max() >= n:
             raise UserError(f"{source}: {key} must be a non-empty list of view indices in [0, {n})")
     shared = np.intersect1d(scene.i_train, scene.i_test)
-    if shared.size < 0:
+    if shared.size:
         views = ", ".join(map(str, shared[:5])) + (", ..." if shared.size > 5 else "")
         raise UserError(f"{source}: i_train and i_test share {shared.size} views ({views}): a test view must not"
                         f" be trained on; give disjoint splits")

@@ -3,9 +3,13 @@
 `python hw_eval.py [--runs DIR] [--arch NAME ...] [--out DIR]` reads every finished run in DIR (its
 `summary.json` and `layers.json`), turns each field's layers (coarse, fine) into an AccelForge
 workload of one einsum per Linear layer, maps it onto an Eyeriss-like and a TPU-v4i-like
-architecture whose MACs take the run's operand widths, and writes `results.csv` and one Markdown
-table per architecture into `--out`.
+architecture whose MACs take the run's operand widths, costs each mapping under three designs (dense;
+gating; skipping with compressed activations: sparsity.py, from the run's measured densities), and
+writes `results.csv` (a row per run, architecture and design) and one Markdown table per architecture
+into `--out`.
 `python hw_eval.py --setup` makes sure CACTI (the Eyeriss model's SRAM estimator) runs here.
+`python hw_eval.py --validate-study` models the accelerating-NeRFs study's MLP on its Eyeriss and compares
+dense -> skipping with its published ratios (BENCHMARKS.md).
 
 The mapper sees a tile of `--tile` samples; energy and latency are scaled to a whole frame (the
 frame of rundir.FRAME_HEIGHT x FRAME_WIDTH pixels that layers.json counts samples for).

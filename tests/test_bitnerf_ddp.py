@@ -23,6 +23,7 @@ import bitnerf_ddp
 import configs
 import rundir
 import train
+from conftest import write_scene
 from dataset import RaySampler, load_scene
 from step import Optimization, train_step
 
@@ -204,9 +205,9 @@ def uninterrupted_weights(builtin_scene, tmp_path_factory) -> dict:
     return torch.load(Path(config.out) / "exp5" / "checkpoint.pt", weights_only=False)["model"]
 
 
-def assert_weights_equal(weights: dict, run_dir: Path) -> None:
+def assert_weights_equal(weights: dict, run_dir: Path, steps: int = 1000) -> None:
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    assert checkpoint["step"] == 1000 and checkpoint["model"].keys() == weights.keys()
+    assert checkpoint["step"] == steps and checkpoint["model"].keys() == weights.keys()
     assert all(torch.equal(checkpoint["model"][k], weights[k]) for k in weights)
 
 
@@ -238,6 +239,50 @@ def test_with_max_restarts_a_killed_rank_is_restarted_and_the_run_ends_as_if_nev
     assert "exp5: restart 1 after a process died; resuming from the last checkpoint" in stderr
     assert_weights_equal(uninterrupted_weights, Path(tiny_config.out) / "exp5")
     assert not running(processes)
+
+
+def train_on_two_ranks(rank: int, port: int, config, signalled_rank: int | None, out_dir: str) -> None:
+    """train.run of config as one of 2 ranks, resuming where no rank is signalled and the run directory exists;
+    signalled_rank gets SIGTERM right after its 17th optimizer step. The exit code (0 when the run ends) goes
+    to out_dir/exit<rank>."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    real_train_step = train.train_step
+
+    def step_then_signal(step_model, batch, optimization, *args):
+        stats = real_train_step(step_model, batch, optimization, *args)
+        if rank == signalled_rank and optimization.scheduler.last_epoch == 17:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return stats
+
+    train.train_step = step_then_signal
+    try:
+        train.run(config, resume=signalled_rank is None and (Path(config.out) / config.name).exists())
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    Path(out_dir, f"exit{rank}").write_text(str(code))
+
+
+def test_sigterm_to_one_rank_alone_stops_both_after_the_same_step_and_resume_is_bit_identical(tmp_path):
+    scene = write_scene(tmp_path / "scene.npz", n=6, size=16)
+    config = replace(configs.QUICK, data=str(scene), out=str(tmp_path / "runs"), wandb="disabled", distributed=True,
+                     device="cpu", depth=2, width=32, n_coarse=8, n_fine=8, steps=30, batch_rays=64, log_every=10,
+                     eval_every=1000, ckpt_every=10, video_frames=1, eval_views=1, compile="off")
+
+    def two_ranks(name: str, signalled_rank: int | None) -> list[int]:
+        mp.spawn(train_on_two_ranks, args=(free_port(), replace(config, name=name), signalled_rank, str(tmp_path)),
+                 nprocs=2)
+        return [int((tmp_path / f"exit{rank}").read_text()) for rank in range(2)]
+
+    assert two_ranks("straight", None) == [0, 0]
+    assert two_ranks("resumed", 1) == [143, 143]  # rank 0 stops too, though only rank 1 got the signal
+    run_dir = Path(config.out) / "resumed"
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 17
+    assert two_ranks("resumed", None) == [0, 0]
+    straight = torch.load(Path(config.out) / "straight" / "checkpoint.pt", weights_only=False)["model"]
+    assert_weights_equal(straight, run_dir, steps=30)
 
 
 def test_the_launcher_refuses_a_busy_run_directory_or_a_bad_checkpoint_in_one_line_before_torchrun(tiny_config):

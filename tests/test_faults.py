@@ -340,8 +340,8 @@ def test_running_out_of_memory_rendering_test_views_names_chunk(small_config, mo
 
 def test_a_scene_whose_test_views_are_also_training_views_is_refused_in_one_line(tmp_path):
     scene = write_scene(tmp_path / "overlap.npz", n=6, i_train=np.array([0, 1, 2, 3]), i_test=np.array([3, 4, 1]))
-    result = subprocess.run([sys.executable, str(REPO / "exp1.py"), "--data", str(scene), "--out",
-                             str(tmp_path / "runs"), "--wandb", "disabled"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, str(REPO / "exp1.py"), "--quick", "--steps", "1", "--data", str(scene),
+                             "--out", str(tmp_path / "runs"), "--wandb", "disabled"], capture_output=True, text=True)
     assert one_line_error(result) == (f"error: {scene}: i_train and i_test share 2 views (1, 3): a test view must not"
                                       f" be trained on; give disjoint splits")
     assert not (tmp_path / "runs").exists()
