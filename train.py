@@ -339,7 +339,7 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
     except OutOfMemory as e:
         log.close(exit_code=1)
         raise UserError(e.message(f"the checkpoint holds all {config.steps} steps")) from None
-    stop.at_once = False
+    stop.at_once = False  # all but summary.json is written: a signal now is only noted, and the run completes
     summary.update({
         "world_size": ranks.world_size,
         "steps": config.steps, "wall_s": round(wall_s(), 2), "train_s": round(train_clock.elapsed, 2),

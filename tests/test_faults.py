@@ -3,8 +3,6 @@ for bit, a damaged checkpoint, a busy or stale run directory, a batch too large 
 memory while training, and overlapping splits each end in one line. The distributed cases (SIGTERM under
 torchrun, elastic restarts) are in test_bitnerf_ddp.py."""
 
-import dataclasses
-import json
 import os
 import re
 import signal
@@ -243,51 +241,6 @@ def test_the_batch_named_as_the_largest_that_fits_fits_and_one_more_does_not(sma
     check(largest)
     with pytest.raises(UserError):
         check(largest + world_size)
-
-
-# Prints, for each config given as JSON, the largest growth of the resident set over one of a few training
-# steps, measured in a process whose allocator gives every block over 1 MiB back to the system when it is
-# freed (glibc would otherwise keep the freed blocks of one step for the next, which hides its growth).
-MEASURE_STEPS = """
-import json, sys
-import torch
-import bitnerf, configs, precision, step
-from dataset import RaySampler, load_scene
-from utils import peak_memory_bytes, reset_peak_memory
-cpu = torch.device("cpu")
-for fields in json.loads(sys.argv[1]):
-    config = configs.ExperimentConfig(**{**fields, "skips": tuple(fields["skips"])})
-    scene, dtype = load_scene(config.data), precision.amp_dtype(config, cpu)
-    model = bitnerf.build_model(config, scene, cpu)
-    optimization = step.Optimization.build(config, model, cpu, dtype)
-    sampler = RaySampler(scene, cpu, config.batch_rays, config.seed, config.jitter_per_ray)
-    autocast = lambda: precision.autocast(cpu, dtype)
-    step.train_step(model, sampler.batch(0), optimization, config, autocast)  # AdamW's state
-    growth = 0
-    for i in range(1, 3):
-        batch = sampler.batch(i)
-        before = int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS:")).split()[1]) * 1024
-        reset_peak_memory(cpu)
-        step.train_step(model, batch, optimization, config, autocast)
-        growth = max(growth, peak_memory_bytes(cpu) - before)
-    print(growth)
-"""
-
-
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures the peak resident set (Linux)")
-def test_the_memory_estimate_covers_measured_steps_without_overstating_them_much(small_config):
-    """For NeRF, BitNeRF and AMP, the estimate of a step's activations (with the margin) is at least the
-    measured growth of the resident set over a real step, and at most 2.5 times it."""
-    base = replace(small_config, batch_rays=2048, width=64, use_viewdirs=True)
-    variants = {"nerf": base, "bitnerf": replace(base, model="bitnerf"), "amp": replace(base, precision="amp")}
-    result = subprocess.run([sys.executable, "-c", MEASURE_STEPS,
-                             json.dumps([dataclasses.asdict(config) for config in variants.values()])], cwd=REPO,
-                            capture_output=True, text=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**20)})
-    assert result.returncode == 0, result.stderr[-2000:]
-    scene = load_scene(small_config.data)
-    for (name, config), growth in zip(variants.items(), map(int, result.stdout.split()), strict=True):
-        estimate = step.MEMORY_MARGIN * step.saved_bytes_per_ray(config, scene)[0] * config.batch_rays
-        assert growth <= estimate <= 2.5 * growth, (name, estimate, growth)
 
 
 @pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
