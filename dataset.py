@@ -1,5 +1,6 @@
 """Scenes (tiny-nerf .npz, Blender folders, the built-in scene), ray generation and ray batches."""
 
+import dataclasses
 import json
 import zipfile
 from dataclasses import dataclass
@@ -54,6 +55,26 @@ def load_scene(path: str | None, downscale: int = 1) -> Scene:
     return load_npz(p)
 
 
+def area_pool(images: np.ndarray, factor: int) -> np.ndarray:
+    """Images (N, H, W, ...) as a camera of 1/factor the resolution sees them: each pixel the mean of a
+    factor × factor block (a partial block at the right or bottom edge is dropped)."""
+    if factor == 1:
+        return images
+    height, width = images.shape[1] // factor, images.shape[2] // factor
+    cropped = images[:, : height * factor, : width * factor]
+    return cropped.reshape(len(images), height, factor, width, factor, *images.shape[3:]).mean((2, 4))
+
+
+def downscaled(scene: Scene, factor: int) -> Scene:
+    """The scene seen by cameras of 1/factor the resolution: images and depths area-pooled, focal scaled."""
+    if factor == 1:
+        return scene
+    if scene.height // factor < 1 or scene.width // factor < 1:
+        raise UserError(f"--downscale {factor} leaves no pixels of a {scene.width}x{scene.height} scene")
+    return dataclasses.replace(scene, images=area_pool(scene.images, factor), focal=scene.focal / factor,
+                               depths=None if scene.depths is None else area_pool(scene.depths, factor))
+
+
 def load_npz(path: Path) -> Scene:
     try:
         with np.load(path) as f:
@@ -104,9 +125,7 @@ def load_blender(folder: Path, downscale: int = 1) -> Scene:
             frames = meta["frames"]
             for frame in frames:
                 rgba = iio.imread(folder / (frame["file_path"] + ".png")).astype(np.float32) / 255.0
-                if downscale > 1:
-                    h, w = rgba.shape[0] // downscale, rgba.shape[1] // downscale
-                    rgba = rgba[: h * downscale, : w * downscale].reshape(h, downscale, w, downscale, -1).mean((1, 3))
+                rgba = area_pool(rgba[None], downscale)[0]
                 images.append(rgba[..., :3] * rgba[..., 3:4] + (1.0 - rgba[..., 3:4]))
                 poses.append(np.asarray(frame["transform_matrix"], dtype=np.float32))
         except (OSError, ValueError, KeyError, TypeError, IndexError) as e:

@@ -12,12 +12,11 @@ averaged over N×N pixels), `--views 0,5` picks test views, `--video-frames N` s
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import bitnerf
 import rundir
-from dataset import Scene
+from dataset import Scene, downscaled
 from evaluation import Evaluation
 from utils import OneLineParser, UserError, exit_on_user_error, resolve_device, write_json
 
@@ -38,22 +37,6 @@ def deployable_model(run_dir: Path, config, scene: Scene, device: torch.device) 
     except (OSError, RuntimeError, KeyError, EOFError) as e:
         raise UserError(f"{path} is not a readable weights file ({type(e).__name__}); train the run again") from None
     return model.to(device).eval()
-
-
-def downscaled(scene: Scene, factor: int) -> Scene:
-    """The scene seen by cameras of 1/factor the resolution: images and depths averaged over factor² pixels."""
-    if factor == 1:
-        return scene
-    height, width = scene.height // factor, scene.width // factor
-    if height < 1 or width < 1:
-        raise UserError(f"--downscale {factor} leaves no pixels of a {scene.width}x{scene.height} scene")
-
-    def pool(images: np.ndarray) -> np.ndarray:
-        cropped = images[:, : height * factor, : width * factor]
-        return cropped.reshape(len(images), height, factor, width, factor, *images.shape[3:]).mean((2, 4))
-
-    return dataclasses.replace(scene, images=pool(scene.images), focal=scene.focal / factor,
-                               depths=None if scene.depths is None else pool(scene.depths))
 
 
 def parse_views(text: str | None, scene: Scene) -> list[int]:

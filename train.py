@@ -5,19 +5,18 @@ the scene, build the model, train with optional AMP and torch.compile, evaluate 
 write the run directory (rundir.py: summary.json, layers.json, metrics.csv, checkpoint.pt, renders,
 depth maps, video). Read it top to bottom: the entry point, setup, the loop, then the final evaluation.
 Faults end a run with one line and what to do (README, "Faults and recovery"): SIGINT and SIGTERM stop it
-between two steps with a checkpoint, running out of memory saves one and names the option to lower.
-Nothing imports this file for helpers: what the loop shares with other commands lives in step.py
-(the optimizer step), evaluation.py (rendering and metrics) and rundir.py (the files).
+between two steps with a checkpoint, running out of memory saves one and names the option to lower
+(faults.py). Nothing imports this file for helpers: what the loop shares with other commands lives in
+step.py (the optimizer step), evaluation.py (rendering and metrics), rundir.py (the files) and runlog.py
+(metrics.csv and W&B).
 """
 
-import contextlib
 import dataclasses
 import math
 import os
 import shutil
 import signal
 import sys
-import threading
 import time
 import uuid
 
@@ -33,19 +32,10 @@ import rundir
 from configs import ExperimentConfig
 from dataset import RaySampler, load_scene
 from evaluation import Evaluation
+from faults import OutOfMemory, StopSignals, sized_by
+from runlog import RunLog
 from step import Optimization, check_step_memory, train_step
-from utils import (Stopwatch, UserError, colorize_depth, exit_on_user_error, is_out_of_memory, peak_memory_bytes,
-                   to_uint8, write_json)
-
-# The signals that stop a run with a checkpoint: Ctrl-C, and what schedulers, notebook hosts and torchrun send.
-# A run they stop exits with 128 + the signal's number, the shell's convention: 130 for SIGINT, 143 for SIGTERM.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# What to do when memory runs out in the part of a run that an option sizes.
-OUT_OF_MEMORY_ADVICE = {
-    "--batch-rays": "lower --batch-rays and start afresh with --overwrite, or free memory and continue with --resume",
-    "--chunk": "continue with --resume and a lower --chunk",
-}
-
+from utils import Stopwatch, UserError, exit_on_user_error, peak_memory_bytes, write_json
 
 def main(name: str, argv: list[str] | None = None) -> None:
     """Entry point of `expN.py`: bad input is one line on stderr and exit code 2, never a traceback.
@@ -91,54 +81,6 @@ def run(config: ExperimentConfig, resume: bool = False, overwrite: bool = False)
         bitnerf_ddp.shutdown()
 
 
-class StopSignals:
-    """SIGINT (Ctrl-C) and SIGTERM during a run. Until the final evaluation, the handler only notes the
-    signal and the loop acts on it between two steps, so that the checkpoint it saves holds exactly the
-    optimizer steps applied and --resume continues bit for bit. In the final evaluation (`at_once`), which
-    the last checkpoint already precedes, the handler raises KeyboardInterrupt.
-
-    signum: the first signal noted, or 0."""
-
-    def __init__(self):
-        self.signum, self.at_once, self.previous = 0, False, {}
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():  # the only thread Python runs handlers in
-            self.previous = {s: signal.signal(s, self.note) for s in STOP_SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-    def note(self, signum: int, frame) -> None:
-        self.signum = self.signum or signum
-        if self.at_once:
-            raise KeyboardInterrupt
-
-
-class OutOfMemory(Exception):
-    """Memory ran out in a part of the run whose size one option sets."""
-
-    def __init__(self, option: str, value: int):
-        super().__init__(option, value)
-        self.option, self.value = option, value
-
-    def message(self, checkpoint: str) -> str:
-        return f"out of memory with {self.option} {self.value}; {checkpoint}: {OUT_OF_MEMORY_ADVICE[self.option]}"
-
-
-@contextlib.contextmanager
-def sized_by(option: str, value: int):
-    """Running out of memory in the block (CUDA, the CPU allocator or Python) raises OutOfMemory naming option."""
-    try:
-        yield
-    except (RuntimeError, MemoryError) as e:
-        if not is_out_of_memory(e):
-            raise
-        raise OutOfMemory(option, value) from None
-
-
 def compiles(config: ExperimentConfig, device: torch.device) -> bool:
     """Whether to torch.compile the radiance fields: --compile on/off, and auto compiles BitNeRF's.
 
@@ -152,55 +94,6 @@ def compiles(config: ExperimentConfig, device: torch.device) -> bool:
         raise UserError(f"--compile on needs a C++ compiler on the CPU ({compiler} is not on "
                         f"the PATH): install one (apt-get install g++) or use --compile off")
     return config.compile == "on" or (config.compile == "auto" and config.model == "bitnerf" and has_compiler)
-
-
-class RunLog:
-    """Where rank 0 reports a run: metrics.csv and, unless disabled, W&B. W&B's key comes from the
-    environment only; without one, runs stay offline."""
-
-    def __init__(self, config: ExperimentConfig, run_dir, run_id: str, start_step: int, fields: dict):
-        self.metrics = rundir.MetricsLog(run_dir, start_step)
-        mode = config.wandb
-        if mode == "auto":
-            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-        self.wandb = None
-        if mode != "disabled":
-            import wandb
-
-            self.wandb = wandb.init(
-                project=os.environ.get("WANDB_PROJECT", "nerf-experiments"),
-                group=os.environ.get("WANDB_RUN_GROUP", config.out),
-                name=config.name, dir=str(run_dir), mode=mode, resume="allow",
-                id=run_id,  # new for a new run, kept in the checkpoint so that --resume continues the same W&B run
-                config={**dataclasses.asdict(config), **fields},
-            )
-
-    def row(self, row: dict) -> None:
-        self.metrics.write(row)
-        if self.wandb:
-            self.wandb.log({("test/psnr" if k == "psnr_test" else f"train/{k}"): v
-                            for k, v in row.items() if k != "step"}, step=row["step"])
-
-    def render(self, result: dict, scene, step: int) -> None:
-        if self.wandb:
-            import wandb
-
-            self.wandb.log({"test/render": wandb.Image(to_uint8(result["rgb"])),
-                            "test/depth": wandb.Image(colorize_depth(result["depth"], scene.near, scene.far))},
-                           step=step)
-
-    def video(self, path: str) -> None:
-        if self.wandb:
-            import wandb
-
-            self.wandb.log({"video": wandb.Video(path, format=path.rsplit(".", 1)[-1])})
-
-    def close(self, summary: dict | None = None, exit_code: int = 0) -> None:
-        self.metrics.close()
-        if self.wandb:
-            if summary:
-                self.wandb.summary.update(summary)
-            self.wandb.finish(exit_code=exit_code)
 
 
 def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, overwrite: bool, lock: rundir.RunLock,
