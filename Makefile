@@ -12,7 +12,12 @@ DATA ?=
 SUITE_OUT ?= runs
 # FULL=1 (on a GPU): the full configurations instead of the quick CPU preset.
 FULL ?=
-SUITE_FLAGS := $(if $(FULL),,--quick) --overwrite --out $(SUITE_OUT) $(if $(DATA),--data $(DATA))
+# SEEDS=3: every experiment once per seed 0, 1, 2 (runs expN-seedS, paired seed by seed in the report).
+SEEDS ?= 1
+SEED_NUMBERS := $(shell seq 0 $$(($(SEEDS) - 1)))
+SUITE_FLAGS := $(if $(FULL),,--quick) --overwrite --out $(SUITE_OUT) $(if $(DATA),--data $(DATA)) \
+	$(if $(filter 1,$(SEEDS)),,--seeds $(shell seq -s, 0 $$(($(SEEDS) - 1))))
+EXP1_RUNS := $(if $(filter 1,$(SEEDS)),$(SUITE_OUT)/exp1,$(foreach s,$(SEED_NUMBERS),$(SUITE_OUT)/exp1-seed$(s)))
 
 .PHONY: test suite setup data clean
 
@@ -46,7 +51,7 @@ suite: setup
 	$(PY) exp4.py $(SUITE_FLAGS)
 	$(PY) exp5.py $(SUITE_FLAGS)
 	$(PY) exp6.py $(SUITE_FLAGS)
-	$(PY) ptq.py $(SUITE_OUT)/exp1 $(if $(DATA),--data $(DATA))
+	for run in $(EXP1_RUNS); do $(PY) ptq.py $$run $(if $(DATA),--data $(DATA)) || exit; done
 	$(PY) hw_eval.py --runs $(SUITE_OUT)
 	$(PY) analyze.py --runs $(SUITE_OUT) --out report $(if $(DATA),--data $(DATA))
 	$(PY) report.py --runs $(SUITE_OUT) --out report

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from utils import UserError, resolve_device
+from utils import UserError, resolve_device, without_option
 
 # A rank waits this long in a collective before giving up: long enough for rank 0's evaluation
 # between training steps, short enough that a lost peer on another node ends the run.
@@ -72,19 +72,6 @@ def default_nproc(device: str) -> int:
     return 2
 
 
-def without_nproc(argv: list[str]) -> list[str]:
-    """argv less the launcher's --nproc option, which torchrun would take for its own --nproc-per-node."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip or arg.startswith("--nproc="):
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        else:
-            kept.append(arg)
-    return kept
-
-
 def launch(script: str, argv: list[str], nproc: int, device: str, max_restarts: int = 0) -> int:
     """Run `script argv` under torchrun on this machine with nproc processes, restarting them all up to
     max_restarts times after one dies; returns torchrun's exit code.
@@ -103,7 +90,7 @@ def launch(script: str, argv: list[str], nproc: int, device: str, max_restarts: 
         # shares across attempts, and fail to connect (pytorch/pytorch#135712): give each attempt its own store.
         env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     command = [sys.executable, "-c", TORCHRUN, "--standalone", f"--nproc-per-node={nproc}",
-               f"--max-restarts={max_restarts}", script, *without_nproc(argv)]
+               f"--max-restarts={max_restarts}", script, *without_option(argv, "--nproc")]
     job = subprocess.Popen(command, env=env, process_group=0)
     previous = {s: signal.signal(s, lambda signum, frame: job.send_signal(signum)) for s in FORWARDED_SIGNALS}
     try:

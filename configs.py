@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass, replace
 
-from utils import OneLineParser, UserError
+from utils import OneLineParser, UserError, without_option
 
 PRECISIONS = ("fp32", "amp")
 AMP_DTYPES = ("auto", "fp16", "bf16")
@@ -29,6 +29,9 @@ class ExperimentConfig:
     out: str = "runs"
     device: str = "auto"
     seed: int = 0
+    # The runs of one experiment on several seeds (--seeds) share a group, which the report and W&B
+    # average over; None: the run is a group of its own, named as the run.
+    group: str | None = None
 
     # Model: the NeRF of Mildenhall et al. (2020) with 64 coarse + 64 fine samples, enough at 100x100.
     model: str = "nerf"
@@ -169,6 +172,9 @@ def parse_args(name: str, argv: list[str] | None = None) -> tuple[ExperimentConf
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     parser.add_argument("--nproc", type=int, default=None, metavar="N",
                         help="distributed runs: processes to launch (default: one per GPU, else 2 on the CPU)")
+    parser.add_argument("--seeds", type=parse_seeds, default=None, metavar="S,S,...",
+                        help="one run per seed, named NAME-seedS (the same seeds for every experiment pair"
+                             " them in the report)")
     parser.add_argument("--max-restarts", type=int, default=0, metavar="N",
                         help="distributed runs: restart every process up to N times after one dies; each"
                              " restart resumes from the last checkpoint")
@@ -185,12 +191,30 @@ def parse_args(name: str, argv: list[str] | None = None) -> tuple[ExperimentConf
         raise UserError(f"--nproc must be at least 1, got {args.nproc}")
     if args.max_restarts < 0:
         raise UserError(f"--max-restarts must not be negative, got {args.max_restarts}")
+    if args.seeds and args.seed is not None:
+        raise UserError("give --seed or --seeds, not both")
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)
                  if getattr(args, f.name) is not None}
     if "skips" in overrides:
         overrides["skips"] = tuple(overrides["skips"])
     config = replace(experiment(name, QUICK if args.quick else EXP1), **overrides)
     return config, args
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seeds such as 0,1,2, got {text!r}") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct and not negative, got {text!r}")
+    return seeds
+
+
+def seed_argvs(argv: list[str], seeds: list[int], name: str) -> list[list[str]]:
+    """The command line of each run of `--seeds`: run NAME-seedS with --seed S in group NAME."""
+    base = without_option(argv, "--seeds")
+    return [[*base, "--seed", str(s), "--name", f"{name}-seed{s}", "--group", name] for s in seeds]
 
 
 EXPERIMENT_HELP = {

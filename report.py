@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 import rundir
+import stats
 from utils import OneLineParser, UserError, atomic_write, exit_on_user_error, read_json
 
 HW_ENERGY_PARTS = {"energy_dram_j": "DRAM", "energy_global_buffer_j": "global buffer",
@@ -118,20 +119,125 @@ def psnr_curve(run_dir: Path, summary: dict) -> list[tuple[int, float, float]]:
     return curve + [(summary["steps"], end_wall, summary["psnr_test"])]
 
 
-def plot_psnr(runs, path: Path) -> None:
-    figure = Figure(figsize=(11, 4.2), layout="constrained")
-    by_step, by_wall = figure.subplots(1, 2, sharey=True)
-    colors = run_colors(runs)
+def experiment_groups(runs) -> dict[str, list[tuple[Path, dict]]]:
+    """The runs of each experiment, in run order: the seeds of one experiment (--seeds) share its name."""
+    groups = {}
     for run_dir, summary in runs:
-        steps, walls, psnrs = zip(*psnr_curve(run_dir, summary))
-        label = f"{run_dir.name} ({summary['precision']})"
-        by_step.plot(steps, psnrs, "o-", color=colors[run_dir.name], label=label, markersize=4)
-        by_wall.plot(walls, psnrs, "o-", color=colors[run_dir.name], label=label, markersize=4)
+        groups.setdefault(summary["experiment"], []).append((run_dir, summary))
+    return groups
+
+
+def plot_psnr(runs, path: Path) -> None:
+    """Test PSNR of each experiment against steps, rays seen and wall time: the mean over its seeds, with
+    the 95% interval as a band where it has several."""
+    figure = Figure(figsize=(15, 4.2), layout="constrained")
+    by_step, by_rays, by_wall = figure.subplots(1, 3, sharey=True)
+    for i, (experiment, group) in enumerate(experiment_groups(runs).items()):
+        curves = [psnr_curve(run_dir, summary) for run_dir, summary in group]
+        length = min(len(curve) for curve in curves)  # equal for seeds of one configuration
+        estimates = [stats.mean_interval([curve[k][2] for curve in curves]) for k in range(length)]
+        psnr = np.array([e.mean for e in estimates])
+        steps = np.array([curves[0][k][0] for k in range(length)])
+        walls = np.array([np.mean([curve[k][1] for curve in curves]) for k in range(length)])
+        label = f"{experiment} ({group[0][1]['precision']}{f', {len(group)} seeds' if len(group) > 1 else ''})"
+        for axes, x in ((by_step, steps), (by_rays, steps * group[0][1]["global_batch_rays"]), (by_wall, walls)):
+            axes.plot(x, psnr, "o-", color=f"C{i % 10}", label=label, markersize=4)
+            if len(group) > 1:
+                half = np.array([e.half_width for e in estimates])
+                axes.fill_between(x, psnr - half, psnr + half, color=f"C{i % 10}", alpha=0.2, linewidth=0)
     by_step.set(title="Test PSNR against optimizer steps", xlabel="step", ylabel="test PSNR (dB)")
+    by_rays.set(title="Test PSNR against rays seen", xlabel="training rays seen")
     by_wall.set(title="Test PSNR against wall time", xlabel="wall time since the run started (s)")
-    for axes in (by_step, by_wall):
+    for axes in (by_step, by_rays, by_wall):
         axes.grid(alpha=0.3)
     figure.legend(*by_step.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
+    save_figure(figure, path)
+
+
+# What the interval tables and the Pareto plot compare: summary field -> (label, decimals).
+SEED_METRICS = {"psnr_test": ("test PSNR (dB)", 2), "ssim_test": ("test SSIM", 3),
+                "train_samples_per_s": ("train samples/s", 0), "wall_s": ("wall time (s)", 0)}
+
+
+def by_seed(group, value) -> dict[int, float]:
+    """value(run_dir, summary) of each run of one experiment, by seed; runs where it is None are left out."""
+    values = {summary.get("seed", 0): value(run_dir, summary) for run_dir, summary in group}
+    return {seed: v for seed, v in values.items() if v is not None}
+
+
+def seed_measures(dense_rows: list[dict] | None) -> dict[str, tuple[str, int, object]]:
+    """Every measure of the interval tables: label, decimals and how to read it from a run."""
+    hw = {(row["run"], row["arch"]): float(row["energy_per_frame_j"]) for row in dense_rows or []}
+    measures = {field: (label, digits, lambda run_dir, s, field=field: s[field])
+                for field, (label, digits) in SEED_METRICS.items()}
+    for arch in dict.fromkeys(row["arch"] for row in dense_rows or []):
+        measures[f"energy:{arch}"] = (f"{arch} energy/frame (J)", 3,
+                                      lambda run_dir, s, arch=arch: hw[run_dir.name, arch]
+                                      if (run_dir.name, arch) in hw else None)
+    return measures
+
+
+def intervals_section(runs, dense_rows: list[dict] | None) -> list[str]:
+    """Each experiment's mean and 95% t interval over its seeds, and its difference from exp1 paired seed
+    by seed, marked where the interval covers zero."""
+    groups, measures = experiment_groups(runs), seed_measures(dense_rows)
+    most_seeds = max(len(group) for group in groups.values())
+    rows = []
+    for experiment, group in groups.items():
+        cells = []
+        for label, digits, value in measures.values():
+            values = list(by_seed(group, value).values())
+            cells.append(stats.mean_interval(values).format(digits) if values else "n/a")
+        rows.append([experiment, ", ".join(str(s.get("seed", 0)) for _, s in group), *cells])
+    lines = [markdown_table(["experiment", "seeds", *(label for label, _, _ in measures.values())], rows), ""]
+    reference = groups.get("exp1")
+    if reference is None:
+        return lines + ["No exp1 runs: no differences against it."]
+    rows = []
+    for experiment, group in groups.items():
+        if experiment == "exp1":
+            continue
+        cells = []
+        for label, digits, value in measures.values():
+            difference = stats.paired_difference(by_seed(group, value), by_seed(reference, value))
+            cells.append("n/a" if difference is None else
+                         f"{difference.format(digits)}{' (not significant)' if difference.covers_zero else ''}"
+                         if difference.half_width is not None else f"{difference.mean:+.{digits}f}")
+        rows.append([experiment, *cells])
+    lines += [markdown_table(["difference against exp1", *(label for label, _, _ in measures.values())], rows), ""]
+    if most_seeds < 2:
+        lines.append("One seed per experiment: these differences carry no interval and may be noise. "
+                     "`make suite SEEDS=3` runs every experiment on seeds 0, 1 and 2 and gives intervals.")
+    else:
+        lines.append("Mean ± the half-width of the 95% t interval over the seeds. Each difference pairs an "
+                     "experiment's run with exp1's run of the same seed; *not significant*: its interval covers zero.")
+    return lines
+
+
+def plot_pareto(runs, dense_rows: list[dict] | None, path: Path) -> None:
+    """Test PSNR against energy per frame (a panel per architecture), training time and model size: each
+    experiment a point with its 95% intervals, the Pareto front (lower cost, higher PSNR) drawn."""
+    groups, measures = experiment_groups(runs), seed_measures(dense_rows)
+    costs = [(key, label) for key, (label, _, _) in measures.items() if key.startswith("energy:")]
+    costs += [("train_s", "training time (s)"), ("model_bytes", "model size (bytes)")]
+    figure = Figure(figsize=(4.2 * len(costs) + 1.0, 4.0), layout="constrained")
+    for axes, (key, label) in zip(figure.subplots(1, len(costs), squeeze=False)[0], costs):
+        cost_of = measures[key][2] if key in measures else (lambda run_dir, s, key=key: s.get(key))
+        points = []
+        for i, (experiment, group) in enumerate(groups.items()):
+            cost = list(by_seed(group, cost_of).values())
+            if not cost:
+                continue
+            x, y = stats.mean_interval(cost), stats.mean_interval([s["psnr_test"] for _, s in group])
+            axes.errorbar(x.mean, y.mean, xerr=x.half_width, yerr=y.half_width, fmt="o", color=f"C{i % 10}",
+                          label=experiment, capsize=3)
+            points.append((x.mean, y.mean))
+        front = [points[i] for i in stats.pareto_front(points)]
+        if front:
+            axes.step(*zip(*front), where="post", color="k", linewidth=0.8, linestyle="--", label="Pareto front")
+        axes.set(xlabel=label, ylabel="test PSNR (dB)", title=f"test PSNR against {label.split(' (')[0]}")
+        axes.grid(alpha=0.3)
+    figure.legend(*axes.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     save_figure(figure, path)
 
 
@@ -511,11 +617,19 @@ def write_report(runs_dir: Path, hw_dir: Path, out_dir: Path, command: str) -> P
     lines = ["# NeRF experiments: report", "",
              f"Written by `{command}` from {len(runs)} runs in `{runs_dir}`, in experiment order.", "",
              "## Results", "", results_table(runs, dense_rows, hw_dir), "",
-             "## Test PSNR during training", ""]
+             "## Seeds and intervals", "", *intervals_section(runs, dense_rows), "",
+             "## Quality against cost", ""]
+    plot_pareto(runs, dense_rows, out_dir / "pareto.png")
+    lines += ["![Test PSNR against energy per frame, training time and model size](pareto.png)", "",
+              "Each experiment at its mean over seeds, with 95% intervals where it has several; the dashed line "
+              "joins the experiments that no other beats on both cost and PSNR (the Pareto front). Energy is the "
+              "dense design's (`hw_eval.py`).", "",
+              "## Test PSNR during training", ""]
     plot_psnr(runs, out_dir / "psnr.png")
-    lines += ["![Test PSNR against step and wall time](psnr.png)", "",
+    lines += ["![Test PSNR against steps, rays seen and wall time](psnr.png)", "",
               "Periodic evaluations render the first test views (`eval_views`); the last point of each run is "
-              "the final evaluation on every test view.", "",
+              "the final evaluation on every test view. Against rays seen, experiments with other batch sizes "
+              "(exp3) line up with the rest.", "",
               "## Test renders and depth maps", ""]
     views = plot_renders(runs, out_dir / "renders.png")
     lines += (["![Test renders and depth maps](renders.png)", "",

@@ -40,30 +40,42 @@ from utils import Stopwatch, UserError, exit_on_user_error, peak_memory_bytes, w
 def main(name: str, argv: list[str] | None = None) -> None:
     """Entry point of `expN.py`: bad input is one line on stderr and exit code 2, never a traceback.
 
-    A distributed experiment started with plain python checks its input and takes the run directory's
-    lock, then relaunches itself under torchrun, whose rank 0 trains under that lock.
+    `--seeds S,S,...` trains one run per seed in turn (configs.seed_argvs) and stops at the first that fails.
     """
     argv = sys.argv[1:] if argv is None else argv
     with exit_on_user_error():
         config, args = configs.parse_args(name, argv)
-        if config.distributed and not bitnerf_ddp.under_torchrun():
-            scene = load_scene(config.data, config.downscale)
-            nproc = args.nproc or bitnerf_ddp.default_nproc(config.device)
-            if config.device == "cpu" or not torch.cuda.is_available():
-                # CPU ranks share this machine's memory: refuse a batch here once, not in every rank. (A GPU
-                # rank checks its own GPU; checking here would hold a CUDA context through the whole run.)
-                check_step_memory(config, scene, torch.device("cpu"), nproc, nproc)
-            with rundir.RunLock(rundir.path_of(config)) as lock:
-                run_dir = rundir.check(config, args.resume, args.overwrite)
-                if args.resume:
-                    rundir.load_checkpoint(run_dir, config)  # a bad checkpoint: one line here, not one per rank
-                lock.share_with_children()
-                code = bitnerf_ddp.launch(sys.argv[0], argv, nproc, config.device, args.max_restarts)
-            if code not in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM):
-                raise SystemExit(f"error: {name} failed in one of its {nproc} processes (torchrun exit code {code});"
-                                 f" its message is above")
-            sys.exit(code)
+        for run_argv in configs.seed_argvs(argv, args.seeds, config.name) if args.seeds else [argv]:
+            if code := train_command(name, run_argv):
+                sys.exit(code)
+
+
+def train_command(name: str, argv: list[str]) -> int:
+    """One run of `expN.py argv`; returns its exit code.
+
+    A distributed experiment started with plain python checks its input and takes the run directory's
+    lock, then relaunches itself under torchrun, whose rank 0 trains under that lock.
+    """
+    config, args = configs.parse_args(name, argv)
+    if not config.distributed or bitnerf_ddp.under_torchrun():
         run(config, resume=args.resume, overwrite=args.overwrite)
+        return 0
+    scene = load_scene(config.data, config.downscale)
+    nproc = args.nproc or bitnerf_ddp.default_nproc(config.device)
+    if config.device == "cpu" or not torch.cuda.is_available():
+        # CPU ranks share this machine's memory: refuse a batch here once, not in every rank. (A GPU
+        # rank checks its own GPU; checking here would hold a CUDA context through the whole run.)
+        check_step_memory(config, scene, torch.device("cpu"), nproc, nproc)
+    with rundir.RunLock(rundir.path_of(config)) as lock:
+        run_dir = rundir.check(config, args.resume, args.overwrite)
+        if args.resume:
+            rundir.load_checkpoint(run_dir, config)  # a bad checkpoint: one line here, not one per rank
+        lock.share_with_children()
+        code = bitnerf_ddp.launch(sys.argv[0], argv, nproc, config.device, args.max_restarts)
+    if code not in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM):
+        raise SystemExit(f"error: {name} failed in one of its {nproc} processes (torchrun exit code {code});"
+                         f" its message is above")
+    return code
 
 
 def run(config: ExperimentConfig, resume: bool = False, overwrite: bool = False) -> dict:
@@ -258,7 +270,7 @@ def finish(evaluation: Evaluation, model, precision_name: str, log: RunLog) -> d
     model_path = rundir.write_model_file(run_dir, model, config.model, evaluation.dtype)
     log.video(video[-1])
     return {
-        "experiment": config.name, "model": config.model, "precision": precision_name,
+        "experiment": config.group or config.name, "seed": config.seed, "model": config.model, "precision": precision_name,
         "global_batch_rays": config.batch_rays, **evaluation.metrics(results),
         "weight_bits": precision.weight_bits(config.model, evaluation.dtype),
         "model_bytes": model_path.stat().st_size,

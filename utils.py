@@ -41,6 +41,19 @@ def exit_on_user_error():
         sys.exit(2)
 
 
+def without_option(argv: list[str], option: str) -> list[str]:
+    """argv less every `option VALUE` and `option=VALUE`."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith(option + "="):
+            skip = False
+        elif arg == option:
+            skip = True
+        else:
+            kept.append(arg)
+    return kept
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit code 2) rather than the usage block."""
 

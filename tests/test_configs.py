@@ -90,6 +90,9 @@ def test_bad_values_raise_user_errors(overrides, message):
     (["--steps", "many"], "invalid int value"),
     (["--steps", "-3"], "steps must be at least 1"),
     (["--precision", "fp8"], "precision must be one of"),
+    (["--seeds", "0,a"], "expected comma-separated seeds"),
+    (["--seeds", "1,1"], "seeds must be distinct"),
+    (["--seeds", "0,1", "--seed", "3"], "give --seed or --seeds, not both"),
 ])
 def test_command_line_errors_are_one_line_with_exit_code_2(argv, message, tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "exp1.py"), *argv, "--out", str(tmp_path)],
@@ -106,3 +109,12 @@ def test_two_coarse_samples_without_a_fine_pass_render():
         config = dataclasses.replace(EXP1, n_coarse=n_coarse, n_fine=n_fine)
         model = NeRF(2.0, 6.0, False, n_coarse=config.n_coarse, n_fine=config.n_fine, depth=1, width=4).eval()
         assert model(torch.zeros(1, 3), torch.ones(1, 3))["rgb"].shape == (1, 3)
+
+
+def test_each_seed_of_seeds_is_a_run_of_its_own_named_for_it_in_the_experiments_group():
+    argv = ["--quick", "--seeds", "0,2", "--steps", "5", "--name", "lr"]
+    runs = [configs.parse_args("exp3", a)[0] for a in configs.seed_argvs(argv, [0, 2], "lr")]
+    assert [(c.name, c.seed, c.group) for c in runs] == [("lr-seed0", 0, "lr"), ("lr-seed2", 2, "lr")]
+    assert all(dataclasses.replace(c, name="x", seed=0, group=None)
+               == dataclasses.replace(configs.parse_args("exp3", ["--quick", "--steps", "5"])[0], name="x")
+               for c in runs)

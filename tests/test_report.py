@@ -19,12 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_run(runs_dir: Path, name: str, precision: str = "fp32", model: str = "nerf", world_size: int = 1,
-              psnr: float = 20.0) -> Path:
+              psnr: float = 20.0, experiment: str | None = None, seed: int = 0) -> Path:
     """A finished run directory as train.run writes it, with made-up numbers and 8x8 renders of test views 8 and 9."""
     run_dir = runs_dir / name
     (run_dir / "renders").mkdir(parents=True)
     summary = {
-        "experiment": name, "model": model, "precision": precision, "world_size": world_size,
+        "experiment": experiment or name, "seed": seed, "model": model, "precision": precision, "world_size": world_size,
         "global_batch_rays": 256, "steps": 20, "wall_s": 12.5, "train_s": 10.0, "train_samples_per_s": 250000,
         "peak_mem_bytes": 1_400_000_000, "psnr_test": psnr, "ssim_test": 0.8, "psnr_test_per_view": [psnr, psnr],
         "params": 110344, "weight_bits": 1.58 if model == "bitnerf" else 32, "checkpoint_bytes": 1_300_000,
@@ -104,7 +104,7 @@ def test_report_has_a_row_per_experiment_with_every_column_filled(runs, tmp_path
     assert exp4["precision"] == "ternary-int8" and exp4["weight bits"] == "1.58" and exp4["model size"] == "52 kB"
     assert exp4["test PSNR (dB)"] == "19.00" and exp4["eyeriss energy/frame"] == "56 J"
     assert exp4["tpu_v4i latency/frame"] == "12 ms" and exp4["peak memory"] == "1.4 GB"
-    assert_images_of(readme, out, {"psnr.png", "renders.png", "energy.png"})
+    assert_images_of(readme, out, {"psnr.png", "pareto.png", "renders.png", "energy.png"})
     assert "Post-training quantization" not in readme
     # No analyses.json: the report says how to compute the analyses, and computes nothing itself.
     assert f"Not computed: run `python analyze.py --runs {runs} --out {out}`" in readme
@@ -119,7 +119,7 @@ def test_missing_hardware_results_are_na_with_a_note(runs, tmp_path):
     assert header[-2:] == ["energy/frame", "latency/frame"]
     assert all(row[-2:] == ["n/a", "n/a"] and all(row[:-2]) for row in rows)
     assert f"no hardware results at `{tmp_path / 'no_hw' / 'results.csv'}`" in readme
-    assert_images_of(readme, out, {"psnr.png", "renders.png"})
+    assert_images_of(readme, out, {"psnr.png", "pareto.png", "renders.png"})
 
 
 def test_ptq_results_and_stored_analyses_are_rendered(runs, tmp_path):
@@ -163,7 +163,7 @@ def test_ptq_results_and_stored_analyses_are_rendered(runs, tmp_path):
     assert f"then `python report.py --runs {runs} --hw {tmp_path / 'no_hw'} --out {out}`." in readme
     assert "deleted_run" not in readme  # only the runs in --runs are reported
     assert "definitions" not in readme  # the thresholds, not an analysis
-    assert_images_of(readme, out, {"psnr.png", "renders.png", "sparsity.png", "time_breakdown.png"})
+    assert_images_of(readme, out, {"psnr.png", "pareto.png", "renders.png", "sparsity.png", "time_breakdown.png"})
 
 
 def test_report_shows_what_analyze_wrote_for_trained_runs(trained_runs, tmp_path):
@@ -180,7 +180,7 @@ def test_report_shows_what_analyze_wrote_for_trained_runs(trained_runs, tmp_path
     assert "Not computed" not in readme and "| bitnerf | fine | 16 |" in readme
     assert f"`python analyze.py --runs {trained_runs} --out {out} --only time_breakdown`" in readme
     assert "ternary" in readme.split("### Sparsity per layer", 1)[1]
-    assert_images_of(readme, out, {"psnr.png", "renders.png", "sparsity.png", "time_breakdown.png"})
+    assert_images_of(readme, out, {"psnr.png", "pareto.png", "renders.png", "sparsity.png", "time_breakdown.png"})
 
 
 @pytest.mark.parametrize("problem", ["no runs folder", "no finished runs", "hw results without columns",
@@ -216,3 +216,37 @@ def test_report_starts_without_torch():
 def test_si_prefixes():
     assert [report.si(v, u) for v, u in ((56.0, "J"), (0.0123, "J"), (1.4e9, "B"), (110344, ""), (0.0, "s"))] == \
         ["56 J", "12.3 mJ", "1.4 GB", "110 k", "0 s"]
+
+
+def seeds_tables(readme: str) -> tuple[list[list[str]], list[list[str]], str]:
+    """The rows of the interval table and of the differences against exp1, and the note after them."""
+    section = readme.split("## Seeds and intervals", 1)[1].split("\n## ", 1)[0]
+    tables = [[[cell.strip() for cell in line.strip("|").split("|")] for line in block.splitlines()][2:]
+              for block in section.strip().split("\n\n") if block.startswith("|")]
+    return tables[0], tables[1], section.strip().split("\n\n")[-1]
+
+
+def test_the_report_gives_intervals_over_seeds_and_marks_differences_that_are_not_significant(tmp_path):
+    runs_dir = tmp_path / "runs"
+    # exp2 - exp1 by seed: +1, -1, +0.5 (covers zero); exp4 - exp1: -2, -2.1, -1.9 (does not).
+    for seed, (exp1, exp2, exp4) in enumerate([(20.0, 21.0, 18.0), (22.0, 21.0, 19.9), (21.0, 21.5, 19.1)]):
+        write_run(runs_dir, f"exp1-seed{seed}", psnr=exp1, experiment="exp1", seed=seed)
+        write_run(runs_dir, f"exp2-seed{seed}", precision="bf16-amp", psnr=exp2, experiment="exp2", seed=seed)
+        write_run(runs_dir, f"exp4-seed{seed}", precision="ternary-int8", model="bitnerf", psnr=exp4,
+                  experiment="exp4", seed=seed)
+    readme = report.write_report(runs_dir, tmp_path / "hw", tmp_path / "report", "report.py").read_text()
+    intervals, differences, note = seeds_tables(readme)
+    half_width = 4.302653 * 1.0 / 3 ** 0.5  # exp1's PSNR 20, 22, 21: sd 1, t(0.975, 2)
+    assert intervals[0][:3] == ["exp1", "0, 1, 2", f"21.00 ± {half_width:.2f}"]
+    by_experiment = {row[0]: row for row in differences}
+    assert by_experiment["exp2"][1].endswith("(not significant)") and by_experiment["exp2"][1].startswith("0.17 ± ")
+    assert by_experiment["exp4"][1] == "-2.00 ± 0.25"  # differences -2, -2.1, -1.9: sd 0.1
+    assert "95% t interval" in note
+    assert (tmp_path / "report" / "pareto.png").stat().st_size > 0
+
+
+def test_with_one_seed_the_report_says_its_differences_carry_no_interval(runs, tmp_path):
+    readme = report.write_report(runs, tmp_path / "hw", tmp_path / "report", "report.py").read_text()
+    _, differences, note = seeds_tables(readme)
+    assert {row[0]: row[1] for row in differences}["exp4"] == "-1.00"
+    assert note.startswith("One seed per experiment: these differences carry no interval")

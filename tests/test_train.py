@@ -108,3 +108,16 @@ def test_bad_scene_on_the_command_line_is_one_line_and_touches_nothing(tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"error: {bad}: focal must be a positive number of pixels, got 0.0"]
     assert (tmp_path / "runs" / "exp1" / "summary.json").read_text() == "{}"
+
+
+def test_seeds_train_one_run_per_seed_each_equal_to_a_run_with_that_seed(builtin_scene, tmp_path):
+    flags = ["--quick", "--data", str(builtin_scene), "--out", str(tmp_path), "--wandb", "disabled", "--depth", "2",
+             "--width", "32", "--n-coarse", "8", "--n-fine", "8", "--steps", "4", "--batch-rays", "64",
+             "--log-every", "2", "--eval-every", "4", "--ckpt-every", "4", "--video-frames", "1", "--eval-views", "1",
+             "--compile", "off"]
+    train.main("exp1", [*flags, "--seeds", "3,5"])
+    train.main("exp1", [*flags, "--seed", "5", "--name", "alone"])
+    seed3, seed5, alone = (json.loads((tmp_path / n / "summary.json").read_text())
+                           for n in ("exp1-seed3", "exp1-seed5", "alone"))
+    assert (seed3["experiment"], seed3["seed"], seed5["experiment"], seed5["seed"]) == ("exp1", 3, "exp1", 5)
+    assert seed5["psnr_test"] == alone["psnr_test"] != seed3["psnr_test"]
