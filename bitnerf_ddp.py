@@ -11,27 +11,33 @@ BitNet under DDP needs nothing more: every rank holds the same latent weights (D
 wrap time and applies the same averaged update), so every rank computes the same absmean scale and
 the same ternary weights.
 
+Evaluation is data-parallel too (map_across_ranks): every rank renders its share of the test views and
+video frames, and rank 0 gathers them, in order, and writes the run directory.
+
 Failure handling rests on torchrun: when one rank dies, its agent stops the others at once, or with
 `--max-restarts N` restarts them all, and the restarted ranks resume from the last checkpoint (train.py).
 """
 
-import contextlib
 import datetime
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from utils import UserError, resolve_device, without_option
 
-# A rank waits this long in a collective before giving up: long enough for rank 0's evaluation
-# between training steps, short enough that a lost peer on another node ends the run.
+# A rank waits this long in a collective before giving up: long enough for what rank 0 does alone
+# (a checkpoint, the run directory's files, W&B) and for one test view of a slower peer, short enough
+# that a lost peer on another node ends the run.
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
 # torchrun, except that a stop signal ends it with 128 + the signal's number, the shell's convention,
 # instead of its traceback.
@@ -163,19 +169,37 @@ def sum_across_ranks(value: int, device: torch.device) -> int:
     return int(total.item())
 
 
-@contextlib.contextmanager
-def main_rank_alone(ranks: Ranks):
-    """Work rank 0 does alone (evaluation, the final renders) takes the CPU threads of its node's other
-    ranks, which meanwhile wait in a collective or have finished (on the CPU each rank has cores / N)."""
-    if ranks.device.type != "cpu" or ranks.world_size == 1:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(threads * int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+def map_across_ranks(work: Callable[[Any], Any], items: list, device: torch.device, desc: str | None = None
+                     ) -> list | None:
+    """[work(item) for item in items] with the items shared out among the N ranks: rank r works on items r,
+    r + N, r + 2N, ... and rank 0 returns every result in the order of items (tensors on device); the other
+    ranks return None. Every rank must call it, with the same items.
+
+    The ranks gather one round of N results at a time, so no rank waits in a collective longer than one
+    item takes, and rank 0 receives one round at a time rather than every rank's share at once. Results
+    travel through the CPU (gather_object pickles them), which works on gloo and nccl, across nodes too.
+    """
+    if not dist.is_initialized():
+        return [work(item) for item in tqdm(items, desc=desc, leave=False, disable=None if desc else True)]
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    results = [] if rank == 0 else None
+    for start in tqdm(range(0, len(items), world_size), desc=desc, leave=False,
+                      disable=None if desc and rank == 0 else True):
+        mine = moved(work(items[start + rank]), torch.device("cpu")) if start + rank < len(items) else None
+        gathered = [None] * world_size if rank == 0 else None
+        dist.gather_object(mine, gathered, dst=0)
+        if rank == 0:
+            results += [moved(result, device) for result in gathered[: len(items) - start]]
+    return results
+
+
+def moved(result, device: torch.device):
+    """A result with its tensors (itself, or a dict's values) on device; anything else as it is."""
+    if isinstance(result, torch.Tensor):
+        return result.to(device)
+    if isinstance(result, dict):
+        return {key: moved(value, device) for key, value in result.items()}
+    return result
 
 
 def barrier() -> None:

@@ -3,6 +3,7 @@ and the census of its Linear layers that layers.json records.
 
 An `Evaluation` carries what every evaluation needs (the scene, the config, the device, the autocast
 dtype and, when it writes files, the run directory), so train.py, ptq.py and analyze.py render alike.
+Under DDP every rank renders its share of the test views and video frames, and rank 0 gets them all.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 import bitnerf
+import bitnerf_ddp
 import precision
 import rundir
 from configs import ExperimentConfig
@@ -61,13 +62,16 @@ class Evaluation:
         model.train(was_training)
         return rendered
 
-    def test_views(self, model: nn.Module, views=None) -> list[dict]:
-        """Per view (all test views by default): the rendered rgb and depth, and PSNR against the ground truth."""
-        results = []
-        for view in self.scene.i_test if views is None else views:
-            rendered = self.render(model, *self.rays(view))
-            results.append({"view": int(view), **rendered, "psnr": psnr(rendered["rgb"], self.target(view))})
-        return results
+    def test_views(self, model: nn.Module, views=None) -> list[dict] | None:
+        """Per view (all test views by default), in order: the rendered rgb and depth, and PSNR and SSIM
+        against the ground truth. Under DDP every rank calls it and renders its share of the views; rank 0
+        gets them all and the other ranks None (bitnerf_ddp.map_across_ranks)."""
+        views = [int(v) for v in (self.scene.i_test if views is None else views)]
+        return bitnerf_ddp.map_across_ranks(lambda view: self.test_view(model, view), views, self.device)
+
+    def test_view(self, model: nn.Module, view: int) -> dict:
+        rendered, target = self.render(model, *self.rays(view)), self.target(view)
+        return {"view": view, **rendered, "psnr": psnr(rendered["rgb"], target), "ssim": ssim(rendered["rgb"], target)}
 
     def target(self, view: int) -> torch.Tensor:
         return torch.from_numpy(self.scene.images[view]).to(self.device)
@@ -77,7 +81,7 @@ class Evaluation:
         error where the scene has ground-truth depth."""
         metrics = {
             "psnr_test": round(float(np.mean([r["psnr"] for r in results])), 3),
-            "ssim_test": round(float(np.mean([ssim(r["rgb"], self.target(r["view"])) for r in results])), 4),
+            "ssim_test": round(float(np.mean([r["ssim"] for r in results])), 4),
             "psnr_test_per_view": [round(r["psnr"], 3) for r in results],
         }
         if self.scene.depths is not None:
@@ -96,18 +100,22 @@ class Evaluation:
             iio.imwrite(renders / f"depth_{r['view']:03d}.png", colorize_depth(r["depth"], near, far))
 
     def video(self, model: nn.Module) -> list[str]:
-        """A 360-degree orbit at the training cameras' median radius and elevation, colour beside depth."""
+        """A 360-degree orbit at the training cameras' median radius and elevation, colour beside depth;
+        returns the paths written. Under DDP every rank calls it and renders its share of the frames, and
+        rank 0 writes the video (the other ranks return [])."""
         centres = self.scene.poses[self.scene.i_train, :3, 3]
         radius = float(np.median(np.linalg.norm(centres, axis=-1)))
         elevation = float(np.degrees(np.median(np.arcsin(np.clip(centres[:, 2] / radius, -1, 1)))))
-        frames = []
-        for theta in tqdm(np.linspace(0.0, 360.0, self.config.video_frames, endpoint=False), desc="video",
-                          leave=False, disable=None):
+
+        def frame(theta: float) -> np.ndarray:
             c2w = torch.from_numpy(pose_spherical(theta, -elevation, radius)).to(self.device)
             rendered = self.render(model, *self.camera_rays(c2w))
-            frames.append(np.concatenate([to_uint8(rendered["rgb"]),
-                                          colorize_depth(rendered["depth"], self.scene.near, self.scene.far)], axis=1))
-        return write_video(str(self.run_dir / rundir.VIDEO_STEM), frames)
+            return np.concatenate([to_uint8(rendered["rgb"]),
+                                   colorize_depth(rendered["depth"], self.scene.near, self.scene.far)], axis=1)
+
+        thetas = list(np.linspace(0.0, 360.0, self.config.video_frames, endpoint=False))
+        frames = bitnerf_ddp.map_across_ranks(frame, thetas, self.device, desc="video")
+        return [] if frames is None else write_video(str(self.run_dir / rundir.VIDEO_STEM), frames)
 
     @torch.no_grad()
     def layers(self, model: NeRF) -> dict:

@@ -196,14 +196,15 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
                        "samples_per_s": samples_per_step * (done - last_log_step) / max(interval, 1e-9)}
                 last_log_train_s, last_log_step = train_clock.elapsed, done
                 progress.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr_train']:.2f}")
+            if done % config.eval_every == 0 and done < config.steps:
+                with sized_by("--chunk", config.chunk):  # every rank renders its share; rank 0 gets the results
+                    results = evaluation.test_views(model, scene.i_test[: config.eval_views])
+                if ranks.is_main:
+                    row = {**row, "step": done, "wall_s": round(wall_s(), 3),
+                           "psnr_test": float(np.mean([r["psnr"] for r in results]))}
+                    log.render(results[0], scene, step=done)
             if not ranks.is_main:
                 continue
-            if done % config.eval_every == 0 and done < config.steps:
-                with bitnerf_ddp.main_rank_alone(ranks), sized_by("--chunk", config.chunk):
-                    results = evaluation.test_views(model, scene.i_test[: config.eval_views])
-                row = {**row, "step": done, "wall_s": round(wall_s(), 3),
-                       "psnr_test": float(np.mean([r["psnr"] for r in results]))}
-                log.render(results[0], scene, step=done)
             if row:
                 log.row(row)
             if done % config.ckpt_every == 0 or done == config.steps:
@@ -227,24 +228,27 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
         sys.exit(128 + signum)
     progress.close()
     peak_mem = bitnerf_ddp.sum_across_ranks(peak_memory_bytes(device), device)
-    if not ranks.is_main:
-        return {}
 
-    # --- The final evaluation and summary.json ----------------------------------------------------
+    # --- The final evaluation (every rank renders its share) and summary.json (rank 0) -------------
     stop.at_once = True
     try:
-        with bitnerf_ddp.main_rank_alone(ranks), sized_by("--chunk", config.chunk):
+        with sized_by("--chunk", config.chunk):
             summary = finish(evaluation, model, precision_name, log)
     except KeyboardInterrupt:
         signum = stop.signum or signal.SIGINT
-        log.close(exit_code=128 + signum)
-        print(f"\ninterrupted ({signal.Signals(signum).name}) in the final evaluation; the checkpoint holds all"
-              f" {config.steps} steps, --resume evaluates it again", file=sys.stderr)
+        if ranks.is_main:
+            log.close(exit_code=128 + signum)
+            print(f"\ninterrupted ({signal.Signals(signum).name}) in the final evaluation; the checkpoint holds"
+                  f" all {config.steps} steps, --resume evaluates it again", file=sys.stderr)
         sys.exit(128 + signum)
     except OutOfMemory as e:
-        log.close(exit_code=1)
+        if ranks.is_main:
+            log.close(exit_code=1)
         raise UserError(e.message(f"the checkpoint holds all {config.steps} steps")) from None
     stop.at_once = False  # all but summary.json is written: a signal now is only noted, and the run completes
+    if not ranks.is_main:
+        bitnerf_ddp.barrier()  # wait for rank 0's summary.json: every rank leaves the run together
+        return {}
     summary.update({
         "world_size": ranks.world_size,
         "steps": config.steps, "wall_s": round(wall_s(), 2), "train_s": round(train_clock.elapsed, 2),
@@ -256,16 +260,20 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
     log.close(summary)
     print(f"{config.name}: test PSNR {summary['psnr_test']:.2f} dB, SSIM {summary['ssim_test']:.3f}, "
           f"{summary['train_samples_per_s']:,} samples/s, wall {summary['wall_s']:.0f} s -> {run_dir}")
+    bitnerf_ddp.barrier()
     return summary
 
 
-def finish(evaluation: Evaluation, model, precision_name: str, log: RunLog) -> dict:
+def finish(evaluation: Evaluation, model, precision_name: str, log: RunLog | None) -> dict:
     """Every test view (metrics and renders), the video, layers.json and the model file; returns the
-    summary's fields that describe the trained model."""
+    summary's fields that describe the trained model. Under DDP every rank renders its share of the views
+    and frames; rank 0 alone writes the files (the census renders one chunk), and the others return {}."""
     config, scene, run_dir = evaluation.config, evaluation.scene, evaluation.run_dir
     results = evaluation.test_views(model)
-    evaluation.write_test_views(results)
     video = evaluation.video(model)
+    if results is None:
+        return {}
+    evaluation.write_test_views(results)
     write_json(run_dir / rundir.LAYERS, evaluation.layers(model))
     model_path = rundir.write_model_file(run_dir, model, config.model, evaluation.dtype)
     log.video(video[-1])

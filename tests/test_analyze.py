@@ -258,20 +258,21 @@ def depth_scene(tmp_path, with_depths: bool):
 
 
 def hand_made_results(scene) -> list[dict]:
-    """Perfect colours; depth 3 -/+ 1 in view 4 (half the pixels each way) and 4.5 everywhere in view 5."""
+    """Depth 3 -/+ 1 in view 4 (half the pixels each way) and 4.5 everywhere in view 5; PSNR and SSIM per view,
+    as test_views gives them."""
     view4 = torch.full((16, 16), 3.0)
     view4[:8] += 1.0
     view4[8:] -= 1.0
     view5 = torch.full((16, 16), 4.5)
-    return [{"view": view, "rgb": torch.from_numpy(scene.images[view]), "depth": depth, "psnr": psnr}
-            for view, depth, psnr in ((4, view4, 10.0), (5, view5, 21.0))]
+    return [{"view": view, "rgb": torch.from_numpy(scene.images[view]), "depth": depth, "psnr": psnr, "ssim": ssim}
+            for view, depth, psnr, ssim in ((4, view4, 10.0, 0.5), (5, view5, 21.0, 0.75))]
 
 
 def test_metrics_average_psnr_ssim_and_absolute_depth_error_over_the_test_views(tmp_path):
     scene = depth_scene(tmp_path, with_depths=True)
     metrics = Evaluation(scene, TINY, CPU, None).metrics(hand_made_results(scene))
     # |error| is 1 at every pixel of view 4 (a signed mean would be 0) and 0.5 in view 5: mean 0.75.
-    assert metrics == {"psnr_test": 15.5, "ssim_test": 1.0, "psnr_test_per_view": [10.0, 21.0],
+    assert metrics == {"psnr_test": 15.5, "ssim_test": 0.625, "psnr_test_per_view": [10.0, 21.0],
                        "depth_abs_error_test": 0.75}
 
 

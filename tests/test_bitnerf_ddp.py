@@ -14,6 +14,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -21,6 +23,7 @@ import torch.multiprocessing as mp
 import bitnerf
 import bitnerf_ddp
 import configs
+import render
 import rundir
 import train
 from conftest import write_scene
@@ -300,11 +303,97 @@ def test_the_launcher_refuses_a_busy_run_directory_or_a_bad_checkpoint_in_one_li
     assert (run_dir / "checkpoint.pt").read_bytes() == b"not a checkpoint"
 
 
-def test_rank_0_alone_takes_the_threads_of_its_nodes_waiting_ranks(monkeypatch):
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    threads = torch.get_num_threads()
-    with bitnerf_ddp.main_rank_alone(bitnerf_ddp.Ranks(0, 2, torch.device("cpu"))):
-        assert torch.get_num_threads() == 2 * threads
-    assert torch.get_num_threads() == threads
-    with bitnerf_ddp.main_rank_alone(bitnerf_ddp.Ranks()):
-        assert torch.get_num_threads() == threads
+def map_on_two_ranks(rank: int, port: int, out_dir: str) -> None:
+    """bitnerf_ddp.map_across_ranks of 5 items on 2 ranks; what each rank returns goes to out_dir/map<rank>.pt."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    bitnerf_ddp.init("cpu", distributed=True)
+    try:
+        work = lambda item: {"item": item, "rank": rank, "values": torch.full((2,), float(item))}  # noqa: E731
+        torch.save(bitnerf_ddp.map_across_ranks(work, list(range(5)), torch.device("cpu")), f"{out_dir}/map{rank}.pt")
+    finally:
+        bitnerf_ddp.shutdown()
+
+
+def test_map_across_ranks_shares_the_items_out_and_gives_rank_0_every_result_in_order(tmp_path):
+    mp.spawn(map_on_two_ranks, args=(free_port(), str(tmp_path)), nprocs=2)
+    gathered = torch.load(tmp_path / "map0.pt", weights_only=False)
+    assert [(r["item"], r["rank"]) for r in gathered] == [(0, 0), (1, 1), (2, 0), (3, 1), (4, 0)]
+    assert all(torch.equal(r["values"], torch.full((2,), float(r["item"]))) for r in gathered)
+    assert torch.load(tmp_path / "map1.pt", weights_only=False) is None
+
+
+# exp5 on a scene of 3 test views (and 3 video frames): 2 ranks get uneven shares.
+UNEVEN_RUN = ("--steps", "10", "--log-every", "5", "--eval-every", "5", "--eval-views", "3", "--video-frames", "3")
+
+
+@pytest.fixture(scope="module")
+def uneven_config(tmp_path_factory):
+    root = tmp_path_factory.mktemp("uneven")
+    scene = write_scene(root / "scene.npz", n=8, size=16, i_train=np.arange(5), i_test=np.arange(5, 8))
+    return replace(configs.QUICK, data=str(scene), out=str(root / "runs"))
+
+
+@pytest.fixture(scope="module")
+def two_process_run(uneven_config) -> Path:
+    """The run directory of an UNEVEN_RUN of exp5 on 2 processes of one machine."""
+    result = run_exp5(uneven_config, *UNEVEN_RUN)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return Path(uneven_config.out) / "exp5"
+
+
+def test_the_data_parallel_evaluation_equals_a_single_process_evaluation_of_the_same_model(two_process_run, tmp_path):
+    summary = json.loads((two_process_run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and len(summary["psnr_test_per_view"]) == 3
+    metrics = render.render_run(two_process_run, tmp_path, device=torch.device("cpu"))
+    assert metrics["views"] == [5, 6, 7] and metrics["psnr_test_per_view"] == summary["psnr_test_per_view"]
+    assert metrics["psnr_test"] == summary["psnr_test"] and metrics["ssim_test"] == summary["ssim_test"]
+    renders = sorted(p.name for p in (two_process_run / "renders").glob("*.png"))
+    assert renders == sorted(p.name for p in (tmp_path / "renders").glob("*.png")) and len(renders) == 9
+    for name in renders:
+        assert np.array_equal(iio.imread(two_process_run / "renders" / name), iio.imread(tmp_path / "renders" / name))
+    video = iio.imread(two_process_run / "video.gif", index=None)
+    assert video.shape[0] == 3 and np.array_equal(video, iio.imread(tmp_path / "video.gif", index=None))
+
+
+# torchrun's rendezvous flags for node 0 or 1 of two nodes that meet at a port of this machine; the c10d
+# rendezvous numbers the nodes itself (it ignores --node-rank), the static one gives node 0 rank 0.
+RENDEZVOUS = {
+    "c10d": lambda node, port: ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "job"],
+    "static": lambda node, port: ["--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port)],
+}
+
+
+@pytest.mark.parametrize("rendezvous", RENDEZVOUS)
+def test_two_nodes_of_one_process_each_run_as_two_processes_on_one_node(uneven_config, two_process_run, tmp_path,
+                                                                        rendezvous):
+    """Two torchrun launchers, as on two machines, that share the --out folder (a shared file system)."""
+    config = replace(uneven_config, out=str(tmp_path / "runs"))
+    port = free_port()
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                               *RENDEZVOUS[rendezvous](node, port),
+                               *exp5_command(config, *UNEVEN_RUN)[1:]],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for node in (0, 1)]
+    outputs = []
+    try:
+        for node in nodes:
+            stdout, stderr = node.communicate(timeout=240)
+            assert node.returncode == 0, stderr[-2000:]
+            outputs.append(stdout)
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.terminate()  # torchrun passes it on to its rank
+                node.wait(timeout=60)
+    run_dir = Path(config.out) / "exp5"
+    summary, single_node = (json.loads((d / "summary.json").read_text()) for d in (run_dir, two_process_run))
+    assert summary["world_size"] == 2
+    for key in ("psnr_test", "ssim_test", "psnr_test_per_view", "steps", "global_batch_rays"):
+        assert summary[key] == single_node[key], key
+    periodic = [[r["psnr_test"] for r in rundir.read_metrics(d) if r["psnr_test"]] for d in (run_dir, two_process_run)]
+    assert len(periodic[0]) == 1 and periodic[0] == periodic[1]  # the evaluation at step 5
+    assert_weights_equal(torch.load(two_process_run / "checkpoint.pt", weights_only=False)["model"], run_dir, steps=10)
+    assert not rundir.RunLock(run_dir).path.exists()
+    if rendezvous == "static":  # rank 0, which alone reports and writes the run directory, is on node 0
+        assert "exp5: test PSNR" in outputs[0] and "exp5: test PSNR" not in outputs[1]
