@@ -6,7 +6,8 @@ BitNeRF under DDP through their own torchrun launch, one process per visible GPU
 exp2's checkpoint on the device for more steps, quantizes exp1 after training (ptq.py) and costs every
 run on the accelerator models (hw_eval.py; skipped with a note where its toolchain is missing). Then, in
 this process, it times dense matmuls at each run's MLP shapes in the run's compute dtype, for MFU.
-`--device cpu` runs the same sequence on the quick preset for a few steps, on a smaller built-in scene.
+`--device cpu` runs the same sequence on the quick preset for a few steps, on a smaller built-in scene, with
+hw_eval mapping smaller tiles.
 
 Every experiment runs as a subprocess, `python expN.py ... --out <out> --wandb disabled`, exactly the
 command a user types. It prints a table (check, result, seconds, samples/s, peak memory, note) and writes
@@ -37,12 +38,17 @@ REPO = Path(__file__).resolve().parent
 EXPERIMENTS = tuple(configs.AXES)
 # On a GPU: few enough that the full configuration's fp32 steps stay within minutes on a small GPU, enough
 # that the last logged quarter's samples/s is past the warm-up (CUDA context, cuBLAS handles, compilation).
-DEFAULT_STEPS = {"cuda": 100, "cpu": 40}
+# On the CPU: enough for every logged, evaluated and checkpointed step of the schedule, and for a resume.
+DEFAULT_STEPS = {"cuda": 100, "cpu": 20}
 VIDEO_FRAMES = {"cuda": 8, "cpu": 2}
 # On the CPU, rendering (the final evaluation of every test view, ptq.py's per variant, the video) outweighs a
 # short run's training: the CPU sequence trains on the built-in scene at half its resolution (every other
 # pixel, each with its own ray) with only its first test views.
 CPU_SCENE_STRIDE, CPU_TEST_VIEWS = 2, 2
+# On the CPU, hw_eval.py maps tiles of this many samples (the size its tests map) instead of its default: the
+# mapper's search shrinks with the tile, and what the check proves, every run costed on every architecture,
+# does not depend on it.
+CPU_HW_TILE = 256
 RESUMED = "resumed"  # <out>/resumed/exp2: a copy of exp2's run that the resume check continues
 # The matmul benchmark's rows per layer: enough to saturate a GPU, few enough that the operands of the 4x
 # batch's layers fit in a 16 GB one.
@@ -129,6 +135,11 @@ class Plan:
             argv += ["--data", self.data]
         return argv
 
+    def hw_eval_argv(self) -> list[str]:
+        """The hw_eval.py command line of the hw_eval check: every run in out, its default tile on a GPU machine."""
+        argv = ["hw_eval.py", "--runs", str(self.out), "--out", str(self.out / "hw_eval")]
+        return argv + (["--tile", str(CPU_HW_TILE)] if self.device == "cpu" else [])
+
     def expected_world_size(self, name: str) -> int:
         if not configs.experiment(name).distributed:
             return 1
@@ -199,7 +210,7 @@ def check_experiment(plan: Plan, name: str, result: Result, log: Path) -> None:
         raise CheckFailed(f"test PSNR is {summary['psnr_test']}")
     result.metrics = {
         "precision": summary["precision"], "world_size": summary["world_size"], "steps": summary["steps"],
-        "train_samples_per_s": summary["train_samples_per_s"],
+        "train_samples_per_s": summary["train_samples_per_s"], "compile_s": summary.get("compile_s"),
         # The last logged interval, past the first steps' warm-up (and BitNeRF's compilation).
         "steady_samples_per_s": round(float(metrics[-1]["samples_per_s"])),
         "peak_mem_bytes": summary["peak_mem_bytes"], "psnr_test": summary["psnr_test"], "wall_s": summary["wall_s"],
@@ -241,7 +252,7 @@ def check_hw_eval(plan: Plan, result: Result, log: Path) -> None:
         result.status, result.note = "skip", last_line(probe.stderr).removeprefix("error: ")
         return
     hw_out = plan.out / "hw_eval"
-    run_command(["hw_eval.py", "--runs", str(plan.out), "--out", str(hw_out)], result, log, plan.timeout_s)
+    run_command(plan.hw_eval_argv(), result, log, plan.timeout_s)
     with open(hw_out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     runs = {run_dir.name for run_dir, _ in rundir.find_runs(plan.out)}

@@ -1,6 +1,7 @@
 """DDP on 2 CPU ranks (gloo): one step equals the single-process step, BitNet quantizes alike on
 every rank, a lost rank ends the job (or, with --max-restarts, is restarted and the run resumes), a
-stop signal stops every rank with a checkpoint, and a checkpoint resumes under another world size."""
+stop signal stops every rank with a checkpoint, a checkpoint resumes under another world size, and more
+processes than GPUs are refused before the launch."""
 
 import contextlib
 import json
@@ -298,6 +299,22 @@ def test_the_launcher_refuses_a_busy_run_directory_or_a_bad_checkpoint_in_one_li
     assert damaged.returncode == 2 and len(damaged.stderr.strip().splitlines()) == 1
     assert damaged.stderr.startswith(f"error: {run_dir / 'checkpoint.pt'} is not a readable checkpoint")
     assert (run_dir / "checkpoint.pt").read_bytes() == b"not a checkpoint"
+
+
+def test_more_processes_than_visible_gpus_is_one_line_before_anything_starts(tiny_config, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with 2 GPUs
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(bitnerf_ddp, "launch", lambda *args: pytest.fail("torchrun was launched"))
+    assert [bitnerf_ddp.launch_nproc(None, "auto"), bitnerf_ddp.launch_nproc(1, "cuda"),
+            bitnerf_ddp.launch_nproc(3, "cpu"), bitnerf_ddp.launch_nproc(None, "cpu")] == [2, 1, 3, 2]
+    for device in ("cuda", "auto"):
+        with pytest.raises(SystemExit) as refused:
+            train.main("exp5", ["--nproc", "3", "--device", device, "--data", tiny_config.data,
+                                "--out", tiny_config.out, "--wandb", "disabled"])
+        assert refused.value.code == 2 and capsys.readouterr().err == (
+            "error: --nproc 3 is more processes than the 2 visible GPUs (one process per GPU): use --nproc 2 or"
+            " fewer, or --device cpu\n")
+    assert not Path(tiny_config.out).exists()
 
 
 def test_rank_0_alone_takes_the_threads_of_its_nodes_waiting_ranks(monkeypatch):

@@ -48,6 +48,9 @@ def test_each_experiment_runs_the_users_command_on_the_asked_schedule(tmp_path):
     argv = cpu.experiment_argv("exp2")
     assert argv[0] == "--quick" and argv[argv.index("--data") + 1] == "scene.npz"
     assert cpu.expected_precision("exp2") == "bf16-amp" and cpu.expected_world_size("exp5") == 2
+    assert "--tile" not in gpu.hw_eval_argv()  # hw_eval's own tile on a GPU machine, a small one on the CPU
+    assert cpu.hw_eval_argv() == ["hw_eval.py", "--runs", str(tmp_path), "--out", str(tmp_path / "hw_eval"),
+                                  "--tile", str(gpu_check.CPU_HW_TILE)]
 
 
 @pytest.mark.parametrize("argv, message", [
