@@ -3,11 +3,12 @@
 `python gpu_check.py` on a CUDA machine trains exp1-exp6 for a short schedule of the full configuration
 (fp32; fp16 autocast with a GradScaler; the 4x batch; BitNeRF through torchao, compiled; NeRF and
 BitNeRF under DDP through their own torchrun launch, one process per visible GPU over nccl), resumes
-exp2's checkpoint on the device for more steps, quantizes exp1 after training (ptq.py) and costs every
+exp2's checkpoint on the device for more steps, trains exp1 compiled and exp4 eager against their own
+runs (what `--compile auto` chooses, measured on the GPU), quantizes exp1 after training (ptq.py) and costs every
 run on the accelerator models (hw_eval.py; skipped with a note where its toolchain is missing). Then, in
 this process, it times dense matmuls at each run's MLP shapes in the run's compute dtype, for MFU.
 `--device cpu` runs the same sequence on the quick preset for a few steps, on a smaller built-in scene, with
-hw_eval mapping smaller tiles.
+hw_eval mapping smaller tiles and without the compile comparison.
 
 Every experiment runs as a subprocess, `python expN.py ... --out <out> --wandb disabled`, exactly the
 command a user types. It prints a table (check, result, seconds, samples/s, peak memory, note) and writes
@@ -50,6 +51,9 @@ CPU_SCENE_STRIDE, CPU_TEST_VIEWS = 2, 2
 # does not depend on it.
 CPU_HW_TILE = 256
 RESUMED = "resumed"  # <out>/resumed/exp2: a copy of exp2's run that the resume check continues
+FLIPPED = "compile"  # <out>/compile/expN: the compile check's runs, with the other --compile choice
+# The compile check's runs: exp1 (eager under --compile auto) compiled, and exp4 (compiled) eager.
+FLIPPED_COMPILE = {"exp1": "on", "exp4": "off"}
 # The matmul benchmark's rows per layer: enough to saturate a GPU, few enough that the operands of the 4x
 # batch's layers fit in a 16 GB one.
 MATMUL_MAX_ROWS = 1 << 18
@@ -84,6 +88,7 @@ CHECKS = (
     Check("exp5", "NeRF under DDP, self-launched by torchrun (nccl over the GPUs; gloo on the CPU)"),
     Check("exp6", "BitNeRF under DDP, compiled"),
     Check("resume", "exp2's checkpoint resumed on the device for more steps", ("exp2",)),
+    Check("compile", "exp1 compiled and exp4 eager: --compile auto's rule measured on the GPU", ("exp1", "exp4")),
     Check("ptq", "post-training fp16 and torchao int8 variants of exp1", ("exp1",)),
     Check("hw_eval", "accelerator energy and latency of every run (AccelForge)", EXPERIMENTS, needs_any=True),
     Check("mfu", "dense matmuls at each run's MLP shapes and dtype: MFU", EXPERIMENTS, needs_any=True),
@@ -233,6 +238,20 @@ def check_resume(plan: Plan, result: Result, log: Path) -> None:
     result.metrics = {"from_step": start, "to_step": steps, "psnr_test": summary["psnr_test"]}
 
 
+def check_compile(plan: Plan, results: dict[str, Result], result: Result, log: Path) -> None:
+    """Steady samples/s compiled over eager for NeRF (exp1) and BitNeRF (exp4), each against its own check's run:
+    what --compile auto chose (BitNeRF's only), measured on the CPU, measured here. Skipped on the CPU."""
+    if plan.device == "cpu":
+        result.status, result.note = "skip", "on a GPU only: the CPU's measurement is BENCHMARKS.md's"
+        return
+    for name, choice in FLIPPED_COMPILE.items():
+        run_command([f"{name}.py", *plan.experiment_argv(name, out=plan.out / FLIPPED), "--compile", choice,
+                     "--overwrite"], result, log, plan.timeout_s)
+        _, metrics = read_run(plan.out / FLIPPED / name)
+        flipped, own = float(metrics[-1]["samples_per_s"]), results[name].metrics["steady_samples_per_s"]
+        result.metrics[f"{name}_compiled_over_eager"] = round(flipped / own if choice == "on" else own / flipped, 2)
+
+
 def check_ptq(plan: Plan, result: Result, log: Path) -> None:
     import ptq
 
@@ -364,6 +383,8 @@ def run_checks(plan: Plan, checks: list[Check]) -> dict[str, Result]:
                 check_experiment(plan, check.name, result, log)
             elif check.name == "resume":
                 check_resume(plan, result, log)
+            elif check.name == "compile":
+                check_compile(plan, results, result, log)
             elif check.name == "ptq":
                 check_ptq(plan, result, log)
             elif check.name == "hw_eval":

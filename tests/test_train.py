@@ -97,7 +97,8 @@ def test_compilation_is_reported_apart_and_kept_out_of_the_training_throughput(t
     monkeypatch.setattr(train, "Stopwatch", FirstStepCompiles)
     monkeypatch.setattr(train, "compiles", lambda config, device: True)
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **options: None)  # no real compilation
-    config = replace(tiny_config, steps=20, video_frames=1)
+    small_scene = write_scene(Path(tiny_config.out).parent / "scene.npz", n=6, size=16)  # a quick final evaluation
+    config = replace(tiny_config, data=str(small_scene), steps=20, video_frames=1)
     samples_per_step = config.batch_rays * config.samples_per_ray
     summary = train.run(config)
     # 20 steps: 10 s, then 19 of 0.5 s. The first step's excess over the others' mean is compilation.
@@ -113,7 +114,8 @@ def test_tf32_is_a_flag_and_the_summary_records_the_fp32_matmul_precision_the_ru
     assert configs.parse_args("exp2", ["--tf32"])[0].tf32 and not any(
         configs.experiment(name).tf32 for name in configs.AXES)
     try:
-        summary = train.run(replace(tiny_config, tf32=True, steps=2, video_frames=1))
+        small_scene = write_scene(Path(tiny_config.out).parent / "scene.npz", n=6, size=16)
+        summary = train.run(replace(tiny_config, data=str(small_scene), tf32=True, steps=2, video_frames=1))
         assert summary["float32_matmul_precision"] == "high"
     finally:
         precision.set_float32_matmul(False)
