@@ -39,6 +39,9 @@ from utils import UserError, resolve_device, without_option
 # (a checkpoint, the run directory's files, W&B) and for one test view of a slower peer, short enough
 # that a lost peer on another node ends the run.
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
+# CUDA ranks' gloo group for numbers the host reduces (host_all_reduce); None: the default group (gloo on the
+# CPU), or not distributed. Reading an nccl collective's result on the host would wait for every queued step.
+HOST_GROUP = None
 # torchrun, except that a stop signal ends it with 128 + the signal's number, the shell's convention,
 # instead of its traceback.
 TORCHRUN = """import sys
@@ -71,11 +74,16 @@ def under_torchrun() -> bool:
     return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"))
 
 
-def default_nproc(device: str) -> int:
-    """One process per visible GPU, else two CPU processes."""
-    if device != "cpu" and torch.cuda.is_available():
-        return torch.cuda.device_count()
-    return 2
+def launch_nproc(nproc: int | None, device: str) -> int:
+    """The processes to launch: nproc, by default one per visible GPU, else two CPU processes. A GPU rank
+    takes a GPU of its own, so more processes than visible GPUs is a UserError."""
+    if device == "cpu" or not torch.cuda.is_available():
+        return nproc or 2
+    gpus = torch.cuda.device_count()
+    if nproc is not None and nproc > gpus:
+        raise UserError(f"--nproc {nproc} is more processes than the {gpus} visible GPU{'s' * (gpus > 1)}"
+                        f" (one process per GPU): use --nproc {gpus} or fewer, or --device cpu")
+    return nproc or gpus
 
 
 def launch(script: str, argv: list[str], nproc: int, device: str, max_restarts: int = 0) -> int:
@@ -127,12 +135,17 @@ def init(device_name: str, distributed: bool) -> Ranks:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT,
                             device_id=device if device.type == "cuda" else None)
+    if device.type == "cuda":
+        global HOST_GROUP
+        HOST_GROUP = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
     return Ranks(dist.get_rank(), dist.get_world_size(), device)
 
 
 def shutdown() -> None:
+    global HOST_GROUP
     if dist.is_initialized():
         dist.destroy_process_group()
+    HOST_GROUP = None
 
 
 def wrap(model: nn.Module, ranks: Ranks) -> nn.Module:
@@ -152,21 +165,23 @@ def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:
     return total / dist.get_world_size()
 
 
-def max_across_ranks(value: int, device: torch.device) -> int:
-    """The largest of an integer over all ranks (value itself when not distributed)."""
-    if not dist.is_initialized():
-        return value
-    largest = torch.tensor([value], dtype=torch.int64, device=device)
-    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
-    return int(largest.item())
+def max_across_ranks(value: int) -> int:
+    """The largest of an integer over all ranks (value itself when not distributed), through the CPU."""
+    return int(host_all_reduce(value, torch.int64, dist.ReduceOp.MAX))
 
 
-def sum_across_ranks(value: int, device: torch.device) -> int:
+def sum_across_ranks(value: int) -> int:
+    return int(host_all_reduce(value, torch.float64, dist.ReduceOp.SUM))
+
+
+def host_all_reduce(value, dtype: torch.dtype, op) -> float:
+    """A number of this process's reduced over all ranks in a CPU tensor: through the gloo group of CUDA
+    ranks (HOST_GROUP), so that it waits for no GPU work; the train loop asks it between every two steps."""
     if not dist.is_initialized():
         return value
-    total = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(total)
-    return int(total.item())
+    total = torch.tensor([value], dtype=dtype)
+    dist.all_reduce(total, op=op, group=HOST_GROUP)
+    return total.item()
 
 
 def map_across_ranks(work: Callable[[Any], Any], items: list, device: torch.device, desc: str | None = None
@@ -187,7 +202,7 @@ def map_across_ranks(work: Callable[[Any], Any], items: list, device: torch.devi
                       disable=None if desc and rank == 0 else True):
         mine = moved(work(items[start + rank]), torch.device("cpu")) if start + rank < len(items) else None
         gathered = [None] * world_size if rank == 0 else None
-        dist.gather_object(mine, gathered, dst=0)
+        dist.gather_object(mine, gathered, dst=0, group=HOST_GROUP)  # the CPU group of CUDA ranks
         if rank == 0:
             results += [moved(result, device) for result in gathered[: len(items) - start]]
     return results

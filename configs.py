@@ -61,6 +61,9 @@ class ExperimentConfig:
     # torch.compile of the radiance fields. auto: BitNeRF's only, whose many small quantization ops
     # inductor fuses; NeRF's matmul-bound step ran slower compiled on the CPU (train.compiles).
     compile: str = "auto"
+    # TF32 for fp32 matmuls and cuDNN on GPUs that have it: the fast fp32 baseline. Off, fp32 is IEEE fp32,
+    # so that exp1 is the strict baseline that AMP and BitNeRF are measured against.
+    tf32: bool = False
     distributed: bool = False  # DistributedDataParallel over torchrun processes; batch_rays is the global batch
 
     # Evaluation and outputs.

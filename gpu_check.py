@@ -3,10 +3,12 @@
 `python gpu_check.py` on a CUDA machine trains exp1-exp6 for a short schedule of the full configuration
 (fp32; fp16 autocast with a GradScaler; the 4x batch; BitNeRF through torchao, compiled; NeRF and
 BitNeRF under DDP through their own torchrun launch, one process per visible GPU over nccl), resumes
-exp2's checkpoint on the device for more steps, quantizes exp1 after training (ptq.py) and costs every
+exp2's checkpoint on the device for more steps, trains exp1 compiled and exp4 eager against their own
+runs (what `--compile auto` chooses, measured on the GPU), quantizes exp1 after training (ptq.py) and costs every
 run on the accelerator models (hw_eval.py; skipped with a note where its toolchain is missing). Then, in
 this process, it times dense matmuls at each run's MLP shapes in the run's compute dtype, for MFU.
-`--device cpu` runs the same sequence on the quick preset for a few steps, on a smaller built-in scene.
+`--device cpu` runs the same sequence on the quick preset for a few steps, on a smaller built-in scene, with
+hw_eval mapping smaller tiles and without the compile comparison.
 
 Every experiment runs as a subprocess, `python expN.py ... --out <out> --wandb disabled`, exactly the
 command a user types. It prints a table (check, result, seconds, samples/s, peak memory, note) and writes
@@ -37,13 +39,21 @@ REPO = Path(__file__).resolve().parent
 EXPERIMENTS = tuple(configs.AXES)
 # On a GPU: few enough that the full configuration's fp32 steps stay within minutes on a small GPU, enough
 # that the last logged quarter's samples/s is past the warm-up (CUDA context, cuBLAS handles, compilation).
-DEFAULT_STEPS = {"cuda": 100, "cpu": 40}
+# On the CPU: enough for every logged, evaluated and checkpointed step of the schedule, and for a resume.
+DEFAULT_STEPS = {"cuda": 100, "cpu": 20}
 VIDEO_FRAMES = {"cuda": 8, "cpu": 2}
 # On the CPU, rendering (the final evaluation of every test view, ptq.py's per variant, the video) outweighs a
 # short run's training: the CPU sequence trains on the built-in scene at half its resolution (every other
 # pixel, each with its own ray) with only its first test views.
 CPU_SCENE_STRIDE, CPU_TEST_VIEWS = 2, 2
+# On the CPU, hw_eval.py maps tiles of this many samples (the size its tests map) instead of its default: the
+# mapper's search shrinks with the tile, and what the check proves, every run costed on every architecture,
+# does not depend on it.
+CPU_HW_TILE = 256
 RESUMED = "resumed"  # <out>/resumed/exp2: a copy of exp2's run that the resume check continues
+FLIPPED = "compile"  # <out>/compile/expN: the compile check's runs, with the other --compile choice
+# The compile check's runs: exp1 (eager under --compile auto) compiled, and exp4 (compiled) eager.
+FLIPPED_COMPILE = {"exp1": "on", "exp4": "off"}
 # The matmul benchmark's rows per layer: enough to saturate a GPU, few enough that the operands of the 4x
 # batch's layers fit in a 16 GB one.
 MATMUL_MAX_ROWS = 1 << 18
@@ -78,6 +88,7 @@ CHECKS = (
     Check("exp5", "NeRF under DDP, self-launched by torchrun (nccl over the GPUs; gloo on the CPU)"),
     Check("exp6", "BitNeRF under DDP, compiled"),
     Check("resume", "exp2's checkpoint resumed on the device for more steps", ("exp2",)),
+    Check("compile", "exp1 compiled and exp4 eager: --compile auto's rule measured on the GPU", ("exp1", "exp4")),
     Check("ptq", "post-training fp16 and torchao int8 variants of exp1", ("exp1",)),
     Check("hw_eval", "accelerator energy and latency of every run (AccelForge)", EXPERIMENTS, needs_any=True),
     Check("mfu", "dense matmuls at each run's MLP shapes and dtype: MFU", EXPERIMENTS, needs_any=True),
@@ -128,6 +139,11 @@ class Plan:
         if self.data:
             argv += ["--data", self.data]
         return argv
+
+    def hw_eval_argv(self) -> list[str]:
+        """The hw_eval.py command line of the hw_eval check: every run in out, its default tile on a GPU machine."""
+        argv = ["hw_eval.py", "--runs", str(self.out), "--out", str(self.out / "hw_eval")]
+        return argv + (["--tile", str(CPU_HW_TILE)] if self.device == "cpu" else [])
 
     def expected_world_size(self, name: str) -> int:
         if not configs.experiment(name).distributed:
@@ -199,7 +215,7 @@ def check_experiment(plan: Plan, name: str, result: Result, log: Path) -> None:
         raise CheckFailed(f"test PSNR is {summary['psnr_test']}")
     result.metrics = {
         "precision": summary["precision"], "world_size": summary["world_size"], "steps": summary["steps"],
-        "train_samples_per_s": summary["train_samples_per_s"],
+        "train_samples_per_s": summary["train_samples_per_s"], "compile_s": summary.get("compile_s"),
         # The last logged interval, past the first steps' warm-up (and BitNeRF's compilation).
         "steady_samples_per_s": round(float(metrics[-1]["samples_per_s"])),
         "peak_mem_bytes": summary["peak_mem_bytes"], "psnr_test": summary["psnr_test"], "wall_s": summary["wall_s"],
@@ -222,6 +238,20 @@ def check_resume(plan: Plan, result: Result, log: Path) -> None:
     result.metrics = {"from_step": start, "to_step": steps, "psnr_test": summary["psnr_test"]}
 
 
+def check_compile(plan: Plan, results: dict[str, Result], result: Result, log: Path) -> None:
+    """Steady samples/s compiled over eager for NeRF (exp1) and BitNeRF (exp4), each against its own check's run:
+    what --compile auto chose (BitNeRF's only), measured on the CPU, measured here. Skipped on the CPU."""
+    if plan.device == "cpu":
+        result.status, result.note = "skip", "on a GPU only: the CPU's measurement is BENCHMARKS.md's"
+        return
+    for name, choice in FLIPPED_COMPILE.items():
+        run_command([f"{name}.py", *plan.experiment_argv(name, out=plan.out / FLIPPED), "--compile", choice,
+                     "--overwrite"], result, log, plan.timeout_s)
+        _, metrics = read_run(plan.out / FLIPPED / name)
+        flipped, own = float(metrics[-1]["samples_per_s"]), results[name].metrics["steady_samples_per_s"]
+        result.metrics[f"{name}_compiled_over_eager"] = round(flipped / own if choice == "on" else own / flipped, 2)
+
+
 def check_ptq(plan: Plan, result: Result, log: Path) -> None:
     import ptq
 
@@ -241,7 +271,7 @@ def check_hw_eval(plan: Plan, result: Result, log: Path) -> None:
         result.status, result.note = "skip", last_line(probe.stderr).removeprefix("error: ")
         return
     hw_out = plan.out / "hw_eval"
-    run_command(["hw_eval.py", "--runs", str(plan.out), "--out", str(hw_out)], result, log, plan.timeout_s)
+    run_command(plan.hw_eval_argv(), result, log, plan.timeout_s)
     with open(hw_out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     runs = {run_dir.name for run_dir, _ in rundir.find_runs(plan.out)}
@@ -353,6 +383,8 @@ def run_checks(plan: Plan, checks: list[Check]) -> dict[str, Result]:
                 check_experiment(plan, check.name, result, log)
             elif check.name == "resume":
                 check_resume(plan, result, log)
+            elif check.name == "compile":
+                check_compile(plan, results, result, log)
             elif check.name == "ptq":
                 check_ptq(plan, result, log)
             elif check.name == "hw_eval":

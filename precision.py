@@ -36,11 +36,40 @@ def amp_dtype(config, device: torch.device) -> torch.dtype | None:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}[config.amp_dtype]
 
 
+def dtype_name(dtype: torch.dtype | None) -> str | None:
+    """How a checkpoint records an autocast dtype: 'float16', 'bfloat16', or None for fp32."""
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
+# A recorded autocast dtype -> the --amp-dtype value that picks it on any device.
+AMP_DTYPE_FLAGS = {"float16": "fp16", "bfloat16": "bf16"}
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """Autocast to dtype, or a no-op context for fp32 (dtype None)."""
     import torch
 
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def set_float32_matmul(tf32: bool) -> None:
+    """--tf32: let fp32 matmuls and cuDNN round their inputs to TF32 where the hardware has it (the fast
+    fp32 baseline); off, they stay IEEE fp32. Off is PyTorch's default for matmuls but not for cuDNN,
+    which allows TF32 unless told otherwise, so both are set either way."""
+    import torch
+
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+def float32_matmul_settings(device: torch.device) -> dict:
+    """summary.json's record of how fp32 matmuls computed, read from PyTorch as the run left it."""
+    import torch
+
+    settings = {"float32_matmul_precision": torch.get_float32_matmul_precision()}
+    if device.type == "cuda":
+        settings["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+    return settings
 
 
 def float_bits(dtype: torch.dtype | None) -> int:

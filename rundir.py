@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+import precision
 from utils import UserError, atomic_write, read_json
 
 SUMMARY, LAYERS, METRICS, CHECKPOINT = "summary.json", "layers.json", "metrics.csv", "checkpoint.pt"
@@ -26,8 +27,9 @@ METRIC_COLUMNS = ("step", "wall_s", "loss", "psnr_train", "grad_norm", "lr", "sa
 LAYER_FIELDS = ("name", "in_features", "out_features", "weight_bits", "input_bits", "output_bits", "input_sparsity",
                 "samples_per_frame")
 # Config fields that may change when a run is resumed; any other change would make it a different run.
+# amp_dtype may change as long as the autocast dtype it resolves to does not (load_checkpoint).
 RESUMABLE_CHANGES = {"steps", "out", "device", "wandb", "log_every", "eval_every", "eval_views",
-                     "ckpt_every", "video_frames", "chunk"}
+                     "ckpt_every", "video_frames", "chunk", "amp_dtype"}
 NO_RUNS_HINT = "train first (make suite, or python exp1.py --quick), or pass --runs"
 # What every checkpoint holds (train.py writes it); a file without these keys is not one.
 CHECKPOINT_KEYS = ("step", "wall_s", "train_s", "config", "model", "optimizer", "scheduler", "scaler")
@@ -175,17 +177,37 @@ def read_checkpoint(path: Path, map_location, advice: str) -> dict:
     return checkpoint
 
 
-def load_checkpoint(run_dir: Path, config) -> dict:
-    """The run's training checkpoint (on the CPU), which must come from config's settings."""
+def load_checkpoint(run_dir: Path, config, dtype) -> dict:
+    """The run's training checkpoint (on the CPU), which must come from config's settings and have trained
+    in the autocast dtype (None: fp32) that the resume would use."""
     checkpoint = read_checkpoint(run_dir / CHECKPOINT, "cpu", "restore it from a copy, or start afresh with"
                                  " --overwrite instead of --resume")
     saved = checkpoint["config"]
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}  # for fields added since it was saved
     changed = sorted(k for k, v in dataclasses.asdict(config).items()
-                     if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+                     if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v)
     if changed:
         raise UserError(f"--resume: the checkpoint was trained with other {', '.join(changed)};"
                         f" resume with the same settings or start a new run with --name")
+    trained, resumed = trained_autocast_dtype(checkpoint), precision.dtype_name(dtype)
+    if trained != resumed:
+        # --amp-dtype auto resolves by device (fp16 on CUDA, bf16 on the CPU): a run moved between them would
+        # change its arithmetic, and a bf16 run's disabled gradient scaler has no state for fp16's.
+        flag = precision.AMP_DTYPE_FLAGS[trained]
+        raise UserError(f"--resume: the checkpoint was trained with {flag} autocast; this resume would use"
+                        f" {precision.AMP_DTYPE_FLAGS[resumed]}: add --amp-dtype {flag} to keep it")
     return checkpoint
+
+
+def trained_autocast_dtype(checkpoint: dict) -> str | None:
+    """The autocast dtype a checkpoint trained in, as precision.dtype_name writes it. Checkpoints from before
+    it was recorded: none for fp32, and for AMP fp16 exactly when the gradient scaler has state (step.py
+    enables it for fp16 only; a disabled one saves an empty state)."""
+    if "autocast_dtype" in checkpoint:
+        return checkpoint["autocast_dtype"]
+    if checkpoint["config"]["precision"] == "fp32":
+        return None
+    return "float16" if checkpoint["scaler"] else "bfloat16"
 
 
 def write_model_file(run_dir: Path, model, model_kind: str, dtype) -> Path:

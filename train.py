@@ -60,16 +60,18 @@ def train_command(name: str, argv: list[str]) -> int:
     if not config.distributed or bitnerf_ddp.under_torchrun():
         run(config, resume=args.resume, overwrite=args.overwrite)
         return 0
+    nproc = bitnerf_ddp.launch_nproc(args.nproc, config.device)
     scene = load_scene(config.data, config.downscale)
-    nproc = args.nproc or bitnerf_ddp.default_nproc(config.device)
-    if config.device == "cpu" or not torch.cuda.is_available():
+    device = torch.device("cpu" if config.device == "cpu" or not torch.cuda.is_available() else "cuda")
+    if device.type == "cpu":
         # CPU ranks share this machine's memory: refuse a batch here once, not in every rank. (A GPU
         # rank checks its own GPU; checking here would hold a CUDA context through the whole run.)
-        check_step_memory(config, scene, torch.device("cpu"), nproc, nproc)
+        check_step_memory(config, scene, device, nproc, nproc)
     with rundir.RunLock(rundir.path_of(config)) as lock:
         run_dir = rundir.check(config, args.resume, args.overwrite)
         if args.resume:
-            rundir.load_checkpoint(run_dir, config)  # a bad checkpoint: one line here, not one per rank
+            # A bad checkpoint: one line here, not one per rank.
+            rundir.load_checkpoint(run_dir, config, precision.amp_dtype(config, device))
         lock.share_with_children()
         code = bitnerf_ddp.launch(sys.argv[0], argv, nproc, config.device, args.max_restarts)
     if code not in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM):
@@ -114,6 +116,7 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
     run_start = time.perf_counter()
     device = ranks.device
     compiled = compiles(config, device)
+    precision.set_float32_matmul(config.tf32)
     scene = load_scene(config.data, config.downscale)
     if restarts := bitnerf_ddp.restart_count():
         # torchrun restarted the job after a process died (--max-restarts): the run directory is this job's
@@ -135,14 +138,14 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
     model = bitnerf.build_model(config, scene, device)
     optimization = Optimization.build(config, model, device, evaluation.dtype)
 
-    start_step, prior_wall, wandb_id = 0, 0.0, f"{config.name}-{uuid.uuid4().hex[:8]}"
+    start_step, prior_wall, prior_compile_s, wandb_id = 0, 0.0, 0.0, f"{config.name}-{uuid.uuid4().hex[:8]}"
     train_clock = Stopwatch(device)
     if resume:
-        checkpoint = rundir.load_checkpoint(run_dir, config)
+        checkpoint = rundir.load_checkpoint(run_dir, config, evaluation.dtype)
         model.load_state_dict(checkpoint["model"])
         optimization.load_state_dict(checkpoint)
-        start_step, prior_wall, train_clock.elapsed = checkpoint["step"], checkpoint["wall_s"], checkpoint["train_s"]
-        wandb_id = checkpoint.get("wandb_id", wandb_id)
+        start_step, prior_wall, train_clock.carried_s = checkpoint["step"], checkpoint["wall_s"], checkpoint["train_s"]
+        prior_compile_s, wandb_id = checkpoint.get("compile_s", 0.0), checkpoint.get("wandb_id", wandb_id)
     if compiled:
         for field in (model.coarse, model.fine):
             if field is not None:
@@ -165,9 +168,14 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
     def wall_s() -> float:
         return prior_wall + time.perf_counter() - run_start
 
+    def compile_s() -> float:
+        """The compilation inside train_clock: each process's first step, which compiles, over its mean step."""
+        return prior_compile_s + (train_clock.first_block_excess() if compiled else 0.0)
+
     def save_checkpoint(next_step: int) -> None:
         rundir.save_checkpoint(run_dir, {
-            "step": next_step, "wall_s": wall_s(), "train_s": train_clock.elapsed, "wandb_id": wandb_id,
+            "step": next_step, "wall_s": wall_s(), "train_s": train_clock.elapsed, "compile_s": compile_s(),
+            "wandb_id": wandb_id, "autocast_dtype": precision.dtype_name(evaluation.dtype),
             "config": dataclasses.asdict(config), "model": model.state_dict(), **optimization.state_dict(),
         })
 
@@ -180,7 +188,7 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
     try:
         for step in progress:
             # Every rank asks between the same two steps whether any got a stop signal, so that all stop there.
-            if signum := bitnerf_ddp.max_across_ranks(stop.signum, device):
+            if signum := bitnerf_ddp.max_across_ranks(stop.signum):
                 break
             with train_clock, sized_by("--batch-rays", config.batch_rays):
                 stats = train_step(step_model, sampler.batch(step), optimization, config, evaluation.autocast)
@@ -210,7 +218,7 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
             if done % config.ckpt_every == 0 or done == config.steps:
                 save_checkpoint(done)
         else:
-            signum = bitnerf_ddp.max_across_ranks(stop.signum, device)
+            signum = bitnerf_ddp.max_across_ranks(stop.signum)
     except KeyboardInterrupt:  # raised by code: the signal itself only sets stop.signum
         signum = signal.SIGINT
     except OutOfMemory as e:
@@ -227,7 +235,7 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
                   f" with --resume", file=sys.stderr)
         sys.exit(128 + signum)
     progress.close()
-    peak_mem = bitnerf_ddp.sum_across_ranks(peak_memory_bytes(device), device)
+    peak_mem = bitnerf_ddp.sum_across_ranks(peak_memory_bytes(device))
 
     # --- The final evaluation (every rank renders its share) and summary.json (rank 0) -------------
     stop.at_once = True
@@ -252,7 +260,8 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
     summary.update({
         "world_size": ranks.world_size,
         "steps": config.steps, "wall_s": round(wall_s(), 2), "train_s": round(train_clock.elapsed, 2),
-        "train_samples_per_s": round(samples_per_step * config.steps / max(train_clock.elapsed, 1e-9)),
+        "compile_s": round(compile_s(), 2),
+        "train_samples_per_s": round(samples_per_step * config.steps / max(train_clock.elapsed - compile_s(), 1e-9)),
         "peak_mem_bytes": peak_mem,
         "params": n_params, "checkpoint_bytes": (run_dir / rundir.CHECKPOINT).stat().st_size,
     })
@@ -283,4 +292,5 @@ def finish(evaluation: Evaluation, model, precision_name: str, log: RunLog | Non
         "weight_bits": precision.weight_bits(config.model, evaluation.dtype),
         "model_bytes": model_path.stat().st_size,
         "scene": scene.name, "device": str(evaluation.device), "torch_version": torch.__version__,
+        **precision.float32_matmul_settings(evaluation.device),
     }

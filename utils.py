@@ -297,22 +297,62 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 class Stopwatch:
-    """Accumulates the wall time spent inside `with stopwatch:` blocks (synchronising CUDA at the edges)."""
+    """Accumulates the time spent inside `with stopwatch:` blocks: `elapsed` seconds, `carried_s` (what it
+    started from, such as a resumed run's training time) included.
 
-    def __init__(self, device: torch.device, elapsed: float = 0.0):
-        self.device, self.elapsed = device, elapsed
+    On CUDA a pair of CUDA events on the current stream times each block without waiting for anything:
+    from the GPU reaching the first to its finishing the work queued before the second, which is the
+    block's wall time once the GPU has caught up. Reading `elapsed` waits for the blocks' work, so a loop
+    that reads it only at its logging steps synchronises only there. On the CPU: each block's wall time.
+    """
+
+    def __init__(self, device: torch.device, carried_s: float = 0.0):
+        self.device, self.carried_s = device, carried_s
+        self.blocks, self.blocks_s, self.first_block_s = 0, 0.0, 0.0  # this stopwatch's own blocks, once read
+        self._pending = []  # CUDA: the (start, end) events of blocks not read yet
 
     def __enter__(self):
-        self._sync()
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self._sync()
-        self.elapsed += time.perf_counter() - self._start
-
-    def _sync(self):
         if self.device.type == "cuda":
             import torch
 
-            torch.cuda.synchronize(self.device)
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            import torch
+
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._pending.append((self._start, end))
+        else:
+            self._add(time.perf_counter() - self._start)
+
+    def _add(self, seconds: float) -> None:
+        if self.blocks == 0:
+            self.first_block_s = seconds
+        self.blocks += 1
+        self.blocks_s += seconds
+
+    def _read_pending(self) -> None:
+        if self._pending:
+            self._pending[-1][1].synchronize()
+            for start, end in self._pending:
+                self._add(start.elapsed_time(end) / 1000)  # milliseconds
+            self._pending.clear()
+
+    @property
+    def elapsed(self) -> float:
+        self._read_pending()
+        return self.carried_s + self.blocks_s
+
+    def first_block_excess(self) -> float:
+        """How much longer the first block took than the mean of the others (0 with fewer than two): a
+        first call's one-off cost, such as torch.compile compiling on it."""
+        self._read_pending()
+        if self.blocks < 2:
+            return 0.0
+        return max(0.0, self.first_block_s - (self.blocks_s - self.first_block_s) / (self.blocks - 1))

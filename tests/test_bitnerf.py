@@ -144,6 +144,9 @@ def test_bitnerf_run_learns_and_reports_ternary_bits(tiny_config):
     assert summary["weight_bits"] == 1.58
     assert summary["model_bytes"] == (run_dir / "model_ternary.pt").stat().st_size
     assert summary["psnr_test"] > 16.0
+    if train.compiles(config, torch.device("cpu")):  # its first step compiled, which is not training throughput
+        assert summary["compile_s"] > 0
+        assert summary["train_samples_per_s"] > config.batch_rays * config.samples_per_ray * 300 / summary["train_s"]
     layers = {layer["name"]: layer for layer in json.loads((run_dir / "layers.json").read_text())["layers"]}
     assert (layers["fine.layers.1.linear"]["weight_bits"], layers["fine.layers.1.linear"]["input_bits"]) == (2, 8)
     assert layers["fine.rgb_head.linear"]["weight_bits"] == 32

@@ -1,6 +1,7 @@
 """DDP on 2 CPU ranks (gloo): one step equals the single-process step, BitNet quantizes alike on
 every rank, a lost rank ends the job (or, with --max-restarts, is restarted and the run resumes), a
-stop signal stops every rank with a checkpoint, and a checkpoint resumes under another world size."""
+stop signal stops every rank with a checkpoint, a checkpoint resumes under another world size, and more
+processes than GPUs are refused before the launch."""
 
 import contextlib
 import json
@@ -397,3 +398,29 @@ def test_two_nodes_of_one_process_each_run_as_two_processes_on_one_node(uneven_c
     assert not rundir.RunLock(run_dir).path.exists()
     if rendezvous == "static":  # rank 0, which alone reports and writes the run directory, is on node 0
         assert "exp5: test PSNR" in outputs[0] and "exp5: test PSNR" not in outputs[1]
+
+
+def test_more_processes_than_visible_gpus_is_one_line_before_anything_starts(tiny_config, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with 2 GPUs
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(bitnerf_ddp, "launch", lambda *args: pytest.fail("torchrun was launched"))
+    assert [bitnerf_ddp.launch_nproc(None, "auto"), bitnerf_ddp.launch_nproc(1, "cuda"),
+            bitnerf_ddp.launch_nproc(3, "cpu"), bitnerf_ddp.launch_nproc(None, "cpu")] == [2, 1, 3, 2]
+    for device in ("cuda", "auto"):
+        with pytest.raises(SystemExit) as refused:
+            train.main("exp5", ["--nproc", "3", "--device", device, "--data", tiny_config.data,
+                                "--out", tiny_config.out, "--wandb", "disabled"])
+        assert refused.value.code == 2 and capsys.readouterr().err == (
+            "error: --nproc 3 is more processes than the 2 visible GPUs (one process per GPU): use --nproc 2 or"
+            " fewer, or --device cpu\n")
+    assert not Path(tiny_config.out).exists()
+
+
+def test_rank_0_alone_takes_the_threads_of_its_nodes_waiting_ranks(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    threads = torch.get_num_threads()
+    with bitnerf_ddp.main_rank_alone(bitnerf_ddp.Ranks(0, 2, torch.device("cpu"))):
+        assert torch.get_num_threads() == 2 * threads
+    assert torch.get_num_threads() == threads
+    with bitnerf_ddp.main_rank_alone(bitnerf_ddp.Ranks()):
+        assert torch.get_num_threads() == threads

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import configs
+import precision
 import rundir
 import step
 import train
@@ -139,7 +140,7 @@ def test_a_damaged_checkpoint_is_a_user_error_for_resume_and_for_analyses(tmp_pa
     damage(checkpoint, how)
     message = f"^{re.escape(str(checkpoint))} is not a readable checkpoint \\(.+\\); restore it from a copy, or"
     with pytest.raises(UserError, match=message + " start afresh with --overwrite instead of --resume$"):
-        rundir.load_checkpoint(tmp_path, configs.QUICK)
+        rundir.load_checkpoint(tmp_path, configs.QUICK, None)
     with pytest.raises(UserError, match=message + re.escape(" train the run again (expN.py --overwrite)") + "$"):
         rundir.load_trained(tmp_path, None, "cpu")
 
@@ -147,7 +148,53 @@ def test_a_damaged_checkpoint_is_a_user_error_for_resume_and_for_analyses(tmp_pa
 def test_a_file_that_loads_but_is_not_a_checkpoint_is_a_user_error(tmp_path):
     torch.save({"model": {}}, tmp_path / rundir.CHECKPOINT)
     with pytest.raises(UserError, match=r"is not a training checkpoint \(no step, wall_s, .*\); restore it"):
-        rundir.load_checkpoint(tmp_path, configs.QUICK)
+        rundir.load_checkpoint(tmp_path, configs.QUICK, None)
+
+
+def test_a_resume_that_would_change_the_autocast_dtype_is_one_line_naming_the_flag_that_keeps_it(small_config,
+                                                                                                  monkeypatch):
+    config = replace(small_config, precision="amp", steps=4)
+    train.run(config)  # bf16 autocast on the CPU, its gradient scaler disabled
+    path = Path(config.out) / config.name / rundir.CHECKPOINT
+    # The same run resumed where --amp-dtype auto means fp16, as on CUDA: the device is all that changed.
+    resolve = precision.amp_dtype
+    monkeypatch.setattr(precision, "amp_dtype", lambda config, device: resolve(config, torch.device("cuda")))
+    refusal = ("--resume: the checkpoint was trained with bf16 autocast; this resume would use fp16:"
+               " add --amp-dtype bf16 to keep it")
+    with pytest.raises(UserError, match=f"^{re.escape(refusal)}$"):
+        train.run(replace(config, steps=6), resume=True)
+    checkpoint = torch.load(path, weights_only=False)
+    assert checkpoint["autocast_dtype"] == "bfloat16"
+    del checkpoint["autocast_dtype"]  # a checkpoint from before it was recorded: its empty scaler state tells
+    torch.save(checkpoint, path)
+    with pytest.raises(UserError, match=f"^{re.escape(refusal)}$"):
+        train.run(replace(config, steps=6), resume=True)
+    summary = train.run(replace(config, steps=6, amp_dtype="bf16"), resume=True)  # the flag the line names
+    assert (summary["steps"], summary["precision"]) == (6, "bf16-amp")
+
+
+@pytest.mark.parametrize("checkpoint, dtype", [
+    ({"config": {"precision": "fp32"}, "scaler": {}}, None),
+    ({"config": {"precision": "amp"}, "scaler": {}}, "bfloat16"),
+    ({"config": {"precision": "amp"}, "scaler": torch.amp.GradScaler("cpu").state_dict()}, "float16"),
+    ({"config": {"precision": "amp"}, "scaler": {}, "autocast_dtype": "float16"}, "float16"),
+])
+def test_the_autocast_dtype_of_a_checkpoint_without_its_record_follows_from_its_gradient_scaler(checkpoint, dtype):
+    assert rundir.trained_autocast_dtype(checkpoint) == dtype
+
+
+def test_resuming_a_cuda_fp16_checkpoint_on_the_cpu_is_one_line_with_exit_code_2(small_config):
+    argv = exp1_command(small_config, "--precision", "amp", "--steps", "2")
+    config, _ = configs.parse_args("exp1", argv[2:])
+    train.run(config)
+    path = Path(config.out) / config.name / rundir.CHECKPOINT
+    checkpoint = torch.load(path, weights_only=False)
+    # As a CUDA run's: fp16 autocast and an enabled gradient scaler's state.
+    checkpoint.update(autocast_dtype="float16", scaler=torch.amp.GradScaler("cpu").state_dict())
+    torch.save(checkpoint, path)
+    result = subprocess.run(argv[:-1] + ["3", "--resume"], capture_output=True, text=True)
+    assert one_line_error(result) == ("error: --resume: the checkpoint was trained with fp16 autocast; this resume"
+                                      " would use bf16: add --amp-dtype fp16 to keep it")
 
 
 def wait_for(path: Path, job: subprocess.Popen, timeout: float = 120) -> None:

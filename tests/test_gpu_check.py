@@ -28,7 +28,8 @@ def test_only_brings_what_a_check_needs_and_skip_leaves_checks_out():
     assert names(gpu_check.selected(["resume", "exp1"], [])) == ["exp1", "exp2", "resume"]
     assert names(gpu_check.selected(["hw_eval"], [])) == ["exp1", "exp2", "exp3", "exp4", "exp5", "exp6", "hw_eval"]
     assert names(gpu_check.selected(None, ["hw_eval", "exp3"])) == ["exp1", "exp2", "exp4", "exp5", "exp6", "resume",
-                                                                   "ptq", "mfu"]
+                                                                   "compile", "ptq", "mfu"]
+    assert names(gpu_check.selected(["compile"], [])) == ["exp1", "exp4", "compile"]
 
 
 def test_each_experiment_runs_the_users_command_on_the_asked_schedule(tmp_path):
@@ -48,6 +49,9 @@ def test_each_experiment_runs_the_users_command_on_the_asked_schedule(tmp_path):
     argv = cpu.experiment_argv("exp2")
     assert argv[0] == "--quick" and argv[argv.index("--data") + 1] == "scene.npz"
     assert cpu.expected_precision("exp2") == "bf16-amp" and cpu.expected_world_size("exp5") == 2
+    assert "--tile" not in gpu.hw_eval_argv()  # hw_eval's own tile on a GPU machine, a small one on the CPU
+    assert cpu.hw_eval_argv() == ["hw_eval.py", "--runs", str(tmp_path), "--out", str(tmp_path / "hw_eval"),
+                                  "--tile", str(gpu_check.CPU_HW_TILE)]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -115,6 +119,25 @@ def test_a_run_directory_that_shows_other_settings_than_asked_for_fails_its_chec
     else:
         with pytest.raises(gpu_check.CheckFailed, match=re.escape(message)):
             gpu_check.check_experiment(plan, "exp1", result, tmp_path / "log")
+
+
+def test_the_compile_check_trains_exp1_compiled_and_exp4_eager_and_divides_compiled_by_eager(tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(gpu_check, "run_command", lambda argv, *args: commands.append(argv))
+    for name in ("exp1", "exp4"):  # the flipped runs: 1000 steady samples/s each (fake_run's last interval)
+        fake_run(tmp_path / gpu_check.FLIPPED / name)
+    results = {"exp1": gpu_check.Result("exp1", "", metrics={"steady_samples_per_s": 500}),
+               "exp4": gpu_check.Result("exp4", "", metrics={"steady_samples_per_s": 4000})}
+    result = gpu_check.Result("compile", "")
+    gpu_check.check_compile(gpu_check.Plan("cuda", tmp_path, 8, None, 60), results, result, tmp_path / "log")
+    # The last --compile wins: exp4's check command compiles, this one does not.
+    assert [(argv[0], argv[argv.index("--out") + 1], argv[-3:]) for argv in commands] == [
+        ("exp1.py", str(tmp_path / "compile"), ["--compile", "on", "--overwrite"]),
+        ("exp4.py", str(tmp_path / "compile"), ["--compile", "off", "--overwrite"])]
+    assert result.metrics == {"exp1_compiled_over_eager": 2.0, "exp4_compiled_over_eager": 4.0}
+    cpu_result = gpu_check.Result("compile", "")
+    gpu_check.check_compile(gpu_check.Plan("cpu", tmp_path, 8, None, 60), results, cpu_result, tmp_path / "log")
+    assert cpu_result.status == "skip" and len(commands) == 2
 
 
 def test_a_ddp_run_with_another_world_size_fails_its_check(tmp_path, monkeypatch):

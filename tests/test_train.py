@@ -8,14 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
+import configs
+import precision
 import train
 from conftest import write_scene
-from utils import UserError
+from utils import Stopwatch, UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = {"experiment", "model", "precision", "world_size", "global_batch_rays", "steps", "wall_s",
                 "train_samples_per_s", "peak_mem_bytes", "psnr_test", "ssim_test", "params", "weight_bits",
-                "checkpoint_bytes", "model_bytes", "scene", "device", "torch_version"}
+                "checkpoint_bytes", "model_bytes", "scene", "device", "torch_version", "compile_s",
+                "float32_matmul_precision"}
 
 
 def test_training_learns_and_writes_the_run_directory(tiny_config):
@@ -29,6 +32,7 @@ def test_training_learns_and_writes_the_run_directory(tiny_config):
     assert summary["psnr_test"] > 17.0 and summary["psnr_test"] > first_test_psnr + 5.0
     assert summary["ssim_test"] > 0.6
     assert summary["precision"] == "fp32" and summary["weight_bits"] == 32 and summary["world_size"] == 1
+    assert summary["compile_s"] == 0.0 and summary["float32_matmul_precision"] == "highest"  # exp1 is strict fp32
 
     layers = json.loads((run_dir / "layers.json").read_text())
     names = [layer["name"] for layer in layers["layers"]]
@@ -77,6 +81,44 @@ def test_resume_continues_exactly_where_the_run_stopped(tiny_config, monkeypatch
 
     with pytest.raises(UserError, match="trained with other width"):
         train.run(replace(config, name="resumed", width=32), resume=True)
+
+
+class FirstStepCompiles(Stopwatch):
+    """A Stopwatch on which each process's first training step takes 10 s (it compiles) and every other 0.5 s."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._add(10.0 if self.blocks == 0 else 0.5)
+
+
+def test_compilation_is_reported_apart_and_kept_out_of_the_training_throughput(tiny_config, monkeypatch):
+    monkeypatch.setattr(train, "Stopwatch", FirstStepCompiles)
+    monkeypatch.setattr(train, "compiles", lambda config, device: True)
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **options: None)  # no real compilation
+    small_scene = write_scene(Path(tiny_config.out).parent / "scene.npz", n=6, size=16)  # a quick final evaluation
+    config = replace(tiny_config, data=str(small_scene), steps=20, video_frames=1)
+    samples_per_step = config.batch_rays * config.samples_per_ray
+    summary = train.run(config)
+    # 20 steps: 10 s, then 19 of 0.5 s. The first step's excess over the others' mean is compilation.
+    assert (summary["train_s"], summary["compile_s"]) == (19.5, 9.5)
+    assert summary["train_samples_per_s"] == round(samples_per_step * 20 / 10.0)
+    # A resumed process compiles again: 10 more steps, the first of 10 s.
+    summary = train.run(replace(config, steps=30), resume=True)
+    assert (summary["train_s"], summary["compile_s"]) == (19.5 + 14.5, 9.5 + 9.5)
+    assert summary["train_samples_per_s"] == round(samples_per_step * 30 / 15.0)
+
+
+def test_tf32_is_a_flag_and_the_summary_records_the_fp32_matmul_precision_the_run_had(tiny_config):
+    assert configs.parse_args("exp2", ["--tf32"])[0].tf32 and not any(
+        configs.experiment(name).tf32 for name in configs.AXES)
+    try:
+        small_scene = write_scene(Path(tiny_config.out).parent / "scene.npz", n=6, size=16)
+        summary = train.run(replace(tiny_config, data=str(small_scene), tf32=True, steps=2, video_frames=1))
+        assert summary["float32_matmul_precision"] == "high"
+    finally:
+        precision.set_float32_matmul(False)
 
 
 def test_mixed_precision_runs_and_records_its_dtype(tiny_config):

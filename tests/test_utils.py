@@ -151,3 +151,16 @@ def test_device_cuda_without_a_usable_gpu_is_one_user_error_with_the_fix_when_a_
     message = str(error.value)
     assert "\n" not in message and f"an NVIDIA GPU is visible ({no_nvidia / 'no_nvidia0'})" in message
     assert utils.TORCH_CUDA_FIX in message and message.endswith("or use --device cpu")
+
+
+def test_stopwatch_sums_its_blocks_and_a_first_blocks_excess_over_the_mean_of_the_others(monkeypatch):
+    ticks = iter([0.0, 3.0, 10.0, 11.0, 20.0, 21.0])  # blocks of 3 s, 1 s and 1 s, with gaps between them
+    monkeypatch.setattr(utils.time, "perf_counter", lambda: next(ticks))
+    clock = utils.Stopwatch(torch.device("cpu"), carried_s=100.0)  # 100 s from before a resume
+    with clock:
+        pass
+    assert clock.first_block_excess() == 0.0  # nothing to compare the first block with yet
+    for _ in range(2):
+        with clock:
+            pass
+    assert clock.elapsed == 105.0 and clock.first_block_excess() == 2.0
