@@ -73,6 +73,11 @@ def run_tags(config: ExperimentConfig, fields: dict) -> list[str]:
     return [f"{key}:{value}"[:MAX_TAG_CHARS] for key, value in tags.items()]
 
 
+def wandb_key(column: str) -> str:
+    """A metrics.csv column as W&B names it: rays_seen as it is, test/psnr, and train/<column> for the rest."""
+    return column if column == RAYS_SEEN else "test/psnr" if column == "psnr_test" else f"train/{column}"
+
+
 class RunLog:
     """Where rank 0 reports a run: metrics.csv and, unless disabled, W&B (wandb_mode)."""
 
@@ -102,8 +107,7 @@ class RunLog:
         row = {**row, RAYS_SEEN: self.rays_seen(row["step"])}
         self.metrics.write(row)
         if self.wandb:
-            self.wandb.log({("test/psnr" if k == "psnr_test" else k if k == RAYS_SEEN else f"train/{k}"): v
-                            for k, v in row.items() if k != "step"}, step=row["step"])
+            self.wandb.log({wandb_key(k): v for k, v in row.items() if k != "step"}, step=row["step"])
 
     def render(self, result: dict, scene, step: int) -> None:
         """A test view as rendered, beside its ground truth, and its depth."""
