@@ -19,11 +19,15 @@ COMPILE_MODES = ("auto", "on", "off")
 MODELS = ("nerf", "bitnerf")
 DEVICES = ("auto", "cpu", "cuda")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+PRESETS = ("full", "quick")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "exp1"
+    # The preset the run started from (QUICK sets "quick"; --quick chooses it, it is no option of its own).
+    # Overrides on top keep it: a quick run with more steps is still a quick-preset run, and W&B tags it so.
+    preset: str = "full"
     data: str | None = None  # a tiny-nerf .npz or a Blender scene folder; None: the built-in scene
     downscale: int = 1  # Blender folders only: load images at 1/downscale resolution
     out: str = "runs"
@@ -73,11 +77,12 @@ class ExperimentConfig:
     ckpt_every: int = 1000
     video_frames: int = 120
     chunk: int = 8192  # rays per rendering chunk
-    wandb: str = "auto"  # auto: online when WANDB_API_KEY is set, else offline
+    wandb: str = "auto"  # auto: WANDB_MODE if set, else online with W&B credentials here, else offline (runlog.py)
 
     def __post_init__(self):
         choices = {"precision": PRECISIONS, "amp_dtype": AMP_DTYPES, "compile": COMPILE_MODES, "model": MODELS,
-                   "device": DEVICES, "wandb": WANDB_MODES}
+                   "device": DEVICES, "wandb": WANDB_MODES,
+                   "preset": PRESETS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
@@ -121,7 +126,7 @@ EXP1 = ExperimentConfig()
 # small batches with a high, decaying learning rate, which beat fewer larger ones. The step count and
 # a 16-frame video keep all of `make suite` within its 25 minutes on 2 CPU cores.
 QUICK = replace(
-    EXP1,
+    EXP1, preset="quick",
     depth=4, width=128, skips=(), pos_freqs=6, use_viewdirs=False, n_coarse=16, n_fine=32,
     steps=2400, batch_rays=256, lr=5e-3, lr_final=2.5e-4,
     log_every=100, eval_every=800, ckpt_every=800, video_frames=16,
@@ -164,6 +169,9 @@ def _option_type(annotation):
     return annotation
 
 
+CLI_FIELDS = [f for f in dataclasses.fields(ExperimentConfig) if f.name != "preset"]  # --quick sets the preset
+
+
 def parse_args(name: str, argv: list[str] | None = None) -> tuple[ExperimentConfig, argparse.Namespace]:
     """The command line of `expN.py`: every config field as `--field-name`, plus run-control flags.
 
@@ -181,7 +189,7 @@ def parse_args(name: str, argv: list[str] | None = None) -> tuple[ExperimentConf
     parser.add_argument("--max-restarts", type=int, default=0, metavar="N",
                         help="distributed runs: restart every process up to N times after one dies; each"
                              " restart resumes from the last checkpoint")
-    for f in dataclasses.fields(ExperimentConfig):
+    for f in CLI_FIELDS:
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
@@ -196,8 +204,7 @@ def parse_args(name: str, argv: list[str] | None = None) -> tuple[ExperimentConf
         raise UserError(f"--max-restarts must not be negative, got {args.max_restarts}")
     if args.seeds and args.seed is not None:
         raise UserError("give --seed or --seeds, not both")
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)
-                 if getattr(args, f.name) is not None}
+    overrides = {f.name: getattr(args, f.name) for f in CLI_FIELDS if getattr(args, f.name) is not None}
     if "skips" in overrides:
         overrides["skips"] = tuple(overrides["skips"])
     config = replace(experiment(name, QUICK if args.quick else EXP1), **overrides)

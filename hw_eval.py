@@ -6,7 +6,7 @@ workload of one einsum per Linear layer, maps it onto an Eyeriss-like and a TPU-
 architecture whose MACs take the run's operand widths, costs each mapping under three designs (dense;
 gating; skipping with compressed activations: sparsity.py, from the run's measured densities), and
 writes `results.csv` (a row per run, architecture and design) and one Markdown table per architecture
-into `--out`.
+into `--out`; a run that logged to W&B gets its rows in its W&B run too.
 `python hw_eval.py --setup` makes sure CACTI (the Eyeriss model's SRAM estimator) runs here.
 `python hw_eval.py --validate-study` models the accelerating-NeRFs study's MLP on its Eyeriss and compares
 dense -> skipping with its published ratios (BENCHMARKS.md).
@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 import precision
 import rundir
+import runlog
 import sparsity
 from utils import OneLineParser, UserError, atomic_write, exit_on_user_error, read_json, write_json
 
@@ -78,6 +79,7 @@ CSV_COLUMNS = ("run", "experiment", "arch", "design", "precision", "energy_per_f
                # The same design with every weight taken as dense: what the zero weights are worth.
                "energy_weights_dense_j", "latency_weights_dense_s", "weight_density_source")
 DESIGNS = sparsity.DESIGNS
+WANDB_VALUES = ("energy_per_frame_j", "latency_per_frame_s", "edp_j_s")  # per architecture and design
 DEFAULT_TILE = 16384
 FRAME = f"{rundir.FRAME_WIDTH}x{rundir.FRAME_HEIGHT}"
 FLOAT_ACCUMULATOR_BITS = 32  # fp16/bf16 products accumulate in fp32, as tensor cores and TPUs do
@@ -687,6 +689,17 @@ def evaluate(runs_dir: Path, arch_names: list[str], out_dir: Path, tile: int = D
     return rows
 
 
+def add_to_wandb_runs(runs_dir: Path, rows: list[dict]) -> dict[str, str]:
+    """Each run's rows added to the W&B run that trained it (runlog.add_to_run); returns run -> W&B id for
+    the runs that had one."""
+    ids = {}
+    for run in dict.fromkeys(row["run"] for row in rows):
+        run_rows = [row for row in rows if row["run"] == run]
+        if wandb_id := runlog.add_to_run(runs_dir / run, "hw_eval", run_rows, ("arch", "design"), WANDB_VALUES):
+            ids[run] = wandb_id
+    return ids
+
+
 # --- Validation on the accelerating-NeRFs study's own case ----------------------------------------
 
 # Shen and McClinton, "Accelerating NeRFs: Optimizing Neural Radiance Fields with Specialized Hardware
@@ -838,6 +851,7 @@ def main(argv: list[str] | None = None) -> None:
             print(validate_study(Path(args.out), args.jobs)["text"], end="")
             return
         rows = evaluate(Path(args.runs), arch_names, Path(args.out), args.tile, args.jobs)
+        add_to_wandb_runs(Path(args.runs), rows)
     assumed = sorted({r["run"] for r in rows if r["weight_density_source"] != WEIGHTS_MEASURED})
     if assumed:
         print(f"note: {', '.join(assumed)}: layers.json has no weight_density (trained before it was recorded); "

@@ -2,8 +2,9 @@
 
 `python ptq.py runs/exp1` loads the run's checkpoint, quantizes a copy of the model per variant,
 renders every test view and writes `runs/exp1/ptq.json`: per variant its weight bits, the size of
-its saved weights, and test PSNR and SSIM. exp4 trains ternary weights for the same number of steps,
-so the two answer one question: quantize after training, or train quantized?
+its saved weights, and test PSNR and SSIM; a run that logged to W&B gets them in its W&B run too.
+exp4 trains ternary weights for the same number of steps, so the two answer one question: quantize
+after training, or train quantized?
 
 The int8 variants quantize the layers BitNeRF quantizes (all but the density and colour heads), so
 the comparison differs only in when and how finely weights are quantized. The int8 dynamic variant
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 import bitnerf
 import rundir
+import runlog
 from bitnerf import quantize_
 from evaluation import Evaluation
 from utils import OneLineParser, UserError, exit_on_user_error, resolve_device, write_json
@@ -38,6 +40,7 @@ WEIGHT_BITS = {"fp32": 32, "fp16": 16, "int8-weight": 8, "int8-dynamic": 8}
 # cuBLAS's int8 matmul takes input widths in multiples of 8; torchao runs any other width as an int32
 # matmul copied to the CPU (the encoded point's 39 or 63 columns, the skip layer's 319, the view layer's 283).
 INT8_MATMUL_MULTIPLE = 8
+WANDB_VALUES = ("weight_bits", "model_bytes", "psnr_test", "ssim_test")  # per variant, in the run's W&B summary
 
 
 class ZeroPaddedLinear(nn.Module):
@@ -131,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     with exit_on_user_error():
         args = parser.parse_args(argv)
         rows = evaluate_variants(args.run_dir, args.variants, args.data, resolve_device(args.device))
-    write_json(args.run_dir / rundir.PTQ, rows)
+        write_json(args.run_dir / rundir.PTQ, rows)
+        runlog.add_to_run(args.run_dir, "ptq", rows, ("variant",), WANDB_VALUES)
     print(f"{'variant':<14}{'weight bits':>12}{'model kB':>10}{'PSNR':>8}{'SSIM':>8}")
     for r in rows:
         print(f"{r['variant']:<14}{r['weight_bits']:>12}{r['model_bytes'] / 1e3:>10.0f}{r['psnr_test']:>8.2f}"

@@ -14,16 +14,19 @@ import shutil
 from pathlib import Path
 
 import precision
-from utils import UserError, atomic_write, read_json
+from utils import UserError, atomic_write, read_json, write_json
 
 SUMMARY, LAYERS, METRICS, CHECKPOINT = "summary.json", "layers.json", "metrics.csv", "checkpoint.pt"
 RENDERS, VIDEO_STEM, PTQ = "renders", "video", "ptq.json"
+# How the run logs to W&B (runlog.py writes it): its id, mode, project and init settings, so that ptq.py and
+# hw_eval.py add their results to the same W&B run without reading the checkpoint (and so without torch).
+WANDB_RUN = "wandb_run.json"
 MODEL_FILES = {"nerf": "model.pt", "bitnerf": "model_ternary.pt"}  # the deployable weights, by model kind
 # layers.json counts the samples each layer sees per frame of this size, and hw_eval.py costs such a
 # frame: 800x800 is the Blender scenes' full resolution, the frame NeRF accelerators report.
 FRAME_HEIGHT = FRAME_WIDTH = 800
 FRAME_PIXELS = FRAME_HEIGHT * FRAME_WIDTH
-METRIC_COLUMNS = ("step", "wall_s", "loss", "psnr_train", "grad_norm", "lr", "samples_per_s", "psnr_test")
+METRIC_COLUMNS = ("step", "rays_seen", "wall_s", "loss", "psnr_train", "grad_norm", "lr", "samples_per_s", "psnr_test")
 LAYER_FIELDS = ("name", "in_features", "out_features", "weight_bits", "input_bits", "output_bits", "input_sparsity",
                 "samples_per_frame")
 # Config fields that may change when a run is resumed; any other change would make it a different run.
@@ -154,6 +157,16 @@ def read_metrics(run_dir: Path) -> list[dict]:
         raise UserError(f"{run_dir} has no {METRICS}: rerun the experiment")
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def write_wandb_run(run_dir: Path, record: dict) -> None:
+    write_json(run_dir / WANDB_RUN, record)
+
+
+def read_wandb_run(run_dir: Path) -> dict | None:
+    """What write_wandb_run recorded, or None for a run that never logged to W&B."""
+    path = Path(run_dir) / WANDB_RUN
+    return read_json(path) if path.is_file() else None
 
 
 def save_checkpoint(run_dir: Path, state: dict) -> None:

@@ -70,6 +70,8 @@ def test_command_line_overrides_apply_on_top_of_the_preset():
     assert configs.parse_args("exp1", [])[0] == EXP1  # no flag: every field at its default
     full4, _ = configs.parse_args("exp4", [])
     assert (full4.model, full4.width, full4.steps, full4.batch_rays) == ("bitnerf", 256, 11000, 4096)
+    # The preset a run started from, which W&B tags it with: --quick, kept under overrides; no option of its own.
+    assert (config.preset, full4.preset, dataclasses.replace(QUICK, steps=3).preset) == ("quick", "full", "quick")
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -93,6 +95,7 @@ def test_bad_values_raise_user_errors(overrides, message):
     (["--seeds", "0,a"], "expected comma-separated seeds"),
     (["--seeds", "1,1"], "seeds must be distinct"),
     (["--seeds", "0,1", "--seed", "3"], "give --seed or --seeds, not both"),
+    (["--preset", "quick"], "unrecognized arguments: --preset"),
 ])
 def test_command_line_errors_are_one_line_with_exit_code_2(argv, message, tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "exp1.py"), *argv, "--out", str(tmp_path)],
