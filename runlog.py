@@ -61,9 +61,9 @@ def wandb_mode(requested: str) -> str:
 
 
 def run_group(config: ExperimentConfig) -> str:
-    """The W&B group: WANDB_RUN_GROUP, else the output folder (a suite's runs side by side). Grouping the seeds
-    of one experiment (--seeds) belongs here."""
-    return os.environ.get("WANDB_RUN_GROUP", config.out)
+    """The W&B group: WANDB_RUN_GROUP, else the experiment's (the seeds of one experiment, --seeds, share it),
+    so that the dashboard's grouped view averages an experiment over its seeds."""
+    return os.environ.get("WANDB_RUN_GROUP", config.group or config.name)
 
 
 def run_tags(config: ExperimentConfig, fields: dict) -> list[str]:

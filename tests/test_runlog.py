@@ -135,6 +135,7 @@ def test_an_offline_run_logs_against_rays_seen_and_ptq_and_hw_eval_join_its_wand
     [run] = of_type(records, "run")
     assert run.run_id == wandb_id and json.loads((run_dir / "wandb_run.json").read_text())["id"] == wandb_id
     assert list(run.tags) == ["preset:quick", "precision:fp32", "model:nerf", "world_size:1", "scene:scene"]
+    assert run.run_group == "exp1"  # the experiment: its seeds (--seeds) would share it
 
     # The dashboard's x-axis: rays seen, defined for every train/ and test/ metric and logged with each row.
     metrics = {m.glob_name or m.name: m.step_metric for m in of_type(records, "metric")}
