@@ -27,6 +27,7 @@ from tqdm import tqdm
 import bitnerf
 import bitnerf_ddp
 import configs
+import measured
 import precision
 import rundir
 from configs import ExperimentConfig
@@ -170,8 +171,11 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
             # Every rank asks between the same two steps whether any got a stop signal, so that all stop there.
             if signum := bitnerf_ddp.max_across_ranks(stop.signum, device):
                 break
-            with train_clock, sized_by("--batch-rays", config.batch_rays):
+            census = measured.MatmulCensus(model, enabled=step == start_step)  # the first step: what it ran in
+            with train_clock, sized_by("--batch-rays", config.batch_rays), census:
                 stats = train_step(step_model, sampler.batch(step), optimization, config, evaluation.autocast)
+            if census.enabled:
+                census.check(config, evaluation.dtype, "the training step")
 
             applied = done = step + 1
             row = {}
@@ -222,7 +226,7 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
     stop.at_once = True
     try:
         with bitnerf_ddp.main_rank_alone(ranks), sized_by("--chunk", config.chunk):
-            summary = finish(evaluation, model, precision_name, log)
+            summary = finish(evaluation, model, log)
     except KeyboardInterrupt:
         signum = stop.signum or signal.SIGINT
         log.close(exit_code=128 + signum)
@@ -247,20 +251,22 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
     return summary
 
 
-def finish(evaluation: Evaluation, model, precision_name: str, log: RunLog) -> dict:
+def finish(evaluation: Evaluation, model, log: RunLog) -> dict:
     """Every test view (metrics and renders), the video, layers.json and the model file; returns the
-    summary's fields that describe the trained model."""
+    summary's fields that describe the trained model, its precision and weight bits as layers.json measured them."""
     config, scene, run_dir = evaluation.config, evaluation.scene, evaluation.run_dir
     results = evaluation.test_views(model)
     evaluation.write_test_views(results)
     video = evaluation.video(model)
-    write_json(run_dir / rundir.LAYERS, evaluation.layers(model))
+    layers = evaluation.layers(model)
+    measured.check_layers(layers, config, evaluation.dtype, "the final evaluation")
+    write_json(run_dir / rundir.LAYERS, layers)
     model_path = rundir.write_model_file(run_dir, model, config.model, evaluation.dtype)
     log.video(video[-1])
     return {
-        "experiment": config.name, "model": config.model, "precision": precision_name,
+        "experiment": config.name, "model": config.model, "precision": layers["precision"],
         "global_batch_rays": config.batch_rays, **evaluation.metrics(results),
-        "weight_bits": precision.weight_bits(config.model, evaluation.dtype),
+        "weight_bits": layers["weight_bits"], "compiled": measured.compiled(model),
         "model_bytes": model_path.stat().st_size,
         "scene": scene.name, "device": str(evaluation.device), "torch_version": torch.__version__,
     }

@@ -1,3 +1,4 @@
+import contextlib
 import csv
 import json
 import subprocess
@@ -8,14 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
+import bitnerf
 import train
 from conftest import write_scene
+from step import train_step
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = {"experiment", "model", "precision", "world_size", "global_batch_rays", "steps", "wall_s",
                 "train_samples_per_s", "peak_mem_bytes", "psnr_test", "ssim_test", "params", "weight_bits",
-                "checkpoint_bytes", "model_bytes", "scene", "device", "torch_version"}
+                "checkpoint_bytes", "model_bytes", "scene", "device", "torch_version", "compiled"}
 
 
 def test_training_learns_and_writes_the_run_directory(tiny_config):
@@ -81,9 +84,26 @@ def test_resume_continues_exactly_where_the_run_stopped(tiny_config, monkeypatch
 
 def test_mixed_precision_runs_and_records_its_dtype(tiny_config):
     summary = train.run(replace(tiny_config, precision="amp", steps=10, video_frames=1))
-    assert summary["precision"] == "bf16-amp" and summary["weight_bits"] == 16
-    layers = json.loads((Path(tiny_config.out) / "exp1" / "layers.json").read_text())["layers"]
-    assert {(layer["weight_bits"], layer["input_bits"]) for layer in layers} == {(16, 16)}
+    assert summary["precision"] == "bf16-amp" and summary["weight_bits"] == 16 and summary["compiled"] is False
+    layers = json.loads((Path(tiny_config.out) / "exp1" / "layers.json").read_text())
+    assert (layers["precision"], layers["weight_bits"]) == ("bf16-amp", 16)
+    assert {(layer["weight_bits"], layer["input_bits"], layer["output_bits"]) for layer in layers["layers"]} == {(16, 16, 16)}
+
+
+def test_a_run_that_computes_other_than_its_precision_stops_with_one_line(tiny_config, monkeypatch):
+    """Precision and bits are measured from the matmuls that ran: a training step without its autocast, or
+    a BitNeRF whose layers were never quantized, stops the run instead of reporting the configured precision."""
+    def without_autocast(step_model, batch, optimization, config, autocast):
+        return train_step(step_model, batch, optimization, config, contextlib.nullcontext)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "train_step", without_autocast)
+        with pytest.raises(SystemExit, match="training step ran fp32 .* asks for bf16-amp"):
+            train.run(replace(tiny_config, precision="amp", steps=2, video_frames=1))
+    with monkeypatch.context() as patch:
+        patch.setattr(bitnerf, "to_bitnet", lambda model, quantize_heads=False: model)
+        with pytest.raises(SystemExit, match="ran fp32 with ternary weights in 0 of 12 layers.* ternary-int8 with 8"):
+            train.run(replace(tiny_config, model="bitnerf", steps=2, video_frames=1, name="never_quantized"))
 
 
 def test_existing_runs_are_never_overwritten_by_accident(tiny_config):
