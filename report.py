@@ -73,20 +73,35 @@ def read_hw_results(hw_dir: Path) -> list[dict] | None:
         return [{"design": "dense", **row} for row in reader] or None
 
 
+COMPILED = {True: "yes", False: "no"}
+
+
+def throughput_ratio(summary: dict, baseline: dict | None) -> str:
+    """A run's training samples/s over exp1's, where both ran with the same measured compile setting."""
+    if baseline is None:
+        return "n/a (no exp1)"
+    if summary.get("compiled") is None or summary.get("compiled") != baseline.get("compiled"):
+        return (f"not compared (compiled: {COMPILED.get(summary.get('compiled'), 'unknown')},"
+                f" exp1 {COMPILED.get(baseline.get('compiled'), 'unknown')})")
+    return f"{summary['train_samples_per_s'] / baseline['train_samples_per_s']:.2f}×"
+
+
 def results_table(runs, hw_rows: list[dict] | None, hw_dir: Path) -> str:
     """The table of every experiment, and the notes that say what its columns mean."""
     archs = list(dict.fromkeys(row["arch"] for row in hw_rows or []))
     hw = {(row["run"], row["arch"]): row for row in hw_rows or []}
     header = ["experiment", "precision", "world size", "global batch (rays)", "steps", "wall time",
-              "train samples/s", "peak memory", "test PSNR (dB)", "test SSIM", "parameters", "weight bits",
-              "model size"]
+              "train samples/s", "compiled", "samples/s vs exp1", "peak memory", "test PSNR (dB)", "test SSIM",
+              "parameters", "weight bits", "model size"]
+    baseline = next((s for _, s in runs if s["experiment"] == "exp1"), None)
     for arch in archs or [None]:
         prefix = f"{arch} " if arch else ""
         header += [f"{prefix}energy/frame", f"{prefix}latency/frame"]
     rows = []
     for run_dir, s in runs:
         row = [s["experiment"], s["precision"], s["world_size"], s["global_batch_rays"], s["steps"],
-               f"{s['wall_s']:.0f} s", si(s["train_samples_per_s"]), si(s["peak_mem_bytes"], "B"),
+               f"{s['wall_s']:.0f} s", si(s["train_samples_per_s"]), COMPILED.get(s.get("compiled"), "unknown"),
+               throughput_ratio(s, baseline), si(s["peak_mem_bytes"], "B"),
                f"{s['psnr_test']:.2f}", f"{s['ssim_test']:.3f}", si(s["params"]), f"{s['weight_bits']:g}",
                si(s["model_bytes"], "B")]
         for arch in archs or [None]:
@@ -98,6 +113,9 @@ def results_table(runs, hw_rows: list[dict] | None, hw_dir: Path) -> str:
         "- *wall time*: the whole training command (evaluation and video included); *train samples/s*: MLP "
         "queries per second of the optimizer steps; *peak memory*: CUDA's peak allocation, or on the CPU the "
         "process's peak resident set; *model size*: the deployable weights file (BitNeRF: 2-bit packed ternary).",
+        "- *compiled*: whether the run's radiance fields were torch.compile'd modules (measured by the run; "
+        "*unknown* for runs that predate the record). *samples/s vs exp1* compares only runs with the same "
+        "setting: compiling changes throughput by itself, and would be credited to the experiment's axis.",
     ]
     if hw_rows is None:
         notes.append(f"- *n/a*: no hardware results at `{hw_dir / 'results.csv'}`; run `python hw_eval.py` "
