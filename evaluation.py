@@ -111,6 +111,18 @@ class Evaluation:
         return write_video(str(self.run_dir / rundir.VIDEO_STEM), frames)
 
     @torch.no_grad()
+    def matmul_census(self, model: NeRF) -> MatmulCensus:
+        """What model's Linear layers compute in (measured.py), on one chunk of rays of the first test view
+        in eval mode and the evaluation's autocast; compiled fields run eagerly meanwhile."""
+        origins, dirs = self.rays(self.scene.i_test[0])
+        was_training = model.training
+        model.eval()
+        with self.autocast(), MatmulCensus(model) as matmuls:
+            model(origins.reshape(-1, 3)[: self.config.chunk], dirs.reshape(-1, 3)[: self.config.chunk])
+        model.train(was_training)
+        return matmuls
+
+    @torch.no_grad()
     def layers(self, model: NeRF) -> dict:
         """layers.json: every Linear layer in execution order with its shape, bitwidths and measured sparsity,
         and the model's precision and weight bits (summary.json's), all measured on one chunk (measured.py).
@@ -135,13 +147,7 @@ class Evaluation:
             nonzero_inputs[names[module]] = nonzero_inputs.get(names[module], 0) + per_feature
 
         handles = [m.register_forward_hook(count_zeros) for m in names]
-        origins, dirs = self.rays(self.scene.i_test[0])
-        was_training = model.training
-        model.eval()
-        # The census runs compiled fields eagerly: a compiled graph would run past the hooks.
-        with self.autocast(), MatmulCensus(model) as matmuls:
-            model(origins.reshape(-1, 3)[: self.config.chunk], dirs.reshape(-1, 3)[: self.config.chunk])
-        model.train(was_training)
+        matmuls = self.matmul_census(model)
         for h in handles:
             h.remove()
         per_ray = model.samples_per_ray()

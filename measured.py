@@ -145,3 +145,10 @@ def compiled(model: nn.Module) -> bool:
     gives a module a compiled call; an eager one has none)."""
     fields = [field for field in (model.coarse, model.fine) if field is not None]
     return all(getattr(field, "_compiled_call_impl", None) is not None for field in fields)
+
+
+def stored_weight_bits(model: nn.Module) -> int:
+    """The narrowest weights a model stores in its Linear layers: a torchao quantized weight's integer data
+    (qdata), else the parameter's own dtype."""
+    return min(dtype_bits(getattr(module.weight, "qdata", module.weight).dtype)
+               for module in model.modules() if isinstance(module, nn.Linear))

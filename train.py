@@ -191,10 +191,11 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
             if not ranks.is_main:
                 continue
             if done % config.eval_every == 0 and done < config.steps:
+                split, views = scene.monitored_views()  # validation views where the scene has them
                 with bitnerf_ddp.main_rank_alone(ranks), sized_by("--chunk", config.chunk):
-                    results = evaluation.test_views(model, scene.i_test[: config.eval_views])
+                    results = evaluation.test_views(model, views[: config.eval_views])
                 row = {**row, "step": done, "wall_s": round(wall_s(), 3),
-                       "psnr_test": float(np.mean([r["psnr"] for r in results]))}
+                       f"psnr_{split}": float(np.mean([r["psnr"] for r in results]))}
                 log.render(results[0], scene, step=done)
             if row:
                 log.row(row)
