@@ -1,12 +1,16 @@
-"""Experiment configurations: one dataclass, EXP1, and every other experiment as EXP1 with one axis changed.
+"""Experiment configurations: one dataclass, EXP1, and every other experiment as its twin with one axis
+changed: exp2, exp4 and exp5 are exp1 with one axis, exp3 is exp2 with a 4x batch (so against exp1 it
+changes two: AMP and the batch), exp6 is exp4 with DDP (against exp1: BitNeRF and DDP).
 
 An experiment is a function of a base configuration (`AXES`), so the same axis applies to the full
 configuration (`EXP1`) and to the CPU preset (`QUICK`): `experiment("exp3", QUICK)` is the quick
-exp1 with AMP and a 4x batch, nothing else changed.
+exp2 with a 4x batch at the same rays, nothing else changed.
 """
 
 import argparse
 import dataclasses
+import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, replace
@@ -137,15 +141,19 @@ QUICK = replace(
 
 # Step counts between bookkeeping events; an experiment that changes the rays per step scales them.
 STEP_INTERVALS = ("log_every", "eval_every", "ckpt_every")
+# Options counted in the base experiment's steps: the command line applies them before the axis, so that
+# exp3 --steps N trains N/4 steps of its 4x batch, the rays of exp1 --steps N.
+STEP_COUNTS = ("steps", *STEP_INTERVALS)
 
-# Each experiment changes one axis of its base; everything else stays equal so comparisons are fair.
+# Each experiment changes one axis of its twin (exp1; exp2 for exp3; exp4 for exp6); everything else stays
+# equal so comparisons are fair.
 AXES = {
     "exp1": lambda base: base,
     "exp2": lambda base: replace(base, precision="amp"),
-    # A 4x batch at an equal budget of rays (a quarter of the steps): what the batch size buys in
-    # throughput and quality for the same data, in a quarter of the optimizer steps. Logging,
+    # exp2 with a 4x batch at an equal budget of rays (a quarter of the steps): what the batch size buys
+    # in throughput and quality for the same data, in a quarter of the optimizer steps. Logging,
     # evaluation and checkpoints keep their spacing in rays, so the curves compare point by point.
-    "exp3": lambda base: replace(base, precision="amp", batch_rays=4 * base.batch_rays, steps=base.steps // 4,
+    "exp3": lambda base: replace(AXES["exp2"](base), batch_rays=4 * base.batch_rays, steps=base.steps // 4,
                                  **{k: max(1, getattr(base, k) // 4) for k in STEP_INTERVALS}),
     # BitNeRF keeps exp1's learning rate and weight decay: the seed changed both for BitNeRF, but at
     # equal settings BitNeRF already trains stably (BENCHMARKS.md, "The suite on lego_100").
@@ -176,6 +184,8 @@ def parse_args(name: str, argv: list[str] | None = None) -> tuple[ExperimentConf
     """The command line of `expN.py`: every config field as `--field-name`, plus run-control flags.
 
     Overrides apply on top of EXPn, or of the quick preset with the same axis when `--quick` is given.
+    Step counts (STEP_COUNTS) count the base's steps: they apply before the axis, so exp3 scales them to
+    its 4x batch (and refuses a --steps that is not a multiple of 4, which no equal budget of rays has).
     """
     parser = OneLineParser(prog=f"{name}.py", description=f"Train {name}: {EXPERIMENT_HELP[name]}.")
     parser.add_argument("--quick", action="store_true", help="the CPU preset (about 5 minutes on 2 cores)")
@@ -207,8 +217,18 @@ def parse_args(name: str, argv: list[str] | None = None) -> tuple[ExperimentConf
     overrides = {f.name: getattr(args, f.name) for f in CLI_FIELDS if getattr(args, f.name) is not None}
     if "skips" in overrides:
         overrides["skips"] = tuple(overrides["skips"])
-    config = replace(experiment(name, QUICK if args.quick else EXP1), **overrides)
-    return config, args
+    base = QUICK if args.quick else EXP1
+    step_counts = {k: overrides.pop(k) for k in STEP_COUNTS if k in overrides}
+    scaled = experiment(name, replace(base, **step_counts))
+    if "steps" in step_counts:
+        factor = experiment(name, base).batch_rays // base.batch_rays
+        if step_counts["steps"] % factor:
+            raise UserError(f"--steps {step_counts['steps']}: {name} trains 1/{factor} of the steps at {factor}x the"
+                            f" batch (the rays of exp1 --steps N), so give a multiple of {factor}")
+        if factor > 1 and os.environ.get("RANK", "0") == "0":
+            print(f"{name}: --steps {step_counts['steps']} counts exp1's steps of {base.batch_rays} rays: {scaled.steps}"
+                  f" steps of {scaled.batch_rays} rays, the same rays", file=sys.stderr)
+    return replace(scaled, **overrides), args
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -230,7 +250,7 @@ def seed_argvs(argv: list[str], seeds: list[int], name: str) -> list[list[str]]:
 EXPERIMENT_HELP = {
     "exp1": "NeRF baseline in fp32",
     "exp2": "automatic mixed precision with gradient scaling",
-    "exp3": "automatic mixed precision with a 4x larger batch at an equal budget of rays",
+    "exp3": "exp2 with a 4x larger batch at an equal budget of rays (--steps counts exp1's steps: it trains a quarter)",
     "exp4": "BitNeRF, BitNet b1.58 ternary weights and int8 activations (torchao)",
     "exp5": "NeRF with DistributedDataParallel (launches torchrun itself)",
     "exp6": "BitNeRF with DistributedDataParallel (launches torchrun itself)",

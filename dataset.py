@@ -3,7 +3,7 @@
 import dataclasses
 import json
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -15,7 +15,10 @@ from utils import UserError, get_rays
 
 @dataclass
 class Scene:
-    """Images (N, H, W, 3) in [0, 1], camera-to-world poses (N, 4, 4), pinhole focal length in pixels."""
+    """Images (N, H, W, 3) in [0, 1], camera-to-world poses (N, 4, 4), pinhole focal length in pixels.
+
+    Views split into i_train (trained on), i_test (the final evaluation) and i_val (validation views for
+    the periodic evaluation during training; empty where the scene has none)."""
 
     name: str
     images: np.ndarray
@@ -27,6 +30,12 @@ class Scene:
     far: float = 6.0
     white_bkgd: bool = False
     depths: np.ndarray | None = None
+    i_val: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def monitored_views(self) -> tuple[str, np.ndarray]:
+        """The split the periodic evaluation renders, and its views: validation where the scene has it,
+        else test (an .npz without i_val)."""
+        return ("val", self.i_val) if self.i_val.size else ("test", self.i_test)
 
     @property
     def height(self) -> int:
@@ -86,13 +95,15 @@ def load_npz(path: Path) -> Scene:
         raise UserError(f"{path} lacks {', '.join(sorted(missing))}: a scene .npz needs images, poses and focal")
     images = arrays["images"].astype(np.float32)
     n = images.shape[0] if images.ndim else 0
+    i_val = np.asarray(arrays.get("i_val", []), dtype=np.int64).reshape(-1)
     if "i_train" in arrays or "i_test" in arrays:
-        i_train = arrays.get("i_train", np.setdiff1d(np.arange(n), arrays.get("i_test", [])))
-        i_test = arrays.get("i_test", np.setdiff1d(np.arange(n), i_train))
+        i_train = arrays.get("i_train", np.setdiff1d(np.arange(n), np.union1d(arrays.get("i_test", []), i_val)))
+        i_test = arrays.get("i_test", np.setdiff1d(np.arange(n), np.union1d(i_train, i_val)))
     else:
-        # Without a split, the first 90% of views train and the rest test, as the README documents.
-        n_train = max(1, min(n - 1, int(round(0.9 * n))))
-        i_train, i_test = np.arange(n_train), np.arange(n_train, n)
+        # Without a split, the first 90% of the views not in i_val train and the rest test, as the README documents.
+        rest = np.setdiff1d(np.arange(n), i_val)
+        n_train = max(1, min(len(rest) - 1, int(round(0.9 * len(rest)))))
+        i_train, i_test = rest[:n_train], rest[n_train:]
     scene = Scene(
         name=path.stem,
         images=images,
@@ -104,6 +115,7 @@ def load_npz(path: Path) -> Scene:
         far=float(arrays.get("far", 6.0)),
         white_bkgd=bool(arrays.get("white_bkgd", False)),
         depths=arrays["depths"].astype(np.float32) if "depths" in arrays else None,
+        i_val=i_val,
     )
     validate_scene(scene, path)
     return scene
@@ -112,7 +124,8 @@ def load_npz(path: Path) -> Scene:
 def load_blender(folder: Path, downscale: int = 1) -> Scene:
     """A nerf_synthetic scene: transforms_{train,val,test}.json and RGBA PNGs, composited on white.
 
-    Train and val views train, test views test, as in the original NeRF code.
+    Train views train, val views validate (the periodic evaluation) and test views test, as in the
+    original NeRF code.
     """
     images, poses, split_sizes, camera_angle_x = [], [], {}, None
     for split in ("train", "val", "test"):
@@ -132,14 +145,15 @@ def load_blender(folder: Path, downscale: int = 1) -> Scene:
             raise UserError(f"cannot read the Blender scene in {folder} ({type(e).__name__}: {e})") from None
         split_sizes[split] = len(frames)
     width = images[0].shape[1]
-    n_train = split_sizes["train"] + split_sizes["val"]
+    n_train, n_val = split_sizes["train"], split_sizes["val"]
     scene = Scene(
         name=folder.name,
         images=np.stack(images).astype(np.float32),
         poses=np.stack(poses),
         focal=0.5 * width / np.tan(0.5 * camera_angle_x),
         i_train=np.arange(n_train),
-        i_test=np.arange(n_train, n_train + split_sizes["test"]),
+        i_val=np.arange(n_train, n_train + n_val),
+        i_test=np.arange(n_train + n_val, n_train + n_val + split_sizes["test"]),
         near=2.0,
         far=6.0,
         white_bkgd=True,
@@ -169,11 +183,14 @@ def validate_scene(scene: Scene, source) -> None:
         idx = getattr(scene, key)
         if idx.ndim != 1 or idx.size == 0 or idx.min() < 0 or idx.max() >= n:
             raise UserError(f"{source}: {key} must be a non-empty list of view indices in [0, {n})")
-    shared = np.intersect1d(scene.i_train, scene.i_test)
-    if shared.size:
-        views = ", ".join(map(str, shared[:5])) + (", ..." if shared.size > 5 else "")
-        raise UserError(f"{source}: i_train and i_test share {shared.size} views ({views}): a test view must not"
-                        f" be trained on; give disjoint splits")
+    if scene.i_val.size and (scene.i_val.ndim != 1 or scene.i_val.min() < 0 or scene.i_val.max() >= n):
+        raise UserError(f"{source}: i_val must be a list of view indices in [0, {n})")
+    for key in ("i_test", "i_val"):
+        shared = np.intersect1d(scene.i_train, getattr(scene, key))
+        if shared.size:
+            views = ", ".join(map(str, shared[:5])) + (", ..." if shared.size > 5 else "")
+            raise UserError(f"{source}: i_train and {key} share {shared.size} views ({views}): a"
+                            f" {key.removeprefix('i_')} view must not be trained on; give disjoint splits")
     if scene.depths is not None and scene.depths.shape != images.shape[:3]:
         raise UserError(f"{source}: depths must have shape {images.shape[:3]}, got {scene.depths.shape}")
 

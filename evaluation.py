@@ -21,6 +21,7 @@ import bitnerf
 import bitnerf_ddp
 import precision
 import rundir
+from measured import MatmulCensus
 from configs import ExperimentConfig
 from dataset import Scene
 from nerf import NeRF, render_image
@@ -118,8 +119,21 @@ class Evaluation:
         return [] if frames is None else write_video(str(self.run_dir / rundir.VIDEO_STEM), frames)
 
     @torch.no_grad()
+    def matmul_census(self, model: NeRF) -> MatmulCensus:
+        """What model's Linear layers compute in (measured.py), on one chunk of rays of the first test view
+        in eval mode and the evaluation's autocast; compiled fields run eagerly meanwhile."""
+        origins, dirs = self.rays(self.scene.i_test[0])
+        was_training = model.training
+        model.eval()
+        with self.autocast(), MatmulCensus(model) as matmuls:
+            model(origins.reshape(-1, 3)[: self.config.chunk], dirs.reshape(-1, 3)[: self.config.chunk])
+        model.train(was_training)
+        return matmuls
+
+    @torch.no_grad()
     def layers(self, model: NeRF) -> dict:
-        """layers.json: every Linear layer in execution order with its shape, bitwidths and measured sparsity.
+        """layers.json: every Linear layer in execution order with its shape, bitwidths and measured sparsity,
+        and the model's precision and weight bits (summary.json's), all measured on one chunk (measured.py).
 
         input_sparsity: the fraction of exactly-zero inputs over one chunk of rays of the first test view.
         weight_density: the fraction of nonzero weights the layer multiplies by (BitNeRF's quantized layers:
@@ -141,13 +155,7 @@ class Evaluation:
             nonzero_inputs[names[module]] = nonzero_inputs.get(names[module], 0) + per_feature
 
         handles = [m.register_forward_hook(count_zeros) for m in names]
-        origins, dirs = self.rays(self.scene.i_test[0])
-        was_training = model.training
-        model.eval()
-        # Eager: a compiled field runs its Linear layers inside one graph, past their hooks.
-        with self.autocast(), torch.compiler.set_stance("force_eager"):
-            model(origins.reshape(-1, 3)[: self.config.chunk], dirs.reshape(-1, 3)[: self.config.chunk])
-        model.train(was_training)
+        matmuls = self.matmul_census(model)
         for h in handles:
             h.remove()
         per_ray = model.samples_per_ray()
@@ -160,11 +168,12 @@ class Evaluation:
             samples = zeros[name][1] / module.in_features
             layers.append({
                 "name": name, "in_features": module.in_features, "out_features": module.out_features,
-                **precision.layer_bits(quantized, self.dtype),
+                **matmuls.layers[name].bits(),
                 "input_sparsity": round(zeros[name][0] / zeros[name][1], 4),
                 "weight_density": round(nonzero_weights.sum().item() / weight.numel(), 4),
                 "joint_density": round((nonzero_inputs[name] @ nonzero_weights).item()
                                        / (samples * module.in_features * module.out_features), 4),
                 "samples_per_frame": rundir.FRAME_PIXELS * per_ray[name.split(".")[0]],
             })
-        return {"samples_per_frame": rundir.FRAME_PIXELS * sum(per_ray.values()), "layers": layers}
+        return {"samples_per_frame": rundir.FRAME_PIXELS * sum(per_ray.values()), "precision": matmuls.precision(),
+                "weight_bits": matmuls.weight_bits(), "layers": layers}

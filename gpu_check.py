@@ -128,7 +128,8 @@ class Plan:
     def experiment_argv(self, name: str, out: Path | None = None, steps: int | None = None) -> list[str]:
         """The expN.py command line of an experiment's check: the full configuration on CUDA, the quick
         preset on the CPU, this schedule."""
-        steps = steps or self.experiment_steps(name)
+        # exp3 counts its step options in exp1's steps (configs.STEP_COUNTS) and trains a quarter of them.
+        steps = (steps or self.experiment_steps(name)) * (configs.experiment(name).batch_rays // configs.EXP1.batch_rays)
         argv = [] if self.device == "cuda" else ["--quick"]
         argv += ["--device", self.device, "--out", str(out or self.out), "--wandb", "disabled",
                  "--steps", str(steps), "--log-every", str(max(1, steps // 4)), "--eval-every", str(max(1, steps // 2)),

@@ -1,5 +1,6 @@
-"""Precision, decided in one place: the autocast dtype a run computes in, its name, and the bits of each
-layer's operands that layers.json records and hw_eval.py costs.
+"""Precision, decided in one place: the autocast dtype a run computes in, the name a configuration asks
+for, and the bitwidth constants that layers.json and hw_eval.py share. What a run actually computed in
+is measured (measured.py) and checked against precision_name.
 
 torch is imported inside the functions that use it, so that hw_eval.py reads bitwidths without it.
 """
@@ -72,32 +73,10 @@ def float32_matmul_settings(device: torch.device) -> dict:
     return settings
 
 
-def float_bits(dtype: torch.dtype | None) -> int:
-    """Bits of a float operand computed under autocast dtype (None: fp32)."""
-    return 32 if dtype is None else 16
-
-
 def precision_name(model_kind: str, dtype: torch.dtype | None) -> str:
-    """summary.json's precision: fp32, fp16-amp, bf16-amp or ternary-int8."""
+    """The precision a run of model_kind under autocast dtype asks for: fp32, fp16-amp, bf16-amp or ternary-int8."""
     import torch
 
     if model_kind == "bitnerf":
         return "ternary-int8"
     return "fp32" if dtype is None else {torch.float16: "fp16-amp", torch.bfloat16: "bf16-amp"}[dtype]
-
-
-def layer_bits(quantized: bool, dtype: torch.dtype | None) -> dict[str, int]:
-    """Bits of a Linear layer's weight, input and output as the run computes them.
-
-    A quantized (BitNet) layer multiplies ternary weights by int8 inputs, accumulates in integers, then
-    rescales to the float output.
-    """
-    bits = float_bits(dtype)
-    if quantized:
-        return {"weight_bits": TERNARY_WEIGHT_BITS, "input_bits": INT8_INPUT_BITS, "output_bits": bits}
-    return {"weight_bits": bits, "input_bits": bits, "output_bits": bits}
-
-
-def weight_bits(model_kind: str, dtype: torch.dtype | None) -> float:
-    """summary.json's weight_bits: BitNeRF's ternary information content, else the float width."""
-    return TERNARY_INFORMATION_BITS if model_kind == "bitnerf" else float_bits(dtype)

@@ -1,10 +1,11 @@
 """Post-training quantization of a trained NeRF: evaluation-only variants beside BitNeRF's training.
 
 `python ptq.py runs/exp1` loads the run's checkpoint, quantizes a copy of the model per variant,
-renders every test view and writes `runs/exp1/ptq.json`: per variant its weight bits, the size of
-its saved weights, and test PSNR and SSIM; a run that logged to W&B gets them in its W&B run too.
-exp4 trains ternary weights for the same number of steps, so the two answer one question: quantize
-after training, or train quantized?
+renders every test view and writes `runs/exp1/ptq.json`: per variant its weight bits and the input
+bits of its quantized layers (measured on the variant, measured.py), the size of its saved weights,
+and test PSNR and SSIM; a run that logged to W&B gets them in its W&B run too. exp4 trains ternary
+weights for the same number of steps, so the two answer one question: quantize after training, or
+train quantized?
 
 The int8 variants quantize the layers BitNeRF quantizes (all but the density and colour heads), so
 the comparison differs only in when and how finely weights are quantized. The int8 dynamic variant
@@ -23,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 import bitnerf
+import measured
 import rundir
 import runlog
 from bitnerf import quantize_
@@ -36,7 +38,6 @@ TORCHAO_CONFIGS = {
     "int8-dynamic": "Int8DynamicActivationInt8WeightConfig",
 }
 VARIANTS = ("fp32", "fp16", *TORCHAO_CONFIGS)
-WEIGHT_BITS = {"fp32": 32, "fp16": 16, "int8-weight": 8, "int8-dynamic": 8}
 # cuBLAS's int8 matmul takes input widths in multiples of 8; torchao runs any other width as an int32
 # matmul copied to the CPU (the encoded point's 39 or 63 columns, the skip layer's 319, the view layer's 283).
 INT8_MATMUL_MULTIPLE = 8
@@ -117,10 +118,16 @@ def evaluate_variants(run_dir: Path, variants, data: str | None, device: torch.d
         with torch.no_grad():
             variant_evaluation = evaluation.with_dtype(autocast_dtype)
             metrics = variant_evaluation.metrics(variant_evaluation.test_views(quantized))
+        eval_s = round(time.perf_counter() - start, 2)
+        # Measured on the variant itself: the weights it stores, and the inputs its quantized layers multiply.
+        census = variant_evaluation.matmul_census(quantized)
         rows.append({
-            "variant": variant, "weight_bits": WEIGHT_BITS[variant], "model_bytes": saved_bytes(quantized),
+            "variant": variant, "weight_bits": measured.stored_weight_bits(quantized),
+            "input_bits": min(layer.bits()["input_bits"] for name, layer in census.layers.items()
+                              if bitnerf.is_quantized_layer(name)),
+            "model_bytes": saved_bytes(quantized),
             "psnr_test": metrics["psnr_test"], "ssim_test": metrics["ssim_test"],
-            "eval_s": round(time.perf_counter() - start, 2),
+            "eval_s": eval_s,
         })
     return rows
 

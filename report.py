@@ -74,20 +74,35 @@ def read_hw_results(hw_dir: Path) -> list[dict] | None:
         return [{"design": "dense", **row} for row in reader] or None
 
 
+COMPILED = {True: "yes", False: "no"}
+
+
+def throughput_ratio(summary: dict, baseline: dict | None) -> str:
+    """A run's training samples/s over exp1's, where both ran with the same measured compile setting."""
+    if baseline is None:
+        return "n/a (no exp1)"
+    if summary.get("compiled") is None or summary.get("compiled") != baseline.get("compiled"):
+        return (f"not compared (compiled: {COMPILED.get(summary.get('compiled'), 'unknown')},"
+                f" exp1 {COMPILED.get(baseline.get('compiled'), 'unknown')})")
+    return f"{summary['train_samples_per_s'] / baseline['train_samples_per_s']:.2f}×"
+
+
 def results_table(runs, hw_rows: list[dict] | None, hw_dir: Path) -> str:
     """The table of every experiment, and the notes that say what its columns mean."""
     archs = list(dict.fromkeys(row["arch"] for row in hw_rows or []))
     hw = {(row["run"], row["arch"]): row for row in hw_rows or []}
     header = ["experiment", "precision", "world size", "global batch (rays)", "steps", "wall time",
-              "train samples/s", "peak memory", "test PSNR (dB)", "test SSIM", "parameters", "weight bits",
-              "model size"]
+              "train samples/s", "compiled", "samples/s vs exp1", "peak memory", "test PSNR (dB)", "test SSIM",
+              "parameters", "weight bits", "model size"]
+    baseline = next((s for _, s in runs if s["experiment"] == "exp1"), None)
     for arch in archs or [None]:
         prefix = f"{arch} " if arch else ""
         header += [f"{prefix}energy/frame", f"{prefix}latency/frame"]
     rows = []
     for run_dir, s in runs:
         row = [s["experiment"], s["precision"], s["world_size"], s["global_batch_rays"], s["steps"],
-               f"{s['wall_s']:.0f} s", si(s["train_samples_per_s"]), si(s["peak_mem_bytes"], "B"),
+               f"{s['wall_s']:.0f} s", si(s["train_samples_per_s"]), COMPILED.get(s.get("compiled"), "unknown"),
+               throughput_ratio(s, baseline), si(s["peak_mem_bytes"], "B"),
                f"{s['psnr_test']:.2f}", f"{s['ssim_test']:.3f}", si(s["params"]), f"{s['weight_bits']:g}",
                si(s["model_bytes"], "B")]
         for arch in archs or [None]:
@@ -99,6 +114,9 @@ def results_table(runs, hw_rows: list[dict] | None, hw_dir: Path) -> str:
         "- *wall time*: the whole training command (evaluation and video included); *train samples/s*: MLP "
         "queries per second of the optimizer steps; *peak memory*: CUDA's peak allocation, or on the CPU the "
         "process's peak resident set; *model size*: the deployable weights file (BitNeRF: 2-bit packed ternary).",
+        "- *compiled*: whether the run's radiance fields were torch.compile'd modules (measured by the run; "
+        "*unknown* for runs that predate the record). *samples/s vs exp1* compares only runs with the same "
+        "setting: compiling changes throughput by itself, and would be credited to the experiment's axis.",
     ]
     if hw_rows is None:
         notes.append(f"- *n/a*: no hardware results at `{hw_dir / 'results.csv'}`; run `python hw_eval.py` "
@@ -112,9 +130,11 @@ def results_table(runs, hw_rows: list[dict] | None, hw_dir: Path) -> str:
 
 
 def psnr_curve(run_dir: Path, summary: dict) -> list[tuple[int, float, float]]:
-    """(step, wall seconds, test PSNR) at every evaluation, ending with the final one on all test views."""
+    """(step, wall seconds, PSNR) at every evaluation, ending with the final one on all test views. The
+    periodic evaluations render validation views where the scene has them (psnr_val), else test views."""
     rows = rundir.read_metrics(run_dir)
-    curve = [(int(r["step"]), float(r["wall_s"]), float(r["psnr_test"])) for r in rows if r["psnr_test"]]
+    held_out = [(r, r.get("psnr_val") or r["psnr_test"]) for r in rows]
+    curve = [(int(r["step"]), float(r["wall_s"]), float(psnr)) for r, psnr in held_out if psnr]
     end_wall = next((float(r["wall_s"]) for r in rows if int(r["step"]) == summary["steps"]), summary["wall_s"])
     return curve + [(summary["steps"], end_wall, summary["psnr_test"])]
 
@@ -145,9 +165,10 @@ def plot_psnr(runs, path: Path) -> None:
             if len(group) > 1:
                 half = np.array([e.half_width for e in estimates])
                 axes.fill_between(x, psnr - half, psnr + half, color=f"C{i % 10}", alpha=0.2, linewidth=0)
-    by_step.set(title="Test PSNR against optimizer steps", xlabel="step", ylabel="test PSNR (dB)")
-    by_rays.set(title="Test PSNR against rays seen", xlabel="training rays seen")
-    by_wall.set(title="Test PSNR against wall time", xlabel="wall time since the run started (s)")
+    # The periodic evaluations render validation views where the scene has them; the last point is the test views.
+    by_step.set(title="Held-out PSNR against optimizer steps", xlabel="step", ylabel="val, then final test PSNR (dB)")
+    by_rays.set(title="Held-out PSNR against rays seen", xlabel="training rays seen")
+    by_wall.set(title="Held-out PSNR against wall time", xlabel="wall time since the run started (s)")
     for axes in (by_step, by_rays, by_wall):
         axes.grid(alpha=0.3)
     figure.legend(*by_step.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
@@ -177,6 +198,11 @@ def seed_measures(dense_rows: list[dict] | None) -> dict[str, tuple[str, int, ob
     return measures
 
 
+def compile_settings(group) -> set:
+    """The measured `compiled` of an experiment's runs (None for a summary from before it was recorded)."""
+    return {summary.get("compiled") for _, summary in group}
+
+
 def intervals_section(runs, dense_rows: list[dict] | None) -> list[str]:
     """Each experiment's mean and 95% t interval over its seeds, and its difference from exp1 paired seed
     by seed, marked where the interval covers zero."""
@@ -198,7 +224,10 @@ def intervals_section(runs, dense_rows: list[dict] | None) -> list[str]:
         if experiment == "exp1":
             continue
         cells = []
-        for label, digits, value in measures.values():
+        for key, (label, digits, value) in measures.items():
+            if key == "train_samples_per_s" and compile_settings(group) != compile_settings(reference):
+                cells.append("n/a (compiled differs)")  # throughput compares only like with like
+                continue
             difference = stats.paired_difference(by_seed(group, value), by_seed(reference, value))
             cells.append("n/a" if difference is None else
                          f"{difference.format(digits)}{' (not significant)' if difference.covers_zero else ''}"
@@ -627,8 +656,8 @@ def write_report(runs_dir: Path, hw_dir: Path, out_dir: Path, command: str) -> P
               "## Test PSNR during training", ""]
     plot_psnr(runs, out_dir / "psnr.png")
     lines += ["![Test PSNR against steps, rays seen and wall time](psnr.png)", "",
-              "Periodic evaluations render the first test views (`eval_views`); the last point of each run is "
-              "the final evaluation on every test view. Against rays seen, experiments with other batch sizes "
+              "Periodic evaluations render the first validation views where the scene has them, else the first "
+              "test views (`eval_views`); the last point of each run is the final evaluation on every test view. Against rays seen, experiments with other batch sizes "
               "(exp3) line up with the rest.", "",
               "## Test renders and depth maps", ""]
     views = plot_renders(runs, out_dir / "renders.png")

@@ -26,7 +26,9 @@ MODEL_FILES = {"nerf": "model.pt", "bitnerf": "model_ternary.pt"}  # the deploya
 # frame: 800x800 is the Blender scenes' full resolution, the frame NeRF accelerators report.
 FRAME_HEIGHT = FRAME_WIDTH = 800
 FRAME_PIXELS = FRAME_HEIGHT * FRAME_WIDTH
-METRIC_COLUMNS = ("step", "rays_seen", "wall_s", "loss", "psnr_train", "grad_norm", "lr", "samples_per_s", "psnr_test")
+# psnr_val where the scene has validation views (the periodic evaluation renders them), else psnr_test.
+METRIC_COLUMNS = ("step", "rays_seen", "wall_s", "loss", "psnr_train", "grad_norm", "lr", "samples_per_s", "psnr_test",
+                  "psnr_val")
 LAYER_FIELDS = ("name", "in_features", "out_features", "weight_bits", "input_bits", "output_bits", "input_sparsity",
                 "samples_per_frame")
 # Config fields that may change when a run is resumed; any other change would make it a different run.

@@ -27,6 +27,7 @@ from tqdm import tqdm
 import bitnerf
 import bitnerf_ddp
 import configs
+import measured
 import precision
 import rundir
 from configs import ExperimentConfig
@@ -190,8 +191,11 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
             # Every rank asks between the same two steps whether any got a stop signal, so that all stop there.
             if signum := bitnerf_ddp.max_across_ranks(stop.signum):
                 break
-            with train_clock, sized_by("--batch-rays", config.batch_rays):
+            census = measured.MatmulCensus(model, enabled=step == start_step)  # the first step: what it ran in
+            with train_clock, sized_by("--batch-rays", config.batch_rays), census:
                 stats = train_step(step_model, sampler.batch(step), optimization, config, evaluation.autocast)
+            if census.enabled:
+                census.check(config, evaluation.dtype, "the training step")
 
             applied = done = step + 1
             row = {}
@@ -205,11 +209,12 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
                 last_log_train_s, last_log_step = train_clock.elapsed, done
                 progress.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr_train']:.2f}")
             if done % config.eval_every == 0 and done < config.steps:
+                split, views = scene.monitored_views()  # validation views where the scene has them
                 with sized_by("--chunk", config.chunk):  # every rank renders its share; rank 0 gets the results
-                    results = evaluation.test_views(model, scene.i_test[: config.eval_views])
+                    results = evaluation.test_views(model, views[: config.eval_views])
                 if ranks.is_main:
                     row = {**row, "step": done, "wall_s": round(wall_s(), 3),
-                           "psnr_test": float(np.mean([r["psnr"] for r in results]))}
+                           f"psnr_{split}": float(np.mean([r["psnr"] for r in results]))}
                     log.render(results[0], scene, step=done)
             if not ranks.is_main:
                 continue
@@ -241,7 +246,7 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
     stop.at_once = True
     try:
         with sized_by("--chunk", config.chunk):
-            summary = finish(evaluation, model, precision_name, log)
+            summary = finish(evaluation, model, log)
     except KeyboardInterrupt:
         signum = stop.signum or signal.SIGINT
         if ranks.is_main:
@@ -273,23 +278,27 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
     return summary
 
 
-def finish(evaluation: Evaluation, model, precision_name: str, log: RunLog | None) -> dict:
+def finish(evaluation: Evaluation, model, log: RunLog | None) -> dict:
     """Every test view (metrics and renders), the video, layers.json and the model file; returns the
-    summary's fields that describe the trained model. Under DDP every rank renders its share of the views
-    and frames; rank 0 alone writes the files (the census renders one chunk), and the others return {}."""
+    summary's fields that describe the trained model, its precision and weight bits as layers.json measured
+    them. Under DDP every rank renders its share of the views and frames; rank 0 alone writes the files
+    (the census renders one chunk), and the others return {}."""
     config, scene, run_dir = evaluation.config, evaluation.scene, evaluation.run_dir
     results = evaluation.test_views(model)
     video = evaluation.video(model)
     if results is None:
         return {}
     evaluation.write_test_views(results)
-    write_json(run_dir / rundir.LAYERS, evaluation.layers(model))
+    layers = evaluation.layers(model)
+    measured.check_layers(layers, config, evaluation.dtype, "the final evaluation")
+    write_json(run_dir / rundir.LAYERS, layers)
     model_path = rundir.write_model_file(run_dir, model, config.model, evaluation.dtype)
     log.video(video[-1])
     return {
-        "experiment": config.group or config.name, "seed": config.seed, "model": config.model, "precision": precision_name,
+        "experiment": config.group or config.name, "seed": config.seed, "model": config.model,
+        "precision": layers["precision"],
         "global_batch_rays": config.batch_rays, **evaluation.metrics(results),
-        "weight_bits": precision.weight_bits(config.model, evaluation.dtype),
+        "weight_bits": layers["weight_bits"], "compiled": measured.compiled(model),
         "model_bytes": model_path.stat().st_size,
         "scene": scene.name, "device": str(evaluation.device), "torch_version": torch.__version__,
         **precision.float32_matmul_settings(evaluation.device),

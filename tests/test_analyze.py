@@ -233,6 +233,7 @@ def test_layer_census_counts_each_layer_s_zero_inputs_by_hand(tmp_path):
     assert by_name["coarse.layers.1"]["samples_per_frame"] == 640_000 * 4
     assert by_name["fine.output_head"]["samples_per_frame"] == 640_000 * 6
     assert census["samples_per_frame"] == 640_000 * 10
+    assert (census["precision"], census["weight_bits"]) == ("fp32", 32)
     assert (by_name["fine.layers.1"]["in_features"], by_name["fine.output_head"]["out_features"]) == (4, 4)
     assert {(l["weight_bits"], l["input_bits"], l["output_bits"]) for l in census["layers"]} == {(32, 32, 32)}
     assert model.training  # the census restores the mode it found
@@ -243,9 +244,11 @@ def test_layer_census_of_bitnerf_records_ternary_weights_and_int8_inputs(tmp_pat
     model = bitnerf.build_model(replace(TINY, model="bitnerf"), scene, CPU)
     census = Evaluation(scene, TINY, CPU, torch.bfloat16).layers(model)
     bits = {layer["name"]: (layer["weight_bits"], layer["input_bits"], layer["output_bits"]) for layer in census["layers"]}
-    # Hidden layers: 2-bit packed ternary weights times int8 rows, rescaled to the bf16 output; the heads bf16.
-    assert bits == {f"{field}.{layer}.linear": (2, 8, 16) if layer != "output_head" else (16, 16, 16)
+    # Hidden layers: 2-bit packed ternary weights times int8 rows, rescaled in fp32 (torchao's BitNet linear runs
+    # before autocast could cast it), as measured; the heads bf16.
+    assert bits == {f"{field}.{layer}.linear": (2, 8, 32) if layer != "output_head" else (16, 16, 16)
                     for field in ("coarse", "fine") for layer in ("layers.0", "layers.1", "output_head")}
+    assert (census["precision"], census["weight_bits"]) == ("ternary-int8", 1.58)
 
 
 def depth_scene(tmp_path, with_depths: bool):

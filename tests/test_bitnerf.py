@@ -1,4 +1,5 @@
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -141,7 +142,7 @@ def test_bitnerf_run_learns_and_reports_ternary_bits(tiny_config):
     summary = train.run(config)
     run_dir = Path(config.out) / config.name
     assert summary["model"] == "bitnerf" and summary["precision"] == "ternary-int8"
-    assert summary["weight_bits"] == 1.58
+    assert summary["weight_bits"] == 1.58 and summary["compiled"] == (shutil.which("g++") is not None)
     assert summary["model_bytes"] == (run_dir / "model_ternary.pt").stat().st_size
     assert summary["psnr_test"] > 16.0
     if train.compiles(config, torch.device("cpu")):  # its first step compiled, which is not training throughput

@@ -62,8 +62,8 @@ def test_seed_configuration_is_expressible():
 
 
 def test_command_line_overrides_apply_on_top_of_the_preset():
-    config, args = configs.parse_args("exp3", ["--quick", "--steps", "7", "--skips", "1", "--no-perturb"])
-    assert config.steps == 7 and config.skips == (1,) and not config.perturb
+    config, args = configs.parse_args("exp3", ["--quick", "--steps", "28", "--skips", "1", "--no-perturb"])
+    assert config.steps == 7 and config.skips == (1,) and not config.perturb  # exp1's 28 steps of a 4x smaller batch
     # The rest is the quick exp3: 4 x 256 rays, AMP, the quick 4x128 MLP.
     assert (config.batch_rays, config.precision, config.name, config.width, config.lr) == (1024, "amp", "exp3", 128, 5e-3)
     assert args.quick and not args.resume
@@ -72,6 +72,28 @@ def test_command_line_overrides_apply_on_top_of_the_preset():
     assert (full4.model, full4.width, full4.steps, full4.batch_rays) == ("bitnerf", 256, 11000, 4096)
     # The preset a run started from, which W&B tags it with: --quick, kept under overrides; no option of its own.
     assert (config.preset, full4.preset, dataclasses.replace(QUICK, steps=3).preset) == ("quick", "full", "quick")
+
+
+@pytest.mark.parametrize("argv", [["--quick"], ["--quick", "--steps", "300", "--log-every", "20", "--eval-every", "100",
+                                   "--ckpt-every", "2"], ["--steps", "40"]])
+def test_exp3_given_steps_keeps_the_rays_of_exp1_and_exp2_given_the_same(argv, capsys):
+    exp1, exp2, exp3 = (configs.parse_args(name, argv)[0] for name in ("exp1", "exp2", "exp3"))
+    assert exp3.steps * exp3.batch_rays == exp2.steps * exp2.batch_rays == exp1.steps * exp1.batch_rays
+    assert changed_fields(exp3, exp2) == {"batch_rays", *configs.STEP_COUNTS}  # one axis against exp2
+    # Evaluations, logs and checkpoints fall on the same rays (a spacing below 4 steps stays 1).
+    for key in configs.STEP_INTERVALS:
+        assert exp3.batch_rays * getattr(exp3, key) == max(exp2.batch_rays * getattr(exp2, key), exp3.batch_rays)
+    if "--steps" in argv:
+        assert f"{exp3.steps} steps of {exp3.batch_rays} rays, the same rays" in capsys.readouterr().err
+
+
+def test_exp3_refuses_steps_that_no_equal_budget_of_rays_has(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "exp3.py"), "--quick", "--steps", "301", "--out", str(tmp_path)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: --steps 301: exp3 trains 1/4 of the steps at 4x the batch (the rays of exp1 --steps N), so give a"
+        " multiple of 4"]
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -38,11 +38,18 @@ def test_rays_of_a_camera_at_the_world_origin_by_hand():
 def test_npz_defaults_and_optional_keys(tmp_path):
     scene = load_scene(str(write_scene(tmp_path / "plain.npz", n=10)))
     assert list(scene.i_train) == list(range(9)) and list(scene.i_test) == [9]
+    assert scene.i_val.size == 0 and scene.monitored_views()[0] == "test"  # no val split: monitor test views
     assert (scene.near, scene.far, scene.white_bkgd, scene.depths) == (2.0, 6.0, False, None)
     scene = load_scene(str(write_scene(tmp_path / "full.npz", n=4, i_test=np.array([0, 2]), near=np.float32(1.0),
                                        far=np.float32(3.0), white_bkgd=True, depths=np.ones((4, 8, 8)))))
     assert list(scene.i_train) == [1, 3] and list(scene.i_test) == [0, 2]
     assert (scene.near, scene.far, scene.white_bkgd, scene.depths.shape) == (1.0, 3.0, True, (4, 8, 8))
+    # i_val: left out of the default training views, and what the periodic evaluation renders.
+    scene = load_scene(str(write_scene(tmp_path / "val.npz", n=6, i_test=np.array([5]), i_val=np.array([1, 4]))))
+    assert (list(scene.i_train), list(scene.i_val), list(scene.i_test)) == ([0, 2, 3], [1, 4], [5])
+    assert scene.monitored_views()[0] == "val" and list(scene.monitored_views()[1]) == [1, 4]
+    scene = load_scene(str(write_scene(tmp_path / "val_only.npz", n=12, i_val=np.array([0, 1]))))
+    assert (list(scene.i_train), list(scene.i_val), list(scene.i_test)) == (list(range(2, 11)), [0, 1], [11])
 
 
 def test_builtin_scene_loads(builtin_scene):
@@ -68,7 +75,8 @@ def test_blender_folder_composites_on_white_and_downscales(tmp_path):
     write_blender_scene(tmp_path / "lego")
     scene = load_scene(str(tmp_path / "lego"))
     assert scene.images.shape == (6, 8, 8, 3) and scene.white_bkgd
-    assert list(scene.i_train) == [0, 1, 2, 3] and list(scene.i_test) == [4, 5]
+    # Train views alone train; val views validate, as in the original NeRF code.
+    assert (list(scene.i_train), list(scene.i_val), list(scene.i_test)) == ([0, 1, 2], [3], [4, 5])
     assert np.allclose(scene.images[0, 0, 0], [1, 0, 0]) and np.allclose(scene.images[0, -1, 0], [1, 1, 1])
     assert scene.focal == pytest.approx(0.5 * 8 / np.tan(0.345))
     half = load_scene(str(tmp_path / "lego"), downscale=2)
@@ -83,6 +91,9 @@ BAD_SCENES = [
     ({"focal": np.float32(0.0)}, "focal must be a positive"),
     ({"near": 5.0, "far": 2.0}, "near < far"),
     ({"i_test": np.array([17])}, "i_test must be"),
+    ({"i_val": np.array([17])}, "i_val must be"),
+    ({"i_train": np.array([0, 1, 2]), "i_test": np.array([5]), "i_val": np.array([2, 3])},
+     "i_train and i_val share 1 views \\(2\\): a val view must not be trained on"),
     ({"depths": np.zeros((6, 4, 4))}, "depths must have shape"),
 ]
 

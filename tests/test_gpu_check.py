@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import bench
+import configs
 import gpu_check
 from conftest import write_scene
 
@@ -38,7 +39,8 @@ def test_each_experiment_runs_the_users_command_on_the_asked_schedule(tmp_path):
     assert "--quick" not in exp1 and exp1[exp1.index("--device") + 1] == "cuda"
     assert exp1[exp1.index("--steps") + 1] == "200" and exp1[exp1.index("--wandb") + 1] == "disabled"
     exp3 = gpu.experiment_argv("exp3")
-    assert exp3[exp3.index("--steps") + 1] == "50"  # a quarter of the steps of the 4x batch: the same rays
+    assert exp3[exp3.index("--steps") + 1] == "200"  # counted in exp1's steps: exp3 trains 50 of the 4x batch
+    assert configs.parse_args("exp3", exp3)[0].steps == gpu.experiment_steps("exp3") == 50
     for name in ("exp4", "exp6"):
         argv = gpu.experiment_argv(name)
         assert argv[argv.index("--compile") + 1] == "on"

@@ -10,8 +10,10 @@ from torch import nn
 
 import bitnerf
 import ptq
+import rundir
 import train
 from conftest import write_scene
+from evaluation import Evaluation
 from nerf import NeRF
 from utils import UserError
 
@@ -32,6 +34,21 @@ def test_post_training_quantization_keeps_quality_and_shrinks_the_weights(tiny_c
     assert rows["int8-weight"]["model_bytes"] < rows["fp16"]["model_bytes"]
     for variant in ("fp16", "int8-weight", "int8-dynamic"):
         assert abs(rows[variant]["psnr_test"] - fp32["psnr_test"]) < 1.0, variant
+    # Measured on each variant: the weights it stores and what its quantized layers multiply (on the CPU,
+    # torchao's int8 weight-only layers dequantize and multiply in fp32).
+    assert {v: (r["weight_bits"], r["input_bits"]) for v, r in rows.items()} == {
+        "fp32": (32, 32), "fp16": (16, 16), "int8-weight": (8, 32), "int8-dynamic": (8, 8)}
+    # A variant that returned the model unchanged would render exactly what fp32 renders.
+    cpu = torch.device("cpu")
+    _, loaded_scene, model = rundir.load_trained(run_dir, None, cpu)
+    evaluation = Evaluation.of(config, loaded_scene, cpu)
+    rays = evaluation.rays(loaded_scene.i_test[0])
+    with torch.no_grad():
+        reference = evaluation.render(model, *rays)["rgb"]
+        for variant in ("fp16", "int8-weight", "int8-dynamic"):
+            quantized, dtype = ptq.quantized_copy(model, variant)
+            difference = (evaluation.with_dtype(dtype).render(quantized, *rays)["rgb"].float() - reference).abs()
+            assert 0 < difference.max() and difference.mean() < 0.01, variant
 
 
 def test_bitnerf_runs_and_missing_runs_are_refused(tiny_config, tmp_path):

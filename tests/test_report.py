@@ -19,17 +19,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_run(runs_dir: Path, name: str, precision: str = "fp32", model: str = "nerf", world_size: int = 1,
-              psnr: float = 20.0, experiment: str | None = None, seed: int = 0) -> Path:
+              psnr: float = 20.0, samples_per_s: int = 250000, compiled: bool | None = False,
+              experiment: str | None = None, seed: int = 0) -> Path:
     """A finished run directory as train.run writes it, with made-up numbers and 8x8 renders of test views 8 and 9."""
     run_dir = runs_dir / name
     (run_dir / "renders").mkdir(parents=True)
     summary = {
         "experiment": experiment or name, "seed": seed, "model": model, "precision": precision, "world_size": world_size,
-        "global_batch_rays": 256, "steps": 20, "wall_s": 12.5, "train_s": 10.0, "train_samples_per_s": 250000,
+        "global_batch_rays": 256, "steps": 20, "wall_s": 12.5, "train_s": 10.0, "train_samples_per_s": samples_per_s,
         "peak_mem_bytes": 1_400_000_000, "psnr_test": psnr, "ssim_test": 0.8, "psnr_test_per_view": [psnr, psnr],
         "params": 110344, "weight_bits": 1.58 if model == "bitnerf" else 32, "checkpoint_bytes": 1_300_000,
         "model_bytes": 52_000 if model == "bitnerf" else 448_000, "scene": "builtin", "device": "cpu",
-        "torch_version": "2.5.0",
+        "torch_version": "2.5.0", **({} if compiled is None else {"compiled": compiled}),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary))
     with open(run_dir / "metrics.csv", "w", newline="") as f:
@@ -65,9 +66,9 @@ def write_hw_results(hw_dir: Path, runs: list[str]) -> None:
 @pytest.fixture
 def runs(tmp_path) -> Path:
     runs_dir = tmp_path / "runs"
-    write_run(runs_dir, "exp4", precision="ternary-int8", model="bitnerf", psnr=19.0)
+    write_run(runs_dir, "exp4", precision="ternary-int8", model="bitnerf", psnr=19.0, samples_per_s=100000)
     write_run(runs_dir, "exp1")
-    write_run(runs_dir, "exp2", precision="bf16-amp")
+    write_run(runs_dir, "exp2", precision="bf16-amp", samples_per_s=500000)
     (runs_dir / "unfinished").mkdir()  # no summary.json: not a run
     return runs_dir
 
@@ -109,6 +110,19 @@ def test_report_has_a_row_per_experiment_with_every_column_filled(runs, tmp_path
     # No analyses.json: the report says how to compute the analyses, and computes nothing itself.
     assert f"Not computed: run `python analyze.py --runs {runs} --out {out}`" in readme
     assert not (out / "analyses.json").exists()
+
+
+def test_throughput_is_compared_only_between_runs_with_the_same_compile_setting(runs, tmp_path):
+    write_run(runs, "exp3", precision="bf16-amp", samples_per_s=1_000_000, compiled=True)
+    write_run(runs, "exp5", compiled=None)  # a summary from before the record
+    out = tmp_path / "report"
+    report.main(["--runs", str(runs), "--hw", str(tmp_path / "no_hw"), "--out", str(out)])
+    header, rows = results_table((out / "README.md").read_text())
+    cells = {row[0]: dict(zip(header, row)) for row in rows}
+    assert {name: (cells[name]["compiled"], cells[name]["samples/s vs exp1"]) for name in cells} == {
+        "exp1": ("no", "1.00×"), "exp2": ("no", "2.00×"), "exp4": ("no", "0.40×"),
+        "exp3": ("yes", "not compared (compiled: yes, exp1 no)"),
+        "exp5": ("unknown", "not compared (compiled: unknown, exp1 no)")}
 
 
 def test_missing_hardware_results_are_na_with_a_note(runs, tmp_path):
