@@ -171,6 +171,7 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
             if signum := bitnerf_ddp.max_across_ranks(stop.signum, device):
                 break
             with train_clock, sized_by("--batch-rays", config.batch_rays):
+                model.update_occupancy(step)
                 stats = train_step(step_model, sampler.batch(step), optimization, config, evaluation.autocast)
 
             applied = done = step + 1
@@ -254,12 +255,13 @@ def finish(evaluation: Evaluation, model, precision_name: str, log: RunLog) -> d
     results = evaluation.test_views(model)
     evaluation.write_test_views(results)
     video = evaluation.video(model)
-    write_json(run_dir / rundir.LAYERS, evaluation.layers(model))
+    write_json(run_dir / rundir.LAYERS, evaluation.layers(model, results))
     model_path = rundir.write_model_file(run_dir, model, config.model, evaluation.dtype)
     log.video(video[-1])
     return {
         "experiment": config.name, "model": config.model, "precision": precision_name,
         "global_batch_rays": config.batch_rays, **evaluation.metrics(results),
+        **evaluation.skipped_samples(model, results),
         "weight_bits": precision.weight_bits(config.model, evaluation.dtype),
         "model_bytes": model_path.stat().st_size,
         "scene": scene.name, "device": str(evaluation.device), "torch_version": torch.__version__,
