@@ -16,8 +16,6 @@ reach an MLP, and in rendering a ray stops once its transmittance falls below `e
 from collections.abc import Callable
 from contextlib import nullcontext
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -187,9 +185,8 @@ class OccupancyGrid(nn.Module):
     def is_occupied(self, points: torch.Tensor) -> torch.Tensor:
         """points (..., 3) -> (...) whether each lies in an occupied cell."""
         lower, upper = self.aabb
-        cell = ((points - lower) / (upper - lower) * self.resolution).floor().long()
-        inside = ((cell >= 0) & (cell < self.resolution)).all(-1)
-        cell = cell.clamp(0, self.resolution - 1)
+        inside = ((points >= lower) & (points <= upper)).all(-1)
+        cell = ((points - lower) / (upper - lower) * self.resolution).floor().long().clamp(0, self.resolution - 1)
         index = (cell[..., 0] * self.resolution + cell[..., 1]) * self.resolution + cell[..., 2]
         return inside & self.occupied[index]
 
@@ -230,11 +227,12 @@ def bucket_size(count: int, total: int) -> int:
 
 def evaluate_where(field: nn.Module, points: torch.Tensor, viewdirs: torch.Tensor,
                    mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The field on the samples where mask (...) is true, padded to bucket_size with copies of the first
-    sample (their outputs are dropped); rgb (..., 3) and density (...) in fp32, zero elsewhere."""
+    """The field on the samples where mask (...) is true, padded to bucket_size with copies of the first of
+    them (their outputs are dropped); rgb (..., 3) and density (...) in fp32, zero elsewhere."""
     index = mask.reshape(-1).nonzero().squeeze(-1)
     count, total = index.numel(), mask.numel()
-    padded = torch.cat([index, index.new_zeros(bucket_size(count, total) - count)])
+    padding = (index[:1] if count else index.new_zeros(1)).expand(bucket_size(count, total) - count)
+    padded = torch.cat([index, padding])
     rgb, density = field(points.reshape(-1, 3)[padded], viewdirs.reshape(-1, 3)[padded])
     rgb_all = points.new_zeros(total, 3).index_put((index,), rgb[:count].float())
     density_all = points.new_zeros(total).index_put((index,), density[:count].float())
