@@ -31,10 +31,6 @@ def grid_config(config, resolution: int = 8):
     return replace(config, occupancy_grid=True, occupancy_resolution=resolution)
 
 
-def plain_state(model) -> dict:
-    return {k: plain(v).detach().clone() for k, v in model.state_dict().items()}
-
-
 @pytest.mark.parametrize("model_name", ["nerf", "bitnerf"])
 def test_with_every_cell_occupied_renders_and_gradients_equal_the_model_without_a_grid(tiny_config, model_name):
     config = replace(tiny_config, model=model_name)
@@ -105,17 +101,25 @@ def test_samples_in_empty_cells_never_reach_the_mlp():
     assert (weights[:, empty] == 0).all() and (weights[:, ~empty] > 0).all()
 
 
-def test_a_padded_call_queries_only_occupied_samples_and_drops_the_padding():
+def test_a_padded_call_queries_only_occupied_samples_and_drops_the_padding(monkeypatch):
+    assert nerf.bucket_size(13, 48) == 18 and nerf.bucket_size(0, 48) == 6 and nerf.bucket_size(47, 48) == 48
     model, origins, dirs = wall_model(early_stop=0.0)
+    origins, dirs = origins[:5], dirs[:5]  # 5 rays of 8 samples: buckets of 5
     occupied = model.occupancy.occupied.reshape(4, 4, 4)
-    occupied[1] = False  # now only x in [-2, -1): 2 samples per ray, 12 of 48, padded to the bucket of 12
+    occupied[1, :, 2:] = False  # x in [-1, 0) stays occupied only for z < 0: rays 0-2 (z = -0.3, -0.2, -0.1)
     queried = []
     model.coarse.register_forward_hook(lambda m, args, out: queried.append(args[0]))
     model.fine = None
     with torch.no_grad():
         out = model(origins, dirs)
-    assert (out["samples_coarse"] == 2).all() and queried[0].shape == (12, 3)
-    assert nerf.bucket_size(13, 48) == 18 and nerf.bucket_size(0, 48) == 6 and nerf.bucket_size(47, 48) == 48
+        monkeypatch.setattr(nerf, "BUCKETS", 40)  # buckets of one sample: no padding
+        unpadded = model(origins, dirs)
+    assert out["samples_coarse"].tolist() == [4, 4, 4, 2, 2]
+    points = queried[0]
+    assert points.shape == (20, 3) and queried[1].shape == (16, 3)  # 16 occupied samples, padded to 4 buckets
+    assert (points[:, 0] < -1.0).logical_or((points[:, 0] < 0.0) & (points[:, 2] < 0.0)).all()
+    assert torch.equal(points[16:], points[:1].expand(4, 3))
+    assert torch.allclose(out["rgb"], unpadded["rgb"], atol=1e-6) and torch.allclose(out["depth"], unpadded["depth"])
 
 
 def test_a_field_sees_only_bucketed_sample_counts_whatever_the_rays():
