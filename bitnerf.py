@@ -29,7 +29,8 @@ from torchao.prototype.quantized_training.bitnet import (  # noqa: E402
     BitNetTrainingLinearWeight, get_bitnet_scale, quantize_bitnet_weight, scaled_int8_mm)
 from torchao.prototype.quantized_training.int8 import quantize_int8_rowwise  # noqa: E402
 
-from nerf import NeRF  # noqa: E402
+from dataset import scene_box  # noqa: E402
+from nerf import NeRF, OccupancyGrid  # noqa: E402
 from utils import atomic_write  # noqa: E402
 
 # Layers left in high precision: the heads that produce density and colour.
@@ -77,13 +78,16 @@ def to_bitnet(model: nn.Module, quantize_heads: bool = False) -> nn.Module:
 
 def build_model(config, scene, device: torch.device, quantized: bool = True) -> NeRF:
     """The model an ExperimentConfig names on the scene's bounds: NeRF, or BitNeRF (the same topology from
-    RMSNormLinear layers, converted by torchao unless quantized is False, as load_ternary wants it)."""
+    RMSNormLinear layers, converted by torchao unless quantized is False, as load_ternary wants it), with
+    an occupancy grid over the scene's box if the config asks for one."""
     constructor = bitnerf if config.model == "bitnerf" else NeRF
+    occupancy = (OccupancyGrid(torch.from_numpy(scene_box(scene)), config.occupancy_resolution, config.seed)
+                 if config.occupancy_grid else None)
     model = constructor(
         near=scene.near, far=scene.far, white_bkgd=scene.white_bkgd, n_coarse=config.n_coarse,
         n_fine=config.n_fine, depth=config.depth, width=config.width,
         pos_freqs=config.pos_freqs, dir_freqs=config.dir_freqs, skips=config.skips,
-        use_viewdirs=config.use_viewdirs,
+        use_viewdirs=config.use_viewdirs, occupancy=occupancy,
     ).to(device)
     return to_bitnet(model, config.quantize_heads) if config.model == "bitnerf" and quantized else model
 

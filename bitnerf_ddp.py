@@ -153,7 +153,9 @@ def wrap(model: nn.Module, ranks: Ranks) -> nn.Module:
     if not dist.is_initialized():
         return model
     device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+    # No broadcast of buffers before every forward: the model's are constant, or (the occupancy grid) updated
+    # alike on every rank from the seed and the weights, which DDP keeps equal (tests/test_bitnerf_ddp.py).
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
 
 def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,10 @@ class ExperimentConfig:
     n_coarse: int = 64
     n_fine: int = 64
     perturb: bool = True  # jitter training samples within their bins (off: deterministic samples)
+    # Empty-space skipping (nerf.OccupancyGrid): samples in empty cells of a resolution^3 grid over the
+    # scene's box skip the MLP, and rendering stops rays that have become opaque. The same in every experiment.
+    occupancy_grid: bool = False
+    occupancy_resolution: int = 128
 
     # Optimisation. 11000 steps of 4096 rays are about 50 epochs of a 100x100 scene's ~90 training views.
     steps: int = 11000
@@ -91,7 +95,7 @@ class ExperimentConfig:
             if getattr(self, key) not in allowed:
                 raise UserError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         positive = ("steps", "batch_rays", "depth", "width", "n_coarse", "log_every", "eval_every",
-                    "eval_views", "ckpt_every", "video_frames", "chunk", "downscale")
+                    "eval_views", "ckpt_every", "video_frames", "chunk", "downscale", "occupancy_resolution")
         for key in positive:
             if getattr(self, key) < 1:
                 raise UserError(f"{key} must be at least 1, got {getattr(self, key)}")

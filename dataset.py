@@ -30,6 +30,7 @@ class Scene:
     far: float = 6.0
     white_bkgd: bool = False
     depths: np.ndarray | None = None
+    aabb: np.ndarray | None = None  # (2, 3) lower and upper corner of a box known to hold the scene
     i_val: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def monitored_views(self) -> tuple[str, np.ndarray]:
@@ -157,9 +158,22 @@ def load_blender(folder: Path, downscale: int = 1) -> Scene:
         near=2.0,
         far=6.0,
         white_bkgd=True,
+        aabb=np.array([[-1.5] * 3, [1.5] * 3], dtype=np.float32),  # the nerf_synthetic objects' box, as nerfacc's
     )
     validate_scene(scene, folder)
     return scene
+
+
+def scene_box(scene: Scene) -> np.ndarray:
+    """(2, 3) the box an occupancy grid covers: the scene's own, else the smallest one holding every sample
+    of every camera's rays, between near and far (the corners of each view frustum)."""
+    if scene.aabb is not None:
+        return scene.aabb
+    half_width, half_height = 0.5 * scene.width / scene.focal, 0.5 * scene.height / scene.focal
+    corners = np.array([[x, y, -1.0] for x in (-half_width, half_width) for y in (-half_height, half_height)])
+    camera_points = np.concatenate([scene.near * corners, scene.far * corners])  # (8, 3)
+    points = np.einsum("nij,kj->nki", scene.poses[:, :3, :3], camera_points) + scene.poses[:, None, :3, 3]
+    return np.stack([points.min((0, 1)), points.max((0, 1))]).astype(np.float32)
 
 
 def validate_scene(scene: Scene, source) -> None:

@@ -130,8 +130,33 @@ class Evaluation:
         model.train(was_training)
         return matmuls
 
+    def samples_per_ray(self, model: NeRF, results: list[dict] | None = None) -> dict[str, float]:
+        """Per pass (coarse, fine): the samples per ray its MLP evaluates. With an occupancy grid, measured:
+        the mean over the pixels of test_views' results; without one, all of the pass's samples."""
+        nominal = model.samples_per_ray()
+        if model.occupancy is None:
+            return nominal
+        if results is None:
+            raise ValueError("a model with an occupancy grid evaluates what its renders measured: pass test_views' results")
+        return {name: torch.cat([r[f"samples_{name}"].reshape(-1) for r in results]).double().mean().item()
+                for name in nominal}
+
+    def skipped_samples(self, model: NeRF, results: list[dict]) -> dict:
+        """summary.json's fractions of the samples that skipped the MLP, per pass: in training (over the run's
+        steps, on this process's rays: the grid counts them and the checkpoint keeps the count) and in
+        rendering test_views' results; none without an occupancy grid."""
+        if model.occupancy is None:
+            return {}
+        nominal, rendered = model.samples_per_ray(), self.samples_per_ray(model, results)
+        skipped = {}
+        for index, name in enumerate(nominal):
+            evaluated, total = model.occupancy.trained_samples[index].tolist()
+            skipped[f"skipped_train_{name}"] = round(1.0 - evaluated / max(total, 1), 4)
+            skipped[f"skipped_render_{name}"] = round(1.0 - rendered[name] / nominal[name], 4)
+        return skipped
+
     @torch.no_grad()
-    def layers(self, model: NeRF) -> dict:
+    def layers(self, model: NeRF, results: list[dict] | None = None) -> dict:
         """layers.json: every Linear layer in execution order with its shape, bitwidths and measured sparsity,
         and the model's precision and weight bits (summary.json's), all measured on one chunk (measured.py).
 
@@ -141,6 +166,8 @@ class Evaluation:
         chunk, the fraction of the layer's multiplications whose input and weight are both nonzero, averaged
         over samples of sum_k [x_k != 0] * [w_jk != 0] / (in * out): what an accelerator skipping both
         operands' zeros skips, against the product of the two densities that independence would give.
+        samples_per_frame: 800x800 rays times the samples per ray the layer's pass evaluates (samples_per_ray;
+        with an occupancy grid measured on results, test_views' renders).
         """
         names = {m: n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
         zeros: dict[str, list[float]] = {}
@@ -158,7 +185,7 @@ class Evaluation:
         matmuls = self.matmul_census(model)
         for h in handles:
             h.remove()
-        per_ray = model.samples_per_ray()
+        per_ray = {name: round(rundir.FRAME_PIXELS * n) for name, n in self.samples_per_ray(model, results).items()}
         layers = []
         for name in zeros:  # dicts keep insertion order: the order the hooks fired
             module = model.get_submodule(name)
@@ -173,7 +200,7 @@ class Evaluation:
                 "weight_density": round(nonzero_weights.sum().item() / weight.numel(), 4),
                 "joint_density": round((nonzero_inputs[name] @ nonzero_weights).item()
                                        / (samples * module.in_features * module.out_features), 4),
-                "samples_per_frame": rundir.FRAME_PIXELS * per_ray[name.split(".")[0]],
+                "samples_per_frame": per_ray[name.split(".")[0]],
             })
-        return {"samples_per_frame": rundir.FRAME_PIXELS * sum(per_ray.values()), "precision": matmuls.precision(),
+        return {"samples_per_frame": sum(per_ray.values()), "precision": matmuls.precision(),
                 "weight_bits": matmuls.weight_bits(), "layers": layers}

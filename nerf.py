@@ -7,6 +7,10 @@ rays with stratified plus hierarchical sampling; its forward pass is the whole t
 so DistributedDataParallel can wrap it.
 
 The layer constructor is a parameter (`linear`), which is how BitNeRF reuses this topology.
+
+Empty-space skipping (`OccupancyGrid`, with the semantics of nerfacc's OccGridEstimator): a binary grid
+over the scene's box, kept from the coarse field's density during training; samples in empty cells never
+reach an MLP, and in rendering a ray stops once its transmittance falls below `early_stop`.
 """
 
 from collections.abc import Callable
@@ -18,6 +22,18 @@ from torch import nn
 
 LinearFactory = Callable[[int, int], nn.Module]
 MLP_RANGE = "mlp"  # the profiler range around every MLP evaluation
+
+# The occupancy grid's schedule and threshold, nerfacc's defaults (OccGridEstimator.update_every_n_steps).
+GRID_UPDATE_EVERY = 16  # steps between two updates
+GRID_WARMUP_STEPS = 256  # before this step an update visits every cell, after it a quarter (and occupied ones)
+GRID_EMA_DECAY = 0.95
+GRID_OCCUPANCY_THRESHOLD = 0.01  # on alpha = 1 - exp(-density * step): a cell above it (or the mean) is occupied
+GRID_UPDATE_CHUNK = 65536  # cells whose density one field call evaluates during an update
+EARLY_STOP_TRANSMITTANCE = 1e-4  # rendering: a ray stops once less light than this reaches its next sample
+DEPTH_CHUNKS = 4  # rendering with early stopping: a pass evaluates its samples in this many runs along the ray
+# The gathered samples of a field call are padded up to a multiple of 1/BUCKETS of the pass's samples, so that
+# a compiled field sees at most BUCKETS shapes per pass rather than a new one at every step.
+BUCKETS = 8
 
 
 class PositionalEncoding(nn.Module):
@@ -142,8 +158,94 @@ def composite(rgb: torch.Tensor, density: torch.Tensor, t: torch.Tensor, dirs: t
     return {"rgb": color, "depth": depth, "acc": acc, "weights": weights}
 
 
+class OccupancyGrid(nn.Module):
+    """A binary occupancy grid over an axis-aligned box, as nerfacc's OccGridEstimator keeps it.
+
+    Every GRID_UPDATE_EVERY steps, a set of cells (all of them before GRID_WARMUP_STEPS, then a quarter drawn
+    uniformly plus as many of the occupied ones) is evaluated at one uniformly jittered point per cell:
+    its alpha over `step` decays the cell's running value by GRID_EMA_DECAY or replaces it, whichever is
+    larger, and the cells above min(GRID_OCCUPANCY_THRESHOLD, the mean of the positive values) are occupied.
+    Points outside the box are empty. Before its first update every cell is occupied.
+
+    Ours, not nerfacc's: the random cells and jitter of an update are a function of (seed, step) alone, so
+    the grid is the same on every rank and after a resume; a cell drawn twice keeps the maximum (nerfacc
+    writes one of the two, in an order CUDA does not fix).
+    """
+
+    def __init__(self, aabb: torch.Tensor, resolution: int = 128, seed: int = 0):
+        super().__init__()
+        self.resolution, self.seed = resolution, seed
+        # Not saved: the box is the scene's (dataset.scene_box), and a model file in fp16 would round it.
+        self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3), persistent=False)
+        self.register_buffer("ema", torch.zeros(resolution ** 3))
+        self.register_buffer("occupied", torch.ones(resolution ** 3, dtype=torch.bool))
+        # Per field (coarse, fine): the samples of training rays evaluated, and all of them.
+        self.register_buffer("trained_samples", torch.zeros(2, 2, dtype=torch.int64))
+
+    def is_occupied(self, points: torch.Tensor) -> torch.Tensor:
+        """points (..., 3) -> (...) whether each lies in an occupied cell."""
+        lower, upper = self.aabb
+        inside = ((points >= lower) & (points <= upper)).all(-1)
+        cell = ((points - lower) / (upper - lower) * self.resolution).floor().long().clamp(0, self.resolution - 1)
+        index = (cell[..., 0] * self.resolution + cell[..., 1]) * self.resolution + cell[..., 2]
+        return inside & self.occupied[index]
+
+    @torch.no_grad()
+    def update(self, step: int, density: Callable[[torch.Tensor], torch.Tensor], step_size: float) -> None:
+        """At every GRID_UPDATE_EVERY-th step: evaluate density (points (P, 3) -> (P,)) on the step's cells."""
+        if step % GRID_UPDATE_EVERY:
+            return
+        device, n_cells = self.ema.device, self.ema.numel()
+        generator = torch.Generator(device=device)
+        generator.manual_seed(self.seed * 1_000_003 + step)
+        if step < GRID_WARMUP_STEPS:
+            cells = torch.arange(n_cells, device=device)
+        else:
+            quarter = n_cells // 4
+            occupied = self.occupied.nonzero().squeeze(-1)
+            if occupied.numel() > quarter:
+                occupied = occupied[torch.randint(occupied.numel(), (quarter,), generator=generator, device=device)]
+            cells = torch.cat([torch.randint(n_cells, (quarter,), generator=generator, device=device), occupied])
+        res = self.resolution
+        coords = torch.stack([cells // (res * res), cells // res % res, cells % res], -1).float()
+        jitter = torch.rand(coords.shape, generator=generator, device=device)
+        lower, upper = self.aabb
+        alpha = 1.0 - torch.exp(-density(lower + (coords + jitter) / res * (upper - lower)).float() * step_size)
+        decayed = self.ema.clone()
+        decayed[cells] = self.ema[cells] * GRID_EMA_DECAY
+        self.ema.copy_(decayed.scatter_reduce(0, cells, alpha, reduce="amax"))
+        positive = self.ema[self.ema > 0]
+        threshold = min(positive.mean().item(), GRID_OCCUPANCY_THRESHOLD) if positive.numel() else GRID_OCCUPANCY_THRESHOLD
+        self.occupied.copy_(self.ema > threshold)
+
+
+def bucket_size(count: int, total: int) -> int:
+    """count rounded up to a multiple of ceil(total / BUCKETS), at least one multiple and at most total."""
+    unit = -(-total // BUCKETS)
+    return min(total, max(1, -(-count // unit)) * unit)
+
+
+def evaluate_where(field: nn.Module, points: torch.Tensor, viewdirs: torch.Tensor,
+                   mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The field on the samples where mask (...) is true, padded to bucket_size with copies of the first of
+    them (their outputs are dropped); rgb (..., 3) and density (...) in fp32, zero elsewhere."""
+    index = mask.reshape(-1).nonzero().squeeze(-1)
+    count, total = index.numel(), mask.numel()
+    padding = (index[:1] if count else index.new_zeros(1)).expand(bucket_size(count, total) - count)
+    padded = torch.cat([index, padding])
+    rgb, density = field(points.reshape(-1, 3)[padded], viewdirs.reshape(-1, 3)[padded])
+    rgb_all = points.new_zeros(total, 3).index_put((index,), rgb[:count].float())
+    density_all = points.new_zeros(total).index_put((index,), density[:count].float())
+    return rgb_all.reshape(*mask.shape, 3), density_all.reshape(mask.shape)
+
+
 class NeRF(nn.Module):
-    """Coarse + fine radiance fields and the renderer: forward(origins, dirs) -> rendered rays."""
+    """Coarse + fine radiance fields and the renderer: forward(origins, dirs) -> rendered rays.
+
+    With an occupancy grid, samples in its empty cells are not evaluated (density 0, colour 0), and in
+    eval mode each pass evaluates its samples in DEPTH_CHUNKS runs along the rays, dropping the rays whose
+    transmittance fell below early_stop (0: none) after a run.
+    """
 
     def __init__(
         self,
@@ -153,6 +255,8 @@ class NeRF(nn.Module):
         n_coarse: int = 64,
         n_fine: int = 64,
         linear: LinearFactory = nn.Linear,
+        occupancy: OccupancyGrid | None = None,
+        early_stop: float = EARLY_STOP_TRANSMITTANCE,
         **field_kwargs,
     ):
         super().__init__()
@@ -160,11 +264,60 @@ class NeRF(nn.Module):
         self.n_coarse, self.n_fine = n_coarse, n_fine
         self.coarse = RadianceField(linear=linear, **field_kwargs)
         self.fine = RadianceField(linear=linear, **field_kwargs) if n_fine > 0 else None
+        self.occupancy, self.early_stop = occupancy, early_stop
+
+    def update_occupancy(self, step: int) -> None:
+        """The occupancy grid's update before training step `step` (OccupancyGrid.update); nothing without a grid.
+
+        Alpha is taken over the coarse samples' spacing: the opacity a coarse sample in the cell would have.
+        """
+        if self.occupancy is not None:
+            self.occupancy.update(step, self._coarse_density, (self.far - self.near) / self.n_coarse)
+
+    def _coarse_density(self, points: torch.Tensor) -> torch.Tensor:
+        """The coarse field's density at points (P, 3), in calls of one shape (the last one padded)."""
+        chunk = min(GRID_UPDATE_CHUNK, points.shape[0])
+        densities = []
+        for part in points.split(chunk):
+            padded = torch.cat([part, part[:1].expand(chunk - part.shape[0], 3)])
+            densities.append(self.coarse(padded, torch.zeros_like(padded))[1][: part.shape[0]])
+        return torch.cat(densities)
 
     def _render(self, field: nn.Module, origins, dirs, viewdirs, t) -> dict[str, torch.Tensor]:
         points = origins[:, None, :] + dirs[:, None, :] * t[..., None]
-        rgb, density = field(points, viewdirs[:, None, :].expand(points.shape))
-        return composite(rgb.float(), density.float(), t, dirs, self.far, self.white_bkgd)
+        viewdirs = viewdirs[:, None, :].expand(points.shape)
+        if self.occupancy is None:
+            rgb, density = field(points, viewdirs)
+            return composite(rgb.float(), density.float(), t, dirs, self.far, self.white_bkgd)
+        occupied = self.occupancy.is_occupied(points)
+        if self.training or not self.early_stop:
+            rgb, density = evaluate_where(field, points, viewdirs, occupied)
+            evaluated = occupied
+        else:
+            rgb, density, evaluated = self._march(field, points, viewdirs, occupied, t, dirs)
+        if self.training:
+            counts = torch.stack([evaluated.sum(), torch.tensor(evaluated.numel(), device=t.device)])
+            self.occupancy.trained_samples[0 if field is self.coarse else 1] += counts
+        out = composite(rgb, density, t, dirs, self.far, self.white_bkgd)
+        return {**out, "samples": evaluated.sum(-1)}
+
+    def _march(self, field, points, viewdirs, occupied, t, dirs):
+        """Early ray termination: the occupied samples in DEPTH_CHUNKS runs along the rays, each run only on
+        the rays whose transmittance before it is at least early_stop. Returns rgb, density and the evaluated mask."""
+        n_rays, n_samples = occupied.shape
+        rgb, density = points.new_zeros(n_rays, n_samples, 3), points.new_zeros(n_rays, n_samples)
+        evaluated = torch.zeros_like(occupied)
+        deltas = torch.diff(t, dim=-1, append=torch.full_like(t[..., :1], self.far)).clamp(min=0.0)
+        deltas = deltas * dirs.norm(dim=-1, keepdim=True)
+        transmittance = points.new_ones(n_rays)
+        edges = sorted({n_samples * i // DEPTH_CHUNKS for i in range(DEPTH_CHUNKS + 1)})
+        for start, stop in zip(edges[:-1], edges[1:]):
+            run = slice(start, stop)
+            mask = occupied[:, run] & (transmittance >= self.early_stop)[:, None]
+            rgb[:, run], density[:, run] = evaluate_where(field, points[:, run], viewdirs[:, run], mask)
+            evaluated[:, run] = mask
+            transmittance = transmittance * torch.exp(-(density[:, run] * deltas[:, run]).sum(-1))
+        return rgb, density, evaluated
 
     def forward(self, origins: torch.Tensor, dirs: torch.Tensor,
                 jitter: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -178,13 +331,16 @@ class NeRF(nn.Module):
         viewdirs = F.normalize(dirs, dim=-1)
         t_coarse = sample_stratified(self.near, self.far, origins.shape[0], self.n_coarse, origins.device, u_coarse)
         coarse = self._render(self.coarse, origins, dirs, viewdirs, t_coarse)
+        counts = {"samples_coarse": coarse["samples"]} if self.occupancy is not None else {}
         if self.fine is None:
-            return {**coarse, "rgb_coarse": coarse["rgb"]}
+            return {**coarse, "rgb_coarse": coarse["rgb"], **counts}
         mids = 0.5 * (t_coarse[..., 1:] + t_coarse[..., :-1])
         t_importance = sample_pdf(mids, coarse["weights"][..., 1:-1].detach(), self.n_fine, u_fine)
         t_fine, _ = torch.sort(torch.cat([t_coarse, t_importance.detach()], -1), -1)
         fine = self._render(self.fine, origins, dirs, viewdirs, t_fine)
-        return {**fine, "rgb_coarse": coarse["rgb"]}
+        if self.occupancy is not None:
+            counts["samples_fine"] = fine["samples"]
+        return {**fine, "rgb_coarse": coarse["rgb"], **counts}
 
     def samples_per_ray(self) -> dict[str, int]:
         """MLP queries per ray of each field, keyed by the field's module name."""
@@ -196,14 +352,15 @@ class NeRF(nn.Module):
 
 @torch.no_grad()
 def render_image(model: nn.Module, origins: torch.Tensor, dirs: torch.Tensor, chunk: int) -> dict[str, torch.Tensor]:
-    """Render (H, W, 3) ray grids in chunks of `chunk` rays; returns rgb (H, W, 3) and depth (H, W).
+    """Render (H, W, 3) ray grids in chunks of `chunk` rays; returns rgb (H, W, 3) and depth (H, W), and with
+    an occupancy grid samples_coarse and samples_fine (H, W): the samples each pixel's passes evaluated.
 
     Every chunk is padded to `chunk` rays so a compiled model sees one shape.
     """
     height, width = origins.shape[:2]
     flat_origins, flat_dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
     n = flat_origins.shape[0]
-    rgb, depth = [], []
+    parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, n, chunk):
         o, d = flat_origins[start:start + chunk], flat_dirs[start:start + chunk]
         pad = chunk - o.shape[0]
@@ -211,6 +368,7 @@ def render_image(model: nn.Module, origins: torch.Tensor, dirs: torch.Tensor, ch
             o = torch.cat([o, o[-1:].expand(pad, 3)])
             d = torch.cat([d, d[-1:].expand(pad, 3)])
         out = model(o, d)
-        rgb.append(out["rgb"][: chunk - pad])
-        depth.append(out["depth"][: chunk - pad])
-    return {"rgb": torch.cat(rgb).reshape(height, width, 3), "depth": torch.cat(depth).reshape(height, width)}
+        for key in ("rgb", "depth", "samples_coarse", "samples_fine"):
+            if key in out:
+                parts.setdefault(key, []).append(out[key][: chunk - pad])
+    return {key: torch.cat(values).reshape(height, width, *values[0].shape[1:]) for key, values in parts.items()}

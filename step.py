@@ -4,6 +4,7 @@ which refuses a batch whose step cannot fit the device before training starts.""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, ContextManager
@@ -90,10 +91,11 @@ def saved_bytes_per_ray(config: ExperimentConfig, scene: Scene) -> tuple[int, in
     Counted without computing anything, on a copy of the model on the meta device: the saved tensors of a
     forward pass over two rays less those over one ray (what does not grow with the rays, such as the
     weights, cancels). Under AMP the saved activations are 16-bit, but part of the backward pass still
-    computes in fp32: counting them in fp32 keeps the estimate on the safe side.
+    computes in fp32: counting them in fp32 keeps the estimate on the safe side. Counted without an
+    occupancy grid, whose skipping only saves (and whose gathering of samples a meta tensor cannot do).
     """
     meta = torch.device("meta")
-    model = bitnerf.build_model(config, scene, meta)
+    model = bitnerf.build_model(dataclasses.replace(config, occupancy_grid=False), scene, meta)
 
     def saved_bytes(rays: int) -> int:
         storages, kept = {}, []

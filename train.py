@@ -192,8 +192,10 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
             if signum := bitnerf_ddp.max_across_ranks(stop.signum):
                 break
             census = measured.MatmulCensus(model, enabled=step == start_step)  # the first step: what it ran in
-            with train_clock, sized_by("--batch-rays", config.batch_rays), census:
-                stats = train_step(step_model, sampler.batch(step), optimization, config, evaluation.autocast)
+            with train_clock, sized_by("--batch-rays", config.batch_rays):
+                model.update_occupancy(step)  # outside the census: the grid's queries are not the step's matmuls
+                with census:
+                    stats = train_step(step_model, sampler.batch(step), optimization, config, evaluation.autocast)
             if census.enabled:
                 census.check(config, evaluation.dtype, "the training step")
 
@@ -289,7 +291,7 @@ def finish(evaluation: Evaluation, model, log: RunLog | None) -> dict:
     if results is None:
         return {}
     evaluation.write_test_views(results)
-    layers = evaluation.layers(model)
+    layers = evaluation.layers(model, results)
     measured.check_layers(layers, config, evaluation.dtype, "the final evaluation")
     write_json(run_dir / rundir.LAYERS, layers)
     model_path = rundir.write_model_file(run_dir, model, config.model, evaluation.dtype)
@@ -298,6 +300,7 @@ def finish(evaluation: Evaluation, model, log: RunLog | None) -> dict:
         "experiment": config.group or config.name, "seed": config.seed, "model": config.model,
         "precision": layers["precision"],
         "global_batch_rays": config.batch_rays, **evaluation.metrics(results),
+        **evaluation.skipped_samples(model, results),
         "weight_bits": layers["weight_bits"], "compiled": measured.compiled(model),
         "model_bytes": model_path.stat().st_size,
         "scene": scene.name, "device": str(evaluation.device), "torch_version": torch.__version__,
