@@ -20,7 +20,7 @@ from utils import UserError, colorize_depth, to_uint8
 
 PROJECT = "nerf-experiments"  # WANDB_PROJECT overrides it
 RAYS_SEEN = "rays_seen"  # global: step x global batch rays, whatever the world size
-LOGGED_AGAINST_RAYS = ("train/*", "test/*")
+LOGGED_AGAINST_RAYS = ("train/*", "val/*", "test/*")
 # WANDB_MODE's values as W&B reads them ("dryrun" and "run" are its older names).
 WANDB_MODE_VALUES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline",
                      "disabled": "disabled"}
@@ -74,8 +74,9 @@ def run_tags(config: ExperimentConfig, fields: dict) -> list[str]:
 
 
 def wandb_key(column: str) -> str:
-    """A metrics.csv column as W&B names it: rays_seen as it is, test/psnr, and train/<column> for the rest."""
-    return column if column == RAYS_SEEN else "test/psnr" if column == "psnr_test" else f"train/{column}"
+    """A metrics.csv column as W&B names it: rays_seen as it is, test/psnr, val/psnr, and train/<column> for the rest."""
+    held_out = {"psnr_test": "test/psnr", "psnr_val": "val/psnr"}
+    return column if column == RAYS_SEEN else held_out.get(column, f"train/{column}")
 
 
 class RunLog:

@@ -180,6 +180,10 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
             "config": dataclasses.asdict(config), "model": model.state_dict(), **optimization.state_dict(),
         })
 
+    # The census sees one training step's matmuls from Python (eagerly): the run's first step, or a compiled
+    # run's second, since its first compiles (compile_s); the same step however the run is resumed.
+    census_step = 1 if compiled and config.steps > 1 else 0
+
     # --- The loop ---------------------------------------------------------------------------------
     model.train()
     last_log_train_s, last_log_step = train_clock.elapsed, start_step
@@ -191,7 +195,7 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
             # Every rank asks between the same two steps whether any got a stop signal, so that all stop there.
             if signum := bitnerf_ddp.max_across_ranks(stop.signum):
                 break
-            census = measured.MatmulCensus(model, enabled=step == start_step)  # the first step: what it ran in
+            census = measured.MatmulCensus(model, enabled=step == census_step)
             with train_clock, sized_by("--batch-rays", config.batch_rays):
                 model.update_occupancy(step)  # outside the census: the grid's queries are not the step's matmuls
                 with census:

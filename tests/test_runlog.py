@@ -193,3 +193,9 @@ def test_a_run_without_wandb_records_none_and_gets_nothing_added(trained_runs):
     assert not (trained_runs / "nerf" / "wandb_run.json").exists() and not (trained_runs / "nerf" / "wandb").exists()
     assert runlog.add_to_run(trained_runs / "nerf", "ptq", [{"variant": "fp32", "psnr_test": 1.0}], ("variant",),
                              ("psnr_test",)) is None
+
+
+def test_metrics_csv_columns_have_their_w_and_b_names():
+    assert [runlog.wandb_key(c) for c in ("rays_seen", "psnr_test", "psnr_val", "loss")] == [
+        "rays_seen", "test/psnr", "val/psnr", "train/loss"]
+    assert "val/*" in runlog.LOGGED_AGAINST_RAYS  # validation PSNR against rays seen too
