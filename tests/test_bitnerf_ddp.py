@@ -425,13 +425,3 @@ def test_more_processes_than_visible_gpus_is_one_line_before_anything_starts(tin
             "error: --nproc 3 is more processes than the 2 visible GPUs (one process per GPU): use --nproc 2 or"
             " fewer, or --device cpu\n")
     assert not Path(tiny_config.out).exists()
-
-
-def test_rank_0_alone_takes_the_threads_of_its_nodes_waiting_ranks(monkeypatch):
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    threads = torch.get_num_threads()
-    with bitnerf_ddp.main_rank_alone(bitnerf_ddp.Ranks(0, 2, torch.device("cpu"))):
-        assert torch.get_num_threads() == 2 * threads
-    assert torch.get_num_threads() == threads
-    with bitnerf_ddp.main_rank_alone(bitnerf_ddp.Ranks()):
-        assert torch.get_num_threads() == threads

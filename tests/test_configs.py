@@ -137,9 +137,9 @@ def test_two_coarse_samples_without_a_fine_pass_render():
 
 
 def test_each_seed_of_seeds_is_a_run_of_its_own_named_for_it_in_the_experiments_group():
-    argv = ["--quick", "--seeds", "0,2", "--steps", "5", "--name", "lr"]
+    argv = ["--quick", "--seeds", "0,2", "--steps", "8", "--name", "lr"]
     runs = [configs.parse_args("exp3", a)[0] for a in configs.seed_argvs(argv, [0, 2], "lr")]
     assert [(c.name, c.seed, c.group) for c in runs] == [("lr-seed0", 0, "lr"), ("lr-seed2", 2, "lr")]
     assert all(dataclasses.replace(c, name="x", seed=0, group=None)
-               == dataclasses.replace(configs.parse_args("exp3", ["--quick", "--steps", "5"])[0], name="x")
+               == dataclasses.replace(configs.parse_args("exp3", ["--quick", "--steps", "8"])[0], name="x")
                for c in runs)
