@@ -264,3 +264,14 @@ def test_with_one_seed_the_report_says_its_differences_carry_no_interval(runs, t
     _, differences, note = seeds_tables(readme)
     assert {row[0]: row[1] for row in differences}["exp4"] == "-1.00"
     assert note.startswith("One seed per experiment: these differences carry no interval")
+
+
+def test_the_difference_table_compares_throughput_only_between_runs_with_the_same_compile_setting(tmp_path):
+    runs_dir = tmp_path / "runs"
+    write_run(runs_dir, "exp1", samples_per_s=100_000)
+    write_run(runs_dir, "exp2", precision="bf16-amp", samples_per_s=150_000)
+    write_run(runs_dir, "exp4", precision="ternary-int8", model="bitnerf", samples_per_s=300_000, compiled=True)
+    readme = report.write_report(runs_dir, tmp_path / "hw", tmp_path / "report", "report.py").read_text()
+    _, differences, _ = seeds_tables(readme)
+    samples_per_s = {row[0]: row[3] for row in differences}
+    assert samples_per_s == {"exp2": "+50000", "exp4": "n/a (compiled differs)"}
