@@ -5,7 +5,9 @@ the int8 activation scales well conditioned). `to_bitnet` then swaps the hidden 
 torchao's `BitNetTrainingLinearWeight`: the forward pass quantizes the latent fp32 weight to
 {-1, 0, +1} times its absmean and each input row to int8 (absmax), multiplies in integers, and the
 backward pass is straight-through to the latent weights. The output heads (density, colour) stay
-in high precision, as torchao's BitNet recipe keeps the output head.
+in high precision, as torchao's BitNet recipe keeps the output head; so can the first layer, which
+multiplies the positional encoding (`quantize_first_layer=False`), as quantization practice keeps a
+network's input layer.
 
 For deployment, `export_ternary` packs each quantized weight 2 bits per value with its fp32 scale;
 `load_ternary` rebuilds a model whose `TernaryLinear` layers compute exactly what the trained
@@ -30,7 +32,7 @@ from torchao.prototype.quantized_training.bitnet import (  # noqa: E402
 from torchao.prototype.quantized_training.int8 import quantize_int8_rowwise  # noqa: E402
 
 from dataset import scene_box  # noqa: E402
-from nerf import NeRF, OccupancyGrid  # noqa: E402
+from nerf import NeRF, OccupancyGrid, deployable_state, load_deployable_state  # noqa: E402
 from utils import atomic_write  # noqa: E402
 
 # Layers left in high precision: the heads that produce density and colour.
@@ -59,9 +61,13 @@ class RMSNormLinear(nn.Module):
         return self.linear(self.norm(x))
 
 
-def is_quantized_layer(name: str, quantize_heads: bool = False) -> bool:
-    """Whether the Linear at this module path is quantized: every one but the output heads, unless quantize_heads."""
-    return quantize_heads or not any(part in HIGH_PRECISION_LAYERS for part in name.split("."))
+def is_quantized_layer(name: str, quantize_heads: bool = False, quantize_first_layer: bool = True) -> bool:
+    """Whether the Linear at this module path is quantized: every one but the output heads (unless
+    quantize_heads) and, unless quantize_first_layer, but each field's first layer (`layers.0`)."""
+    parts = name.split(".")
+    if not quantize_first_layer and any(a == "layers" and b == "0" for a, b in zip(parts, parts[1:])):
+        return False
+    return quantize_heads or not any(part in HIGH_PRECISION_LAYERS for part in parts)
 
 
 def bitnerf(**nerf_kwargs) -> NeRF:
@@ -69,10 +75,10 @@ def bitnerf(**nerf_kwargs) -> NeRF:
     return NeRF(linear=RMSNormLinear, **nerf_kwargs)
 
 
-def to_bitnet(model: nn.Module, quantize_heads: bool = False) -> nn.Module:
-    """Swap the hidden Linear weights (and the heads' too, if asked) for torchao's BitNet b1.58 training weights, in place."""
-    quantize_(model, bitnet_training(),
-              filter_fn=lambda m, name: isinstance(m, nn.Linear) and is_quantized_layer(name, quantize_heads))
+def to_bitnet(model: nn.Module, quantize_heads: bool = False, quantize_first_layer: bool = True) -> nn.Module:
+    """Swap the Linear weights that is_quantized_layer names for torchao's BitNet b1.58 training weights, in place."""
+    quantize_(model, bitnet_training(), filter_fn=lambda m, name: isinstance(m, nn.Linear)
+              and is_quantized_layer(name, quantize_heads, quantize_first_layer))
     return model
 
 
@@ -81,15 +87,17 @@ def build_model(config, scene, device: torch.device, quantized: bool = True) -> 
     RMSNormLinear layers, converted by torchao unless quantized is False, as load_ternary wants it), with
     an occupancy grid over the scene's box if the config asks for one."""
     constructor = bitnerf if config.model == "bitnerf" else NeRF
-    occupancy = (OccupancyGrid(torch.from_numpy(scene_box(scene)), config.occupancy_resolution, config.seed)
-                 if config.occupancy_grid else None)
+    occupancy = (OccupancyGrid(torch.from_numpy(scene_box(scene)), config.occupancy_resolution, config.seed,
+                               config.occupancy_decay) if config.occupancy_grid else None)
     model = constructor(
         near=scene.near, far=scene.far, white_bkgd=scene.white_bkgd, n_coarse=config.n_coarse,
         n_fine=config.n_fine, depth=config.depth, width=config.width,
         pos_freqs=config.pos_freqs, dir_freqs=config.dir_freqs, skips=config.skips,
         use_viewdirs=config.use_viewdirs, occupancy=occupancy,
     ).to(device)
-    return to_bitnet(model, config.quantize_heads) if config.model == "bitnerf" and quantized else model
+    if config.model == "bitnerf" and quantized:
+        return to_bitnet(model, config.quantize_heads, config.quantize_first_layer)
+    return model
 
 
 def quantized_linears(model: nn.Module) -> dict[str, nn.Linear]:
@@ -146,7 +154,7 @@ def export_ternary(model: nn.Module, path: str | Path) -> int:
         ternary, scale = ternarize(module.weight)
         packed[name] = {"packed": pack_ternary(ternary), "shape": tuple(ternary.shape), "scale": scale}
     latent_weights = {f"{name}.weight" for name in quantized}
-    state = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in latent_weights}
+    state = {k: v.detach().clone() for k, v in deployable_state(model).items() if k not in latent_weights}
     atomic_write(path, lambda tmp: torch.save({"ternary": packed, "state": state}, tmp))
     return Path(path).stat().st_size
 
@@ -154,7 +162,7 @@ def export_ternary(model: nn.Module, path: str | Path) -> int:
 def load_ternary(path: str | Path, model: nn.Module) -> nn.Module:
     """Fill an unquantized BitNeRF of the same configuration from an export, with TernaryLinear layers."""
     export = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(export["state"], strict=False)
+    load_deployable_state(model, export["state"], strict=False)  # the quantized weights follow
     for name, entry in export["ternary"].items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)

@@ -34,6 +34,9 @@ class ExperimentConfig:
     preset: str = "full"
     data: str | None = None  # a tiny-nerf .npz or a Blender scene folder; None: the built-in scene
     downscale: int = 1  # Blender folders only: load images at 1/downscale resolution
+    # Scenes without validation views (.npz, the built-in scene): hold out this many training views, evenly
+    # spaced, as validation views (dataset.with_validation); settings are chosen on them, never on test views.
+    val_views: int = 0
     out: str = "runs"
     device: str = "auto"
     seed: int = 0
@@ -47,6 +50,9 @@ class ExperimentConfig:
     # ternary heads cost test PSNR and would save only a few of the model's weights (BENCHMARKS.md,
     # "BitNeRF: ternary heads or high-precision heads").
     quantize_heads: bool = False
+    # BitNeRF only: quantize each field's first layer, the one that multiplies the positional encoding.
+    # False keeps it in high precision (its bits count in layers.json and in the model file).
+    quantize_first_layer: bool = True
     depth: int = 8
     width: int = 256
     skips: tuple[int, ...] = (4,)
@@ -60,12 +66,20 @@ class ExperimentConfig:
     # scene's box skip the MLP, and rendering stops rays that have become opaque. The same in every experiment.
     occupancy_grid: bool = False
     occupancy_resolution: int = 128
+    # The factor by which a visited cell's running opacity decays per update, unless its new value is larger:
+    # nerfacc's 0.95 lets a cell once opaque stay occupied for many updates, which a short run never outlives.
+    occupancy_decay: float = 0.95
 
     # Optimisation. 11000 steps of 4096 rays are about 50 epochs of a 100x100 scene's ~90 training views.
     steps: int = 11000
     batch_rays: int = 4096
     lr: float = 5e-4
     lr_final: float = 5e-5  # exponential decay from lr to lr_final over the run
+    warmup_steps: int = 0  # the learning rate rises linearly over these first steps (0: none)
+    # BitNet b1.58's two-stage schedule: from this fraction of the steps on, the learning rate is scaled by
+    # stage2_lr_scale and weight decay stops (1.0: a single stage, the plain schedule).
+    stage2_at: float = 1.0
+    stage2_lr_scale: float = 1.0
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # 0: no clipping (the norm is logged either way)
     precision: str = "fp32"
@@ -99,7 +113,8 @@ class ExperimentConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise UserError(f"{key} must be at least 1, got {getattr(self, key)}")
-        for key in ("n_fine", "pos_freqs", "dir_freqs", "weight_decay", "grad_clip", "seed"):
+        for key in ("n_fine", "pos_freqs", "dir_freqs", "weight_decay", "grad_clip", "seed", "val_views",
+                    "warmup_steps"):
             if getattr(self, key) < 0:
                 raise UserError(f"{key} must not be negative, got {getattr(self, key)}")
         if self.n_coarse < 2:
@@ -109,6 +124,13 @@ class ExperimentConfig:
             raise UserError(f"a fine pass (n_fine > 0) needs n_coarse of at least 3, got {self.n_coarse}")
         if not 0 < self.lr_final <= self.lr:
             raise UserError(f"need 0 < lr_final <= lr, got lr={self.lr}, lr_final={self.lr_final}")
+        if not 0 <= self.occupancy_decay < 1:
+            raise UserError(f"occupancy_decay must lie in [0, 1), got {self.occupancy_decay}")
+        if not 0 < self.stage2_at <= 1:
+            raise UserError(f"stage2_at is the fraction of the steps where the second stage starts: give a value"
+                            f" in (0, 1] (1: one stage), got {self.stage2_at}")
+        if not 0 < self.stage2_lr_scale <= 1:
+            raise UserError(f"stage2_lr_scale must lie in (0, 1], got {self.stage2_lr_scale}")
         if any(not 0 <= s < self.depth - 1 for s in self.skips):
             raise UserError(f"skips must lie in [0, depth-1) = [0, {self.depth - 1}), got {list(self.skips)}")
         if not self.name or "/" in self.name:
@@ -131,13 +153,17 @@ EXP1 = ExperimentConfig()
 # test PSNR at equal compute on the 100x100 lego scene (BENCHMARKS.md, "How the quick preset was
 # chosen"): a 4x128 MLP, far cheaper per sample than 8x256; 6 frequencies as in tiny-NeRF (faster
 # early convergence at 100x100); no view-dependent branch; 16 coarse + 32 fine samples; and many
-# small batches with a high, decaying learning rate, which beat fewer larger ones. The step count and
-# a 16-frame video keep all of `make suite` within its 25 minutes on 2 CPU cores.
+# small batches with a high, decaying learning rate, which beat fewer larger ones. An occupancy grid of
+# 32^3 cells whose cells decay by 0.8 per update (BENCHMARKS.md, "Empty-space skipping"): a 128^3 or
+# 64^3 grid costs more to update on 2 CPU cores than it saves, and nerfacc's 0.95 keeps cells that were
+# opaque early occupied for longer than this run lasts. The time the grid saves buys 3600 steps instead
+# of 2400; the step count and a 16-frame video keep all of `make suite` within its 25 minutes on 2 CPU cores.
 QUICK = replace(
     EXP1, preset="quick",
     depth=4, width=128, skips=(), pos_freqs=6, use_viewdirs=False, n_coarse=16, n_fine=32,
-    steps=2400, batch_rays=256, lr=5e-3, lr_final=2.5e-4,
-    log_every=100, eval_every=800, ckpt_every=800, video_frames=16,
+    occupancy_grid=True, occupancy_resolution=32, occupancy_decay=0.8,
+    steps=3600, batch_rays=256, lr=5e-3, lr_final=2.5e-4,
+    log_every=100, eval_every=900, ckpt_every=900, video_frames=16,
     # On the CPU, rendering in chunks of 1024 rays is faster than 4096: smaller activations stay clear
     # of the allocator's page-faulting large-block path.
     chunk=1024,

@@ -47,8 +47,13 @@ class Scene:
         return self.images.shape[2]
 
 
-def load_scene(path: str | None, downscale: int = 1) -> Scene:
-    """A scene from a tiny-nerf .npz, a Blender folder, or (path None) the built-in scene."""
+def load_scene(path: str | None, downscale: int = 1, val_views: int = 0) -> Scene:
+    """A scene from a tiny-nerf .npz, a Blender folder, or (path None) the built-in scene, with val_views of
+    its training views held out for validation (with_validation) if it has no validation views of its own."""
+    return with_validation(read_scene(path, downscale), val_views)
+
+
+def read_scene(path: str | None, downscale: int) -> Scene:
     if path is None:
         import data_setup
 
@@ -63,6 +68,22 @@ def load_scene(path: str | None, downscale: int = 1) -> Scene:
         raise UserError(f"no scene at {p}: give a tiny-nerf .npz or a Blender scene folder "
                         f"(python data_setup.py --scene tiny_nerf fetches one)")
     return load_npz(p)
+
+
+def with_validation(scene: Scene, n: int) -> Scene:
+    """The scene with n of its training views, evenly spaced over them, moved to i_val: validation views for
+    the periodic evaluation and for choosing settings, for scenes that have none (tiny-nerf .npz files and
+    the built-in scene), so that no choice is made on the test views."""
+    if n == 0:
+        return scene
+    if scene.i_val.size:
+        raise UserError(f"--val-views {n}: {scene.name} has {scene.i_val.size} validation views of its own;"
+                        f" leave --val-views at 0")
+    if not 0 < n < len(scene.i_train):
+        raise UserError(f"--val-views {n}: {scene.name} has {len(scene.i_train)} training views; hold out"
+                        f" between 1 and {len(scene.i_train) - 1}")
+    held_out = scene.i_train[np.linspace(0, len(scene.i_train) - 1, n).round().astype(np.int64)]
+    return dataclasses.replace(scene, i_train=np.setdiff1d(scene.i_train, held_out), i_val=held_out)
 
 
 def area_pool(images: np.ndarray, factor: int) -> np.ndarray:

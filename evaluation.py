@@ -167,7 +167,8 @@ class Evaluation:
         over samples of sum_k [x_k != 0] * [w_jk != 0] / (in * out): what an accelerator skipping both
         operands' zeros skips, against the product of the two densities that independence would give.
         samples_per_frame: 800x800 rays times the samples per ray the layer's pass evaluates (samples_per_ray;
-        with an occupancy grid measured on results, test_views' renders).
+        with an occupancy grid measured on results, test_views' renders); samples_per_frame_all: the same
+        with every sample evaluated (without a grid, the two are equal).
         """
         names = {m: n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
         zeros: dict[str, list[float]] = {}
@@ -186,6 +187,7 @@ class Evaluation:
         for h in handles:
             h.remove()
         per_ray = {name: round(rundir.FRAME_PIXELS * n) for name, n in self.samples_per_ray(model, results).items()}
+        per_ray_all = {name: round(rundir.FRAME_PIXELS * n) for name, n in model.samples_per_ray().items()}
         layers = []
         for name in zeros:  # dicts keep insertion order: the order the hooks fired
             module = model.get_submodule(name)
@@ -201,6 +203,7 @@ class Evaluation:
                 "joint_density": round((nonzero_inputs[name] @ nonzero_weights).item()
                                        / (samples * module.in_features * module.out_features), 4),
                 "samples_per_frame": per_ray[name.split(".")[0]],
+                "samples_per_frame_all": per_ray_all[name.split(".")[0]],
             })
         return {"samples_per_frame": sum(per_ray.values()), "precision": matmuls.precision(),
                 "weight_bits": matmuls.weight_bits(), "layers": layers}

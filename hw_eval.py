@@ -77,7 +77,9 @@ CSV_COLUMNS = ("run", "experiment", "arch", "design", "precision", "energy_per_f
                # Skipping's MAC time against dense, with the PE array's load imbalance and under perfect balance.
                "mac_time_frac", "mac_time_frac_balanced",
                # The same design with every weight taken as dense: what the zero weights are worth.
-               "energy_weights_dense_j", "latency_weights_dense_s", "weight_density_source")
+               "energy_weights_dense_j", "latency_weights_dense_s", "weight_density_source",
+               # The same design had every sample reached the MLP: what the occupancy grid's skipping saves.
+               "energy_without_grid_j")
 DESIGNS = sparsity.DESIGNS
 WANDB_VALUES = ("energy_per_frame_j", "latency_per_frame_s", "edp_j_s")  # per architecture and design
 DEFAULT_TILE = 16384
@@ -551,12 +553,14 @@ def frame_rows(run: Run, arch_name: str, fields: list[FieldTile]) -> list[dict]:
     design's sparsity model, scaled to a frame."""
     arch = ARCHITECTURES[arch_name]
     energy = {design: dict.fromkeys(ENERGY_GROUPS, 0.0) for design in DESIGNS}
-    latency, mac_time, mac_balanced, energy_weights_dense, latency_weights_dense = (
-        dict.fromkeys(DESIGNS, 0.0) for _ in range(5))
+    latency, mac_time, mac_balanced, energy_weights_dense, latency_weights_dense, energy_without_grid = (
+        dict.fromkeys(DESIGNS, 0.0) for _ in range(6))
     dense_mac_time = macs = gated = 0.0
     for field in fields:
         result = read_json(field.cache)
         scale = field.layers[0]["samples_per_frame"] / field.rows
+        # Runs from before layers.json counted the samples of a frame without the grid's skipping had no grid.
+        scale_all = field.layers[0].get("samples_per_frame_all", field.layers[0]["samples_per_frame"]) / field.rows
         tile = sparse_tile(result)
         densities = field_densities(field.layers)
         weights_dense = {e: dataclasses.replace(d, weight=1.0) for e, d in densities.items()}
@@ -565,6 +569,7 @@ def frame_rows(run: Run, arch_name: str, fields: list[FieldTile]) -> list[dict]:
             for component, joules in modelled.energy_j.items():
                 energy[design][arch.component_groups.get(component, "other")] += scale * joules
             latency[design] += scale * modelled.latency_s
+            energy_without_grid[design] += scale_all * modelled.energy_total_j
             mac_time[design] += scale * modelled.mac_time_s
             mac_balanced[design] += scale * modelled.mac_time_balanced_s
             counterfactual = sparsity.evaluate(design, arch.sparse, tile, weights_dense)
@@ -603,6 +608,7 @@ def frame_rows(run: Run, arch_name: str, fields: list[FieldTile]) -> list[dict]:
             "energy_weights_dense_j": energy_weights_dense[design],
             "latency_weights_dense_s": latency_weights_dense[design],
             "weight_density_source": WEIGHTS_MEASURED if measured else WEIGHTS_ASSUMED_DENSE,
+            "energy_without_grid_j": energy_without_grid[design],
         })
     return rows
 

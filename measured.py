@@ -122,11 +122,11 @@ class MatmulCensus(TorchDispatchMode):
 
 def check(measured: str, ternary: list[str], names: list[str], config, dtype: torch.dtype | None, what: str) -> None:
     """Stop the run (one line, exit code 1) when what ran is not what config asks for: the measured precision
-    name, and which of the layers that ran (names) multiplied ternary weights (BitNeRF: all but the heads, or
-    all with quantize_heads; NeRF: none)."""
+    name, and which of the layers that ran (names) multiplied ternary weights (BitNeRF: those that
+    bitnerf.is_quantized_layer names for config; NeRF: none)."""
     expected = precision.precision_name(config.model, dtype)
     expected_ternary = [name for name in names if config.model == "bitnerf"
-                        and bitnerf.is_quantized_layer(name, config.quantize_heads)]
+                        and bitnerf.is_quantized_layer(name, config.quantize_heads, config.quantize_first_layer)]
     if measured != expected or sorted(ternary) != sorted(expected_ternary):
         raise SystemExit(f"error: {what} ran {measured} with ternary weights in {len(ternary)} of {len(names)} layers,"
                          f" but {config.name} asks for {expected} with {len(expected_ternary)}: the run does not"

@@ -26,7 +26,7 @@ MLP_RANGE = "mlp"  # the profiler range around every MLP evaluation
 # The occupancy grid's schedule and threshold, nerfacc's defaults (OccGridEstimator.update_every_n_steps).
 GRID_UPDATE_EVERY = 16  # steps between two updates
 GRID_WARMUP_STEPS = 256  # before this step an update visits every cell, after it a quarter (and occupied ones)
-GRID_EMA_DECAY = 0.95
+GRID_EMA_DECAY = 0.95  # nerfacc's default, made for runs of tens of thousands of steps
 GRID_OCCUPANCY_THRESHOLD = 0.01  # on alpha = 1 - exp(-density * step): a cell above it (or the mean) is occupied
 GRID_UPDATE_CHUNK = 65536  # cells whose density one field call evaluates during an update
 EARLY_STOP_TRANSMITTANCE = 1e-4  # rendering: a ray stops once less light than this reaches its next sample
@@ -163,7 +163,7 @@ class OccupancyGrid(nn.Module):
 
     Every GRID_UPDATE_EVERY steps, a set of cells (all of them before GRID_WARMUP_STEPS, then a quarter drawn
     uniformly plus as many of the occupied ones) is evaluated at one uniformly jittered point per cell:
-    its alpha over `step` decays the cell's running value by GRID_EMA_DECAY or replaces it, whichever is
+    its alpha over `step` decays the cell's running value by `decay` (GRID_EMA_DECAY) or replaces it, whichever is
     larger, and the cells above min(GRID_OCCUPANCY_THRESHOLD, the mean of the positive values) are occupied.
     Points outside the box are empty. Before its first update every cell is occupied.
 
@@ -172,9 +172,9 @@ class OccupancyGrid(nn.Module):
     writes one of the two, in an order CUDA does not fix).
     """
 
-    def __init__(self, aabb: torch.Tensor, resolution: int = 128, seed: int = 0):
+    def __init__(self, aabb: torch.Tensor, resolution: int = 128, seed: int = 0, decay: float = GRID_EMA_DECAY):
         super().__init__()
-        self.resolution, self.seed = resolution, seed
+        self.resolution, self.seed, self.decay = resolution, seed, decay
         # Not saved: the box is the scene's (dataset.scene_box), and a model file in fp16 would round it.
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3), persistent=False)
         self.register_buffer("ema", torch.zeros(resolution ** 3))
@@ -212,11 +212,41 @@ class OccupancyGrid(nn.Module):
         lower, upper = self.aabb
         alpha = 1.0 - torch.exp(-density(lower + (coords + jitter) / res * (upper - lower)).float() * step_size)
         decayed = self.ema.clone()
-        decayed[cells] = self.ema[cells] * GRID_EMA_DECAY
+        decayed[cells] = self.ema[cells] * self.decay
         self.ema.copy_(decayed.scatter_reduce(0, cells, alpha, reduce="amax"))
         positive = self.ema[self.ema > 0]
         threshold = min(positive.mean().item(), GRID_OCCUPANCY_THRESHOLD) if positive.numel() else GRID_OCCUPANCY_THRESHOLD
         self.occupied.copy_(self.ema > threshold)
+
+
+# The grid's buffers that only training needs (its running opacities and the counts of skipped samples):
+# checkpoints keep them, the deployable model file does not.
+GRID_TRAINING_STATE = ("occupancy.ema", "occupancy.trained_samples")
+PACKED_OCCUPANCY = "occupancy.occupied"
+
+
+def deployable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """model's state dict as its model file holds it: what rendering needs, with the occupancy grid's cells
+    packed 8 to a byte (a 128^3 grid: 256 kB, not the 8 MB of its opacities and flags)."""
+    state = {k: v for k, v in model.state_dict().items() if k not in GRID_TRAINING_STATE}
+    if PACKED_OCCUPANCY in state:
+        flags = state[PACKED_OCCUPANCY].to(torch.uint8)
+        flags = torch.cat([flags, flags.new_zeros((-flags.numel()) % 8)]).reshape(-1, 8)
+        state[PACKED_OCCUPANCY] = (flags << torch.arange(8, dtype=torch.uint8, device=flags.device)).sum(1).to(torch.uint8)
+    return state
+
+
+def load_deployable_state(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+    """Load deployable_state's dict into model; strict: every other key must match, as load_state_dict's strict."""
+    state = dict(state)
+    if PACKED_OCCUPANCY in state:
+        packed = state[PACKED_OCCUPANCY]
+        bits = (packed[:, None] >> torch.arange(8, dtype=torch.uint8, device=packed.device)) & 1
+        state[PACKED_OCCUPANCY] = bits.reshape(-1)[: model.occupancy.occupied.numel()].bool()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in GRID_TRAINING_STATE]
+    if strict and (missing or unexpected):
+        raise RuntimeError(f"the model file does not fit the model: missing {missing}, unexpected {unexpected}")
 
 
 def bucket_size(count: int, total: int) -> int:

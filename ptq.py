@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 import bitnerf
 import measured
+import nerf
 import rundir
 import runlog
 from bitnerf import quantize_
@@ -99,9 +100,9 @@ def quantized_copy(model: nn.Module, variant: str) -> tuple[nn.Module, torch.dty
 
 
 def saved_bytes(model: nn.Module) -> int:
-    """The size of the model's state dict as torch.save writes it."""
+    """The size of the model's deployable state dict (nerf.deployable_state) as torch.save writes it."""
     buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
+    torch.save(nerf.deployable_state(model), buffer)
     return buffer.getbuffer().nbytes
 
 

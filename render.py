@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 import bitnerf
+import nerf
 import rundir
 from dataset import Scene, downscaled
 from evaluation import Evaluation
@@ -33,7 +34,7 @@ def deployable_model(run_dir: Path, config, scene: Scene, device: torch.device) 
             model = bitnerf.load_ternary(path, bitnerf.build_model(config, scene, device, quantized=False))
         else:
             model = bitnerf.build_model(config, scene, device)
-            model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+            nerf.load_deployable_state(model, torch.load(path, map_location=device, weights_only=True))
     except (OSError, RuntimeError, KeyError, EOFError) as e:
         raise UserError(f"{path} is not a readable weights file ({type(e).__name__}); train the run again") from None
     return model.to(device).eval()

@@ -130,13 +130,46 @@ def results_table(runs, hw_rows: list[dict] | None, hw_dir: Path) -> str:
 
 
 def psnr_curve(run_dir: Path, summary: dict) -> list[tuple[int, float, float]]:
-    """(step, wall seconds, PSNR) at every evaluation, ending with the final one on all test views. The
-    periodic evaluations render validation views where the scene has them (psnr_val), else test views."""
+    """(step, wall seconds, PSNR) at every evaluation, ending with the final one. The evaluations render
+    validation views where the scene has them (psnr_val; the final one on all of them), else test views."""
     rows = rundir.read_metrics(run_dir)
     held_out = [(r, r.get("psnr_val") or r["psnr_test"]) for r in rows]
     curve = [(int(r["step"]), float(r["wall_s"]), float(psnr)) for r, psnr in held_out if psnr]
     end_wall = next((float(r["wall_s"]) for r in rows if int(r["step"]) == summary["steps"]), summary["wall_s"])
-    return curve + [(summary["steps"], end_wall, summary["psnr_test"])]
+    return curve + [(summary["steps"], end_wall, summary.get("psnr_val", summary["psnr_test"]))]
+
+
+SKIPPED_FRACTIONS = {"skipped_train_coarse": "training, coarse", "skipped_train_fine": "training, fine",
+                     "skipped_render_coarse": "rendering, coarse", "skipped_render_fine": "rendering, fine"}
+
+
+def skipping_section(runs, dense_rows: list[dict] | None) -> list[str]:
+    """Empty-space skipping, per experiment (the mean over its seeds): the measured fractions of samples that
+    skipped the MLP, and the dense design's energy per frame with them and with every sample evaluated."""
+    groups = {name: members for name, members in experiment_groups(runs).items()
+              if any(k in s for _, s in members for k in SKIPPED_FRACTIONS)}
+    if not groups:
+        return ["No run kept an occupancy grid (`--occupancy-grid`): every sample reached the MLP."]
+    hw = {(row["run"], row["arch"]): row for row in dense_rows or [] if row.get("energy_without_grid_j")}
+    archs = list(dict.fromkeys(arch for _, arch in hw))
+    header = ["experiment", *(f"skipped in {label}" for label in SKIPPED_FRACTIONS.values())]
+    for arch in archs:
+        header += [f"{arch} energy/frame", "without the grid"]
+    rows = []
+    for name, members in groups.items():
+        row = [name] + [f"{np.mean([s.get(k, 0.0) for _, s in members]):.1%}" for k in SKIPPED_FRACTIONS]
+        for arch in archs:
+            cells = [hw[(d.name, arch)] for d, _ in members if (d.name, arch) in hw]
+            with_grid = np.mean([float(c["energy_per_frame_j"]) for c in cells]) if cells else None
+            without = np.mean([float(c["energy_without_grid_j"]) for c in cells]) if cells else None
+            row += [si(with_grid, "J") if cells else "n/a",
+                    f"{si(without, 'J')} ({without / with_grid:.2f}×)" if cells else "n/a"]
+        rows.append(row)
+    return [markdown_table(header, rows), "",
+            "Measured by each run: the fraction of the MLP queries its occupancy grid skipped over the training "
+            "rays (`skipped_train_*`) and over the final render of the test views (`skipped_render_*`, early "
+            "ray termination included). Energy per frame is hw_eval's dense design on the samples the run "
+            "evaluated, and on every sample of the frame (*without the grid*, in brackets its ratio)."]
 
 
 def experiment_groups(runs) -> dict[str, list[tuple[Path, dict]]]:
@@ -647,17 +680,18 @@ def write_report(runs_dir: Path, hw_dir: Path, out_dir: Path, command: str) -> P
              f"Written by `{command}` from {len(runs)} runs in `{runs_dir}`, in experiment order.", "",
              "## Results", "", results_table(runs, dense_rows, hw_dir), "",
              "## Seeds and intervals", "", *intervals_section(runs, dense_rows), "",
+             "## Empty-space skipping", "", *skipping_section(runs, dense_rows), "",
              "## Quality against cost", ""]
     plot_pareto(runs, dense_rows, out_dir / "pareto.png")
     lines += ["![Test PSNR against energy per frame, training time and model size](pareto.png)", "",
               "Each experiment at its mean over seeds, with 95% intervals where it has several; the dashed line "
               "joins the experiments that no other beats on both cost and PSNR (the Pareto front). Energy is the "
               "dense design's (`hw_eval.py`).", "",
-              "## Test PSNR during training", ""]
+              "## Held-out PSNR during training", ""]
     plot_psnr(runs, out_dir / "psnr.png")
-    lines += ["![Test PSNR against steps, rays seen and wall time](psnr.png)", "",
+    lines += ["![Held-out PSNR against steps, rays seen and wall time](psnr.png)", "",
               "Periodic evaluations render the first validation views where the scene has them, else the first "
-              "test views (`eval_views`); the last point of each run is the final evaluation on every test view. Against rays seen, experiments with other batch sizes "
+              "test views (`eval_views`); the last point of each run is the final evaluation on every one of those views (validation or test). Against rays seen, experiments with other batch sizes "
               "(exp3) line up with the rest.", "",
               "## Test renders and depth maps", ""]
     views = plot_renders(runs, out_dir / "renders.png")

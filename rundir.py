@@ -227,16 +227,19 @@ def trained_autocast_dtype(checkpoint: dict) -> str | None:
 
 
 def write_model_file(run_dir: Path, model, model_kind: str, dtype) -> Path:
-    """The deployable weights: BitNeRF's packed ternary export, else the state dict in the compute dtype."""
+    """The deployable weights: BitNeRF's packed ternary export, else the state dict in the compute dtype (both
+    without the occupancy grid's training state, nerf.deployable_state)."""
     import torch
 
     import bitnerf
+    import nerf
 
     path = run_dir / MODEL_FILES[model_kind]
     if model_kind == "bitnerf":
         bitnerf.export_ternary(model, path)
     else:
-        weights = {k: v.to(dtype or torch.float32) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        weights = {k: v.to(dtype or torch.float32) if v.is_floating_point() else v
+                   for k, v in nerf.deployable_state(model).items()}
         atomic_write(path, lambda tmp: torch.save(weights, tmp))
     return path
 
@@ -253,7 +256,7 @@ def load_trained(run_dir: Path, data: str | None, device):
     checkpoint = read_checkpoint(path, device, "restore it from a copy, or train the run again (expN.py --overwrite)")
     saved = {**checkpoint["config"], "skips": tuple(checkpoint["config"]["skips"])}
     config = ExperimentConfig(**{**saved, "data": data or saved["data"]})
-    scene = load_scene(config.data, config.downscale)
+    scene = load_scene(config.data, config.downscale, config.val_views)
     model = bitnerf.build_model(config, scene, device)
     model.load_state_dict(checkpoint["model"])
     return config, scene, model.eval()

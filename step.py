@@ -29,14 +29,30 @@ SAMPLER_BYTES_PER_PIXEL = 9 * 4
 TRAINING_BYTES_PER_PARAM = 4 * 4
 
 
+def stage2_step(config: ExperimentConfig) -> int:
+    """The first step of the second stage of a two-stage schedule (config.steps: a single stage)."""
+    return round(config.stage2_at * config.steps)
+
+
+def lr_factor(config: ExperimentConfig, step: int) -> float:
+    """The learning rate of a step over config.lr: the exponential decay from lr to lr_final over the run,
+    times the linear warm-up over its first warmup_steps, times stage2_lr_scale in the second stage."""
+    factor = (config.lr_final / config.lr) ** min(step / config.steps, 1.0)
+    if config.warmup_steps:
+        factor *= min(1.0, (step + 1) / config.warmup_steps)
+    return factor * config.stage2_lr_scale if step >= stage2_step(config) else factor
+
+
 @dataclass
 class Optimization:
-    """What a step updates besides the weights: AdamW, its exponential learning-rate decay from lr to
-    lr_final over the run, and the gradient scaler (enabled for fp16 only)."""
+    """What a step updates besides the weights: AdamW with its learning-rate schedule (lr_factor) and, in
+    a second stage, no weight decay, and the gradient scaler (enabled for fp16 only)."""
 
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
+    weight_decay: float
+    stage2_step: int
 
     @classmethod
     def build(cls, config: ExperimentConfig, model: nn.Module, device: torch.device,
@@ -44,11 +60,17 @@ class Optimization:
         # Fused: one kernel per parameter tensor instead of about a dozen small ops, the same update up
         # to rounding (BENCHMARKS.md, "Optimizer").
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
-        decay = config.lr_final / config.lr
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: decay ** min(step / config.steps, 1.0))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
         # Gradient scaling guards fp16's narrow exponent range; bf16 has fp32's range and needs none.
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        return cls(optimizer, scheduler, scaler)
+        return cls(optimizer, scheduler, scaler, config.weight_decay, stage2_step(config))
+
+    def schedule_weight_decay(self) -> None:
+        """The weight decay of the step about to be taken: none in the second stage (BitNet b1.58's recipe).
+        A function of the scheduler's step count, which a checkpoint restores."""
+        decay = self.weight_decay if self.scheduler.last_epoch < self.stage2_step else 0.0
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = decay
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -79,6 +101,7 @@ def train_step(step_model: nn.Module, batch: RayBatch, optimization: Optimizatio
     optimization.scaler.scale(loss).backward()
     optimization.scaler.unscale_(optimization.optimizer)
     grad_norm = nn.utils.clip_grad_norm_(step_model.parameters(), config.grad_clip or math.inf)
+    optimization.schedule_weight_decay()
     optimization.scaler.step(optimization.optimizer)
     optimization.scaler.update()
     optimization.scheduler.step()

@@ -62,7 +62,7 @@ def train_command(name: str, argv: list[str]) -> int:
         run(config, resume=args.resume, overwrite=args.overwrite)
         return 0
     nproc = bitnerf_ddp.launch_nproc(args.nproc, config.device)
-    scene = load_scene(config.data, config.downscale)
+    scene = load_scene(config.data, config.downscale, config.val_views)
     device = torch.device("cpu" if config.device == "cpu" or not torch.cuda.is_available() else "cuda")
     if device.type == "cpu":
         # CPU ranks share this machine's memory: refuse a batch here once, not in every rank. (A GPU
@@ -118,7 +118,7 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
     device = ranks.device
     compiled = compiles(config, device)
     precision.set_float32_matmul(config.tf32)
-    scene = load_scene(config.data, config.downscale)
+    scene = load_scene(config.data, config.downscale, config.val_views)
     if restarts := bitnerf_ddp.restart_count():
         # torchrun restarted the job after a process died (--max-restarts): the run directory is this job's
         # own, so continue from its last checkpoint, or start again where it has none yet.
@@ -285,12 +285,13 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
 
 
 def finish(evaluation: Evaluation, model, log: RunLog | None) -> dict:
-    """Every test view (metrics and renders), the video, layers.json and the model file; returns the
-    summary's fields that describe the trained model, its precision and weight bits as layers.json measured
-    them. Under DDP every rank renders its share of the views and frames; rank 0 alone writes the files
+    """Every test view (metrics and renders) and validation view (metrics), the video, layers.json and the
+    model file; returns the summary's fields that describe the trained model, its precision and weight bits
+    as layers.json measured them. Under DDP every rank renders its share of the views and frames; rank 0 alone writes the files
     (the census renders one chunk), and the others return {}."""
     config, scene, run_dir = evaluation.config, evaluation.scene, evaluation.run_dir
     results = evaluation.test_views(model)
+    validation = evaluation.test_views(model, scene.i_val) if scene.i_val.size else None
     video = evaluation.video(model)
     if results is None:
         return {}
@@ -304,6 +305,9 @@ def finish(evaluation: Evaluation, model, log: RunLog | None) -> dict:
         "experiment": config.group or config.name, "seed": config.seed, "model": config.model,
         "precision": layers["precision"],
         "global_batch_rays": config.batch_rays, **evaluation.metrics(results),
+        **({"psnr_val": round(float(np.mean([r["psnr"] for r in validation])), 3),
+            "ssim_val": round(float(np.mean([r["ssim"] for r in validation])), 4),
+            "val_views": [r["view"] for r in validation]} if validation else {}),
         **evaluation.skipped_samples(model, results),
         "weight_bits": layers["weight_bits"], "compiled": measured.compiled(model),
         "model_bytes": model_path.stat().st_size,

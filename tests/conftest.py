@@ -27,6 +27,7 @@ def tiny_config(builtin_scene, tmp_path):
         configs.QUICK, data=str(builtin_scene), out=str(tmp_path / "runs"), wandb="disabled",
         depth=2, width=64, pos_freqs=6, use_viewdirs=True, n_coarse=16, n_fine=16, steps=40, batch_rays=256, log_every=10, eval_every=20,
         ckpt_every=20, video_frames=2, eval_views=1, compile="off",  # compiling costs ~30 s: one test does it
+        occupancy_grid=False,  # the quick preset's grid has tests of its own (test_occupancy.py)
     )
 
 
@@ -39,7 +40,7 @@ def trained_runs(tmp_path_factory) -> Path:
     config = replace(
         configs.QUICK, data=str(write_scene(root / "scene.npz", n=6, size=16)), out=str(root / "runs"),
         wandb="disabled", depth=2, width=32, n_coarse=8, n_fine=8, steps=10, batch_rays=64, log_every=5,
-        eval_every=5, ckpt_every=10, video_frames=1, eval_views=1, compile="off",
+        eval_every=5, ckpt_every=10, video_frames=1, eval_views=1, compile="off", occupancy_grid=False,
     )
     train.run(replace(config, name="nerf"))
     train.run(replace(config, name="bitnerf", model="bitnerf"))

@@ -42,6 +42,13 @@ def test_only_hidden_layers_are_quantized():
     assert sorted(every) == sorted(f"{field}.{layer}.linear" for field in ("coarse", "fine") for layer in FIELD_LINEARS)
 
 
+def test_the_first_layer_can_stay_in_high_precision():
+    kept = bitnerf.quantized_linears(bitnerf.to_bitnet(bitnerf.bitnerf(**FIELD), quantize_first_layer=False))
+    assert sorted(kept) == sorted(f"{field}.{layer}.linear" for field in ("coarse", "fine")
+                                  for layer in ("layers.1", "layers.2", "feature", "view_layer"))
+    assert bitnerf.is_quantized_layer("coarse.layers.10.linear", quantize_first_layer=False)
+
+
 def bitnet_layer(weight: list[list[float]]) -> nn.Linear:
     """A bias-free Linear with this weight, converted to torchao's BitNet training weight."""
     layer = nn.Linear(len(weight[0]), len(weight), bias=False)
@@ -155,6 +162,18 @@ def test_bitnerf_run_learns_and_reports_ternary_bits(tiny_config):
     # run their layers past the hooks.
     assert list(layers) == [f"{field}.{layer}.linear" for field in ("coarse", "fine")
                             for layer in ("layers.0", "layers.1", "density_head", "feature", "view_layer", "rgb_head")]
+
+
+def test_a_high_precision_first_layer_is_measured_and_counted_in_the_model_file(tiny_config):
+    base = replace(tiny_config, model="bitnerf", steps=10, eval_every=10, ckpt_every=10, video_frames=1)
+    kept = train.run(replace(base, name="kept", quantize_first_layer=False))
+    plain = train.run(replace(base, name="plain"))
+    layers = {layer["name"]: layer for layer in
+              json.loads((Path(base.out) / "kept" / "layers.json").read_text())["layers"]}
+    assert (layers["coarse.layers.0.linear"]["weight_bits"], layers["coarse.layers.1.linear"]["weight_bits"]) == (32, 2)
+    # Its fp32 weights (39 inputs x 64 outputs in each field, 4 bytes each) replace 2-bit packed ones.
+    extra = 2 * 39 * 64 * (4 - 0.25)
+    assert kept["model_bytes"] - plain["model_bytes"] == pytest.approx(extra, rel=0.05)
 
 
 def test_compile_auto_compiles_bitnerf_only(tiny_config, monkeypatch):

@@ -53,7 +53,7 @@ def step_setup(config, ranks):
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     sampler = RaySampler(scene, ranks.device, config.batch_rays, config.seed, config.jitter_per_ray,
                          rank=ranks.rank, world_size=ranks.world_size)
-    return model, Optimization(optimizer, scheduler, scaler), sampler.batch(0)
+    return model, Optimization(optimizer, scheduler, scaler, weight_decay=0.0, stage2_step=config.steps), sampler.batch(0)
 
 
 def quantized_state(model) -> dict:

@@ -37,7 +37,7 @@ def test_the_ddp_experiments_add_only_ddp_to_their_single_process_twins(base):
 @pytest.mark.parametrize("base, expected", [
     # 4096 rays x 11000 steps = 16384 x 2750; eval and checkpoints every 1000 x 4096 rays = 250 x 16384.
     (EXP1, dict(batch_rays=16384, steps=2750, log_every=25, eval_every=250, ckpt_every=250)),
-    (QUICK, dict(batch_rays=1024, steps=600, log_every=25, eval_every=200, ckpt_every=200)),
+    (QUICK, dict(batch_rays=1024, steps=900, log_every=25, eval_every=225, ckpt_every=225)),
     # Spacing below 4 steps stays 1: never 0 (which would log, evaluate or save never, or divide by zero).
     (dataclasses.replace(QUICK, steps=8, log_every=2, eval_every=3, ckpt_every=5),
      dict(batch_rays=1024, steps=2, log_every=1, eval_every=1, ckpt_every=1)),

@@ -52,6 +52,19 @@ def test_npz_defaults_and_optional_keys(tmp_path):
     assert (list(scene.i_train), list(scene.i_val), list(scene.i_test)) == (list(range(2, 11)), [0, 1], [11])
 
 
+def test_val_views_hold_out_evenly_spaced_training_views(tmp_path):
+    path = str(write_scene(tmp_path / "plain.npz", n=11))
+    scene = load_scene(path, val_views=3)  # training views 0..9 (view 10 tests): validate on 0, 4 or 5, 9
+    assert list(scene.i_val) == [0, 4, 9] or list(scene.i_val) == [0, 5, 9]
+    assert list(scene.i_train) == [v for v in range(10) if v not in scene.i_val] and list(scene.i_test) == [10]
+    assert scene.monitored_views()[0] == "val"
+    assert list(load_scene(path).i_train) == list(range(10))  # 0: the split as it was
+    with pytest.raises(UserError, match="between 1 and 9"):
+        load_scene(path, val_views=10)
+    with pytest.raises(UserError, match="validation views of its own"):
+        load_scene(str(write_scene(tmp_path / "val.npz", n=6, i_val=np.array([1]))), val_views=1)
+
+
 def test_builtin_scene_loads(builtin_scene):
     scene = load_scene(str(builtin_scene))
     assert scene.white_bkgd and scene.depths is not None and len(scene.i_test) > 0

@@ -98,6 +98,9 @@ def evaluated(tmp_path_factory):
     # exp1's layers on frames of twice the samples: the same tiles (no more mapping), scaled twice as far.
     write_run(runs, "exp1_double", "exp1_double", "fp32",
               [{**l, "samples_per_frame": 2 * l["samples_per_frame"]} for l in one_layer_fields(FP32, 0.25)])
+    # exp1's frame as a run with an occupancy grid measures it: half of the frame's samples reached the MLP.
+    write_run(runs, "exp1_grid", "exp1_grid", "fp32",
+              [{**l, "samples_per_frame_all": 2 * l["samples_per_frame"]} for l in one_layer_fields(FP32, 0.25)])
     # exp1's workload with no zeros anywhere, weights measured dense.
     write_run(runs, "exp1_dense", "exp1_dense", "fp32",
               [{**l, "weight_density": 1.0} for l in one_layer_fields(FP32, 0.0)])
@@ -136,6 +139,16 @@ def test_a_frame_of_twice_the_samples_costs_twice(evaluated):
             assert double[column] == pytest.approx(2 * frame[column])
         assert double["edp_j_s"] == pytest.approx(4 * frame["edp_j_s"])  # twice the energy for twice the time
         assert double["zero_gating_saving_frac"] == pytest.approx(frame["zero_gating_saving_frac"])
+
+
+def test_energy_without_the_grid_costs_every_sample_of_the_frame(evaluated):
+    _, _, _, rows = evaluated
+    for arch in hw_eval.ARCHITECTURES:
+        for design in hw_eval.DESIGNS:
+            plain, grid = rows["exp1", arch, design], rows["exp1_grid", arch, design]
+            assert grid["energy_per_frame_j"] == pytest.approx(plain["energy_per_frame_j"])
+            assert grid["energy_without_grid_j"] == pytest.approx(2 * grid["energy_per_frame_j"])
+            assert plain["energy_without_grid_j"] == pytest.approx(plain["energy_per_frame_j"])  # no grid
 
 
 def test_zero_gating_saves_the_sparse_share_of_mac_energy(evaluated):

@@ -280,8 +280,35 @@ def exit_on(step: int):
     raise KeyboardInterrupt(f"step {step}")
 
 
-def test_the_flag_sets_the_grid_for_any_experiment():
-    for name in ("exp1", "exp4", "exp6"):
-        config, _ = configs.parse_args(name, ["--quick", "--occupancy-grid", "--occupancy-resolution", "32"])
-        assert config.occupancy_grid and config.occupancy_resolution == 32
-        assert not configs.parse_args(name, ["--quick"])[0].occupancy_grid
+def test_the_grid_is_the_same_in_every_experiment_and_a_flag_turns_it_off():
+    for name in configs.AXES:
+        quick, _ = configs.parse_args(name, ["--quick"])  # the quick preset keeps a 32^3 grid in every experiment
+        assert (quick.occupancy_grid, quick.occupancy_resolution, quick.occupancy_decay) == (True, 32, 0.8)
+        assert not configs.parse_args(name, ["--quick", "--no-occupancy-grid"])[0].occupancy_grid
+        config, _ = configs.parse_args(name, ["--occupancy-grid", "--occupancy-resolution", "64"])
+        assert config.occupancy_grid and config.occupancy_resolution == 64
+        assert not configs.parse_args(name, [])[0].occupancy_grid  # the full preset: off until measured on a GPU
+
+
+def test_the_decay_of_a_visited_cell_is_a_setting():
+    grid = OccupancyGrid(torch.tensor([[0.0] * 3, [4.0] * 3]), resolution=4, seed=3, decay=0.5)
+    grid.update(0, lambda points: torch.where(points[:, 0] < 1.0, 2.0, 0.0), step_size=0.5)
+    grid.update(256, lambda points: torch.zeros(points.shape[0]), step_size=0.5)  # visits every occupied cell
+    alpha = 1 - np.exp(-2.0 * 0.5)
+    assert torch.allclose(grid.ema.reshape(4, 4, 4)[0], torch.tensor(0.5 * alpha, dtype=torch.float32))
+
+
+def test_the_model_file_keeps_the_grid_s_cells_packed_and_leaves_its_training_state_out():
+    model, origins, dirs = wall_model()
+    model.occupancy.ema.fill_(0.5)
+    state = nerf.deployable_state(model)
+    assert not set(nerf.GRID_TRAINING_STATE) & set(state)
+    assert state["occupancy.occupied"].dtype == torch.uint8 and state["occupancy.occupied"].numel() == 64 // 8
+    fresh, _, _ = wall_model()
+    fresh.occupancy.occupied.fill_(True)
+    nerf.load_deployable_state(fresh, state)
+    assert torch.equal(fresh.occupancy.occupied, model.occupancy.occupied)
+    with torch.no_grad():
+        assert torch.equal(fresh(origins, dirs)["rgb"], model(origins, dirs)["rgb"])
+    with pytest.raises(RuntimeError, match="does not fit the model"):
+        nerf.load_deployable_state(fresh, {k: v for k, v in state.items() if k != "occupancy.occupied"})

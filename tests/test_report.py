@@ -227,6 +227,31 @@ def test_report_starts_without_torch():
     assert result.returncode == 0, result.stderr
 
 
+def test_the_skipping_section_shows_measured_fractions_and_energy_with_and_without_the_grid(tmp_path):
+    runs_dir, hw_dir = tmp_path / "runs", tmp_path / "hw"
+    write_run(runs_dir, "exp1")
+    grid = write_run(runs_dir, "exp4", precision="ternary-int8", model="bitnerf")
+    summary = json.loads((grid / "summary.json").read_text())
+    fractions = {"skipped_train_coarse": 0.5, "skipped_train_fine": 0.6, "skipped_render_coarse": 0.7,
+                 "skipped_render_fine": 0.8}
+    (grid / "summary.json").write_text(json.dumps({**summary, **fractions}))
+    write_hw_results(hw_dir, ["exp1", "exp4"])
+    with open(hw_dir / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    with open(hw_dir / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*HW_COLUMNS, "energy_without_grid_j"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "energy_without_grid_j": 3 * float(row["energy_per_frame_j"])})
+    readme = report.write_report(runs_dir, hw_dir, tmp_path / "out", "report.py").read_text()
+    section = readme.split("## Empty-space skipping", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("| exp") and "experiment" not in line]
+    assert table == ["| exp4 | 50.0% | 60.0% | 70.0% | 80.0% | 56 J | 168 J (3.00×) | 5 J | 15 J (3.00×) |"]
+    plain = [(runs_dir / "exp1", json.loads((runs_dir / "exp1" / "summary.json").read_text()))]
+    assert report.skipping_section(plain, None) == [
+        "No run kept an occupancy grid (`--occupancy-grid`): every sample reached the MLP."]
+
+
 def test_si_prefixes():
     assert [report.si(v, u) for v, u in ((56.0, "J"), (0.0123, "J"), (1.4e9, "B"), (110344, ""), (0.0, "s"))] == \
         ["56 J", "12.3 mJ", "1.4 GB", "110 k", "0 s"]

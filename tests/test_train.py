@@ -145,7 +145,10 @@ def test_validation_views_are_not_trained_on_and_are_what_the_periodic_evaluatio
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train.Evaluation, "test_views", noting_views)
         train.run(config)
-    assert rendered == [[4], [5]]  # the periodic evaluation at step 2 on val, the final one on test
+    # The periodic evaluation at step 2 on val; the final one on test, and on val for summary.json.
+    assert rendered == [[4], [5], [4]]
+    summary = json.loads((Path(config.out) / config.name / "summary.json").read_text())
+    assert summary["val_views"] == [4] and summary["psnr_val"] > 0 and summary["psnr_test_per_view"]
     rows = list(csv.DictReader(open(Path(config.out) / config.name / "metrics.csv")))
     assert [(r["step"], bool(r["psnr_val"]), bool(r["psnr_test"])) for r in rows] == [("2", True, False),
                                                                                       ("4", False, False)]
