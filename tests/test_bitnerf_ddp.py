@@ -132,7 +132,10 @@ def test_exp5_trains_on_two_processes_and_resumes_on_one(tiny_config):
     train.run(replace(single, name="single"))
     distributed = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
     reference = torch.load(Path(tiny_config.out) / "single" / "checkpoint.pt", weights_only=False)["model"]
-    difference = max((distributed[k] - reference[k]).abs().max().item() for k in reference)
+    # Floating-point state: the weights and the grid's opacities (its flags follow them; its sample counts are
+    # rank 0's rays alone).
+    difference = max((distributed[k] - reference[k]).abs().max().item() for k in reference
+                     if reference[k].is_floating_point())
     # Averaging in another order leaves float rounding; an AdamW step of a rank alone moves weights by up to lr.
     assert difference < 1e-4
 

@@ -259,7 +259,7 @@ def test_a_run_without_weight_densities_is_said_to_be_taken_as_dense(evaluated, 
     runs, out, _, _ = evaluated
     hw_eval.main(["--runs", str(runs), "--out", str(out), "--tile", str(TILE), "--jobs", "1"])  # all cached
     printed = capsys.readouterr().out
-    assert printed.startswith("note: exp1, exp1_double, exp2, exp3: layers.json has no weight_density")
+    assert printed.startswith("note: exp1, exp1_double, exp1_grid, exp2, exp3: layers.json has no weight_density")
     assert "taken as dense" in printed
 
 

@@ -175,7 +175,7 @@ def test_a_run_that_computes_other_than_its_precision_stops_with_one_line(tiny_c
         with pytest.raises(SystemExit, match="training step ran fp32 .* asks for bf16-amp"):
             train.run(replace(tiny_config, precision="amp", steps=2, video_frames=1))
     with monkeypatch.context() as patch:
-        patch.setattr(bitnerf, "to_bitnet", lambda model, quantize_heads=False: model)
+        patch.setattr(bitnerf, "to_bitnet", lambda model, quantize_heads=False, quantize_first_layer=True: model)
         with pytest.raises(SystemExit, match="ran fp32 with ternary weights in 0 of 12 layers.* ternary-int8 with 8"):
             train.run(replace(tiny_config, model="bitnerf", steps=2, video_frames=1, name="never_quantized"))
 
