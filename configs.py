@@ -175,6 +175,14 @@ STEP_INTERVALS = ("log_every", "eval_every", "ckpt_every")
 # exp3 --steps N trains N/4 steps of its 4x batch, the rays of exp1 --steps N.
 STEP_COUNTS = ("steps", *STEP_INTERVALS)
 
+# BitNeRF's own recipe, part of exp4's axis: chosen among learning rates, BitNet b1.58's two-stage schedule
+# (a warm-up, then from half-way on a lower learning rate, with and without weight decay in the first stage)
+# and which layers stay in high precision, on the validation views of both scenes (sweep.py; BENCHMARKS.md,
+# "BitNeRF's own recipe"). The first layer, which multiplies the positional encoding, stays fp32 (and
+# counts its 32 bits). Weight decay 0.1 in the first stage, none in the second, as BitNet b1.58 2B4T trains.
+# exp1's recipe is --quantize-first-layer --warmup-steps 0 --stage2-at 1 --stage2-lr-scale 1 --weight-decay 0.
+BITNET_RECIPE = dict(quantize_first_layer=False, warmup_steps=100, stage2_at=0.5, stage2_lr_scale=0.6, weight_decay=0.1)
+
 # Each experiment changes one axis of its twin (exp1; exp2 for exp3; exp4 for exp6); everything else stays
 # equal so comparisons are fair.
 AXES = {
@@ -185,9 +193,8 @@ AXES = {
     # evaluation and checkpoints keep their spacing in rays, so the curves compare point by point.
     "exp3": lambda base: replace(AXES["exp2"](base), batch_rays=4 * base.batch_rays, steps=base.steps // 4,
                                  **{k: max(1, getattr(base, k) // 4) for k in STEP_INTERVALS}),
-    # BitNeRF keeps exp1's learning rate and weight decay: the seed changed both for BitNeRF, but at
-    # equal settings BitNeRF already trains stably (BENCHMARKS.md, "The suite on lego_100").
-    "exp4": lambda base: replace(base, model="bitnerf"),
+    # BitNet b1.58 training with its own recipe (BITNET_RECIPE).
+    "exp4": lambda base: replace(base, model="bitnerf", **BITNET_RECIPE),
     # Data parallel: the global batch stays exp1's (exp4's), split across the processes.
     "exp5": lambda base: replace(base, distributed=True),
     "exp6": lambda base: replace(AXES["exp4"](base), distributed=True),
@@ -281,7 +288,7 @@ EXPERIMENT_HELP = {
     "exp1": "NeRF baseline in fp32",
     "exp2": "automatic mixed precision with gradient scaling",
     "exp3": "exp2 with a 4x larger batch at an equal budget of rays (--steps counts exp1's steps: it trains a quarter)",
-    "exp4": "BitNeRF, BitNet b1.58 ternary weights and int8 activations (torchao)",
+    "exp4": "BitNeRF, BitNet b1.58 ternary weights and int8 activations (torchao), trained with its own recipe",
     "exp5": "NeRF with DistributedDataParallel (launches torchrun itself)",
     "exp6": "BitNeRF with DistributedDataParallel (launches torchrun itself)",
 }

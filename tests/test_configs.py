@@ -14,7 +14,8 @@ from utils import UserError
 REPO = Path(__file__).resolve().parents[1]
 AXIS_FIELDS = {"exp1": set(), "exp2": {"precision"},
                "exp3": {"precision", "batch_rays", "steps", "log_every", "eval_every", "ckpt_every"},
-               "exp4": {"model"}, "exp5": {"distributed"}, "exp6": {"model", "distributed"}}
+               "exp4": {"model", *configs.BITNET_RECIPE}, "exp5": {"distributed"},
+               "exp6": {"model", *configs.BITNET_RECIPE, "distributed"}}
 
 
 def changed_fields(a: ExperimentConfig, b: ExperimentConfig) -> set[str]:
@@ -143,3 +144,14 @@ def test_each_seed_of_seeds_is_a_run_of_its_own_named_for_it_in_the_experiments_
     assert all(dataclasses.replace(c, name="x", seed=0, group=None)
                == dataclasses.replace(configs.parse_args("exp3", ["--quick", "--steps", "8"])[0], name="x")
                for c in runs)
+
+
+PLAIN_RECIPE = ["--quantize-first-layer", "--warmup-steps", "0", "--stage2-at", "1", "--stage2-lr-scale", "1",
+                "--weight-decay", "0"]
+
+
+def test_bitnerf_s_recipe_is_part_of_its_axis_and_flags_give_exp1_s_recipe_back():
+    for name, twin in (("exp4", "exp1"), ("exp6", "exp5")):
+        plain, _ = configs.parse_args(name, ["--quick", *PLAIN_RECIPE])
+        assert plain == dataclasses.replace(experiment(twin, QUICK), model="bitnerf", name=name)
+        assert experiment(name, QUICK) != plain  # the recipe is not exp1's
