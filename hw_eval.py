@@ -559,7 +559,7 @@ def frame_rows(run: Run, arch_name: str, fields: list[FieldTile]) -> list[dict]:
     for field in fields:
         result = read_json(field.cache)
         scale = field.layers[0]["samples_per_frame"] / field.rows
-        # Runs from before layers.json counted the samples of a frame without the grid's skipping had no grid.
+        # A layers.json without samples_per_frame_all predates it, and so the occupancy grid: every sample ran.
         scale_all = field.layers[0].get("samples_per_frame_all", field.layers[0]["samples_per_frame"]) / field.rows
         tile = sparse_tile(result)
         densities = field_densities(field.layers)

@@ -160,10 +160,12 @@ def skipping_section(runs, dense_rows: list[dict] | None) -> list[str]:
         row = [name] + [f"{np.mean([s.get(k, 0.0) for _, s in members]):.1%}" for k in SKIPPED_FRACTIONS]
         for arch in archs:
             cells = [hw[(d.name, arch)] for d, _ in members if (d.name, arch) in hw]
-            with_grid = np.mean([float(c["energy_per_frame_j"]) for c in cells]) if cells else None
-            without = np.mean([float(c["energy_without_grid_j"]) for c in cells]) if cells else None
-            row += [si(with_grid, "J") if cells else "n/a",
-                    f"{si(without, 'J')} ({without / with_grid:.2f}×)" if cells else "n/a"]
+            if not cells:
+                row += ["n/a", "n/a"]
+                continue
+            with_grid = np.mean([float(c["energy_per_frame_j"]) for c in cells])
+            without = np.mean([float(c["energy_without_grid_j"]) for c in cells])
+            row += [si(with_grid, "J"), f"{si(without, 'J')} ({without / with_grid:.2f}×)"]
         rows.append(row)
     return [markdown_table(header, rows), "",
             "Measured by each run: the fraction of the MLP queries its occupancy grid skipped over the training "
