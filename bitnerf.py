@@ -5,13 +5,16 @@ the int8 activation scales well conditioned). `to_bitnet` then swaps the hidden 
 torchao's `BitNetTrainingLinearWeight`: the forward pass quantizes the latent fp32 weight to
 {-1, 0, +1} times its absmean and each input row to int8 (absmax), multiplies in integers, and the
 backward pass is straight-through to the latent weights. The output heads (density, colour) stay
-in high precision, as torchao's BitNet recipe keeps the output head; so can the first layer, which
-multiplies the positional encoding (`quantize_first_layer=False`), as quantization practice keeps a
-network's input layer.
+in high precision, as torchao's BitNet recipe keeps the output head. Each field's first layer, which
+multiplies the positional encoding, trains ternary as well (`first_layer="ternary"`), in int8
+(`"int8"`: the forward pass of torchao's int8 mixed-precision training, int8 weights per output
+channel times int8 input rows, with an exact backward) or in fp32 (`"fp32"`), as quantization practice keeps a
+network's input layer in higher precision.
 
-For deployment, `export_ternary` packs each quantized weight 2 bits per value with its fp32 scale;
-`load_ternary` rebuilds a model whose `TernaryLinear` layers compute exactly what the trained
-model's layers computed, so its renders are bit-identical.
+For deployment, `export_ternary` packs each ternary weight 2 bits per value with its fp32 scale, and an
+int8 first layer's weight as int8 with its per-channel scales; `load_ternary` rebuilds a model whose
+`IntegerLinear` layers compute exactly what the trained model's layers computed, so
+its renders are bit-identical.
 """
 
 import logging
@@ -30,6 +33,7 @@ from torchao.prototype.quantized_training import bitnet_training  # noqa: E402
 from torchao.prototype.quantized_training.bitnet import (  # noqa: E402
     BitNetTrainingLinearWeight, get_bitnet_scale, quantize_bitnet_weight, scaled_int8_mm)
 from torchao.prototype.quantized_training.int8 import quantize_int8_rowwise  # noqa: E402
+from torchao.prototype.quantized_training.int8_mixed_precision import _dynamic_int8_mm  # noqa: E402
 
 from dataset import scene_box  # noqa: E402
 from nerf import NeRF, OccupancyGrid, deployable_state, load_deployable_state  # noqa: E402
@@ -37,8 +41,10 @@ from utils import atomic_write  # noqa: E402
 
 # Layers left in high precision: the heads that produce density and colour.
 HIGH_PRECISION_LAYERS = ("density_head", "rgb_head", "output_head")
-# torchao's BitNet forward clips the int8 activation scale at this epsilon; TernaryLinear must match.
+# torchao's BitNet forward clips the int8 activation scale at this epsilon, its int8 matmul at the second;
+# the inference layers (IntegerLinear) must match.
 ACTIVATION_EPS = 1e-5
+INT8_ACTIVATION_EPS = 1e-12
 
 
 class RMSNormLinear(nn.Module):
@@ -61,13 +67,24 @@ class RMSNormLinear(nn.Module):
         return self.linear(self.norm(x))
 
 
-def is_quantized_layer(name: str, quantize_heads: bool = False, quantize_first_layer: bool = True) -> bool:
-    """Whether the Linear at this module path is quantized: every one but the output heads (unless
-    quantize_heads) and, unless quantize_first_layer, but each field's first layer (`layers.0`)."""
+def is_first_layer(name: str) -> bool:
+    """Whether the Linear at this module path is a field's first layer (`layers.0`), the one that
+    multiplies the positional encoding."""
     parts = name.split(".")
-    if not quantize_first_layer and any(a == "layers" and b == "0" for a, b in zip(parts, parts[1:])):
+    return any(a == "layers" and b == "0" for a, b in zip(parts, parts[1:]))
+
+
+def is_ternary_layer(name: str, quantize_heads: bool = False, first_layer: str = "ternary") -> bool:
+    """Whether the Linear at this module path trains ternary weights: every one but the output heads
+    (unless quantize_heads) and, unless first_layer is "ternary", but each field's first layer."""
+    if first_layer != "ternary" and is_first_layer(name):
         return False
-    return quantize_heads or not any(part in HIGH_PRECISION_LAYERS for part in parts)
+    return quantize_heads or not any(part in HIGH_PRECISION_LAYERS for part in name.split("."))
+
+
+def is_int8_layer(name: str, first_layer: str = "ternary") -> bool:
+    """Whether the Linear at this module path trains int8 weights (first_layer="int8": the fields' first layers)."""
+    return first_layer == "int8" and is_first_layer(name)
 
 
 def bitnerf(**nerf_kwargs) -> NeRF:
@@ -75,11 +92,42 @@ def bitnerf(**nerf_kwargs) -> NeRF:
     return NeRF(linear=RMSNormLinear, **nerf_kwargs)
 
 
-def to_bitnet(model: nn.Module, quantize_heads: bool = False, quantize_first_layer: bool = True) -> nn.Module:
-    """Swap the Linear weights that is_quantized_layer names for torchao's BitNet b1.58 training weights, in place."""
+def to_bitnet(model: nn.Module, quantize_heads: bool = False, first_layer: str = "ternary") -> nn.Module:
+    """Swap the Linear weights that is_ternary_layer names for torchao's BitNet b1.58 training weights, and
+    the layers that is_int8_layer names for torchao's int8 mixed-precision training Linear, in place."""
     quantize_(model, bitnet_training(), filter_fn=lambda m, name: isinstance(m, nn.Linear)
-              and is_quantized_layer(name, quantize_heads, quantize_first_layer))
+              and is_ternary_layer(name, quantize_heads, first_layer))
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and is_int8_layer(name, first_layer):
+            module.__class__ = Int8TrainingLinear
     return model
+
+
+class Int8Matmul(torch.autograd.Function):
+    """x @ weight.T with both quantized to int8 in the forward pass (torchao's dynamic int8 matmul: input
+    rows and weight rows absmax-scaled) and an exact backward, straight-through to the fp32 weight.
+
+    Ours, not torchao's Int8MixedPrecisionTrainingLinear: in torchao 0.18 its weight subclass's linear
+    silently computes in fp32, and its module passes a config object that torch.compile cannot trace."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return _dynamic_int8_mm(x, weight.T)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_weight = grad.reshape(-1, weight.shape[0]).T @ x.reshape(-1, weight.shape[1])
+        return grad @ weight, grad_weight
+
+
+class Int8TrainingLinear(nn.Linear):
+    """A Linear that trains int8 (Int8Matmul); to_bitnet turns a field's first layer into one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = Int8Matmul.apply(x, self.weight.to(x.dtype))
+        return out + self.bias if self.bias is not None else out
 
 
 def build_model(config, scene, device: torch.device, quantized: bool = True) -> NeRF:
@@ -88,7 +136,7 @@ def build_model(config, scene, device: torch.device, quantized: bool = True) -> 
     an occupancy grid over the scene's box if the config asks for one."""
     constructor = bitnerf if config.model == "bitnerf" else NeRF
     occupancy = (OccupancyGrid(torch.from_numpy(scene_box(scene)), config.occupancy_resolution, config.seed,
-                               config.occupancy_decay) if config.occupancy_grid else None)
+                               config.occupancy_decay, config.occupancy_threshold) if config.occupancy_grid else None)
     model = constructor(
         near=scene.near, far=scene.far, white_bkgd=scene.white_bkgd, n_coarse=config.n_coarse,
         n_fine=config.n_fine, depth=config.depth, width=config.width,
@@ -96,13 +144,19 @@ def build_model(config, scene, device: torch.device, quantized: bool = True) -> 
         use_viewdirs=config.use_viewdirs, occupancy=occupancy,
     ).to(device)
     if config.model == "bitnerf" and quantized:
-        return to_bitnet(model, config.quantize_heads, config.quantize_first_layer)
+        return to_bitnet(model, config.quantize_heads, config.first_layer)
     return model
 
 
 def quantized_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """The Linear layers that train ternary weights."""
     return {name: m for name, m in model.named_modules()
             if isinstance(m, nn.Linear) and isinstance(m.weight, BitNetTrainingLinearWeight)}
+
+
+def int8_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """The Linear layers that train int8 weights."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, Int8TrainingLinear)}
 
 
 def ternarize(weight: BitNetTrainingLinearWeight) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,49 +179,71 @@ def unpack_ternary(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor
     return (codes[: math.prod(shape)].to(torch.int8) - 1).reshape(shape)
 
 
-class TernaryLinear(nn.Module):
-    """An inference Linear over a fixed ternary weight: int8 rows times ternary weight, then the two scales."""
+class IntegerLinear(nn.Module):
+    """An inference Linear over a fixed integer weight with its scale (one, or one per output channel): int8
+    input rows times the weight in integers, then the two scales, as torchao's training forward computes it.
+    activation_eps: the clip of the input rows' scales that the training forward used."""
 
-    def __init__(self, ternary: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, activation_eps: float):
         super().__init__()
-        self.out_features, self.in_features = ternary.shape
-        self.register_buffer("ternary", ternary.to(torch.int8))
+        self.out_features, self.in_features = weight.shape
+        self.activation_eps = activation_eps
+        self.register_buffer("weight_int8", weight.to(torch.int8))
         self.register_buffer("scale", scale.float())
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch_dims = x.shape[:-1]
-        x_i8, row_scale = quantize_int8_rowwise(x.reshape(-1, self.in_features), eps=ACTIVATION_EPS)
-        out = scaled_int8_mm(x_i8.contiguous(), self.ternary.T.contiguous(), row_scale, self.scale.to(x.dtype))
+        x_i8, row_scale = quantize_int8_rowwise(x.reshape(-1, self.in_features), eps=self.activation_eps)
+        out = scaled_int8_mm(x_i8.contiguous(), self.weight_int8.T.contiguous(), row_scale.contiguous(),
+                             self.scale.to(x.dtype).contiguous())
         out = out.view(*batch_dims, self.out_features)
         return out + self.bias if self.bias is not None else out
 
 
+def ternary_linear(ternary: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> IntegerLinear:
+    """A ternary layer: weights in {-1, 0, 1} times one absmean scale; torchao's BitNet clips input scales at ACTIVATION_EPS."""
+    return IntegerLinear(ternary, scale, bias, ACTIVATION_EPS)
+
+
+def int8_linear(weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> IntegerLinear:
+    """An int8 layer (Int8Matmul's weights): a scale per output channel; quantize_int8_rowwise's default clip."""
+    return IntegerLinear(weight, scale, bias, INT8_ACTIVATION_EPS)
+
+
 def export_ternary(model: nn.Module, path: str | Path) -> int:
-    """Write the deployable BitNeRF: packed ternary weights with their scales, the other tensors as they are.
+    """Write the deployable BitNeRF: packed ternary weights with their scales, int8 weights with theirs, the
+    other tensors as they are.
 
     Returns the file's size in bytes.
     """
-    quantized = quantized_linears(model)
+    quantized, int8 = quantized_linears(model), int8_linears(model)
     packed = {}
     for name, module in quantized.items():
         ternary, scale = ternarize(module.weight)
         packed[name] = {"packed": pack_ternary(ternary), "shape": tuple(ternary.shape), "scale": scale}
-    latent_weights = {f"{name}.weight" for name in quantized}
+    int8_weights = {}
+    for name, module in int8.items():
+        weight, scale = quantize_int8_rowwise(module.weight.detach())  # as the forward quantizes it
+        int8_weights[name] = {"weight": weight, "scale": scale}
+    latent_weights = {f"{name}.weight" for name in (*quantized, *int8)}
     state = {k: v.detach().clone() for k, v in deployable_state(model).items() if k not in latent_weights}
-    atomic_write(path, lambda tmp: torch.save({"ternary": packed, "state": state}, tmp))
+    atomic_write(path, lambda tmp: torch.save({"ternary": packed, "int8": int8_weights, "state": state}, tmp))
     return Path(path).stat().st_size
 
 
 def load_ternary(path: str | Path, model: nn.Module) -> nn.Module:
-    """Fill an unquantized BitNeRF of the same configuration from an export, with TernaryLinear layers."""
+    """Fill an unquantized BitNeRF of the same configuration from an export, with its ternary and int8 IntegerLinear layers."""
     export = torch.load(path, map_location="cpu", weights_only=True)
     load_deployable_state(model, export["state"], strict=False)  # the quantized weights follow
-    for name, entry in export["ternary"].items():
+    layers = {**{name: lambda bias, entry=entry: ternary_linear(unpack_ternary(entry["packed"], tuple(entry["shape"])),
+                                                               entry["scale"], bias)
+                 for name, entry in export["ternary"].items()},
+              **{name: lambda bias, entry=entry: int8_linear(entry["weight"], entry["scale"], bias)
+                 for name, entry in export.get("int8", {}).items()}}
+    for name, make in layers.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         old = getattr(parent, child)
-        ternary = unpack_ternary(entry["packed"], tuple(entry["shape"]))
-        setattr(parent, child, TernaryLinear(ternary, entry["scale"], old.bias.detach() if old.bias is not None else None)
-                .to(old.weight.device))
+        setattr(parent, child, make(old.bias.detach() if old.bias is not None else None).to(old.weight.device))
     return model

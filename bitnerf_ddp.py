@@ -74,10 +74,10 @@ def under_torchrun() -> bool:
     return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"))
 
 
-def launch_nproc(nproc: int | None, device: str) -> int:
-    """The processes to launch: nproc, by default one per visible GPU, else two CPU processes. A GPU rank
-    takes a GPU of its own, so more processes than visible GPUs is a UserError."""
-    if device == "cpu" or not torch.cuda.is_available():
+def launch_nproc(nproc: int | None, device: torch.device) -> int:
+    """The processes to launch on device (utils.resolve_device): nproc, by default one per visible GPU, else two
+    CPU processes. A GPU rank takes a GPU of its own, so more processes than visible GPUs is a UserError."""
+    if device.type == "cpu":
         return nproc or 2
     gpus = torch.cuda.device_count()
     if nproc is not None and nproc > gpus:

@@ -21,6 +21,7 @@ PRECISIONS = ("fp32", "amp")
 AMP_DTYPES = ("auto", "fp16", "bf16")
 COMPILE_MODES = ("auto", "on", "off")
 MODELS = ("nerf", "bitnerf")
+FIRST_LAYERS = ("ternary", "int8", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 PRESETS = ("full", "quick")
@@ -50,9 +51,10 @@ class ExperimentConfig:
     # ternary heads cost test PSNR and would save only a few of the model's weights (BENCHMARKS.md,
     # "BitNeRF: ternary heads or high-precision heads").
     quantize_heads: bool = False
-    # BitNeRF only: quantize each field's first layer, the one that multiplies the positional encoding.
-    # False keeps it in high precision (its bits count in layers.json and in the model file).
-    quantize_first_layer: bool = True
+    # BitNeRF only: what each field's first layer, the one that multiplies the positional encoding, trains
+    # as: ternary like the hidden layers, int8 (int8 weights and inputs, bitnerf.py) or fp32. Its bits
+    # count in layers.json and in the model file.
+    first_layer: str = "ternary"
     depth: int = 8
     width: int = 256
     skips: tuple[int, ...] = (4,)
@@ -69,6 +71,9 @@ class ExperimentConfig:
     # The factor by which a visited cell's running opacity decays per update, unless its new value is larger:
     # nerfacc's 0.95 lets a cell once opaque stay occupied for many updates, which a short run never outlives.
     occupancy_decay: float = 0.95
+    # A cell is occupied while its running opacity (alpha over a coarse sample's spacing) is above this, or
+    # above the mean of the positive ones if that is lower: nerfacc's 0.01.
+    occupancy_threshold: float = 0.01
 
     # Optimisation. 11000 steps of 4096 rays are about 50 epochs of a 100x100 scene's ~90 training views.
     steps: int = 11000
@@ -103,7 +108,7 @@ class ExperimentConfig:
 
     def __post_init__(self):
         choices = {"precision": PRECISIONS, "amp_dtype": AMP_DTYPES, "compile": COMPILE_MODES, "model": MODELS,
-                   "device": DEVICES, "wandb": WANDB_MODES,
+                   "first_layer": FIRST_LAYERS, "device": DEVICES, "wandb": WANDB_MODES,
                    "preset": PRESETS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -124,6 +129,8 @@ class ExperimentConfig:
             raise UserError(f"a fine pass (n_fine > 0) needs n_coarse of at least 3, got {self.n_coarse}")
         if not 0 < self.lr_final <= self.lr:
             raise UserError(f"need 0 < lr_final <= lr, got lr={self.lr}, lr_final={self.lr_final}")
+        if not 0 < self.occupancy_threshold < 1:
+            raise UserError(f"occupancy_threshold is an opacity: give a value in (0, 1), got {self.occupancy_threshold}")
         if not 0 <= self.occupancy_decay < 1:
             raise UserError(f"occupancy_decay must lie in [0, 1), got {self.occupancy_decay}")
         if not 0 < self.stage2_at <= 1:
@@ -181,7 +188,7 @@ STEP_COUNTS = ("steps", *STEP_INTERVALS)
 # "BitNeRF's own recipe"). The first layer, which multiplies the positional encoding, stays fp32 (and
 # counts its 32 bits). Weight decay 0.1 in the first stage, none in the second, as BitNet b1.58 2B4T trains.
 # exp1's recipe is --quantize-first-layer --warmup-steps 0 --stage2-at 1 --stage2-lr-scale 1 --weight-decay 0.
-BITNET_RECIPE = dict(quantize_first_layer=False, warmup_steps=100, stage2_at=0.5, stage2_lr_scale=0.6, weight_decay=0.1)
+BITNET_RECIPE = dict(first_layer="int8", warmup_steps=100, stage2_at=0.5, stage2_lr_scale=0.6, weight_decay=0.1)
 
 # Each experiment changes one axis of its twin (exp1; exp2 for exp3; exp4 for exp6); everything else stays
 # equal so comparisons are fair.
@@ -199,6 +206,15 @@ AXES = {
     "exp5": lambda base: replace(base, distributed=True),
     "exp6": lambda base: replace(AXES["exp4"](base), distributed=True),
 }
+
+
+def saved_fields(saved: dict) -> dict:
+    """The fields of a configuration a checkpoint saved (dataclasses.asdict), in today's names and types:
+    `quantize_first_layer` (a bool) became `first_layer`, and JSON-like lists are tuples again."""
+    saved = dict(saved)
+    if "quantize_first_layer" in saved:
+        saved.setdefault("first_layer", "ternary" if saved.pop("quantize_first_layer") else "fp32")
+    return {**saved, "skips": tuple(saved.get("skips", ()))}
 
 
 def experiment(name: str, base: ExperimentConfig = EXP1) -> ExperimentConfig:

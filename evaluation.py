@@ -77,17 +77,17 @@ class Evaluation:
     def target(self, view: int) -> torch.Tensor:
         return torch.from_numpy(self.scene.images[view]).to(self.device)
 
-    def metrics(self, results: list[dict]) -> dict:
-        """summary.json's test metrics of test_views' results: PSNR, SSIM, and the mean absolute depth
-        error where the scene has ground-truth depth."""
+    def metrics(self, results: list[dict], split: str = "test") -> dict:
+        """summary.json's metrics of test_views' results on the split's views (test, val): PSNR, SSIM, and the
+        mean absolute depth error where the scene has ground-truth depth."""
         metrics = {
-            "psnr_test": round(float(np.mean([r["psnr"] for r in results])), 3),
-            "ssim_test": round(float(np.mean([r["ssim"] for r in results])), 4),
-            "psnr_test_per_view": [round(r["psnr"], 3) for r in results],
+            f"psnr_{split}": round(float(np.mean([r["psnr"] for r in results])), 3),
+            f"ssim_{split}": round(float(np.mean([r["ssim"] for r in results])), 4),
+            f"psnr_{split}_per_view": [round(r["psnr"], 3) for r in results],
         }
         if self.scene.depths is not None:
             errors = [depth_error(r["depth"], self.scene.depths[r["view"]]) for r in results]
-            metrics["depth_abs_error_test"] = round(float(np.mean(errors)), 4)
+            metrics[f"depth_abs_error_{split}"] = round(float(np.mean(errors)), 4)
         return metrics
 
     def write_test_views(self, results: list[dict]) -> None:

@@ -21,6 +21,7 @@ import precision
 
 # A ternary weight takes at most these many distinct values: -1, 0 and +1 (times the layer's scale).
 TERNARY_VALUES = 3
+INT8_WEIGHT_BITS = 8
 
 
 @dataclass
@@ -116,27 +117,34 @@ class MatmulCensus(TorchDispatchMode):
         """check() of this record."""
         if not self.layers:
             raise SystemExit(f"error: {what} ran no Linear layer's matrix multiply: nothing to measure its precision by")
-        check(self.precision(), [name for name, layer in self.layers.items() if layer.ternary], list(self.layers),
-              config, dtype, what)
+        check(self.precision(), [name for name, layer in self.layers.items() if layer.ternary],
+              [name for name, layer in self.layers.items() if layer.weight_values is not None and not layer.ternary],
+              list(self.layers), config, dtype, what)
 
 
-def check(measured: str, ternary: list[str], names: list[str], config, dtype: torch.dtype | None, what: str) -> None:
+def check(measured: str, ternary: list[str], int8: list[str], names: list[str], config, dtype: torch.dtype | None,
+          what: str) -> None:
     """Stop the run (one line, exit code 1) when what ran is not what config asks for: the measured precision
-    name, and which of the layers that ran (names) multiplied ternary weights (BitNeRF: those that
-    bitnerf.is_quantized_layer names for config; NeRF: none)."""
+    name, and which of the layers that ran (names) multiplied ternary weights and which int8 weights (BitNeRF:
+    those that bitnerf.is_ternary_layer and bitnerf.is_int8_layer name for config; NeRF: none)."""
     expected = precision.precision_name(config.model, dtype)
-    expected_ternary = [name for name in names if config.model == "bitnerf"
-                        and bitnerf.is_quantized_layer(name, config.quantize_heads, config.quantize_first_layer)]
-    if measured != expected or sorted(ternary) != sorted(expected_ternary):
-        raise SystemExit(f"error: {what} ran {measured} with ternary weights in {len(ternary)} of {len(names)} layers,"
-                         f" but {config.name} asks for {expected} with {len(expected_ternary)}: the run does not"
-                         f" compute what it would report (a bug in the training code)")
+    bitnerf_layers = [name for name in names if config.model == "bitnerf"]
+    expected_ternary = [name for name in bitnerf_layers
+                        if bitnerf.is_ternary_layer(name, config.quantize_heads, config.first_layer)]
+    expected_int8 = [name for name in bitnerf_layers if bitnerf.is_int8_layer(name, config.first_layer)]
+    if measured != expected or sorted(ternary) != sorted(expected_ternary) or sorted(int8) != sorted(expected_int8):
+        raise SystemExit(f"error: {what} ran {measured} with ternary weights in {len(ternary)} and int8 weights in"
+                         f" {len(int8)} of {len(names)} layers, but {config.name} asks for {expected} with"
+                         f" {len(expected_ternary)} and {len(expected_int8)}: the run does not compute what it would"
+                         f" report (a bug in the training code)")
 
 
 def check_layers(layers: dict, config, dtype: torch.dtype | None, what: str) -> None:
     """check() of a layers.json census (Evaluation.layers)."""
-    check(layers["precision"], [layer["name"] for layer in layers["layers"]
-                                if layer["weight_bits"] == precision.TERNARY_WEIGHT_BITS],
+    def named(bits: int) -> list[str]:
+        return [layer["name"] for layer in layers["layers"] if layer["weight_bits"] == bits]
+
+    check(layers["precision"], named(precision.TERNARY_WEIGHT_BITS), named(INT8_WEIGHT_BITS),
           [layer["name"] for layer in layers["layers"]], config, dtype, what)
 
 

@@ -164,7 +164,7 @@ class OccupancyGrid(nn.Module):
     Every GRID_UPDATE_EVERY steps, a set of cells (all of them before GRID_WARMUP_STEPS, then a quarter drawn
     uniformly plus as many of the occupied ones) is evaluated at one uniformly jittered point per cell:
     its alpha over `step` decays the cell's running value by `decay` (GRID_EMA_DECAY) or replaces it, whichever is
-    larger, and the cells above min(GRID_OCCUPANCY_THRESHOLD, the mean of the positive values) are occupied.
+    larger, and the cells above min(threshold (GRID_OCCUPANCY_THRESHOLD), the mean of the positive values) are occupied.
     Points outside the box are empty. Before its first update every cell is occupied.
 
     Ours, not nerfacc's: the random cells and jitter of an update are a function of (seed, step) alone, so
@@ -172,9 +172,10 @@ class OccupancyGrid(nn.Module):
     writes one of the two, in an order CUDA does not fix).
     """
 
-    def __init__(self, aabb: torch.Tensor, resolution: int = 128, seed: int = 0, decay: float = GRID_EMA_DECAY):
+    def __init__(self, aabb: torch.Tensor, resolution: int = 128, seed: int = 0, decay: float = GRID_EMA_DECAY,
+                 threshold: float = GRID_OCCUPANCY_THRESHOLD):
         super().__init__()
-        self.resolution, self.seed, self.decay = resolution, seed, decay
+        self.resolution, self.seed, self.decay, self.threshold = resolution, seed, decay, threshold
         # Not saved: the box is the scene's (dataset.scene_box), and a model file in fp16 would round it.
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3), persistent=False)
         self.register_buffer("ema", torch.zeros(resolution ** 3))
@@ -215,7 +216,7 @@ class OccupancyGrid(nn.Module):
         decayed[cells] = self.ema[cells] * self.decay
         self.ema.copy_(decayed.scatter_reduce(0, cells, alpha, reduce="amax"))
         positive = self.ema[self.ema > 0]
-        threshold = min(positive.mean().item(), GRID_OCCUPANCY_THRESHOLD) if positive.numel() else GRID_OCCUPANCY_THRESHOLD
+        threshold = min(positive.mean().item(), self.threshold) if positive.numel() else self.threshold
         self.occupied.copy_(self.ema > threshold)
 
 

@@ -73,7 +73,7 @@ def pad_quantized_inputs(model: nn.Module) -> None:
     for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
             path = f"{parent_name}.{name}" if parent_name else name
-            if (isinstance(child, nn.Linear) and bitnerf.is_quantized_layer(path)
+            if (isinstance(child, nn.Linear) and bitnerf.is_ternary_layer(path)
                     and child.in_features % INT8_MATMUL_MULTIPLE):
                 setattr(parent, name, ZeroPaddedLinear(child))
 
@@ -95,7 +95,7 @@ def quantized_copy(model: nn.Module, variant: str) -> tuple[nn.Module, torch.dty
     if variant == "int8-dynamic":
         pad_quantized_inputs(model)
     config = getattr(torchao.quantization, TORCHAO_CONFIGS[variant])()
-    quantize_(model, config, filter_fn=lambda m, name: isinstance(m, nn.Linear) and bitnerf.is_quantized_layer(name))
+    quantize_(model, config, filter_fn=lambda m, name: isinstance(m, nn.Linear) and bitnerf.is_ternary_layer(name))
     return model, None
 
 
@@ -125,7 +125,7 @@ def evaluate_variants(run_dir: Path, variants, data: str | None, device: torch.d
         rows.append({
             "variant": variant, "weight_bits": measured.stored_weight_bits(quantized),
             "input_bits": min(layer.bits()["input_bits"] for name, layer in census.layers.items()
-                              if bitnerf.is_quantized_layer(name)),
+                              if bitnerf.is_ternary_layer(name)),
             "model_bytes": saved_bytes(quantized),
             "psnr_test": metrics["psnr_test"], "ssim_test": metrics["ssim_test"],
             "eval_s": eval_s,

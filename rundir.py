@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+import configs
 import precision
 from utils import UserError, atomic_write, read_json, write_json
 
@@ -198,7 +199,7 @@ def load_checkpoint(run_dir: Path, config, dtype) -> dict:
     in the autocast dtype (None: fp32) that the resume would use."""
     checkpoint = read_checkpoint(run_dir / CHECKPOINT, "cpu", "restore it from a copy, or start afresh with"
                                  " --overwrite instead of --resume")
-    saved = checkpoint["config"]
+    saved = configs.saved_fields(checkpoint["config"])
     defaults = {f.name: f.default for f in dataclasses.fields(config)}  # for fields added since it was saved
     changed = sorted(k for k, v in dataclasses.asdict(config).items()
                      if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v)
@@ -247,15 +248,14 @@ def write_model_file(run_dir: Path, model, model_kind: str, dtype) -> Path:
 def load_trained(run_dir: Path, data: str | None, device):
     """A finished run's config, scene (its own, or data) and model with the checkpoint's weights, in eval mode."""
     import bitnerf
-    from configs import ExperimentConfig
     from dataset import load_scene
 
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
         raise UserError(f"no checkpoint at {path}: give a run directory that an expN.py run wrote")
     checkpoint = read_checkpoint(path, device, "restore it from a copy, or train the run again (expN.py --overwrite)")
-    saved = {**checkpoint["config"], "skips": tuple(checkpoint["config"]["skips"])}
-    config = ExperimentConfig(**{**saved, "data": data or saved["data"]})
+    saved = configs.saved_fields(checkpoint["config"])
+    config = configs.ExperimentConfig(**{**saved, "data": data or saved["data"]})
     scene = load_scene(config.data, config.downscale, config.val_views)
     model = bitnerf.build_model(config, scene, device)
     model.load_state_dict(checkpoint["model"])

@@ -36,7 +36,7 @@ from evaluation import Evaluation
 from faults import OutOfMemory, StopSignals, sized_by
 from runlog import RunLog
 from step import Optimization, check_step_memory, train_step
-from utils import Stopwatch, UserError, exit_on_user_error, peak_memory_bytes, write_json
+from utils import Stopwatch, UserError, exit_on_user_error, peak_memory_bytes, resolve_device, write_json
 
 def main(name: str, argv: list[str] | None = None) -> None:
     """Entry point of `expN.py`: bad input is one line on stderr and exit code 2, never a traceback.
@@ -61,9 +61,9 @@ def train_command(name: str, argv: list[str]) -> int:
     if not config.distributed or bitnerf_ddp.under_torchrun():
         run(config, resume=args.resume, overwrite=args.overwrite)
         return 0
-    nproc = bitnerf_ddp.launch_nproc(args.nproc, config.device)
+    device = resolve_device(config.device)
+    nproc = bitnerf_ddp.launch_nproc(args.nproc, device)
     scene = load_scene(config.data, config.downscale, config.val_views)
-    device = torch.device("cpu" if config.device == "cpu" or not torch.cuda.is_available() else "cuda")
     if device.type == "cpu":
         # CPU ranks share this machine's memory: refuse a batch here once, not in every rank. (A GPU
         # rank checks its own GPU; checking here would hold a CUDA context through the whole run.)
@@ -305,9 +305,7 @@ def finish(evaluation: Evaluation, model, log: RunLog | None) -> dict:
         "experiment": config.group or config.name, "seed": config.seed, "model": config.model,
         "precision": layers["precision"],
         "global_batch_rays": config.batch_rays, **evaluation.metrics(results),
-        **({"psnr_val": round(float(np.mean([r["psnr"] for r in validation])), 3),
-            "ssim_val": round(float(np.mean([r["ssim"] for r in validation])), 4),
-            "val_views": [r["view"] for r in validation]} if validation else {}),
+        **({**evaluation.metrics(validation, "val"), "val_views": [r["view"] for r in validation]} if validation else {}),
         **evaluation.skipped_samples(model, results),
         "weight_bits": layers["weight_bits"], "compiled": measured.compiled(model),
         "model_bytes": model_path.stat().st_size,

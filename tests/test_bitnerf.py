@@ -42,11 +42,15 @@ def test_only_hidden_layers_are_quantized():
     assert sorted(every) == sorted(f"{field}.{layer}.linear" for field in ("coarse", "fine") for layer in FIELD_LINEARS)
 
 
-def test_the_first_layer_can_stay_in_high_precision():
-    kept = bitnerf.quantized_linears(bitnerf.to_bitnet(bitnerf.bitnerf(**FIELD), quantize_first_layer=False))
-    assert sorted(kept) == sorted(f"{field}.{layer}.linear" for field in ("coarse", "fine")
-                                  for layer in ("layers.1", "layers.2", "feature", "view_layer"))
-    assert bitnerf.is_quantized_layer("coarse.layers.10.linear", quantize_first_layer=False)
+@pytest.mark.parametrize("first_layer", ["int8", "fp32"])
+def test_the_first_layer_can_train_in_int8_or_fp32(first_layer):
+    model = bitnerf.to_bitnet(bitnerf.bitnerf(**FIELD), first_layer=first_layer)
+    assert sorted(bitnerf.quantized_linears(model)) == sorted(
+        f"{field}.{layer}.linear" for field in ("coarse", "fine") for layer in ("layers.1", "layers.2", "feature", "view_layer"))
+    firsts = ["coarse.layers.0.linear", "fine.layers.0.linear"]
+    assert sorted(bitnerf.int8_linears(model)) == (firsts if first_layer == "int8" else [])
+    assert bitnerf.is_ternary_layer("coarse.layers.10.linear", first_layer=first_layer)
+    assert not bitnerf.is_int8_layer("coarse.layers.10.linear", first_layer=first_layer)
 
 
 def bitnet_layer(weight: list[list[float]]) -> nn.Linear:
@@ -123,8 +127,10 @@ def test_packing_round_trips():
     assert torch.equal(bitnerf.unpack_ternary(packed, (7, 13)), values)
 
 
-def test_export_reloads_to_bit_identical_renders(tmp_path):
-    model = make_bitnerf()
+@pytest.mark.parametrize("first_layer", ["ternary", "int8"])
+def test_export_reloads_to_bit_identical_renders(tmp_path, first_layer):
+    torch.manual_seed(0)
+    model = bitnerf.to_bitnet(bitnerf.bitnerf(**FIELD), first_layer=first_layer)
     with torch.no_grad():  # make the latent weights differ from their initial scale
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -139,6 +145,10 @@ def test_export_reloads_to_bit_identical_renders(tmp_path):
     export = torch.load(tmp_path / "model_ternary.pt", weights_only=True)
     for name, module in bitnerf.quantized_linears(model).items():
         assert export["ternary"][name]["packed"].numel() == -(-module.weight.numel() // 4)  # 2 bits a weight
+    for name, module in bitnerf.int8_linears(model).items():  # a byte a weight, a scale per output channel
+        assert export["int8"][name]["weight"].dtype == torch.int8
+        assert export["int8"][name]["scale"].shape == (module.out_features,)
+    assert len(export["int8"]) == (2 if first_layer == "int8" else 0)
     torch.save({k: v.detach().float() for k, v in NeRF(**FIELD).state_dict().items()}, tmp_path / "fp32.pt")
     assert size < (tmp_path / "fp32.pt").stat().st_size / 2
 
@@ -164,16 +174,20 @@ def test_bitnerf_run_learns_and_reports_ternary_bits(tiny_config):
                             for layer in ("layers.0", "layers.1", "density_head", "feature", "view_layer", "rgb_head")]
 
 
-def test_a_high_precision_first_layer_is_measured_and_counted_in_the_model_file(tiny_config):
+@pytest.mark.parametrize("first_layer, weight_bits, input_bits, bytes_per_weight",
+                         [("fp32", 32, 32, 4), ("int8", 8, 8, 1 + 4 / 39)])  # int8: a 4-byte scale per 39 weights
+def test_a_first_layer_in_int8_or_fp32_is_measured_and_counted_in_the_model_file(tiny_config, first_layer, weight_bits,
+                                                                                  input_bits, bytes_per_weight):
     base = replace(tiny_config, model="bitnerf", steps=10, eval_every=10, ckpt_every=10, video_frames=1)
-    kept = train.run(replace(base, name="kept", quantize_first_layer=False))
+    kept = train.run(replace(base, name="kept", first_layer=first_layer))
     plain = train.run(replace(base, name="plain"))
     layers = {layer["name"]: layer for layer in
               json.loads((Path(base.out) / "kept" / "layers.json").read_text())["layers"]}
-    assert (layers["coarse.layers.0.linear"]["weight_bits"], layers["coarse.layers.1.linear"]["weight_bits"]) == (32, 2)
-    # Its fp32 weights (39 inputs x 64 outputs in each field, 4 bytes each) replace 2-bit packed ones.
-    extra = 2 * 39 * 64 * (4 - 0.25)
-    assert kept["model_bytes"] - plain["model_bytes"] == pytest.approx(extra, rel=0.05)
+    first, second = layers["coarse.layers.0.linear"], layers["coarse.layers.1.linear"]
+    assert (first["weight_bits"], first["input_bits"], second["weight_bits"]) == (weight_bits, input_bits, 2)
+    # Its weights (39 inputs x 64 outputs in each field) replace 2-bit packed ones.
+    extra = 2 * 39 * 64 * (bytes_per_weight - 0.25)
+    assert kept["model_bytes"] - plain["model_bytes"] == pytest.approx(extra, rel=0.1)
 
 
 def test_compile_auto_compiles_bitnerf_only(tiny_config, monkeypatch):

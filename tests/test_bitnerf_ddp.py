@@ -27,6 +27,7 @@ import configs
 import render
 import rundir
 import train
+import utils
 from conftest import write_scene
 from dataset import RaySampler, load_scene
 from step import Optimization, train_step
@@ -414,12 +415,24 @@ def test_two_nodes_of_one_process_each_run_as_two_processes_on_one_node(uneven_c
         assert "exp5: test PSNR" in outputs[0] and "exp5: test PSNR" not in outputs[1]
 
 
+def test_a_distributed_run_on_cuda_without_a_gpu_is_one_line_not_a_cpu_run(tiny_config, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(utils, "unusable_gpu", lambda: None)  # no NVIDIA GPU on this machine at all
+    monkeypatch.setattr(bitnerf_ddp, "launch", lambda *args: pytest.fail("torchrun was launched"))
+    with pytest.raises(SystemExit) as refused:
+        train.main("exp5", ["--device", "cuda", "--data", tiny_config.data, "--out", tiny_config.out, "--wandb", "disabled"])
+    assert refused.value.code == 2 and capsys.readouterr().err == (
+        "error: --device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu\n")
+    assert not Path(tiny_config.out).exists()
+
+
 def test_more_processes_than_visible_gpus_is_one_line_before_anything_starts(tiny_config, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with 2 GPUs
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(bitnerf_ddp, "launch", lambda *args: pytest.fail("torchrun was launched"))
-    assert [bitnerf_ddp.launch_nproc(None, "auto"), bitnerf_ddp.launch_nproc(1, "cuda"),
-            bitnerf_ddp.launch_nproc(3, "cpu"), bitnerf_ddp.launch_nproc(None, "cpu")] == [2, 1, 3, 2]
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert [bitnerf_ddp.launch_nproc(None, cuda), bitnerf_ddp.launch_nproc(1, cuda),
+            bitnerf_ddp.launch_nproc(3, cpu), bitnerf_ddp.launch_nproc(None, cpu)] == [2, 1, 3, 2]
     for device in ("cuda", "auto"):
         with pytest.raises(SystemExit) as refused:
             train.main("exp5", ["--nproc", "3", "--device", device, "--data", tiny_config.data,

@@ -146,7 +146,7 @@ def test_each_seed_of_seeds_is_a_run_of_its_own_named_for_it_in_the_experiments_
                for c in runs)
 
 
-PLAIN_RECIPE = ["--quantize-first-layer", "--warmup-steps", "0", "--stage2-at", "1", "--stage2-lr-scale", "1",
+PLAIN_RECIPE = ["--first-layer", "ternary", "--warmup-steps", "0", "--stage2-at", "1", "--stage2-lr-scale", "1",
                 "--weight-decay", "0"]
 
 
@@ -155,3 +155,11 @@ def test_bitnerf_s_recipe_is_part_of_its_axis_and_flags_give_exp1_s_recipe_back(
         plain, _ = configs.parse_args(name, ["--quick", *PLAIN_RECIPE])
         assert plain == dataclasses.replace(experiment(twin, QUICK), model="bitnerf", name=name)
         assert experiment(name, QUICK) != plain  # the recipe is not exp1's
+
+
+def test_a_checkpoint_saved_before_first_layer_existed_reads_as_today_s_fields():
+    saved = dataclasses.asdict(experiment("exp4", QUICK))
+    del saved["first_layer"]
+    for old, new in ((True, "ternary"), (False, "fp32")):
+        fields = configs.saved_fields({**saved, "quantize_first_layer": old, "skips": list(saved["skips"])})
+        assert configs.ExperimentConfig(**fields) == dataclasses.replace(experiment("exp4", QUICK), first_layer=new)

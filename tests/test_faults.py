@@ -205,19 +205,24 @@ def wait_for(path: Path, job: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.2)
 
 
+def run_files(run_dir):
+    """The run directory's files, without the atomic writes still in progress (they come and go)."""
+    return {p.name for p in run_dir.iterdir() if not p.name.endswith(".tmp")}
+
+
 def test_a_second_run_into_a_busy_run_directory_is_refused_in_one_line_and_the_first_keeps_its_files(small_config):
     command = exp1_command(small_config, "--steps", "1000000", "--ckpt-every", "5", "--log-every", "5")
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = Path(small_config.out) / "exp1"
     try:
         wait_for(run_dir / rundir.CHECKPOINT, first)
-        files, metrics = {p.name for p in run_dir.iterdir()}, (run_dir / rundir.METRICS).read_text()
+        files, metrics = run_files(run_dir), (run_dir / rundir.METRICS).read_text()
         second = subprocess.run(exp1_command(small_config, "--overwrite", "--steps", "5"), capture_output=True,
                                 text=True)
         assert one_line_error(second) == (
             f"error: {run_dir} is in use by another run (process {first.pid}; lock {run_dir.parent / '.exp1.lock'}):"
             f" wait for it to end, or train into another --name")
-        assert first.poll() is None and files <= {p.name for p in run_dir.iterdir()}
+        assert first.poll() is None and files <= run_files(run_dir)
         assert (run_dir / rundir.METRICS).read_text().startswith(metrics)  # appended to, never replaced
     finally:
         first.send_signal(signal.SIGTERM)  # what a scheduler sends: the run stops with a checkpoint

@@ -24,7 +24,7 @@ from evaluation import Evaluation
 from nerf import NeRF, OccupancyGrid, render_image
 from step import Optimization, train_step
 from test_bitnerf_ddp import free_port, plain
-from utils import get_rays
+from utils import UserError, get_rays
 
 
 def grid_config(config, resolution: int = 8):
@@ -296,6 +296,20 @@ def test_the_decay_of_a_visited_cell_is_a_setting():
     grid.update(256, lambda points: torch.zeros(points.shape[0]), step_size=0.5)  # visits every occupied cell
     alpha = 1 - np.exp(-2.0 * 0.5)
     assert torch.allclose(grid.ema.reshape(4, 4, 4)[0], torch.tensor(0.5 * alpha, dtype=torch.float32))
+
+
+def test_the_occupancy_threshold_is_a_setting_and_the_mean_still_caps_it():
+    box = torch.tensor([[0.0] * 3, [4.0] * 3])
+    # Two slabs of cells: alpha 1 - exp(-0.1) = 0.095 where x < 1, 1 - exp(-1) = 0.63 where 1 <= x < 2.
+    density = lambda points: torch.where(points[:, 0] < 1.0, 0.2, torch.where(points[:, 0] < 2.0, 2.0, 0.0))
+    for threshold, slabs in ((0.01, [True, True]), (0.2, [False, True]), (0.9, [False, True])):
+        grid = OccupancyGrid(box, resolution=4, seed=3, threshold=threshold)
+        grid.update(0, density, step_size=0.5)
+        occupied = grid.occupied.reshape(4, 4, 4)
+        # 0.9 is above every cell's alpha: the mean of the positive ones (0.36) decides instead.
+        assert [bool(occupied[0].all()), bool(occupied[1].all())] == slabs and not occupied[2:].any()
+    with pytest.raises(UserError, match="occupancy_threshold is an opacity"):
+        configs.ExperimentConfig(occupancy_threshold=0.0)
 
 
 def test_the_model_file_keeps_the_grid_s_cells_packed_and_leaves_its_training_state_out():

@@ -92,7 +92,7 @@ def test_int8_dynamic_variant_runs_every_quantized_matmul_at_widths_of_multiples
                  skips=(4,), use_viewdirs=True).eval()
     quantized, _ = ptq.quantized_copy(model, "int8-dynamic")
     widths = {name: m.weight.shape for name, m in quantized.named_modules()
-              if isinstance(m, nn.Linear) and bitnerf.is_quantized_layer(name)}
+              if isinstance(m, nn.Linear) and bitnerf.is_ternary_layer(name)}
     assert {"coarse.layers.0.linear", "coarse.layers.5.linear", "coarse.view_layer.linear"} <= widths.keys()
     assert all(rows % 8 == 0 and columns % 8 == 0 for rows, columns in widths.values()), widths
     monkeypatch.setattr(ptq, "pad_quantized_inputs", lambda model: None)

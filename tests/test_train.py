@@ -149,6 +149,7 @@ def test_validation_views_are_not_trained_on_and_are_what_the_periodic_evaluatio
     assert rendered == [[4], [5], [4]]
     summary = json.loads((Path(config.out) / config.name / "summary.json").read_text())
     assert summary["val_views"] == [4] and summary["psnr_val"] > 0 and summary["psnr_test_per_view"]
+    assert summary["psnr_val_per_view"] == [summary["psnr_val"]] and 0 < summary["ssim_val"] <= 1
     rows = list(csv.DictReader(open(Path(config.out) / config.name / "metrics.csv")))
     assert [(r["step"], bool(r["psnr_val"]), bool(r["psnr_test"])) for r in rows] == [("2", True, False),
                                                                                       ("4", False, False)]
@@ -175,8 +176,8 @@ def test_a_run_that_computes_other_than_its_precision_stops_with_one_line(tiny_c
         with pytest.raises(SystemExit, match="training step ran fp32 .* asks for bf16-amp"):
             train.run(replace(tiny_config, precision="amp", steps=2, video_frames=1))
     with monkeypatch.context() as patch:
-        patch.setattr(bitnerf, "to_bitnet", lambda model, quantize_heads=False, quantize_first_layer=True: model)
-        with pytest.raises(SystemExit, match="ran fp32 with ternary weights in 0 of 12 layers.* ternary-int8 with 8"):
+        patch.setattr(bitnerf, "to_bitnet", lambda model, quantize_heads=False, first_layer="ternary": model)
+        with pytest.raises(SystemExit, match="ran fp32 with ternary weights in 0 and int8 weights in 0 of 12 layers.* ternary-int8 with 8 and 0"):
             train.run(replace(tiny_config, model="bitnerf", steps=2, video_frames=1, name="never_quantized"))
 
 
