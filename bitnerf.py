@@ -94,7 +94,7 @@ def bitnerf(**nerf_kwargs) -> NeRF:
 
 def to_bitnet(model: nn.Module, quantize_heads: bool = False, first_layer: str = "ternary") -> nn.Module:
     """Swap the Linear weights that is_ternary_layer names for torchao's BitNet b1.58 training weights, and
-    the layers that is_int8_layer names for torchao's int8 mixed-precision training Linear, in place."""
+    turn the Linears that is_int8_layer names into Int8TrainingLinear, in place."""
     quantize_(model, bitnet_training(), filter_fn=lambda m, name: isinstance(m, nn.Linear)
               and is_ternary_layer(name, quantize_heads, first_layer))
     for name, module in model.named_modules():
