@@ -236,14 +236,16 @@ def load_ternary(path: str | Path, model: nn.Module) -> nn.Module:
     """Fill an unquantized BitNeRF of the same configuration from an export, with its ternary and int8 IntegerLinear layers."""
     export = torch.load(path, map_location="cpu", weights_only=True)
     load_deployable_state(model, export["state"], strict=False)  # the quantized weights follow
-    layers = {**{name: lambda bias, entry=entry: ternary_linear(unpack_ternary(entry["packed"], tuple(entry["shape"])),
-                                                               entry["scale"], bias)
-                 for name, entry in export["ternary"].items()},
-              **{name: lambda bias, entry=entry: int8_linear(entry["weight"], entry["scale"], bias)
-                 for name, entry in export.get("int8", {}).items()}}
-    for name, make in layers.items():
+    for name in (*export["ternary"], *export.get("int8", {})):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         old = getattr(parent, child)
-        setattr(parent, child, make(old.bias.detach() if old.bias is not None else None).to(old.weight.device))
+        bias = old.bias.detach() if old.bias is not None else None
+        if name in export["ternary"]:
+            entry = export["ternary"][name]
+            layer = ternary_linear(unpack_ternary(entry["packed"], tuple(entry["shape"])), entry["scale"], bias)
+        else:
+            entry = export["int8"][name]
+            layer = int8_linear(entry["weight"], entry["scale"], bias)
+        setattr(parent, child, layer.to(old.weight.device))
     return model

@@ -185,9 +185,9 @@ STEP_COUNTS = ("steps", *STEP_INTERVALS)
 # BitNeRF's own recipe, part of exp4's axis: chosen among learning rates, BitNet b1.58's two-stage schedule
 # (a warm-up, then from half-way on a lower learning rate, with and without weight decay in the first stage)
 # and which layers stay in high precision, on the validation views of both scenes (sweep.py; BENCHMARKS.md,
-# "BitNeRF's own recipe"). The first layer, which multiplies the positional encoding, stays fp32 (and
-# counts its 32 bits). Weight decay 0.1 in the first stage, none in the second, as BitNet b1.58 2B4T trains.
-# exp1's recipe is --quantize-first-layer --warmup-steps 0 --stage2-at 1 --stage2-lr-scale 1 --weight-decay 0.
+# "BitNeRF's own recipe"). The first layer, which multiplies the positional encoding, trains in int8 (and
+# counts its 8 bits). Weight decay 0.1 in the first stage, none in the second, as BitNet b1.58 2B4T trains.
+# exp1's recipe is --first-layer ternary --warmup-steps 0 --stage2-at 1 --stage2-lr-scale 1 --weight-decay 0.
 BITNET_RECIPE = dict(first_layer="int8", warmup_steps=100, stage2_at=0.5, stage2_lr_scale=0.6, weight_decay=0.1)
 
 # Each experiment changes one axis of its twin (exp1; exp2 for exp3; exp4 for exp6); everything else stays
@@ -214,7 +214,9 @@ def saved_fields(saved: dict) -> dict:
     saved = dict(saved)
     if "quantize_first_layer" in saved:
         saved.setdefault("first_layer", "ternary" if saved.pop("quantize_first_layer") else "fp32")
-    return {**saved, "skips": tuple(saved.get("skips", ()))}
+    if "skips" in saved:
+        saved["skips"] = tuple(saved["skips"])
+    return saved
 
 
 def experiment(name: str, base: ExperimentConfig = EXP1) -> ExperimentConfig:

@@ -114,20 +114,22 @@ class MatmulCensus(TorchDispatchMode):
         return min(dtype_bits(layer.weight_dtype) for layer in self.layers.values())
 
     def check(self, config, dtype: torch.dtype | None, what: str) -> None:
-        """check() of this record."""
+        """check_layers() of this record."""
         if not self.layers:
             raise SystemExit(f"error: {what} ran no Linear layer's matrix multiply: nothing to measure its precision by")
-        check(self.precision(), [name for name, layer in self.layers.items() if layer.ternary],
-              [name for name, layer in self.layers.items() if layer.weight_values is not None and not layer.ternary],
-              list(self.layers), config, dtype, what)
+        layers = [{"name": name, **layer.bits()} for name, layer in self.layers.items()]
+        check_layers({"precision": self.precision(), "layers": layers}, config, dtype, what)
 
 
-def check(measured: str, ternary: list[str], int8: list[str], names: list[str], config, dtype: torch.dtype | None,
-          what: str) -> None:
-    """Stop the run (one line, exit code 1) when what ran is not what config asks for: the measured precision
-    name, and which of the layers that ran (names) multiplied ternary weights and which int8 weights (BitNeRF:
-    those that bitnerf.is_ternary_layer and bitnerf.is_int8_layer name for config; NeRF: none)."""
-    expected = precision.precision_name(config.model, dtype)
+def check_layers(layers: dict, config, dtype: torch.dtype | None, what: str) -> None:
+    """Stop the run (one line, exit code 1) when what ran is not what config asks for. layers is a layers.json
+    census (Evaluation.layers) or MatmulCensus.check's record in its form: the measured precision name, and
+    which of the layers that ran multiplied ternary weights (stored at 2 bits) and which int8 weights (8 bits).
+    BitNeRF expects those that bitnerf.is_ternary_layer and bitnerf.is_int8_layer name for config; NeRF none."""
+    names = [layer["name"] for layer in layers["layers"]]
+    ternary, int8 = ([layer["name"] for layer in layers["layers"] if layer["weight_bits"] == bits]
+                     for bits in (precision.TERNARY_WEIGHT_BITS, INT8_WEIGHT_BITS))
+    measured, expected = layers["precision"], precision.precision_name(config.model, dtype)
     bitnerf_layers = [name for name in names if config.model == "bitnerf"]
     expected_ternary = [name for name in bitnerf_layers
                         if bitnerf.is_ternary_layer(name, config.quantize_heads, config.first_layer)]
@@ -137,15 +139,6 @@ def check(measured: str, ternary: list[str], int8: list[str], names: list[str], 
                          f" {len(int8)} of {len(names)} layers, but {config.name} asks for {expected} with"
                          f" {len(expected_ternary)} and {len(expected_int8)}: the run does not compute what it would"
                          f" report (a bug in the training code)")
-
-
-def check_layers(layers: dict, config, dtype: torch.dtype | None, what: str) -> None:
-    """check() of a layers.json census (Evaluation.layers)."""
-    def named(bits: int) -> list[str]:
-        return [layer["name"] for layer in layers["layers"] if layer["weight_bits"] == bits]
-
-    check(layers["precision"], named(precision.TERNARY_WEIGHT_BITS), named(INT8_WEIGHT_BITS),
-          [layer["name"] for layer in layers["layers"]], config, dtype, what)
 
 
 def compiled(model: nn.Module) -> bool:
