@@ -24,6 +24,8 @@ MODELS = ("nerf", "bitnerf")
 FIRST_LAYERS = ("ternary", "int8", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+# The int8 matmul that BitNeRF's int8 and ternary layers run (bitnerf.INT8_KERNELS); auto: plan.py's device rule.
+INT8_KERNELS = ("auto", "torchao-triton", "int-mm", "int-mm-padded")
 PRESETS = ("full", "quick")
 
 
@@ -96,6 +98,11 @@ class ExperimentConfig:
     # so that exp1 is the strict baseline that AMP and BitNeRF are measured against.
     tf32: bool = False
     distributed: bool = False  # DistributedDataParallel over torchrun processes; batch_rays is the global batch
+    # How a process splits its share of a step's rays to fit its device: micro-batches of at most this many
+    # rays whose gradients add up to the whole batch's (0: auto, the largest that fits, plan.py). Not an
+    # experiment axis: a step's update does not depend on it.
+    micro_batch_rays: int = 0
+    int8_kernel: str = "auto"
 
     # Evaluation and outputs.
     log_every: int = 100
@@ -109,7 +116,7 @@ class ExperimentConfig:
     def __post_init__(self):
         choices = {"precision": PRECISIONS, "amp_dtype": AMP_DTYPES, "compile": COMPILE_MODES, "model": MODELS,
                    "first_layer": FIRST_LAYERS, "device": DEVICES, "wandb": WANDB_MODES,
-                   "preset": PRESETS}
+                   "preset": PRESETS, "int8_kernel": INT8_KERNELS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
@@ -119,7 +126,7 @@ class ExperimentConfig:
             if getattr(self, key) < 1:
                 raise UserError(f"{key} must be at least 1, got {getattr(self, key)}")
         for key in ("n_fine", "pos_freqs", "dir_freqs", "weight_decay", "grad_clip", "seed", "val_views",
-                    "warmup_steps"):
+                    "warmup_steps", "micro_batch_rays"):
             if getattr(self, key) < 0:
                 raise UserError(f"{key} must not be negative, got {getattr(self, key)}")
         if self.n_coarse < 2:
@@ -258,6 +265,11 @@ def parse_args(name: str, argv: list[str] | None = None) -> tuple[ExperimentConf
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif f.name == "micro_batch_rays":
+            parser.add_argument(flag, type=parse_micro_batch_rays, default=None, metavar="auto|N",
+                                help="split each step's rays into micro-batches of at most N rays per process,"
+                                     " whose gradients add up to the whole batch's (default: auto, the largest"
+                                     " that fits the device)")
         elif typing.get_origin(f.type) is tuple:
             parser.add_argument(flag, type=int, nargs="*", default=None, metavar="N")
         else:
@@ -284,6 +296,19 @@ def parse_args(name: str, argv: list[str] | None = None) -> tuple[ExperimentConf
             print(f"{name}: --steps {step_counts['steps']} counts exp1's steps of {base.batch_rays} rays: {scaled.steps}"
                   f" steps of {scaled.batch_rays} rays, the same rays", file=sys.stderr)
     return replace(scaled, **overrides), args
+
+
+def parse_micro_batch_rays(text: str) -> int:
+    """--micro-batch-rays auto|N: auto is 0 in the configuration."""
+    if text == "auto":
+        return 0
+    try:
+        rays = int(text)
+    except ValueError:
+        rays = 0
+    if rays < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a number of rays of at least 1, got {text!r}")
+    return rays
 
 
 def parse_seeds(text: str) -> list[int]:

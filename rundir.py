@@ -36,7 +36,8 @@ LAYER_FIELDS = ("name", "in_features", "out_features", "weight_bits", "input_bit
 # amp_dtype may change as long as the autocast dtype it resolves to does not (load_checkpoint).
 # preset only labels where the settings came from (a quick checkpoint from before it was recorded has none).
 RESUMABLE_CHANGES = {"steps", "out", "device", "wandb", "log_every", "eval_every", "eval_views",
-                     "ckpt_every", "video_frames", "chunk", "amp_dtype", "preset"}
+                     "ckpt_every", "video_frames", "chunk", "amp_dtype", "preset", "micro_batch_rays",
+                     "int8_kernel"}
 NO_RUNS_HINT = "train first (make suite, or python exp1.py --quick), or pass --runs"
 # What every checkpoint holds (train.py writes it); a file without these keys is not one.
 CHECKPOINT_KEYS = ("step", "wall_s", "train_s", "config", "model", "optimizer", "scheduler", "scaler")
