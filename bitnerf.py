@@ -15,6 +15,10 @@ For deployment, `export_ternary` packs each ternary weight 2 bits per value with
 int8 first layer's weight as int8 with its per-channel scales; `load_ternary` rebuilds a model whose
 `IntegerLinear` layers compute exactly what the trained model's layers computed, so
 its renders are bit-identical.
+
+Every int8 matmul (the ternary layers', the int8 first layer's, the inference layers') runs the kernel
+`use_int8_kernel` chooses from INT8_KERNELS: torchao's Triton kernel, or cuBLAS/CPU `torch._int_mm` as
+it is or zero-padded to the shapes cuBLAS accepts.
 """
 
 import logging
@@ -22,22 +26,25 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils._triton import has_triton
 
 # torchao 0.18 registers an Enum with torch's pytree at import, which logs a deprecation warning on
 # every start (and would make one-line error messages two lines); it is harmless, so silence it.
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
+import torchao.prototype.quantized_training.bitnet as torchao_bitnet  # noqa: E402
 from torchao import quantize_  # noqa: E402
 from torchao.prototype.quantized_training import bitnet_training  # noqa: E402
 from torchao.prototype.quantized_training.bitnet import (  # noqa: E402
-    BitNetTrainingLinearWeight, get_bitnet_scale, quantize_bitnet_weight, scaled_int8_mm)
+    BitNetTrainingLinearWeight, get_bitnet_scale, quantize_bitnet_weight)
 from torchao.prototype.quantized_training.int8 import quantize_int8_rowwise  # noqa: E402
-from torchao.prototype.quantized_training.int8_mixed_precision import _dynamic_int8_mm  # noqa: E402
 
 from dataset import scene_box  # noqa: E402
+from gpus import INT_MM_MULTIPLE  # noqa: E402
 from nerf import NeRF, OccupancyGrid, deployable_state, load_deployable_state  # noqa: E402
-from utils import atomic_write  # noqa: E402
+from utils import UserError, atomic_write  # noqa: E402
 
 # Layers left in high precision: the heads that produce density and colour.
 HIGH_PRECISION_LAYERS = ("density_head", "rgb_head", "output_head")
@@ -45,6 +52,62 @@ HIGH_PRECISION_LAYERS = ("density_head", "rgb_head", "output_head")
 # the inference layers (IntegerLinear) must match.
 ACTIVATION_EPS = 1e-5
 INT8_ACTIVATION_EPS = 1e-12
+# cuBLAS's int8 GEMM (torch._int_mm on CUDA) refuses A with 16 rows or fewer (ATen's Blas.cpp: "self.size(0)
+# needs to be greater than 16"), besides K and N that are not multiples of INT_MM_MULTIPLE.
+INT_MM_MIN_ROWS = 17
+
+
+def torchao_triton_mm(A: torch.Tensor, B: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor) -> torch.Tensor:
+    """torchao's Triton int8 kernel: an op registered for CUDA only, once its module is imported (use_int8_kernel)."""
+    return torch.ops.torchao.scaled_int8_mm(A, B, row_scale, col_scale)
+
+
+def int_mm(A: torch.Tensor, B: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor) -> torch.Tensor:
+    """torchao's fallback without Triton: torch._int_mm, then the column scales (first, as torchao's) and the row's."""
+    return torch._int_mm(A, B) * col_scale.view(-1) * row_scale.view(-1, 1)
+
+
+def int_mm_padded(A: torch.Tensor, B: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor) -> torch.Tensor:
+    """int_mm over A and B zero-padded to the shapes cuBLAS accepts (K and N multiples of INT_MM_MULTIPLE, at least
+    INT_MM_MIN_ROWS rows), the product sliced back. Zeros add nothing to an integer dot product, so the result is
+    int_mm's bit for bit; a matmul that needs no padding runs as it is."""
+    (M, K), N = A.shape, B.shape[1]
+    pad_m, pad_k, pad_n = max(INT_MM_MIN_ROWS - M, 0), -K % INT_MM_MULTIPLE, -N % INT_MM_MULTIPLE
+    if pad_m or pad_k or pad_n:
+        A = F.pad(A, (0, pad_k, 0, pad_m))
+        B = F.pad(B.T, (0, pad_k, 0, pad_n)).T  # column-major, as torchao passes B: cuBLAS's int8 layout
+    return torch._int_mm(A, B)[:M, :N] * col_scale.view(-1) * row_scale.view(-1, 1)
+
+
+# The int8 matmuls BitNeRF can run, each (A int8 (M, K), B int8 (K, N), row_scale (M), col_scale (N or one)) ->
+# (A @ B) * row_scale * col_scale; configs.INT8_KERNELS names them (and auto, which plan.py resolves).
+INT8_KERNELS = {"torchao-triton": torchao_triton_mm, "int-mm": int_mm, "int-mm-padded": int_mm_padded}
+# What torchao picked at import: its Triton kernel wherever Triton is usable, else torch._int_mm.
+TORCHAO_INT8_KERNEL = "torchao-triton" if has_triton() else "int-mm"
+# The kernel Int8Matmul and IntegerLinear call; use_int8_kernel rebinds it (with torchao's) for a run.
+int8_mm = INT8_KERNELS[TORCHAO_INT8_KERNEL]
+
+
+def use_int8_kernel(name: str, device: torch.device | None = None) -> None:
+    """Make every int8 matmul of BitNeRF run INT8_KERNELS[name]: torchao's ternary layers, Int8Matmul and
+    IntegerLinear. device: where the model runs (None: this machine's GPU if it has one). A kernel that cannot
+    run there is a UserError naming the one to use."""
+    global int8_mm
+    if name not in INT8_KERNELS:
+        raise UserError(f"--int8-kernel must be one of {', '.join(INT8_KERNELS)}, got {name!r}")
+    on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    if name == "torchao-triton":
+        if not (on_cuda and has_triton()):
+            fix = "int-mm-padded" if on_cuda else "int-mm"
+            raise UserError(f"--int8-kernel torchao-triton needs a CUDA GPU of compute capability 7.0 or newer with"
+                            f" Triton, which this run does not have: use --int8-kernel {fix}")
+        # Registers torch.ops.torchao.scaled_int8_mm; torchao imports it only where Triton was usable at import.
+        import torchao.prototype.quantized_training.int8_mm  # noqa: F401
+    int8_mm = INT8_KERNELS[name]
+    # torchao's BitNet forward looks its kernel up in this module global at every call, and torchao chose it by
+    # has_triton() at import, not by what the GPU runs well (Triton's int8 dot has no tensor cores below
+    # capability 8.0): the only place that replaces it.
+    torchao_bitnet.scaled_int8_mm = int8_mm
 
 
 class RMSNormLinear(nn.Module):
@@ -104,8 +167,9 @@ def to_bitnet(model: nn.Module, quantize_heads: bool = False, first_layer: str =
 
 
 class Int8Matmul(torch.autograd.Function):
-    """x @ weight.T with both quantized to int8 in the forward pass (torchao's dynamic int8 matmul: input
-    rows and weight rows absmax-scaled) and an exact backward, straight-through to the fp32 weight.
+    """x @ weight.T with both quantized to int8 in the forward pass (as torchao's dynamic int8 matmul: input
+    rows and weight rows absmax-scaled, through the chosen int8_mm) and an exact backward, straight-through to
+    the fp32 weight.
 
     Ours, not torchao's Int8MixedPrecisionTrainingLinear: in torchao 0.18 its weight subclass's linear
     silently computes in fp32, and its module passes a config object that torch.compile cannot trace."""
@@ -113,7 +177,10 @@ class Int8Matmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        return _dynamic_int8_mm(x, weight.T)
+        x_i8, x_scale = quantize_int8_rowwise(x.reshape(-1, x.shape[-1]))
+        weight_i8, weight_scale = quantize_int8_rowwise(weight)
+        out = int8_mm(x_i8.contiguous(), weight_i8.contiguous().T, x_scale.contiguous(), weight_scale.contiguous())
+        return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -195,8 +262,8 @@ class IntegerLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch_dims = x.shape[:-1]
         x_i8, row_scale = quantize_int8_rowwise(x.reshape(-1, self.in_features), eps=self.activation_eps)
-        out = scaled_int8_mm(x_i8.contiguous(), self.weight_int8.T.contiguous(), row_scale.contiguous(),
-                             self.scale.to(x.dtype).contiguous())
+        out = int8_mm(x_i8.contiguous(), self.weight_int8.T.contiguous(), row_scale.contiguous(),
+                      self.scale.to(x.dtype).contiguous())
         out = out.view(*batch_dims, self.out_features)
         return out + self.bias if self.bias is not None else out
 

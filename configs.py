@@ -15,6 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, replace
 
+import gpus
 from utils import OneLineParser, UserError, without_option
 
 PRECISIONS = ("fp32", "amp")
@@ -92,7 +93,7 @@ class ExperimentConfig:
     precision: str = "fp32"
     amp_dtype: str = "auto"  # auto: fp16 with gradient scaling on CUDA, bf16 on the CPU (no fast fp16 GEMM there)
     # torch.compile of the radiance fields. auto: BitNeRF's only, whose many small quantization ops
-    # inductor fuses; NeRF's matmul-bound step ran slower compiled on the CPU (train.compiles).
+    # inductor fuses; NeRF's matmul-bound step ran slower compiled on the CPU (plan.compile_decision).
     compile: str = "auto"
     # TF32 for fp32 matmuls and cuDNN on GPUs that have it: the fast fp32 baseline. Off, fp32 is IEEE fp32,
     # so that exp1 is the strict baseline that AMP and BitNeRF are measured against.
@@ -258,6 +259,10 @@ def parse_args(name: str, argv: list[str] | None = None) -> tuple[ExperimentConf
     parser.add_argument("--seeds", type=parse_seeds, default=None, metavar="S,S,...",
                         help="one run per seed, named NAME-seedS (the same seeds for every experiment pair"
                              " them in the report)")
+    parser.add_argument("--plan", nargs="?", const="", default=None, metavar="PROFILE",
+                        help="print the run's plan (device, precision, compile, int8 kernel, micro-batches, memory,"
+                             " time) without training; PROFILE plans for that GPU on any machine:"
+                             f" {', '.join(gpus.PROFILES)}")
     parser.add_argument("--max-restarts", type=int, default=0, metavar="N",
                         help="distributed runs: restart every process up to N times after one dies; each"
                              " restart resumes from the last checkpoint")

@@ -206,4 +206,4 @@ class Evaluation:
                 "samples_per_frame_all": per_ray_all[name.split(".")[0]],
             })
         return {"samples_per_frame": sum(per_ray.values()), "precision": matmuls.precision(),
-                "weight_bits": matmuls.weight_bits(), "layers": layers}
+                "weight_bits": matmuls.weight_bits(), "int8_kernel": matmuls.int8_kernel(), "layers": layers}

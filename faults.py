@@ -15,7 +15,9 @@ from utils import is_out_of_memory
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # What to do when memory runs out in the part of a run that an option sizes.
 OUT_OF_MEMORY_ADVICE = {
-    "--batch-rays": "lower --batch-rays and start afresh with --overwrite, or free memory and continue with --resume",
+    # The step's rays are split to fit: a smaller split computes the same step, so the run can continue.
+    "--micro-batch-rays": "continue with --resume and a lower --micro-batch-rays (the same steps, in smaller parts),"
+                          " or free memory",
     "--chunk": "continue with --resume and a lower --chunk",
 }
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from utils import UserError
+
 GIB = 2**30
 
 
@@ -56,8 +58,6 @@ OLD_GPU_TORCH = "pip install 'torch==2.14.*' --index-url https://download.pytorc
 
 
 def profile(name: str) -> GPU:
-    from utils import UserError
-
     if name not in PROFILES:
         raise UserError(f"--plan {name}: unknown GPU profile; choose one of {', '.join(PROFILES)}"
                         f" (or give no profile to plan for this machine's device)")

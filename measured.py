@@ -1,6 +1,7 @@
 """What a run measures about itself rather than copies from its configuration: what its Linear layers
-actually computed (the operand dtypes of their matrix multiplies and the distinct values of the integer
-weights they multiplied by, recorded while the model runs), and whether its fields are compiled.
+actually computed (the operand dtypes of their matrix multiplies, the distinct values of the integer
+weights they multiplied by and the int8 kernel that ran, recorded while the model runs), and whether its
+fields are compiled.
 
 summary.json's precision and weight bits and layers.json's bits come from this record, not from the
 configuration: a run whose autocast was lost, or a BitNeRF that never quantized, says so (and train.py
@@ -18,24 +19,42 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import bitnerf
 import precision
+from gpus import INT_MM_MULTIPLE
 
 # A ternary weight takes at most these many distinct values: -1, 0 and +1 (times the layer's scale).
 TERNARY_VALUES = 3
 INT8_WEIGHT_BITS = 8
+# The ops an integer matmul runs as, by the bitnerf.INT8_KERNELS kernel they belong to: torchao's Triton op, and
+# torch._int_mm, which int-mm and int-mm-padded both run (told apart by the K it ran with).
+TORCHAO_TRITON_OP = "torchao::scaled_int8_mm"
+INT_MM_OP = "aten::_int_mm"
 
 
 @dataclass
 class LayerMatmul:
-    """One Linear layer's first matrix multiply as it ran: its input, weight and the layer's output dtype."""
+    """One Linear layer's first matrix multiply as it ran: its input, weight and the layer's output dtype, and
+    the op with the K it multiplied over (the layer's in_features, or more where the kernel padded it)."""
 
     input_dtype: torch.dtype
     weight_dtype: torch.dtype
     weight_values: int | None  # distinct values of an integer weight operand; None for a float one
     output_dtype: torch.dtype | None = None
+    op: str | None = None  # the schema name, e.g. aten::_int_mm
+    k: int | None = None
+    in_features: int | None = None
 
     @property
     def ternary(self) -> bool:
         return self.weight_values is not None and self.weight_values <= TERNARY_VALUES
+
+    def int8_kernel(self) -> str | None:
+        """The bitnerf.INT8_KERNELS kernel this matmul ran, None for a float one: torchao's Triton op, or
+        torch._int_mm over the layer's own K (int-mm) or a zero-padded one (int-mm-padded)."""
+        if self.op == TORCHAO_TRITON_OP:
+            return "torchao-triton"
+        if self.op == INT_MM_OP:
+            return "int-mm-padded" if self.k > self.in_features else "int-mm"
+        return None
 
     def bits(self) -> dict[str, int]:
         """layers.json's bits: an integer weight of three values is stored 2-bit packed, others as they ran."""
@@ -50,8 +69,8 @@ def dtype_bits(dtype: torch.dtype) -> int:
 
 class MatmulCensus(TorchDispatchMode):
     """While active (`with MatmulCensus(model) as census:`), records each Linear layer's first matrix
-    multiply (aten mm, addmm, _int_mm, torchao's int8 kernels: every op whose name ends in "mm") in
-    `layers`, by module name in the order they ran. Compiled fields run eagerly meanwhile (a compiled
+    multiply (aten mm, addmm, _int_mm, torchao's int8 kernels: every op whose name ends in "mm") with its op
+    and K in `layers`, by module name in the order they ran. Compiled fields run eagerly meanwhile (a compiled
     graph would run past the hooks). `enabled=False` records nothing and costs nothing."""
 
     def __init__(self, model: nn.Module, enabled: bool = True):
@@ -94,7 +113,8 @@ class MatmulCensus(TorchDispatchMode):
         if self.current is not None and self.current not in self.layers and func.__name__.split(".")[0].endswith("mm"):
             x, w = [a for a in args if isinstance(a, torch.Tensor) and a.ndim == 2][:2]  # addmm's bias is 1-D
             values = None if w.dtype.is_floating_point else torch.unique(w).numel()
-            self.layers[self.current] = LayerMatmul(x.dtype, w.dtype, values)
+            self.layers[self.current] = LayerMatmul(x.dtype, w.dtype, values, op=func._schema.name, k=x.shape[1],
+                                                    in_features=self.model.get_submodule(self.current).in_features)
         return out
 
     def precision(self) -> str:
@@ -105,6 +125,19 @@ class MatmulCensus(TorchDispatchMode):
         names = {torch.float32: "fp32", torch.float16: "fp16-amp", torch.bfloat16: "bf16-amp"}
         kinds = sorted({names.get(layer.input_dtype, str(layer.input_dtype)) for layer in self.layers.values()})
         return kinds[0] if len(kinds) == 1 else f"mixed ({', '.join(kinds)})"
+
+    def int8_kernel(self) -> str | None:
+        """summary.json's int8_kernel: the bitnerf.INT8_KERNELS kernel the integer matmuls ran, None where no layer
+        ran one, 'mixed (...)' where layers ran different ones. int-mm-padded leaves a K that is already a multiple
+        of gpus.INT_MM_MULTIPLE as it is, so a layer of such a K that ran int-mm does not contradict it."""
+        layers = [layer for layer in self.layers.values() if layer.int8_kernel() is not None]
+        kernels = {layer.int8_kernel() for layer in layers}
+        if "int-mm-padded" in kernels and all(layer.k % INT_MM_MULTIPLE == 0 for layer in layers
+                                              if layer.int8_kernel() == "int-mm"):
+            kernels.discard("int-mm")
+        if not kernels:
+            return None
+        return kernels.pop() if len(kernels) == 1 else f"mixed ({', '.join(sorted(kernels))})"
 
     def weight_bits(self) -> float:
         """summary.json's weight_bits: log2(3) where layers multiplied ternary weights, else the narrowest

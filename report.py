@@ -3,12 +3,15 @@
 `python report.py [--runs runs] [--hw hw_eval] [--out report]` reads each run directory (summary.json,
 metrics.csv, renders/, ptq.json), hw_eval's results.csv and the analyses.json that `analyze.py --out`
 wrote into the same folder (both default to report/), and writes README.md with its PNG plots there.
+Each experiment of the suite without a finished run is listed with why: the reason recorded for it in
+failed.json in the runs folder (the notebook writes that file), else what its run directory holds.
 It reads result files only and runs nothing, so it starts without PyTorch.
 """
 
 import csv
 import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -19,6 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+import configs
 import rundir
 import stats
 from utils import OneLineParser, UserError, atomic_write, exit_on_user_error, read_json
@@ -32,6 +36,8 @@ HW_METRICS = {"energy_per_frame_j": ("energy", "J"), "latency_per_frame_s": ("la
 RENDER_VIEWS = 2  # test views per experiment in the grid of renders
 FRAME = f"{rundir.FRAME_WIDTH}×{rundir.FRAME_HEIGHT}"  # the frame hw_eval.py costs
 ANALYSES = "analyses.json"
+# In --runs: {experiment: why it failed} (its stderr's last line), which notebooks/colab.ipynb writes after training.
+FAILED = "failed.json"
 SI_PREFIXES = ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"), (1e-12, "p"))
 
 
@@ -172,6 +178,33 @@ def skipping_section(runs, dense_rows: list[dict] | None) -> list[str]:
             "rays (`skipped_train_*`) and over the final render of the test views (`skipped_render_*`, early "
             "ray termination included). Energy per frame is hw_eval's dense design on the samples the run "
             "evaluated, and on every sample of the frame (*without the grid*, in brackets its ratio)."]
+
+
+def missing_experiments(runs_dir: Path, runs) -> list[str]:
+    """A Markdown item per experiment of the suite (configs.AXES) without a finished run, saying why."""
+    path = runs_dir / FAILED
+    failed = read_json(path) if path.is_file() else {}
+    if not isinstance(failed, dict) or not all(isinstance(reason, str) for reason in failed.values()):
+        raise UserError(f"{path}: expected an object of experiment names and reasons, as the notebook writes it")
+    finished = {summary["experiment"] for _, summary in runs}
+    items = []
+    for name in configs.AXES:
+        if name in finished:
+            continue
+        # The run directories it would have: NAME, or NAME-seedS for each seed of --seeds.
+        dirs = sorted(d for d in runs_dir.iterdir() if d.is_dir() and re.fullmatch(rf"{name}(-seed\d+)?", d.name))
+        if name in failed:
+            why = failed[name]
+        elif not dirs:
+            why = "no run directory"
+        elif any((d / rundir.CHECKPOINT).is_file() for d in dirs):
+            why = (f"run directory {', '.join(d.name for d in dirs)} without {rundir.SUMMARY} (the run did not finish;"
+                   f" --resume continues it)")
+        else:
+            why = (f"run directory {', '.join(d.name for d in dirs)} without {rundir.SUMMARY} or a checkpoint (the run"
+                   f" stopped before its first one; --overwrite trains it again)")
+        items.append(f"- {name}: {why}")
+    return items
 
 
 def experiment_groups(runs) -> dict[str, list[tuple[Path, dict]]]:
@@ -677,13 +710,19 @@ def write_report(runs_dir: Path, hw_dir: Path, out_dir: Path, command: str) -> P
     dense_rows = [row for row in hw_rows if row["design"] == "dense"] if hw_rows else None
     analyze_command = shlex.join(["python", "analyze.py", "--runs", str(runs_dir), "--out", str(out_dir)])
     analyses = read_analyses(out_dir, analyze_command)
+    missing = missing_experiments(runs_dir, runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# NeRF experiments: report", "",
-             f"Written by `{command}` from {len(runs)} runs in `{runs_dir}`, in experiment order.", "",
-             "## Results", "", results_table(runs, dense_rows, hw_dir), "",
-             "## Seeds and intervals", "", *intervals_section(runs, dense_rows), "",
-             "## Empty-space skipping", "", *skipping_section(runs, dense_rows), "",
-             "## Quality against cost", ""]
+             f"Written by `{command}` from {len(runs)} runs in `{runs_dir}`, in experiment order.", ""]
+    if missing:
+        lines += ["## Missing experiments", "",
+                  f"The experiments without a finished run ({rundir.SUMMARY}), and why: the line recorded when "
+                  f"the experiment failed (`{runs_dir / FAILED}`), else what its run directory holds.", "",
+                  *missing, ""]
+    lines += ["## Results", "", results_table(runs, dense_rows, hw_dir), "",
+              "## Seeds and intervals", "", *intervals_section(runs, dense_rows), "",
+              "## Empty-space skipping", "", *skipping_section(runs, dense_rows), "",
+              "## Quality against cost", ""]
     plot_pareto(runs, dense_rows, out_dir / "pareto.png")
     lines += ["![Test PSNR against energy per frame, training time and model size](pareto.png)", "",
               "Each experiment at its mean over seeds, with 95% intervals where it has several; the dashed line "

@@ -14,7 +14,6 @@ step.py (the optimizer step), evaluation.py (rendering and metrics), rundir.py (
 import dataclasses
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -28,6 +27,7 @@ import bitnerf
 import bitnerf_ddp
 import configs
 import measured
+import plan
 import precision
 import rundir
 from configs import ExperimentConfig
@@ -35,17 +35,22 @@ from dataset import RaySampler, load_scene
 from evaluation import Evaluation
 from faults import OutOfMemory, StopSignals, sized_by
 from runlog import RunLog
-from step import Optimization, check_step_memory, train_step
-from utils import Stopwatch, UserError, exit_on_user_error, peak_memory_bytes, resolve_device, write_json
+from step import Optimization, train_step
+from utils import (Stopwatch, UserError, exit_on_user_error, peak_memory_bytes, peak_reserved_bytes, resolve_device,
+                   write_json)
 
 def main(name: str, argv: list[str] | None = None) -> None:
     """Entry point of `expN.py`: bad input is one line on stderr and exit code 2, never a traceback.
 
-    `--seeds S,S,...` trains one run per seed in turn (configs.seed_argvs) and stops at the first that fails.
+    `--seeds S,S,...` trains one run per seed in turn (configs.seed_argvs) and stops at the first that fails;
+    `--plan [PROFILE]` prints the run's plan (plan.py) and trains nothing.
     """
     argv = sys.argv[1:] if argv is None else argv
     with exit_on_user_error():
         config, args = configs.parse_args(name, argv)
+        if args.plan is not None:
+            plan.print_plan(config, args.plan, args.nproc)
+            return
         for run_argv in configs.seed_argvs(argv, args.seeds, config.name) if args.seeds else [argv]:
             if code := train_command(name, run_argv):
                 sys.exit(code)
@@ -65,9 +70,10 @@ def train_command(name: str, argv: list[str]) -> int:
     nproc = bitnerf_ddp.launch_nproc(args.nproc, device)
     scene = load_scene(config.data, config.downscale, config.val_views)
     if device.type == "cpu":
-        # CPU ranks share this machine's memory: refuse a batch here once, not in every rank. (A GPU
-        # rank checks its own GPU; checking here would hold a CUDA context through the whole run.)
-        check_step_memory(config, scene, device, nproc, nproc)
+        # CPU ranks share this machine's memory: plan here once, refusing what cannot run in one line rather
+        # than one per rank. (A GPU rank plans on its own GPU; probing here would hold a CUDA context through
+        # the whole run.)
+        plan.plan_run(config, scene, plan.local_target(device), nproc, nproc)
     with rundir.RunLock(rundir.path_of(config)) as lock:
         run_dir = rundir.check(config, args.resume, args.overwrite)
         if args.resume:
@@ -96,27 +102,11 @@ def run(config: ExperimentConfig, resume: bool = False, overwrite: bool = False)
         bitnerf_ddp.shutdown()
 
 
-def compiles(config: ExperimentConfig, device: torch.device) -> bool:
-    """Whether to torch.compile the radiance fields: --compile on/off, and auto compiles BitNeRF's.
-
-    BitNet's quantization is many small elementwise ops that inductor fuses, while NeRF's step is
-    matmul-bound and ran slower compiled on the CPU (BENCHMARKS.md, "torch.compile"). On the CPU
-    inductor builds C++, so auto needs a compiler there and on refuses to start without one.
-    """
-    compiler = os.environ.get("CXX", "g++")  # what inductor builds its CPU kernels with
-    has_compiler = device.type != "cpu" or shutil.which(compiler) is not None
-    if config.compile == "on" and not has_compiler:
-        raise UserError(f"--compile on needs a C++ compiler on the CPU ({compiler} is not on "
-                        f"the PATH): install one (apt-get install g++) or use --compile off")
-    return config.compile == "on" or (config.compile == "auto" and config.model == "bitnerf" and has_compiler)
-
-
 def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, overwrite: bool, lock: rundir.RunLock,
           stop: StopSignals) -> dict:
     # --- Setup: the run directory, the model, its optimizer, the rays -------------------------------
     run_start = time.perf_counter()
     device = ranks.device
-    compiled = compiles(config, device)
     precision.set_float32_matmul(config.tf32)
     scene = load_scene(config.data, config.downscale, config.val_views)
     if restarts := bitnerf_ddp.restart_count():
@@ -128,9 +118,15 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
             print(f"{config.name}: restart {restarts} after a process died;"
                   f" {'resuming from the last checkpoint' if resume else 'no checkpoint yet, starting again'}",
                   file=sys.stderr)
-    # Before the run directory is touched; CPU ranks of one machine share its memory, GPU ranks have one each.
-    check_step_memory(config, scene, device, ranks.world_size,
-                      int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1)
+    # The device rules, the compile decision, the int8 kernel and the micro-batches, before the run directory is
+    # touched; CPU ranks of one machine share its memory, GPU ranks have one each.
+    run_plan = plan.plan_run(config, scene, plan.local_target(device), ranks.world_size,
+                             int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1, device)
+    compiled, micro_batch_rays = run_plan.compiled, run_plan.micro_batch_rays
+    if run_plan.int8_kernel:
+        bitnerf.use_int8_kernel(run_plan.int8_kernel, device)  # process-wide: torchao keeps it in a module global
+    for warning in run_plan.warnings if ranks.is_main else ():
+        print(f"warning: {warning}", file=sys.stderr)
     run_dir = rundir.prepare(config, resume, overwrite, lock) if ranks.is_main else rundir.path_of(config)
     bitnerf_ddp.barrier()
     evaluation = Evaluation.of(config, scene, device, run_dir)
@@ -163,7 +159,10 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
                                                              "scene": scene.name, "world_size": ranks.world_size})
         print(f"{config.name}: {scene.name} {scene.width}x{scene.height}, {len(scene.i_train)} train / "
               f"{len(scene.i_test)} test views, {n_params / 1e6:.2f}M params, {precision_name} on {device}"
-              f"{f' x {ranks.world_size} processes' if ranks.world_size > 1 else ''}, run dir {run_dir}")
+              f"{f' x {ranks.world_size} processes' if ranks.world_size > 1 else ''}"
+              + (f", {run_plan.micro_batches} micro-batches of {micro_batch_rays} rays" if run_plan.micro_batches > 1
+                 else "") +
+              f", run dir {run_dir}")
     samples_per_step = config.batch_rays * config.samples_per_ray
 
     def wall_s() -> float:
@@ -196,10 +195,11 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
             if signum := bitnerf_ddp.max_across_ranks(stop.signum):
                 break
             census = measured.MatmulCensus(model, enabled=step == census_step)
-            with train_clock, sized_by("--batch-rays", config.batch_rays):
+            with train_clock, sized_by("--micro-batch-rays", micro_batch_rays):
                 model.update_occupancy(step)  # outside the census: the grid's queries are not the step's matmuls
                 with census:
-                    stats = train_step(step_model, sampler.batch(step), optimization, config, evaluation.autocast)
+                    stats = train_step(step_model, sampler.batch(step), optimization, config, evaluation.autocast,
+                                       micro_batch_rays if run_plan.micro_batches > 1 else 0)
             if census.enabled:
                 census.check(config, evaluation.dtype, "the training step")
 
@@ -247,6 +247,8 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
         sys.exit(128 + signum)
     progress.close()
     peak_mem = bitnerf_ddp.sum_across_ranks(peak_memory_bytes(device))
+    peak_reserved = peak_reserved_bytes(device)
+    peak_reserved = None if peak_reserved is None else bitnerf_ddp.sum_across_ranks(peak_reserved)
 
     # --- The final evaluation (every rank renders its share) and summary.json (rank 0) -------------
     stop.at_once = True
@@ -273,7 +275,9 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
         "steps": config.steps, "wall_s": round(wall_s(), 2), "train_s": round(train_clock.elapsed, 2),
         "compile_s": round(compile_s(), 2),
         "train_samples_per_s": round(samples_per_step * config.steps / max(train_clock.elapsed - compile_s(), 1e-9)),
-        "peak_mem_bytes": peak_mem,
+        "peak_mem_bytes": peak_mem, "peak_reserved_bytes": peak_reserved,
+        "estimated_peak_bytes": run_plan.peak_bytes * ranks.world_size,
+        "micro_batch_rays": micro_batch_rays, "micro_batches": run_plan.micro_batches,
         "params": n_params, "checkpoint_bytes": (run_dir / rundir.CHECKPOINT).stat().st_size,
     })
     write_json(run_dir / rundir.SUMMARY, summary)
@@ -307,8 +311,19 @@ def finish(evaluation: Evaluation, model, log: RunLog | None) -> dict:
         "global_batch_rays": config.batch_rays, **evaluation.metrics(results),
         **({**evaluation.metrics(validation, "val"), "val_views": [r["view"] for r in validation]} if validation else {}),
         **evaluation.skipped_samples(model, results),
-        "weight_bits": layers["weight_bits"], "compiled": measured.compiled(model),
+        "weight_bits": layers["weight_bits"], "int8_kernel": layers["int8_kernel"],
+        "compiled": measured.compiled(model),
         "model_bytes": model_path.stat().st_size,
-        "scene": scene.name, "device": str(evaluation.device), "torch_version": torch.__version__,
+        "scene": scene.name, "device": str(evaluation.device), **device_identity(evaluation.device),
+        "torch_version": torch.__version__,
         **precision.float32_matmul_settings(evaluation.device),
     }
+
+
+def device_identity(device: torch.device) -> dict:
+    """summary.json's device_name and capability: which GPU model trained (plan.py's time estimate matches
+    runs by it), or the CPU's, with no capability."""
+    if device.type != "cuda":
+        return {"device_name": "cpu", "capability": None}
+    major, minor = torch.cuda.get_device_capability(device)
+    return {"device_name": torch.cuda.get_device_name(device), "capability": f"{major}.{minor}"}

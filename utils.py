@@ -258,6 +258,16 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def peak_reserved_bytes(device: torch.device) -> int | None:
+    """Peak CUDA memory PyTorch's caching allocator reserved (what nvidia-smi sees of the process's tensors), or
+    None off CUDA, where no allocator reserves beyond what it allocates."""
+    if device.type != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.max_memory_reserved(device)
+
+
 def available_memory_bytes(device: torch.device) -> int | None:
     """Memory that new tensors on device can still get: CUDA's free memory plus what PyTorch's allocator holds
     unused, or on Linux the system's MemAvailable (RAM that can be had without swapping); None where unknown."""

@@ -7,7 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+import torchao.prototype.quantized_training.bitnet as torchao_bitnet
+
 import bitnerf
+import measured
+import plan
 import train
 from nerf import NeRF
 from utils import UserError
@@ -162,7 +166,7 @@ def test_bitnerf_run_learns_and_reports_ternary_bits(tiny_config):
     assert summary["weight_bits"] == 1.58 and summary["compiled"] == (shutil.which("g++") is not None)
     assert summary["model_bytes"] == (run_dir / "model_ternary.pt").stat().st_size
     assert summary["psnr_test"] > 16.0
-    if train.compiles(config, torch.device("cpu")):  # its first step compiled, which is not training throughput
+    if plan.compile_decision(config, plan.Target("cpu"))[0]:  # its first step compiled, which is not throughput
         assert summary["compile_s"] > 0
         assert summary["train_samples_per_s"] > config.batch_rays * config.samples_per_ray * 300 / summary["train_s"]
     layers = {layer["name"]: layer for layer in json.loads((run_dir / "layers.json").read_text())["layers"]}
@@ -191,13 +195,130 @@ def test_a_first_layer_in_int8_or_fp32_is_measured_and_counted_in_the_model_file
 
 
 def test_compile_auto_compiles_bitnerf_only(tiny_config, monkeypatch):
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(train.shutil, "which", lambda name: "/usr/bin/" + name)
-    assert train.compiles(replace(tiny_config, model="bitnerf", compile="auto"), cpu)
-    assert not train.compiles(replace(tiny_config, model="nerf", compile="auto"), cpu)
-    assert train.compiles(replace(tiny_config, model="nerf", compile="on"), cpu)
-    assert not train.compiles(replace(tiny_config, model="bitnerf", compile="off"), cpu)
-    monkeypatch.setattr(train.shutil, "which", lambda name: None)  # no C++ compiler for inductor on the CPU
-    assert not train.compiles(replace(tiny_config, model="bitnerf", compile="auto"), cpu)
-    with pytest.raises(UserError, match=r"needs a C\+\+ compiler"):
-        train.compiles(replace(tiny_config, model="bitnerf", compile="on"), cpu)
+    cpu = plan.Target("cpu")
+    compiles = lambda **changes: plan.compile_decision(replace(tiny_config, **changes), cpu)[0]  # noqa: E731
+    monkeypatch.setattr(plan.shutil, "which", lambda name: "/usr/bin/" + name)
+    assert compiles(model="bitnerf", compile="auto")
+    assert not compiles(model="nerf", compile="auto")
+    assert compiles(model="nerf", compile="on")
+    assert not compiles(model="bitnerf", compile="off")
+    monkeypatch.setattr(plan.shutil, "which", lambda name: None)  # no C++ compiler for inductor on the CPU
+    assert not compiles(model="bitnerf", compile="auto")
+    with pytest.raises(UserError, match=r"^--compile on cannot compile here: g\+\+ is not on the PATH; install one"):
+        compiles(model="bitnerf", compile="on")
+
+
+@pytest.fixture
+def int8_kernel_restored(monkeypatch):
+    """Undo use_int8_kernel after the test: it rebinds bitnerf's and torchao's kernel globals for the process."""
+    monkeypatch.setattr(bitnerf, "int8_mm", bitnerf.int8_mm)
+    monkeypatch.setattr(torchao_bitnet, "scaled_int8_mm", torchao_bitnet.scaled_int8_mm)
+
+
+def test_padded_int_mm_runs_shapes_cublas_accepts_and_equals_int_mm_bit_for_bit(monkeypatch):
+    shapes = []
+    int_mm = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda A, B: shapes.append((*A.shape, B.shape[1])) or int_mm(A, B))
+    torch.manual_seed(0)
+    # BitNeRF's unaligned K (63 encoded inputs, 256 + 63 after the skip, 256 + 27 into the view layer); 5 rows
+    # are fewer than cuBLAS takes, 13 columns no multiple of 8; one scale per column, or one in all (BitNet's).
+    for (M, K, N), col_scale in [((5, 63, 256), torch.rand(256)), ((40, 319, 13), torch.rand(())),
+                                 ((17, 283, 128), torch.rand(128))]:
+        A = torch.randint(-128, 128, (M, K), dtype=torch.int8)
+        B = torch.randint(-128, 128, (N, K), dtype=torch.int8).T  # column-major, as torchao passes it
+        row_scale = torch.rand(M)
+        shapes.clear()
+        padded = bitnerf.int_mm_padded(A, B, row_scale, col_scale)
+        assert len(shapes) == 1 and shapes[0][0] >= 17 and shapes[0][1] % 8 == 0 and shapes[0][2] % 8 == 0
+        assert torch.equal(padded, bitnerf.int_mm(A, B, row_scale, col_scale))
+        assert torch.equal(padded, (A.double() @ B.double()).float() * col_scale.view(-1) * row_scale.view(-1, 1))
+
+
+def int8_first_bitnerf() -> NeRF:
+    torch.manual_seed(0)
+    model = bitnerf.to_bitnet(bitnerf.bitnerf(**FIELD), first_layer="int8").eval()
+    with torch.no_grad():  # latent weights off their initial scale, as after training
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return model
+
+
+# The in_features of each field's int8 and ternary layers in FIELD: 27 encoded inputs (3 + 3·2·4), 32 + 27 after
+# the skip, 32 twice, 32 + 15 encoded directions into the view layer.
+INT8_MATMUL_KS = sorted([27, 59, 32, 32, 47] * 2)
+
+
+def test_the_chosen_kernel_runs_every_int8_matmul_in_training_and_exported_layers(tmp_path, monkeypatch,
+                                                                                 int8_kernel_restored):
+    ks = []
+
+    def counting_int_mm(A, B, row_scale, col_scale):
+        ks.append(A.shape[1])
+        return bitnerf.int_mm(A, B, row_scale, col_scale)
+
+    monkeypatch.setitem(bitnerf.INT8_KERNELS, "int-mm-padded", counting_int_mm)
+    bitnerf.use_int8_kernel("int-mm-padded")
+    model = int8_first_bitnerf()
+    origins, dirs = torch.randn(50, 3), torch.randn(50, 3)
+    expected = model(origins, dirs)  # torchao's ternary layers and Int8Matmul
+    assert sorted(ks) == INT8_MATMUL_KS
+    bitnerf.export_ternary(model, tmp_path / "model_ternary.pt")
+    loaded = bitnerf.load_ternary(tmp_path / "model_ternary.pt", bitnerf.bitnerf(**FIELD)).eval()
+    ks.clear()
+    got = loaded(origins, dirs)  # IntegerLinear
+    assert sorted(ks) == INT8_MATMUL_KS
+    assert torch.equal(got["rgb"], expected["rgb"])
+
+
+def test_the_census_names_the_kernel_that_ran_and_padding_changes_no_output(int8_kernel_restored):
+    model = int8_first_bitnerf()
+    origins, dirs = torch.randn(50, 3), torch.randn(50, 3)
+    with measured.MatmulCensus(model) as census:  # before any choice: what torchao picked (no Triton here)
+        model(origins, dirs)
+    assert bitnerf.TORCHAO_INT8_KERNEL == census.int8_kernel() == "int-mm"
+    renders = {}
+    for kernel in ("int-mm", "int-mm-padded"):
+        bitnerf.use_int8_kernel(kernel)
+        with measured.MatmulCensus(model) as census:
+            renders[kernel] = model(origins, dirs)
+        assert census.int8_kernel() == kernel
+        # int-mm-padded pads K 27, 59 and 47 to multiples of 8 and runs K 32 as it is, still named int-mm-padded.
+        int8_ks = sorted(layer.k for layer in census.layers.values() if layer.int8_kernel() is not None)
+        assert int8_ks == (sorted([32, 64, 32, 32, 48] * 2) if kernel == "int-mm-padded" else INT8_MATMUL_KS)
+    assert torch.equal(renders["int-mm"]["rgb"], renders["int-mm-padded"]["rgb"])
+    assert torch.equal(renders["int-mm"]["depth"], renders["int-mm-padded"]["depth"])
+    plain = NeRF(**FIELD)
+    with measured.MatmulCensus(plain) as census:
+        plain(origins, dirs)
+    assert census.layers and census.int8_kernel() is None
+
+
+def int_matmul(op: str, k: int, in_features: int) -> measured.LayerMatmul:
+    return measured.LayerMatmul(torch.int8, torch.int8, 3, op=op, k=k, in_features=in_features)
+
+
+def test_the_census_calls_layers_that_ran_different_kernels_mixed():
+    census = measured.MatmulCensus(nn.Linear(1, 1))
+    padded, unaligned = int_matmul("aten::_int_mm", 64, 63), int_matmul("aten::_int_mm", 63, 63)
+    aligned, triton = int_matmul("aten::_int_mm", 32, 32), int_matmul("torchao::scaled_int8_mm", 63, 63)
+    float_layer = measured.LayerMatmul(torch.float32, torch.float32, None, op="aten::addmm", k=63, in_features=63)
+    for layers, kernel in [((padded, aligned, float_layer), "int-mm-padded"), ((unaligned, aligned), "int-mm"),
+                           ((padded, unaligned), "mixed (int-mm, int-mm-padded)"),
+                           ((triton, aligned), "mixed (int-mm, torchao-triton)"), ((triton,), "torchao-triton")]:
+        census.layers = {str(i): layer for i, layer in enumerate(layers)}
+        assert census.int8_kernel() == kernel
+
+
+def test_torchao_triton_where_it_cannot_run_is_one_line_naming_the_kernel_to_use(monkeypatch, int8_kernel_restored):
+    kernel, torchao_kernel = bitnerf.int8_mm, torchao_bitnet.scaled_int8_mm
+    with pytest.raises(UserError, match=r"^[^\n]*use --int8-kernel int-mm$"):  # on any machine: the model on the CPU
+        bitnerf.use_int8_kernel("torchao-triton", torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU, the model on its CPU
+    with pytest.raises(UserError, match=r"^[^\n]*use --int8-kernel int-mm$"):
+        bitnerf.use_int8_kernel("torchao-triton")
+    monkeypatch.setattr(bitnerf, "has_triton", lambda: False)  # a GPU without Triton (a P100)
+    with pytest.raises(UserError, match=r"^[^\n]*use --int8-kernel int-mm-padded$"):
+        bitnerf.use_int8_kernel("torchao-triton", torch.device("cuda"))
+    with pytest.raises(UserError, match="must be one of torchao-triton, int-mm, int-mm-padded, got 'auto'"):
+        bitnerf.use_int8_kernel("auto")
+    assert bitnerf.int8_mm is kernel and torchao_bitnet.scaled_int8_mm is torchao_kernel

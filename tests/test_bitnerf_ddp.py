@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 import bitnerf
 import bitnerf_ddp
@@ -70,11 +71,18 @@ def one_ddp_step(rank: int, world_size: int, port: int, config, out_dir: str) ->
     try:
         model, optimization, batch = step_setup(config, ranks)
         step_model = bitnerf_ddp.wrap(model, ranks)
-        stats = train_step(step_model, batch, optimization, config, contextlib.nullcontext)
+        allreduces = []
+
+        def counted_allreduce(state, bucket):
+            allreduces.append(bucket.index())
+            return default_hooks.allreduce_hook(state, bucket)
+
+        step_model.register_comm_hook(None, counted_allreduce)
+        stats = train_step(step_model, batch, optimization, config, contextlib.nullcontext, config.micro_batch_rays)
         loss = bitnerf_ddp.mean_across_ranks(stats["loss"])
         torch.save({"params": {k: v.detach().clone() for k, v in model.state_dict().items()},
                     "quantized": quantized_state(model) if config.model == "bitnerf" else {},
-                    "loss": loss, "grad_norm": stats["grad_norm"]}, f"{out_dir}/rank{rank}.pt")
+                    "loss": loss, "grad_norm": stats["grad_norm"], "allreduces": allreduces}, f"{out_dir}/rank{rank}.pt")
     finally:
         bitnerf_ddp.shutdown()
 
@@ -84,13 +92,18 @@ def plain(tensor: torch.Tensor) -> torch.Tensor:
     return getattr(tensor, "_data", tensor)
 
 
-@pytest.mark.parametrize("model_name", ["nerf", "bitnerf"])
-def test_a_ddp_step_equals_a_single_process_step_on_the_union_of_the_rays(tiny_config, tmp_path, model_name):
-    config = replace(tiny_config, model=model_name, batch_rays=64, perturb=True)
+@pytest.mark.parametrize("model_name, micro_batch_rays", [("nerf", 0), ("bitnerf", 0), ("nerf", 8)],
+                         ids=["nerf", "bitnerf", "nerf-4-micro-batches"])
+def test_a_ddp_step_equals_a_single_process_step_on_the_union_of_the_rays(tiny_config, tmp_path, model_name,
+                                                                          micro_batch_rays):
+    """Also with each rank's 32 rays in 4 micro-batches: the same update, and one all-reduce per bucket per step
+    (no_sync on all but the last micro-batch)."""
+    config = replace(tiny_config, model=model_name, batch_rays=64, perturb=True, micro_batch_rays=micro_batch_rays)
     mp.spawn(one_ddp_step, args=(2, free_port(), config, str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert ranks[0]["allreduces"] == [0]  # the tiny model's gradients fill one bucket
 
-    model, optimization, batch = step_setup(config, bitnerf_ddp.Ranks())
+    model, optimization, batch = step_setup(replace(config, micro_batch_rays=0), bitnerf_ddp.Ranks())
     before = {k: plain(v).clone() for k, v in model.state_dict().items()}
     stats = train_step(model, batch, optimization, config, contextlib.nullcontext)
     assert torch.allclose(ranks[0]["loss"], stats["loss"], rtol=1e-5)
@@ -120,11 +133,13 @@ def run_exp5(config, *extra: str, timeout: float = 240) -> subprocess.CompletedP
 
 
 def test_exp5_trains_on_two_processes_and_resumes_on_one(tiny_config):
-    first = run_exp5(tiny_config, "--steps", "20", "--ckpt-every", "10", "--eval-every", "10")
+    # Each rank's 32 rays in 2 micro-batches: exp5 with micro-batches trains what exp1 trains without them.
+    first = run_exp5(tiny_config, "--steps", "20", "--ckpt-every", "10", "--eval-every", "10", "--micro-batch-rays", "16")
     assert first.returncode == 0, first.stderr[-2000:]
     run_dir = Path(tiny_config.out) / "exp5"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch_rays"] == 64
+    assert (summary["micro_batch_rays"], summary["micro_batches"]) == (16, 2)
 
     # The path real runs take, end to end: 20 steps on 2 ranks train what one process trains on all the rays
     # (exp1, the same options). Ranks that trained alone on their halves (a forward past DDP) end far off.

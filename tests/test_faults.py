@@ -19,10 +19,8 @@ import torch
 import configs
 import precision
 import rundir
-import step
 import train
 from conftest import write_scene
-from dataset import load_scene
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -268,37 +266,10 @@ def test_a_live_holder_is_named_and_a_launcher_shares_its_lock_with_its_children
         holder.wait()
 
 
-def test_an_over_large_batch_is_refused_in_one_line_before_the_run_directory_is_touched(small_config):
-    result = subprocess.run([sys.executable, str(REPO / "exp1.py"), "--quick", "--data", small_config.data, "--out",
-                             small_config.out, "--batch-rays", "100000000", "--wandb", "disabled"],
-                            capture_output=True, text=True)
-    assert re.fullmatch(r"error: --batch-rays 100000000 needs about [\d.]+ GiB for a training step on cpu, but"
-                        r" [\d.]+ GiB is available: use --batch-rays \d+ or less", one_line_error(result))
-    assert not Path(small_config.out).exists()
-
-
-@pytest.mark.parametrize("world_size", [1, 2])
-def test_the_batch_named_as_the_largest_that_fits_fits_and_one_more_does_not(small_config, monkeypatch, world_size):
-    scene = load_scene(small_config.data)
-    monkeypatch.setattr(step, "available_memory_bytes", lambda device: 2**30)
-
-    def check(batch_rays: int) -> None:
-        step.check_step_memory(replace(small_config, batch_rays=batch_rays), scene, torch.device("cpu"), world_size,
-                               world_size)
-
-    with pytest.raises(UserError) as refused:
-        check(10**8)
-    largest = int(re.search(r"use --batch-rays (\d+) or less", str(refused.value)).group(1))
-    assert largest % world_size == 0 and largest > 0
-    check(largest)
-    with pytest.raises(UserError):
-        check(largest + world_size)
-
-
 @pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
                                    RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1"),
                                    MemoryError()], ids=["cuda", "cpu-allocator", "python"])
-def test_running_out_of_memory_in_a_step_saves_the_steps_applied_and_names_batch_rays(small_config, monkeypatch, error):
+def test_running_out_of_memory_in_a_step_saves_the_steps_applied_and_names_micro_batch_rays(small_config, monkeypatch, error):
     real_train_step = train.train_step
 
     def out_of_memory_at_step_8(step_model, batch, optimization, *args):
@@ -309,8 +280,9 @@ def test_running_out_of_memory_in_a_step_saves_the_steps_applied_and_names_batch
     monkeypatch.setattr(train, "train_step", out_of_memory_at_step_8)
     with pytest.raises(UserError) as stop:
         train.run(small_config)
-    assert str(stop.value) == ("out of memory with --batch-rays 64; checkpoint saved at step 7: lower --batch-rays and"
-                               " start afresh with --overwrite, or free memory and continue with --resume")
+    assert str(stop.value) == ("out of memory with --micro-batch-rays 64; checkpoint saved at step 7: continue with"
+                               " --resume and a lower --micro-batch-rays (the same steps, in smaller parts), or free"
+                               " memory")
     run_dir = Path(small_config.out) / small_config.name
     assert torch.load(run_dir / rundir.CHECKPOINT, weights_only=False)["step"] == 7
     assert not rundir.RunLock(run_dir).path.exists()

@@ -10,6 +10,7 @@ import pytest
 import bench
 import configs
 import gpu_check
+import gpus
 from conftest import write_scene
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,8 +29,8 @@ def test_only_brings_what_a_check_needs_and_skip_leaves_checks_out():
     assert names(gpu_check.selected(["ptq"], [])) == ["exp1", "ptq"]
     assert names(gpu_check.selected(["resume", "exp1"], [])) == ["exp1", "exp2", "resume"]
     assert names(gpu_check.selected(["hw_eval"], [])) == ["exp1", "exp2", "exp3", "exp4", "exp5", "exp6", "hw_eval"]
-    assert names(gpu_check.selected(None, ["hw_eval", "exp3"])) == ["exp1", "exp2", "exp4", "exp5", "exp6", "resume",
-                                                                   "compile", "ptq", "mfu"]
+    assert names(gpu_check.selected(None, ["hw_eval", "exp3"])) == ["exp1", "exp2", "exp4", "exp5", "exp6", "tf32",
+                                                                   "bf16", "resume", "compile", "ptq", "mfu"]
     assert names(gpu_check.selected(["compile"], [])) == ["exp1", "exp4", "compile"]
 
 
@@ -104,12 +105,13 @@ def test_hw_eval_without_its_toolchain_is_skipped_with_its_reason(tmp_path, monk
     assert (result.status, result.note) == ("skip", "hw_eval.py needs Python >= 3.12")
 
 
-def fake_run(run_dir: Path, **summary) -> None:
-    """A finished run directory as train.py writes it, with the summary's fields given."""
+def fake_run(run_dir: Path, drop: tuple[str, ...] = (), **summary) -> None:
+    """A finished run directory as train.py writes it, with the summary's fields given, less those in drop."""
     run_dir.mkdir(parents=True)
-    (run_dir / "summary.json").write_text(json.dumps({
-        "device": "cpu", "precision": "fp32", "world_size": 1, "steps": 8, "psnr_test": 20.0,
-        "train_samples_per_s": 900, "peak_mem_bytes": 2**30, "wall_s": 3.0, **summary}))
+    summary = {"device": "cpu", "precision": "fp32", "world_size": 1, "steps": 8, "psnr_test": 20.0,
+               "train_samples_per_s": 900, "peak_mem_bytes": 2**30, "wall_s": 3.0, "skipped_train_coarse": 0.5,
+               **summary}
+    (run_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k not in drop}))
     (run_dir / "metrics.csv").write_text("step,wall_s,loss,psnr_train,grad_norm,lr,samples_per_s,psnr_test\n"
                                          "4,1,0.1,10,1,0.001,500.4,\n8,2,0.1,10,1,0.001,1000.4,12\n")
 
@@ -120,6 +122,7 @@ def fake_run(run_dir: Path, **summary) -> None:
     ({"precision": "bf16-amp"}, "precision 'bf16-amp' (expected 'fp32')"),
     ({"steps": 4}, "steps 4 (expected 8)"),
     ({"psnr_test": float("nan")}, "test PSNR is nan"),
+    ({"drop": ("skipped_train_coarse",)}, "no samples skipped by an occupancy grid"),
 ])
 def test_a_run_directory_that_shows_other_settings_than_asked_for_fails_its_check(tmp_path, monkeypatch, summary,
                                                                                 message):
@@ -150,9 +153,7 @@ def test_the_compile_check_trains_exp1_compiled_and_exp4_eager_and_divides_compi
         ("exp1.py", str(tmp_path / "compile"), ["--compile", "on", "--overwrite"]),
         ("exp4.py", str(tmp_path / "compile"), ["--compile", "off", "--overwrite"])]
     assert result.metrics == {"exp1_compiled_over_eager": 2.0, "exp4_compiled_over_eager": 4.0}
-    cpu_result = gpu_check.Result("compile", "")
-    gpu_check.check_compile(gpu_check.Plan("cpu", tmp_path, 8, None, 60), results, cpu_result, tmp_path / "log")
-    assert cpu_result.status == "skip" and len(commands) == 2
+    assert gpu_check.Plan("cpu", tmp_path, 8, None, 60).skip_reason("compile").startswith("on a GPU only")
 
 
 def test_a_ddp_run_with_another_world_size_fails_its_check(tmp_path, monkeypatch):
@@ -191,7 +192,10 @@ def test_a_reduced_cpu_sequence_passes_with_a_table_and_gpu_check_json(tmp_path,
     assert list(table) == ["exp1", "exp2", "resume"] and all(row[1] == "pass" for row in table.values())
     report = json.loads((out / "gpu_check.json").read_text())
     assert (report["passed"], report["device"], report["preset"], report["steps"]) == (True, "cpu", "quick", 8)
+    assert (report["capability"], report["budget_s"], report["estimated_s"]) == (None, None, None)  # a T4's budget
     checks = {c["name"]: c for c in report["checks"]}
+    assert report["seconds"] == round(sum(c["seconds"] for c in checks.values()), 1)
+    assert all(c["timeout_s"] == gpu_check.CPU_TIMEOUT_S and c["estimated_s"] is None for c in checks.values())
     for name, precision in (("exp1", "fp32"), ("exp2", "bf16-amp")):
         metrics = checks[name]["metrics"]
         assert (metrics["precision"], metrics["world_size"], metrics["steps"]) == (precision, 1, 8)
@@ -205,13 +209,214 @@ def test_a_reduced_cpu_sequence_passes_with_a_table_and_gpu_check_json(tmp_path,
     monkeypatch.setattr(bench, "matmul_seconds", lambda shapes, dtype, device, repeats: 0.5)
     plan = gpu_check.Plan("cpu", out, 8, str(small_scene), 60)
     results = {name: gpu_check.Result(name, "", metrics=checks[name]["metrics"]) for name in ("exp1", "exp2")}
-    # A DDP run of 2 CPU processes: each rank's matmuls take half the rays, and both share this machine's cores.
-    results["exp5"] = gpu_check.Result("exp5", "", metrics={**checks["exp1"]["metrics"], "world_size": 2})
+    # A DDP run of 2 CPU processes from before summary.json had micro_batch_rays: each rank's matmuls take half
+    # the rays, and both share this machine's cores.
+    results["exp5"] = gpu_check.Result("exp5", "", metrics={**checks["exp1"]["metrics"], "world_size": 2,
+                                                            "micro_batch_rays": None})
+    # exp3's 1024 rays in micro-batches of 64: its matmuls take 64 rays at a time.
+    results["exp3"] = gpu_check.Result("exp3", "", metrics={**checks["exp2"]["metrics"], "micro_batch_rays": 64})
     gpu_check.check_mfu(plan, results, gpu_check.Result("mfu", ""))
     per_ray = 16 + 16 + 32  # the quick preset's MLP queries per ray: coarse, then coarse and fine again
-    for name, dtype, rays in (("exp1", "float32", 256), ("exp2", "bfloat16", 256), ("exp5", "float32", 128)):
+    for name, dtype, rays in (("exp1", "float32", 256), ("exp2", "bfloat16", 256), ("exp5", "float32", 128),
+                              ("exp3", "bfloat16", 64)):
         matmul_rate = 3 * 2 * rays * per_ray * (39 * 128 + 3 * 128 * 128 + 128 * 4) * gpu_check.MATMUL_PASSES / 0.5
         metrics = results[name].metrics
         assert metrics["flops_per_sample"] == QUICK_FLOPS_PER_SAMPLE and metrics["matmul_dtype"] == dtype
         assert metrics["matmul_flops_per_s"] == round(matmul_rate)
         assert metrics["mfu"] == round(metrics["steady_samples_per_s"] * QUICK_FLOPS_PER_SAMPLE / matmul_rate, 3)
+
+
+def gpu_plan(tmp_path, profile: str, gpu_count: int, steps: int = gpu_check.DEFAULT_STEPS["cuda"], **options):
+    """The plan gpu_check.py makes on a machine with gpu_count GPUs of a profile (gpus.PROFILES)."""
+    options = {"data": None, "timeout_s": None, "hw_eval": False, **options}  # hw_eval: gpu_check.py's default
+    return gpu_check.Plan("cuda", tmp_path, steps, capability=gpus.PROFILES[profile].capability, gpu_count=gpu_count,
+                          **options)
+
+
+def option(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+def test_a_t4_plan_leaves_out_ddp_tf32_bf16_and_hw_eval_with_their_reasons(tmp_path):
+    t4 = gpu_plan(tmp_path, "t4", 1)
+    reasons = {check.name: t4.skip_reason(check.name) for check in gpu_check.CHECKS}
+    assert reasons == {
+        "exp1": None, "exp2": None, "exp3": None, "exp4": None,
+        "exp5": "DDP needs 2 or more GPUs; this machine has 1",
+        "exp6": "DDP needs 2 or more GPUs; this machine has 1",
+        "tf32": "needs compute capability 8.0 (TF32 tensor cores); this GPU is 7.5",
+        "bf16": "needs compute capability 8.0 (native bf16); this GPU is 7.5",
+        "resume": None, "compile": None, "ptq": None,
+        "hw_eval": "CPU work, off on a GPU machine: --hw-eval runs it", "mfu": None}
+    # One L4 (8.9): TF32 and bf16, no DDP.
+    l4 = gpu_plan(tmp_path, "l4", 1)
+    assert [n for n in gpu_check.BY_NAME if l4.skip_reason(n)] == ["exp5", "exp6", "hw_eval"]
+    # The CPU runs DDP over 2 processes and hw_eval; it has no TF32, its exp2 is bf16 already.
+    cpu = gpu_check.Plan("cpu", tmp_path, 20, None, None)
+    assert [n for n in gpu_check.BY_NAME if cpu.skip_reason(n)] == ["tf32", "bf16", "compile"]
+
+
+def test_an_a100_pair_plans_every_check_and_ddp_over_both(tmp_path):
+    a100 = gpu_plan(tmp_path, "a100-80", 2, hw_eval=True)
+    assert [n for n in gpu_check.BY_NAME if a100.skip_reason(n)] == []
+    assert [a100.expected_world_size(n) for n in gpu_check.EXPERIMENTS] == [1, 1, 1, 1, 2, 2]
+    tf32 = a100.experiment_argv("tf32")
+    config = configs.parse_args("exp1", tf32)[0]
+    assert config.tf32 and config.precision == "fp32" and option(tf32, "--out") == str(tmp_path / "tf32")
+    config = configs.parse_args("exp2", a100.experiment_argv("bf16"))[0]
+    assert (config.precision, config.amp_dtype) == ("amp", "bf16")
+    assert a100.expected_precision("exp2") == "fp16-amp"  # exp2's own check stays fp16 with its GradScaler
+
+
+@pytest.mark.parametrize("device, per_process", [("cuda", 4 * 4096), ("cpu", 4 * 256)])
+def test_every_run_has_the_occupancy_grid_and_exp3_runs_in_four_micro_batches(tmp_path, device, per_process):
+    plan = (gpu_plan(tmp_path, "t4", 1) if device == "cuda"
+            else gpu_check.Plan("cpu", tmp_path, 20, None, None))
+    for name in gpu_check.RUNS:
+        experiment = plan.experiment(name)
+        config = configs.parse_args(experiment, plan.experiment_argv(name))[0]
+        assert config.occupancy_grid
+        assert config.micro_batch_rays == (per_process // 4 if name == "exp3" else 0)  # 0: auto
+    assert configs.parse_args("exp3", plan.experiment_argv("exp3"))[0].batch_rays == per_process
+
+
+def test_the_default_t4_plan_fits_its_budget_and_says_so(tmp_path):
+    t4 = gpu_plan(tmp_path, "t4", 1)
+    checks = gpu_check.selected(None, [])
+    total = gpu_check.estimated_total(t4, checks)
+    assert 0 < total <= gpu_check.BUDGET_S
+    # The skipped checks cost nothing; the estimates grow with the steps; hw_eval, when asked for, is over it.
+    assert total == sum(t4.estimate_s(n) for n in ("exp1", "exp2", "exp3", "exp4", "resume", "compile", "ptq", "mfu"))
+    assert gpu_plan(tmp_path, "t4", 1, steps=100).estimate_s("exp1") > t4.estimate_s("exp1")
+    assert gpu_check.estimated_total(gpu_plan(tmp_path, "t4", 1, hw_eval=True), checks) > gpu_check.BUDGET_S
+    lines = gpu_check.describe(t4, checks)
+    assert lines[0].split()[:2] == ["exp1", f"~{t4.estimate_s('exp1'):.0f}"]
+    assert lines[4].split(maxsplit=2) == ["exp5", "skip", "DDP needs 2 or more GPUs; this machine has 1"]
+    assert lines[-1].startswith(f"estimated {total:.0f} s") and f"within the {gpu_check.BUDGET_S} s budget" in lines[-1]
+    cpu = gpu_check.describe(gpu_check.Plan("cpu", tmp_path, 20, None, None), checks)
+    assert not any(line.startswith("estimated") for line in cpu)  # the estimates are a T4's
+
+
+def test_a_gpu_commands_timeout_follows_its_checks_estimate_unless_given(tmp_path):
+    t4 = gpu_plan(tmp_path, "t4", 1)
+    assert t4.command_timeout("exp4") == gpu_check.TIMEOUT_FACTOR * t4.estimate_s("exp4") > gpu_check.MIN_TIMEOUT_S
+    assert t4.command_timeout("mfu") == gpu_check.MIN_TIMEOUT_S
+    assert gpu_plan(tmp_path, "t4", 1, timeout_s=60).command_timeout("exp4") == 60
+    assert gpu_check.Plan("cpu", tmp_path, 20, None, None).command_timeout("exp4") == gpu_check.CPU_TIMEOUT_S
+
+
+@pytest.mark.parametrize("summary, message", [
+    ({"micro_batch_rays": 4096, "micro_batches": 4}, None),
+    ({}, None),  # a summary from before micro-batching: unknown, noted
+    ({"micro_batch_rays": 4096, "micro_batches": 1}, "micro_batches 1 (expected more than 1)"),
+    ({"micro_batch_rays": 16384, "micro_batches": 1}, "micro_batch_rays 16384 (expected 4096)"),
+])
+def test_exp3_fails_when_its_summary_shows_no_micro_batching(tmp_path, monkeypatch, summary, message):
+    commands = []
+    monkeypatch.setattr(gpu_check, "run_command", lambda argv, *args: commands.append(argv))
+    t4 = gpu_plan(tmp_path, "t4", 1)
+    fake_run(tmp_path / "exp3", device="cuda:0", precision="fp16-amp", steps=6, **summary)
+    result = gpu_check.Result("exp3", "")
+    if message:
+        with pytest.raises(gpu_check.CheckFailed, match=re.escape(message)):
+            gpu_check.check_experiment(t4, "exp3", result, tmp_path / "log")
+        return
+    gpu_check.check_experiment(t4, "exp3", result, tmp_path / "log")
+    assert option(commands[0], "--micro-batch-rays") == "4096"
+    assert (result.metrics["micro_batch_rays"], result.metrics["micro_batches"]) == (
+        summary.get("micro_batch_rays"), summary.get("micro_batches"))
+    assert result.note == ("" if summary else "micro-batching unknown: summary.json has no micro_batches")
+
+
+@pytest.mark.parametrize("name, summary, message", [
+    ("tf32", {"float32_matmul_precision": "high"}, None),
+    ("tf32", {"float32_matmul_precision": "highest"}, "float32_matmul_precision 'highest' (expected 'high')"),
+    ("bf16", {"precision": "bf16-amp"}, None),
+    ("bf16", {"precision": "fp16-amp"}, "precision 'fp16-amp' (expected 'bf16-amp')"),
+])
+def test_a_tf32_or_bf16_run_must_show_its_number_format(tmp_path, monkeypatch, name, summary, message):
+    commands = []
+    monkeypatch.setattr(gpu_check, "run_command", lambda argv, *args: commands.append(argv))
+    a100 = gpu_plan(tmp_path, "a100-40", 1, steps=8)
+    experiment = gpu_check.VARIANTS[name].experiment
+    fake_run(tmp_path / name / experiment, device="cuda:0", **summary)  # beside, not over, the experiment's own run
+    result = gpu_check.Result(name, "")
+    if message:
+        with pytest.raises(gpu_check.CheckFailed, match=re.escape(message)):
+            gpu_check.check_experiment(a100, name, result, tmp_path / "log")
+    else:
+        gpu_check.check_experiment(a100, name, result, tmp_path / "log")
+        assert commands[0][0] == f"{experiment}.py" and result.metrics["steady_samples_per_s"] == 1000
+
+
+def test_a_fake_t4_sequence_records_capability_kernels_memory_and_micro_batches(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(gpu_check, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(gpu_check, "gpu_properties", lambda device: {"capability": (7, 5), "gpu_count": 1})
+    monkeypatch.setattr(gpu_check, "environment", lambda plan: {})
+    runs = {"exp3": {"precision": "fp16-amp", "steps": 6, "micro_batch_rays": 4096, "micro_batches": 4,
+                     "int8_kernel": None, "compiled": False, "peak_reserved_bytes": 3 * 2**30},
+            "exp4": {"precision": "ternary-int8", "steps": 24, "int8_kernel": "int-mm-padded", "compiled": True,
+                     "peak_reserved_bytes": 5 * 2**30, "micro_batch_rays": 4096, "micro_batches": 1}}
+    timeouts = {}
+
+    def run_command(argv, result, log, timeout_s):
+        name = argv[0].removesuffix(".py")
+        timeouts[name] = timeout_s
+        fake_run(Path(option(argv, "--out")) / name, device="cuda:0", capability="7.5", **runs[name])
+
+    monkeypatch.setattr(gpu_check, "run_command", run_command)
+    with pytest.raises(SystemExit) as exit:
+        gpu_check.main(["--device", "cuda", "--only", "exp3", "exp4", "exp5", "tf32", "bf16", "--out", str(tmp_path)])
+    assert exit.value.code == 0
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    plan = gpu_plan(tmp_path, "t4", 1)
+    assert (report["capability"], report["gpu_count"], report["budget_s"]) == ("7.5", 1, gpu_check.BUDGET_S)
+    assert report["estimated_s"] == plan.estimate_s("exp3") + plan.estimate_s("exp4")
+    checks = {c["name"]: c for c in report["checks"]}
+    for name in ("exp3", "exp4"):
+        metrics = checks[name]["metrics"]
+        assert {key: metrics[key] for key in runs[name] if key != "steps"} == {
+            key: value for key, value in runs[name].items() if key != "steps"}
+        assert metrics["peak_mem_bytes"] == 2**30  # allocated, beside reserved
+        assert checks[name]["estimated_s"] == plan.estimate_s(name) and timeouts[name] == plan.command_timeout(name)
+    assert [(checks[n]["status"], checks[n]["note"]) for n in ("exp5", "tf32", "bf16")] == [
+        ("skip", plan.skip_reason(n)) for n in ("exp5", "tf32", "bf16")]
+    out = capsys.readouterr().out
+    assert "capability 7.5, 1 GPU(s)" in out and "exp5     skip      DDP needs 2 or more GPUs" in out
+
+
+@pytest.mark.parametrize("argv, hw_eval", [
+    (["--device", "cuda"], False), (["--device", "cuda", "--hw-eval"], True),
+    (["--device", "cuda", "--only", "hw_eval"], True), (["--device", "cpu", "--data", "scene.npz"], True),
+])
+def test_hw_eval_is_off_on_a_gpu_machine_unless_asked_for(tmp_path, monkeypatch, argv, hw_eval):
+    import torch
+
+    monkeypatch.setattr(gpu_check, "resolve_device", lambda name: torch.device(name))
+    monkeypatch.setattr(gpu_check, "gpu_properties",
+                        lambda device: {"capability": (7, 5), "gpu_count": 1} if device == "cuda" else {})
+    plan, _ = gpu_check.parse([*argv, "--out", str(tmp_path)])
+    assert plan.hw_eval is hw_eval and (plan.skip_reason("hw_eval") is None) is hw_eval
+
+
+def test_a_check_the_device_leaves_out_runs_nothing_and_says_why(tmp_path, monkeypatch):
+    def run_command(*args):
+        raise AssertionError("a skipped check ran a command")
+
+    monkeypatch.setattr(gpu_check, "run_command", run_command)
+    checks = [gpu_check.BY_NAME[n] for n in ("exp5", "exp6", "tf32", "bf16", "hw_eval")]
+    results = gpu_check.run_checks(gpu_plan(tmp_path, "t4", 1), checks)
+    assert all(r.status == "skip" and r.note and r.commands == [] for r in results.values())
+    # compile's own reason, not that of the exp1 and exp4 runs it needs (absent here).
+    cpu_results = gpu_check.run_checks(gpu_check.Plan("cpu", tmp_path, 8, None, 60), [gpu_check.BY_NAME["compile"]])
+    assert (cpu_results["compile"].status, cpu_results["compile"].note) == (
+        "skip", "on a GPU only: the CPU's measurement is BENCHMARKS.md's")
+
+
+def test_speedups_divide_each_faster_runs_steady_rate_by_exp1s():
+    results = {name: gpu_check.Result(name, "", metrics={"steady_samples_per_s": rate})
+               for name, rate in (("exp1", 500), ("exp2", 1500), ("exp3", 2000), ("tf32", 1000), ("bf16", 1750))}
+    results["exp3"].status = "fail"
+    assert gpu_check.speedups(results) == {"exp2_over_exp1": 3.0, "tf32_over_exp1": 2.0, "bf16_over_exp1": 3.5}

@@ -198,18 +198,21 @@ def test_report_shows_what_analyze_wrote_for_trained_runs(trained_runs, tmp_path
 
 
 @pytest.mark.parametrize("problem", ["no runs folder", "no finished runs", "hw results without columns",
-                                     "analyses without definitions", "a removed option"])
+                                     "analyses without definitions", "a removed option", "failed.json not an object"])
 def test_bad_input_is_one_line_and_exit_code_2(runs, tmp_path, capsys, problem):
     args = {"no runs folder": ["--runs", str(tmp_path / "missing")],
             "no finished runs": ["--runs", str(runs / "unfinished")],
             "hw results without columns": ["--runs", str(runs), "--hw", str(tmp_path / "hw")],
             "analyses without definitions": ["--runs", str(runs)],
-            "a removed option": ["--runs", str(runs), "--skip-analyses"]}[problem]
+            "a removed option": ["--runs", str(runs), "--skip-analyses"],
+            "failed.json not an object": ["--runs", str(runs)]}[problem]
     (tmp_path / "hw").mkdir()
     (tmp_path / "hw" / "results.csv").write_text("run,arch\nexp1,eyeriss\n")
     if problem == "analyses without definitions":
         (tmp_path / "report").mkdir()
         (tmp_path / "report" / "analyses.json").write_text(json.dumps({"time_breakdown": {}}))  # an older analyze.py's
+    if problem == "failed.json not an object":
+        (runs / report.FAILED).write_text(json.dumps(["exp3"]))
     with pytest.raises(SystemExit) as exit_info:
         report.main([*args, "--out", str(tmp_path / "report")])
     assert exit_info.value.code == 2
@@ -300,3 +303,43 @@ def test_the_difference_table_compares_throughput_only_between_runs_with_the_sam
     _, differences, _ = seeds_tables(readme)
     samples_per_s = {row[0]: row[3] for row in differences}
     assert samples_per_s == {"exp2": "+50000", "exp4": "n/a (compiled differs)"}
+
+
+def missing_section(readme: str) -> list[str]:
+    """The items of the report's missing experiments, or [] without that section."""
+    if "## Missing experiments" not in readme:
+        return []
+    section = readme.split("## Missing experiments", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("- ")]
+
+
+def test_the_report_lists_each_missing_experiment_with_why(tmp_path):
+    runs_dir = tmp_path / "runs"
+    write_run(runs_dir, "exp1")
+    (runs_dir / "exp2").mkdir()
+    (runs_dir / "exp2" / "checkpoint.pt").write_bytes(b"")  # stopped after a checkpoint
+    (runs_dir / "exp3").mkdir()  # refused after its directory was made: the recorded line wins
+    (runs_dir / "exp4-seed1").mkdir()  # a seed's run, stopped before its first checkpoint
+    write_run(runs_dir, "exp5-seed0", experiment="exp5", seed=0)  # finished under a seed's name
+    (runs_dir / "exp5-seed1").mkdir()
+    (runs_dir / "exp66").mkdir()  # another experiment's name, not exp6's run
+    refused = "error: --device cuda: this GPU (Tesla T4) cannot run exp3"
+    (runs_dir / report.FAILED).write_text(json.dumps({"exp3": refused, "exp1": "error: an earlier failure"}))
+    readme = report.write_report(runs_dir, tmp_path / "hw", tmp_path / "report", "report.py").read_text()
+    assert missing_section(readme) == [
+        "- exp2: run directory exp2 without summary.json (the run did not finish; --resume continues it)",
+        f"- exp3: {refused}",
+        "- exp4: run directory exp4-seed1 without summary.json or a checkpoint (the run stopped before its first"
+        " one; --overwrite trains it again)",
+        "- exp6: no run directory"]
+    assert readme.index("## Missing experiments") < readme.index("## Results")
+    assert [row[0] for row in results_table(readme)[1]] == ["exp1", "exp5"]
+
+
+def test_a_complete_suite_has_no_missing_experiments_section(tmp_path):
+    runs_dir = tmp_path / "runs"
+    for name in ("exp1", "exp2", "exp3", "exp4", "exp5", "exp6"):
+        write_run(runs_dir, name)
+    (runs_dir / report.FAILED).write_text(json.dumps({"exp2": "error: a failure since trained again"}))
+    readme = report.write_report(runs_dir, tmp_path / "hw", tmp_path / "report", "report.py").read_text()
+    assert "Missing experiments" not in readme and "a failure since" not in readme

@@ -12,6 +12,7 @@ import torch
 
 import bitnerf
 import configs
+import plan
 import precision
 import train
 from conftest import write_scene
@@ -106,7 +107,7 @@ class FirstStepCompiles(Stopwatch):
 
 def test_compilation_is_reported_apart_and_kept_out_of_the_training_throughput(tiny_config, monkeypatch):
     monkeypatch.setattr(train, "Stopwatch", FirstStepCompiles)
-    monkeypatch.setattr(train, "compiles", lambda config, device: True)
+    monkeypatch.setattr(plan, "compile_decision", lambda config, target: (True, "compiled in this test"))
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **options: None)  # no real compilation
     small_scene = write_scene(Path(tiny_config.out).parent / "scene.npz", n=6, size=16)  # a quick final evaluation
     config = replace(tiny_config, data=str(small_scene), steps=20, video_frames=1)
@@ -168,8 +169,8 @@ def test_mixed_precision_runs_and_records_its_dtype(tiny_config):
 def test_a_run_that_computes_other_than_its_precision_stops_with_one_line(tiny_config, monkeypatch):
     """Precision and bits are measured from the matmuls that ran: a training step without its autocast, or
     a BitNeRF whose layers were never quantized, stops the run instead of reporting the configured precision."""
-    def without_autocast(step_model, batch, optimization, config, autocast):
-        return train_step(step_model, batch, optimization, config, contextlib.nullcontext)
+    def without_autocast(step_model, batch, optimization, config, autocast, micro_batch_rays):
+        return train_step(step_model, batch, optimization, config, contextlib.nullcontext, micro_batch_rays)
 
     with monkeypatch.context() as patch:
         patch.setattr(train, "train_step", without_autocast)
