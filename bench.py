@@ -235,7 +235,7 @@ def bench_experiment(config: ExperimentConfig, scene: Scene, device: torch.devic
     seed_samples_per_s = seed.samples_per_step * seed_steps_per_round / min(seed_s)
     model_flops_per_s = samples_per_s * flops_per_sample(model)
     return {
-        "experiment": config.name, "model": config.model, "precision": precision.precision_name(config.model, autocast_dtype),
+        "experiment": config.name, "model": config.model, "precision": precision.precision_name(config, autocast_dtype),
         "device": str(device), "threads": torch.get_num_threads(),
         "batch_rays": config.batch_rays, "samples_per_ray": config.samples_per_ray, "timed_steps": steps_per_round,
         "samples_per_s": round(samples_per_s), "rays_per_s": round(samples_per_s / config.samples_per_ray),

@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -148,14 +150,95 @@ def shutdown() -> None:
     HOST_GROUP = None
 
 
-def wrap(model: nn.Module, ranks: Ranks) -> nn.Module:
-    """The module to call for training: DDP around model when distributed, else model itself."""
+def wrap(model: nn.Module, ranks: Ranks, grad_compression: str = "none") -> nn.Module:
+    """The module to call for training: DDP around model when distributed, else model itself.
+
+    Its gradients travel through the communication hook of grad_compression (COMM_HOOKS), counted by a
+    GradientTraffic that sent_bytes_per_step reads."""
     if not dist.is_initialized():
         return model
     device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
     # No broadcast of buffers before every forward: the model's are constant, or (the occupancy grid) updated
     # alike on every rank from the seed and the weights, which DDP keeps equal (tests/test_bitnerf_ddp.py).
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    ddp = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    traffic = GradientTraffic(dist.group.WORLD)
+    hook_state, hook = COMM_HOOKS[grad_compression](traffic.group)
+    ddp.register_comm_hook(hook_state, traffic.counting(hook))
+    ddp.gradient_traffic = traffic
+    return ddp
+
+
+# PowerSGD (Vogels et al., 2019) as grad_compression "powersgd": each gradient matrix travels as its rank-r
+# factors P and Q; biases and matrices too small to gain travel whole. Rank 2: the paper's rank for image
+# models at full accuracy, and our MLPs' 128x128 and 256x256 matrices shrink 32x and 64x, where rank 1
+# fell behind in test PSNR in a short run (bitnerf_ddp's README section). Plain all-reduce for the first 10
+# steps: the fastest-changing gradients of a run go uncompressed, and error feedback and warm start need at
+# least 2; torch's default, 1000, would leave a quick run uncompressed for a third of its steps. An
+# epsilon in the orthogonalization: a field whose samples were all skipped by the occupancy grid has an
+# all-zero gradient, whose normalized columns would otherwise be NaN.
+POWERSGD = dict(matrix_approximation_rank=2, start_powerSGD_iter=10, orthogonalization_epsilon=1e-8)
+
+# grad_compression -> (the hook's state, the hook) for gradients all-reduced through a process group:
+# plain all-reduce in fp32 (what DDP does without a hook), in bf16 (half the bytes; gloo and nccl reduce
+# bf16), or PowerSGD's low-rank factors.
+COMM_HOOKS: dict[str, Callable[[dist.ProcessGroup], tuple[Any, Callable]]] = {
+    "none": lambda group: (group, default_hooks.allreduce_hook),
+    "bf16": lambda group: (group, default_hooks.bf16_compress_hook),
+    "powersgd": lambda group: (powerSGD_hook.PowerSGDState(process_group=group, **POWERSGD),
+                               powerSGD_hook.powerSGD_hook),
+}
+
+
+class CountingGroup(dist.ProcessGroup):
+    """A process group that adds up the bytes of the tensors all-reduced through it and passes them on to group.
+
+    Given to a communication hook as its group, it sees exactly the tensors the hook hands to the collective,
+    compressed or not, including those a hook all-reduces later in a future's callback, on another thread
+    (PowerSGD's P and Q). Any other collective raises, so a hook cannot send uncounted."""
+
+    def __init__(self, group: dist.ProcessGroup):
+        super().__init__(group.rank(), group.size())
+        self.group = group
+        self.sent_bytes = 0
+        self.lock = threading.Lock()  # callbacks on the backend's threads add up too
+
+    def allreduce(self, tensors, opts):
+        with self.lock:
+            self.sent_bytes += sum(t.numel() * t.element_size() for t in tensors)
+        return self.group.allreduce(tensors, opts)
+
+
+class GradientTraffic:
+    """The gradient communication of one DDP module on this rank: the bytes its hook all-reduced (group) and the
+    rounds of bucket reductions they took, one per optimizer step (no_sync skips the reduction of all
+    micro-batches but the last)."""
+
+    def __init__(self, group: dist.ProcessGroup):
+        self.group = CountingGroup(group)
+        self.rounds = 0
+
+    def counting(self, hook: Callable) -> Callable:
+        """hook, counting a round at the last bucket that DDP reduces in a step."""
+        def counted_hook(state, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+            if bucket.is_last():
+                self.rounds += 1
+            return hook(state, bucket)
+        return counted_hook
+
+
+def sent_bytes_per_step(step_model: nn.Module) -> int | None:
+    """The bytes this rank's gradient communication hook handed to all-reduce per optimizer step, on average over
+    the steps this process took; None when not distributed or before the first step. No collective: rank 0
+    alone may ask.
+
+    Counted from the tensors themselves (CountingGroup): bf16 counts 2 bytes an element, PowerSGD its P and Q
+    factors and what it sends uncompressed (and its first steps of plain all-reduce). It is the payload
+    handed to the collective, the same measure for every hook; the backend's ring all-reduce puts about
+    2(n-1)/n times that on the wire from each of n ranks."""
+    traffic = getattr(step_model, "gradient_traffic", None)
+    if traffic is None or not traffic.rounds:
+        return None
+    return round(traffic.group.sent_bytes / traffic.rounds)
 
 
 def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:

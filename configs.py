@@ -27,6 +27,12 @@ DEVICES = ("auto", "cpu", "cuda")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 # The int8 matmul that BitNeRF's int8 and ternary layers run (bitnerf.INT8_KERNELS); auto: plan.py's device rule.
 INT8_KERNELS = ("auto", "torchao-triton", "int-mm", "int-mm-padded")
+# What the Linear layers train as, each a model converter applied in one place (bitnerf.build_model):
+# none (the model's own layers), int8 (int8 weights and activations in the forward pass) and fp8 with
+# torchao's tensorwise or rowwise scaling.
+QUANTIZED_TRAINING = ("none", "int8", "fp8-tensorwise", "fp8-rowwise")
+# DDP's gradient communication: plain all-reduce, or a torch.distributed.algorithms.ddp_comm_hooks hook.
+GRAD_COMPRESSIONS = ("none", "bf16", "powersgd")
 PRESETS = ("full", "quick")
 
 
@@ -99,6 +105,8 @@ class ExperimentConfig:
     # so that exp1 is the strict baseline that AMP and BitNeRF are measured against.
     tf32: bool = False
     distributed: bool = False  # DistributedDataParallel over torchrun processes; batch_rays is the global batch
+    grad_compression: str = "none"  # distributed runs: how the gradients travel between the processes
+    quantized_training: str = "none"
     # How a process splits its share of a step's rays to fit its device: micro-batches of at most this many
     # rays whose gradients add up to the whole batch's (0: auto, the largest that fits, plan.py). Not an
     # experiment axis: a step's update does not depend on it.
@@ -117,7 +125,8 @@ class ExperimentConfig:
     def __post_init__(self):
         choices = {"precision": PRECISIONS, "amp_dtype": AMP_DTYPES, "compile": COMPILE_MODES, "model": MODELS,
                    "first_layer": FIRST_LAYERS, "device": DEVICES, "wandb": WANDB_MODES,
-                   "preset": PRESETS, "int8_kernel": INT8_KERNELS}
+                   "preset": PRESETS, "int8_kernel": INT8_KERNELS,
+                   "quantized_training": QUANTIZED_TRAINING, "grad_compression": GRAD_COMPRESSIONS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
@@ -213,6 +222,10 @@ AXES = {
     # Data parallel: the global batch stays exp1's (exp4's), split across the processes.
     "exp5": lambda base: replace(base, distributed=True),
     "exp6": lambda base: replace(AXES["exp4"](base), distributed=True),
+    # The precision ladder: int8 and fp8 training of exp1's NeRF, and exp5 with compressed gradients.
+    "exp7": lambda base: replace(base, quantized_training="int8"),
+    "exp8": lambda base: replace(base, quantized_training="fp8-tensorwise"),
+    "exp9": lambda base: replace(AXES["exp5"](base), grad_compression="bf16"),
 }
 
 
@@ -339,4 +352,7 @@ EXPERIMENT_HELP = {
     "exp4": "BitNeRF, BitNet b1.58 ternary weights and int8 activations (torchao), trained with its own recipe",
     "exp5": "NeRF with DistributedDataParallel (launches torchrun itself)",
     "exp6": "BitNeRF with DistributedDataParallel (launches torchrun itself)",
+    "exp7": "NeRF trained in int8: int8 weights and activations in every hidden layer's forward pass",
+    "exp8": "NeRF trained in fp8 (torchao's float8 training; emulated where the device has no fp8 matmul)",
+    "exp9": "exp5 with compressed gradients: DDP with a bf16 compression hook (launches torchrun itself)",
 }

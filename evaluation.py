@@ -157,8 +157,10 @@ class Evaluation:
 
     @torch.no_grad()
     def layers(self, model: NeRF, results: list[dict] | None = None) -> dict:
-        """layers.json: every Linear layer in execution order with its shape, bitwidths and measured sparsity,
-        and the model's precision and weight bits (summary.json's), all measured on one chunk (measured.py).
+        """layers.json: every Linear layer in execution order with its shape, bitwidths, format and matmul shape
+        (LayerMatmul.record) and measured sparsity, and the model's precision, weight bits, int8 kernel and whether
+        its fp8 matmuls ran emulated (summary.json's; None without fp8 layers), all measured on one chunk
+        (measured.py).
 
         input_sparsity: the fraction of exactly-zero inputs over one chunk of rays of the first test view.
         weight_density: the fraction of nonzero weights the layer multiplies by (BitNeRF's quantized layers:
@@ -197,7 +199,7 @@ class Evaluation:
             samples = zeros[name][1] / module.in_features
             layers.append({
                 "name": name, "in_features": module.in_features, "out_features": module.out_features,
-                **matmuls.layers[name].bits(),
+                **matmuls.layers[name].record(),
                 "input_sparsity": round(zeros[name][0] / zeros[name][1], 4),
                 "weight_density": round(nonzero_weights.sum().item() / weight.numel(), 4),
                 "joint_density": round((nonzero_inputs[name] @ nonzero_weights).item()
@@ -206,4 +208,5 @@ class Evaluation:
                 "samples_per_frame_all": per_ray_all[name.split(".")[0]],
             })
         return {"samples_per_frame": sum(per_ray.values()), "precision": matmuls.precision(),
-                "weight_bits": matmuls.weight_bits(), "int8_kernel": matmuls.int8_kernel(), "layers": layers}
+                "weight_bits": matmuls.weight_bits(), "int8_kernel": matmuls.int8_kernel(),
+                "emulated": matmuls.emulated(), "layers": layers}

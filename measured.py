@@ -1,7 +1,7 @@
 """What a run measures about itself rather than copies from its configuration: what its Linear layers
 actually computed (the operand dtypes of their matrix multiplies, the distinct values of the integer
-weights they multiplied by and the int8 kernel that ran, recorded while the model runs), and whether its
-fields are compiled.
+weights they multiplied by, the int8 kernel that ran, and whether an fp8 matmul ran on fp8 tensor cores or
+emulated, recorded while the model runs), and whether its fields are compiled.
 
 summary.json's precision and weight bits and layers.json's bits come from this record, not from the
 configuration: a run whose autocast was lost, or a BitNeRF that never quantized, says so (and train.py
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from torchao.float8.float8_training_tensor import Float8TrainingTensor
 
 import bitnerf
 import precision
@@ -23,11 +24,18 @@ from gpus import INT_MM_MULTIPLE
 
 # A ternary weight takes at most these many distinct values: -1, 0 and +1 (times the layer's scale).
 TERNARY_VALUES = 3
-INT8_WEIGHT_BITS = 8
 # The ops an integer matmul runs as, by the bitnerf.INT8_KERNELS kernel they belong to: torchao's Triton op, and
 # torch._int_mm, which int-mm and int-mm-padded both run (told apart by the K it ran with).
 TORCHAO_TRITON_OP = "torchao::scaled_int8_mm"
 INT_MM_OP = "aten::_int_mm"
+# The fp8 matmul on fp8 tensor cores; torchao's emulation runs an fp32 aten::mm over the fp8 values instead.
+SCALED_MM_OP = "aten::_scaled_mm"
+# What a layer computes in (layers.json's format), by its operands' dtype; integer weights are ternary or int8.
+FLOAT_FORMATS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+                 torch.float8_e4m3fn: "fp8", torch.float8_e5m2: "fp8"}
+# The formats of quantized layers, each with the precision summary.json gives a run that has such layers, the
+# narrowest first: ternary layers make a BitNeRF whatever else it has (its int8 first layers).
+QUANTIZED_PRECISIONS = {"ternary": "ternary-int8", "int8": "int8", "fp8": "fp8"}
 
 
 @dataclass
@@ -39,13 +47,30 @@ class LayerMatmul:
     weight_dtype: torch.dtype
     weight_values: int | None  # distinct values of an integer weight operand; None for a float one
     output_dtype: torch.dtype | None = None
-    op: str | None = None  # the schema name, e.g. aten::_int_mm
+    op: str | None = None  # the schema name, e.g. aten::_int_mm; for fp8 operands the kernel torchao ran them with
     k: int | None = None
     in_features: int | None = None
+    n: int | None = None  # the output columns it multiplied: the layer's out_features, or more where padded
 
     @property
     def ternary(self) -> bool:
         return self.weight_values is not None and self.weight_values <= TERNARY_VALUES
+
+    @property
+    def format(self) -> str:
+        """What the layer computed in: ternary or int8 for integer weights, else its operands' float format (fp8,
+        fp32, fp16, bf16)."""
+        if self.ternary:
+            return "ternary"
+        if not self.weight_dtype.is_floating_point:
+            return "int8"
+        return FLOAT_FORMATS.get(self.input_dtype, str(self.input_dtype).removeprefix("torch."))
+
+    @property
+    def emulated(self) -> bool | None:
+        """For an fp8 matmul, whether it was emulated (an fp32 matmul over the fp8 values) rather than run by
+        torch._scaled_mm; None for others."""
+        return self.op != SCALED_MM_OP if self.format == "fp8" else None
 
     def int8_kernel(self) -> str | None:
         """The bitnerf.INT8_KERNELS kernel this matmul ran, None for a float one: torchao's Triton op, or
@@ -62,16 +87,52 @@ class LayerMatmul:
         return {"weight_bits": weight_bits, "input_bits": dtype_bits(self.input_dtype),
                 "output_bits": dtype_bits(self.output_dtype)}
 
+    def record(self) -> dict:
+        """layers.json's measured fields of the layer: its bits, its format (int8 and fp8 both have 8 bits), and
+        the K and N its matmul ran with (more than in_features and out_features where a kernel zero-padded them)."""
+        return {**self.bits(), "format": self.format, "matmul_k": self.k, "matmul_n": self.n}
+
 
 def dtype_bits(dtype: torch.dtype) -> int:
     return torch.finfo(dtype).bits if dtype.is_floating_point else torch.iinfo(dtype).bits
 
 
+def is_matmul(func) -> bool:
+    """Whether an op is a matrix multiply: aten mm, addmm, _int_mm, _scaled_mm, torchao's int8 kernels (every op
+    whose name ends in "mm")."""
+    return func.__name__.split(".")[0].endswith("mm")
+
+
+def operand_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul operand holds its values in: a torchao float8 tensor's fp8 data (the tensor itself
+    reports the dtype it was cast from), else the tensor's own."""
+    return tensor._data.dtype if isinstance(tensor, Float8TrainingTensor) else tensor.dtype
+
+
+class Float8Kernel(TorchDispatchMode):
+    """While active inside a matmul of torchao float8 tensors, records the matmul ops their implementation runs:
+    torch._scaled_mm on the fp8 data, or, emulated, an fp32 mm of the values cast up. It hands the float8 op itself
+    on to the tensor subclass (NotImplemented), which runs its implementation with this mode still active."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if any(issubclass(t, Float8TrainingTensor) for t in types):
+            return NotImplemented
+        if is_matmul(func):
+            self.ops.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
 class MatmulCensus(TorchDispatchMode):
     """While active (`with MatmulCensus(model) as census:`), records each Linear layer's first matrix
-    multiply (aten mm, addmm, _int_mm, torchao's int8 kernels: every op whose name ends in "mm") with its op
-    and K in `layers`, by module name in the order they ran. Compiled fields run eagerly meanwhile (a compiled
-    graph would run past the hooks). `enabled=False` records nothing and costs nothing."""
+    multiply (is_matmul) with its op, K and N in `layers`, by module name in the order they ran. A matmul of
+    torchao float8 tensors reaches it as one aten mm whose operands report their original dtype: it records their
+    fp8 data's dtype and, as the op, the kernel the float8 tensors ran (Float8Kernel), which tells fp8 tensor cores
+    from emulation. Compiled fields run eagerly meanwhile (a compiled graph would run past the hooks).
+    `enabled=False` records nothing and costs nothing."""
 
     def __init__(self, model: nn.Module, enabled: bool = True):
         super().__init__()
@@ -109,22 +170,40 @@ class MatmulCensus(TorchDispatchMode):
         self.current = None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if self.current is not None and self.current not in self.layers and func.__name__.split(".")[0].endswith("mm"):
-            x, w = [a for a in args if isinstance(a, torch.Tensor) and a.ndim == 2][:2]  # addmm's bias is 1-D
-            values = None if w.dtype.is_floating_point else torch.unique(w).numel()
-            self.layers[self.current] = LayerMatmul(x.dtype, w.dtype, values, op=func._schema.name, k=x.shape[1],
-                                                    in_features=self.model.get_submodule(self.current).in_features)
+        if self.current is None or self.current in self.layers or not is_matmul(func):
+            return func(*args, **(kwargs or {}))
+        x, w = [a for a in args if isinstance(a, torch.Tensor) and a.ndim == 2][:2]  # addmm's bias is 1-D
+        op = func._schema.name
+        if isinstance(x, Float8TrainingTensor):
+            with Float8Kernel() as kernel:
+                out = func(*args, **(kwargs or {}))
+            op = kernel.ops[0]
+        else:
+            out = func(*args, **(kwargs or {}))
+        w_dtype = operand_dtype(w)
+        values = None if w_dtype.is_floating_point else torch.unique(w).numel()
+        self.layers[self.current] = LayerMatmul(operand_dtype(x), w_dtype, values, op=op, k=x.shape[1],
+                                                in_features=self.model.get_submodule(self.current).in_features,
+                                                n=w.shape[1])
         return out
 
     def precision(self) -> str:
-        """summary.json's precision: ternary-int8 if any layer multiplied ternary integer weights, else the
-        float dtype every layer's matmul ran in (fp32, fp16-amp, bf16-amp); 'mixed (...)' otherwise."""
-        if any(layer.ternary for layer in self.layers.values()):
-            return "ternary-int8"
-        names = {torch.float32: "fp32", torch.float16: "fp16-amp", torch.bfloat16: "bf16-amp"}
-        kinds = sorted({names.get(layer.input_dtype, str(layer.input_dtype)) for layer in self.layers.values()})
+        """summary.json's precision: the QUANTIZED_PRECISIONS of the narrowest quantized format any layer computed
+        in (ternary-int8, int8, fp8), else the float dtype every layer's matmul ran in (fp32, fp16-amp, bf16-amp);
+        'mixed (...)' otherwise."""
+        formats = {layer.format for layer in self.layers.values()}
+        quantized = [name for layer_format, name in QUANTIZED_PRECISIONS.items() if layer_format in formats]
+        if quantized:
+            return quantized[0]
+        kinds = sorted({f"{layer_format}-amp" if layer_format in ("fp16", "bf16") else layer_format
+                        for layer_format in formats})
         return kinds[0] if len(kinds) == 1 else f"mixed ({', '.join(kinds)})"
+
+    def emulated(self) -> bool | None:
+        """summary.json's emulated: whether the fp8 matmuls ran emulated (any of them: the run's speed is then not
+        fp8's), None where no layer ran one."""
+        emulated = [layer.emulated for layer in self.layers.values() if layer.emulated is not None]
+        return any(emulated) if emulated else None
 
     def int8_kernel(self) -> str | None:
         """summary.json's int8_kernel: the bitnerf.INT8_KERNELS kernel the integer matmuls ran, None where no layer
@@ -150,28 +229,29 @@ class MatmulCensus(TorchDispatchMode):
         """check_layers() of this record."""
         if not self.layers:
             raise SystemExit(f"error: {what} ran no Linear layer's matrix multiply: nothing to measure its precision by")
-        layers = [{"name": name, **layer.bits()} for name, layer in self.layers.items()]
+        layers = [{"name": name, **layer.record()} for name, layer in self.layers.items()]
         check_layers({"precision": self.precision(), "layers": layers}, config, dtype, what)
 
 
 def check_layers(layers: dict, config, dtype: torch.dtype | None, what: str) -> None:
     """Stop the run (one line, exit code 1) when what ran is not what config asks for. layers is a layers.json
-    census (Evaluation.layers) or MatmulCensus.check's record in its form: the measured precision name, and
-    which of the layers that ran multiplied ternary weights (stored at 2 bits) and which int8 weights (8 bits).
-    BitNeRF expects those that bitnerf.is_ternary_layer and bitnerf.is_int8_layer name for config; NeRF none."""
+    census (Evaluation.layers) or MatmulCensus.check's record in its form: the measured precision name, and the
+    format each layer that ran computed in. The layers in a quantized format (ternary, int8, fp8) must be those
+    that config's converter trains in it (bitnerf.layer_format); a float NeRF has none."""
     names = [layer["name"] for layer in layers["layers"]]
-    ternary, int8 = ([layer["name"] for layer in layers["layers"] if layer["weight_bits"] == bits]
-                     for bits in (precision.TERNARY_WEIGHT_BITS, INT8_WEIGHT_BITS))
-    measured, expected = layers["precision"], precision.precision_name(config.model, dtype)
-    bitnerf_layers = [name for name in names if config.model == "bitnerf"]
-    expected_ternary = [name for name in bitnerf_layers
-                        if bitnerf.is_ternary_layer(name, config.quantize_heads, config.first_layer)]
-    expected_int8 = [name for name in bitnerf_layers if bitnerf.is_int8_layer(name, config.first_layer)]
-    if measured != expected or sorted(ternary) != sorted(expected_ternary) or sorted(int8) != sorted(expected_int8):
-        raise SystemExit(f"error: {what} ran {measured} with ternary weights in {len(ternary)} and int8 weights in"
-                         f" {len(int8)} of {len(names)} layers, but {config.name} asks for {expected} with"
-                         f" {len(expected_ternary)} and {len(expected_int8)}: the run does not compute what it would"
-                         f" report (a bug in the training code)")
+    measured, expected = layers["precision"], precision.precision_name(config, dtype)
+    ran = {layer_format: sorted(layer["name"] for layer in layers["layers"] if layer["format"] == layer_format)
+           for layer_format in QUANTIZED_PRECISIONS}
+    asked = {layer_format: sorted(name for name in names if bitnerf.layer_format(name, config) == layer_format)
+             for layer_format in QUANTIZED_PRECISIONS}
+    if measured != expected or ran != asked:
+        # fp8 layers are named only where a run has or wants them, so that other runs' message stays as it was.
+        fp8_ran, fp8_asked = (f", fp8 in {len(layers_in['fp8'])}" if ran["fp8"] or asked["fp8"] else ""
+                              for layers_in in (ran, asked))
+        raise SystemExit(f"error: {what} ran {measured} with ternary weights in {len(ran['ternary'])} and int8 weights"
+                         f" in {len(ran['int8'])} of {len(names)} layers{fp8_ran}, but {config.name} asks for"
+                         f" {expected} with {len(asked['ternary'])} and {len(asked['int8'])}{fp8_asked}: the run does"
+                         f" not compute what it would report (a bug in the training code)")
 
 
 def compiled(model: nn.Module) -> bool:

@@ -117,7 +117,7 @@ class Plan:
 
     @property
     def precision(self) -> str:
-        return precision.precision_name(self.config.model, self.autocast_dtype)
+        return precision.precision_name(self.config, self.autocast_dtype)
 
     def describe(self, seconds: float | None = None, rate_source: str = "") -> str:
         config, gib = self.config, lambda b: f"{b / GIB:.1f} GiB"
@@ -161,8 +161,12 @@ def supports_arch(capability: tuple[int, int], arch_list: list[str]) -> bool:
 
 def check_device(config: ExperimentConfig, target: Target) -> list[str]:
     """The device rules that refuse a run (UserError, one line with the fix) or warn (returned lines)."""
-    warnings = []
     gpu = target.gpu
+    warnings = []
+    if config.quantized_training.startswith("fp8") and (gpu is None or gpu.capability < gpus.FP8_MIN_CAPABILITY):
+        where = "the CPU" if gpu is None else f"the {gpu.name} ({gpu.arch}, below capability 8.9)"
+        warnings.append(f"{config.quantized_training} training runs emulated on {where}, which has no fp8 matmul:"
+                        f" its quality is fp8's, its speed is not")
     if gpu is None:
         return warnings
     arch_list = torch.cuda.get_arch_list()

@@ -53,6 +53,14 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
+def grad_scaler(device: torch.device, dtype: torch.dtype | None):
+    """The gradient scaler of a run that autocasts to dtype: enabled for fp16 only, whose narrow exponent range
+    it guards; bf16 has fp32's range and needs none."""
+    import torch
+
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
 def set_float32_matmul(tf32: bool) -> None:
     """--tf32: let fp32 matmuls and cuDNN round their inputs to TF32 where the hardware has it (the fast
     fp32 baseline); off, they stay IEEE fp32. Off is PyTorch's default for matmuls but not for cuDNN,
@@ -73,10 +81,13 @@ def float32_matmul_settings(device: torch.device) -> dict:
     return settings
 
 
-def precision_name(model_kind: str, dtype: torch.dtype | None) -> str:
-    """The precision a run of model_kind under autocast dtype asks for: fp32, fp16-amp, bf16-amp or ternary-int8."""
+def precision_name(config, dtype: torch.dtype | None) -> str:
+    """The precision a run of config under autocast dtype asks for: ternary-int8 (BitNeRF), int8 or fp8 (its
+    quantized_training), else fp32, fp16-amp or bf16-amp."""
     import torch
 
-    if model_kind == "bitnerf":
+    if config.model == "bitnerf":
         return "ternary-int8"
+    if config.quantized_training != "none":
+        return config.quantized_training.split("-")[0]
     return "fp32" if dtype is None else {torch.float16: "fp16-amp", torch.bfloat16: "bf16-amp"}[dtype]

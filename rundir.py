@@ -22,7 +22,9 @@ RENDERS, VIDEO_STEM, PTQ = "renders", "video", "ptq.json"
 # How the run logs to W&B (runlog.py writes it): its id, mode, project and init settings, so that ptq.py and
 # hw_eval.py add their results to the same W&B run without reading the checkpoint (and so without torch).
 WANDB_RUN = "wandb_run.json"
-MODEL_FILES = {"nerf": "model.pt", "bitnerf": "model_ternary.pt"}  # the deployable weights, by model kind
+# The deployable weights, by format (model_format): a state dict, BitNeRF's packed ternary export, and a NeRF trained
+# in int8 in that export's int8 form.
+MODEL_FILES = {"nerf": "model.pt", "bitnerf": "model_ternary.pt", "int8": "model_int8.pt"}
 # layers.json counts the samples each layer sees per frame of this size, and hw_eval.py costs such a
 # frame: 800x800 is the Blender scenes' full resolution, the frame NeRF accelerators report.
 FRAME_HEIGHT = FRAME_WIDTH = 800
@@ -228,22 +230,59 @@ def trained_autocast_dtype(checkpoint: dict) -> str | None:
     return "float16" if checkpoint["scaler"] else "bfloat16"
 
 
+def model_format(model_kind: str, int8_trained: bool) -> str:
+    """The MODEL_FILES format of a model of model_kind: a NeRF that trained int8 layers (exp7) exports them as int8."""
+    return "int8" if model_kind == "nerf" and int8_trained else model_kind
+
+
 def write_model_file(run_dir: Path, model, model_kind: str, dtype) -> Path:
-    """The deployable weights: BitNeRF's packed ternary export, else the state dict in the compute dtype (both
-    without the occupancy grid's training state, nerf.deployable_state)."""
+    """The deployable weights, in the format of what model trains (model_format): BitNeRF's packed ternary export;
+    for a NeRF trained in int8 the same export, its int8 layers' int8 weights with their scales; else the state dict
+    in the compute dtype (all without the occupancy grid's training state, nerf.deployable_state).
+
+    A NeRF trained in fp8 stores its fp32 weights: torchao's float8 training casts them to fp8, with scales taken
+    from them, at every forward pass, and has no layer that would compute that forward from stored fp8 weights and
+    scales bit for bit, so the fp32 weights in its float8 layers (rundir.load_model_file) are what renders exactly
+    what the run rendered."""
     import torch
 
     import bitnerf
     import nerf
 
-    path = run_dir / MODEL_FILES[model_kind]
-    if model_kind == "bitnerf":
+    file_format = model_format(model_kind, bool(bitnerf.int8_linears(model)))
+    path = run_dir / MODEL_FILES[file_format]
+    if file_format != "nerf":
         bitnerf.export_ternary(model, path)
     else:
         weights = {k: v.to(dtype or torch.float32) if v.is_floating_point() else v
                    for k, v in nerf.deployable_state(model).items()}
         atomic_write(path, lambda tmp: torch.save(weights, tmp))
     return path
+
+
+def load_model_file(run_dir: Path, config, scene, device):
+    """A finished run's model from its deployable weights file (write_model_file's), in eval mode: an integer export
+    (BitNeRF's, int8 training's) fills an unconverted model with IntegerLinear layers (bitnerf.load_ternary), a state
+    dict the model config builds (fp8 training: torchao's float8 layers over the stored fp32 weights)."""
+    import torch
+
+    import bitnerf
+    import nerf
+
+    file_format = model_format(config.model, config.quantized_training == "int8")
+    path = Path(run_dir) / MODEL_FILES[file_format]
+    if not path.is_file():
+        raise UserError(f"no {path.name} in {run_dir}: the run did not finish; use its checkpoint (render.py --weights"
+                        f" checkpoint)")
+    try:
+        if file_format != "nerf":
+            model = bitnerf.load_ternary(path, bitnerf.build_model(config, scene, device, quantized=False))
+        else:
+            model = bitnerf.build_model(config, scene, device)
+            nerf.load_deployable_state(model, torch.load(path, map_location=device, weights_only=True))
+    except (OSError, RuntimeError, KeyError, EOFError) as e:
+        raise UserError(f"{path} is not a readable weights file ({type(e).__name__}); train the run again") from None
+    return model.to(device).eval()
 
 
 def load_trained(run_dir: Path, data: str | None, device):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import precision
 from configs import ExperimentConfig
 from dataset import RayBatch
 
@@ -49,9 +50,8 @@ class Optimization:
         # to rounding (BENCHMARKS.md, "Optimizer").
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
-        # Gradient scaling guards fp16's narrow exponent range; bf16 has fp32's range and needs none.
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        return cls(optimizer, scheduler, scaler, config.weight_decay, stage2_step(config))
+        return cls(optimizer, scheduler, precision.grad_scaler(device, dtype), config.weight_decay,
+                   stage2_step(config))
 
     def schedule_weight_decay(self) -> None:
         """The weight decay of the step about to be taken: none in the second stage (BitNet b1.58's recipe).

@@ -1,23 +1,27 @@
-"""The one training loop behind every experiment.
+"""The one training loop behind every experiment, read top to bottom.
 
-`python expN.py [options]` calls `main("expN")`: parse the command line into an ExperimentConfig, load
-the scene, build the model, train with optional AMP and torch.compile, evaluate on the test views, and
-write the run directory (rundir.py: summary.json, layers.json, metrics.csv, checkpoint.pt, renders,
-depth maps, video). Read it top to bottom: the entry point, setup, the loop, then the final evaluation.
-Faults end a run with one line and what to do (README, "Faults and recovery"): SIGINT and SIGTERM stop it
-between two steps with a checkpoint, running out of memory saves one and names the option to lower
-(faults.py). Nothing imports this file for helpers: what the loop shares with other commands lives in
-step.py (the optimizer step), evaluation.py (rendering and metrics), rundir.py (the files) and runlog.py
-(metrics.csv and W&B).
+`python expN.py [options]` calls `main("expN")`: parse the command line into an ExperimentConfig, then `run`:
+`setup` (plan.py's plan for the device, the run directory, the model, its optimizer, the rays), `train_loop`
+(a batch, `step.train_step`, then logging, evaluation and checkpoints) inside `stop_cleanly`, the one guard
+for the faults that end a run early (README, "Faults and recovery": SIGINT and SIGTERM stop it between two
+steps with a checkpoint, running out of memory saves one and names the option to lower), and `finish` (the
+final evaluation and summary.json). Nothing imports this file for helpers: what the loop shares with other
+commands lives in step.py (the optimizer step), evaluation.py (rendering and metrics), rundir.py (the files)
+and runlog.py (metrics.csv and W&B).
 """
 
+import contextlib
 import dataclasses
+import functools
 import math
 import os
 import signal
 import sys
 import time
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ContextManager
 
 import numpy as np
 import torch
@@ -91,22 +95,68 @@ def run(config: ExperimentConfig, resume: bool = False, overwrite: bool = False)
     """Train one experiment and write its run directory; returns summary.json's contents (on rank 0).
 
     Rank 0 holds the run directory's lock until this returns or exits; SIGINT and SIGTERM stop the run
-    (StopSignals)."""
+    between two steps with a checkpoint (StopSignals, stop_cleanly)."""
     ranks = bitnerf_ddp.init(config.device, config.distributed)
     lock = rundir.RunLock(rundir.path_of(config))
     try:
         with StopSignals() as stop:
-            return train(config, ranks, resume, overwrite, lock, stop)
+            state = setup(config, ranks, resume, overwrite, lock)
+            with stop_cleanly(state, stop):
+                train_loop(state, stop)
+            return finish(state, stop)
     finally:
         lock.release()
         bitnerf_ddp.shutdown()
 
 
-def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, overwrite: bool, lock: rundir.RunLock,
-          stop: StopSignals) -> dict:
-    # --- Setup: the run directory, the model, its optimizer, the rays -------------------------------
-    run_start = time.perf_counter()
-    device = ranks.device
+@dataclass
+class Training:
+    """A run in progress: what setup() builds and the loop and finish() use."""
+
+    config: ExperimentConfig
+    ranks: bitnerf_ddp.Ranks
+    run_plan: plan.Plan
+    run_dir: Path
+    evaluation: Evaluation
+    model: torch.nn.Module
+    step_model: torch.nn.Module  # the DDP module when distributed: its forward averages the gradients
+    optimization: Optimization
+    sampler: RaySampler
+    autocast: Callable[[], ContextManager]
+    log: RunLog | None  # rank 0's
+    clock: Stopwatch  # the training steps' time, carried over a resume
+    run_id: str
+    applied: int  # the optimizer steps taken, which a checkpoint saved now records
+    prior_wall_s: float = 0.0
+    prior_compile_s: float = 0.0
+    run_start: float = dataclasses.field(default_factory=time.perf_counter)
+
+    @property
+    def census_step(self) -> int:
+        """The step whose matmuls the census records (eagerly): the run's first, or a compiled run's second,
+        since its first compiles; the same step however the run is resumed."""
+        return 1 if self.run_plan.compiled and self.config.steps > 1 else 0
+
+    def wall_s(self) -> float:
+        return self.prior_wall_s + time.perf_counter() - self.run_start
+
+    def compile_s(self) -> float:
+        """The compilation inside the clock: each process's first step, which compiles, over its mean step."""
+        return self.prior_compile_s + (self.clock.first_block_excess() if self.run_plan.compiled else 0.0)
+
+    def save_checkpoint(self) -> None:
+        rundir.save_checkpoint(self.run_dir, {
+            "step": self.applied, "wall_s": self.wall_s(), "train_s": self.clock.elapsed,
+            "compile_s": self.compile_s(), "wandb_id": self.run_id,
+            "autocast_dtype": precision.dtype_name(self.evaluation.dtype), "config": dataclasses.asdict(self.config),
+            "model": self.model.state_dict(), **self.optimization.state_dict(),
+        })
+
+
+def setup(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, overwrite: bool,
+          lock: rundir.RunLock) -> Training:
+    """The plan, the run directory, the model (restored on --resume), its optimizer, the rays and the log."""
+    run_start, device = time.perf_counter(), ranks.device
     precision.set_float32_matmul(config.tf32)
     scene = load_scene(config.data, config.downscale, config.val_views)
     if restarts := bitnerf_ddp.restart_count():
@@ -122,7 +172,6 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
     # touched; CPU ranks of one machine share its memory, GPU ranks have one each.
     run_plan = plan.plan_run(config, scene, plan.local_target(device), ranks.world_size,
                              int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1, device)
-    compiled, micro_batch_rays = run_plan.compiled, run_plan.micro_batch_rays
     if run_plan.int8_kernel:
         bitnerf.use_int8_kernel(run_plan.int8_kernel, device)  # process-wide: torchao keeps it in a module global
     for warning in run_plan.warnings if ranks.is_main else ():
@@ -133,162 +182,179 @@ def train(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
 
     torch.manual_seed(config.seed)
     model = bitnerf.build_model(config, scene, device)
-    optimization = Optimization.build(config, model, device, evaluation.dtype)
-
-    start_step, prior_wall, prior_compile_s, wandb_id = 0, 0.0, 0.0, f"{config.name}-{uuid.uuid4().hex[:8]}"
-    train_clock = Stopwatch(device)
+    optimization = Optimization.build(config, model, device, run_plan.autocast_dtype)
+    state = Training(config, ranks, run_plan, run_dir, evaluation, model, model, optimization,
+                     RaySampler(scene, device, config.batch_rays, config.seed, jitter_samples=config.jitter_per_ray,
+                                rank=ranks.rank, world_size=ranks.world_size),
+                     functools.partial(precision.autocast, device, run_plan.autocast_dtype), None, Stopwatch(device),
+                     f"{config.name}-{uuid.uuid4().hex[:8]}", 0, run_start=run_start)
     if resume:
-        checkpoint = rundir.load_checkpoint(run_dir, config, evaluation.dtype)
+        checkpoint = rundir.load_checkpoint(run_dir, config, run_plan.autocast_dtype)
         model.load_state_dict(checkpoint["model"])
         optimization.load_state_dict(checkpoint)
-        start_step, prior_wall, train_clock.carried_s = checkpoint["step"], checkpoint["wall_s"], checkpoint["train_s"]
-        prior_compile_s, wandb_id = checkpoint.get("compile_s", 0.0), checkpoint.get("wandb_id", wandb_id)
-    if compiled:
+        state.applied, state.prior_wall_s, state.clock.carried_s = (checkpoint["step"], checkpoint["wall_s"],
+                                                                    checkpoint["train_s"])
+        state.prior_compile_s, state.run_id = checkpoint.get("compile_s", 0.0), checkpoint.get("wandb_id", state.run_id)
+    if run_plan.compiled:
         for field in (model.coarse, model.fine):
             if field is not None:
                 field.compile(fullgraph=True)
-    step_model = bitnerf_ddp.wrap(model, ranks)
-
-    sampler = RaySampler(scene, device, config.batch_rays, config.seed, jitter_samples=config.jitter_per_ray,
-                         rank=ranks.rank, world_size=ranks.world_size)
-    n_params = sum(p.numel() for p in model.parameters())
-    precision_name = precision.precision_name(config.model, evaluation.dtype)
-    log = None
+    state.step_model = bitnerf_ddp.wrap(model, ranks, config.grad_compression)
     if ranks.is_main:
-        log = RunLog(config, run_dir, wandb_id, start_step, {"precision": precision_name, "params": n_params,
-                                                             "scene": scene.name, "world_size": ranks.world_size})
-        print(f"{config.name}: {scene.name} {scene.width}x{scene.height}, {len(scene.i_train)} train / "
-              f"{len(scene.i_test)} test views, {n_params / 1e6:.2f}M params, {precision_name} on {device}"
-              f"{f' x {ranks.world_size} processes' if ranks.world_size > 1 else ''}"
-              + (f", {run_plan.micro_batches} micro-batches of {micro_batch_rays} rays" if run_plan.micro_batches > 1
-                 else "") +
-              f", run dir {run_dir}")
-    samples_per_step = config.batch_rays * config.samples_per_ray
+        state.log = RunLog(config, run_dir, state.run_id, state.applied, {
+            "precision": run_plan.precision, "params": n_params(model), "scene": scene.name,
+            "world_size": ranks.world_size})
+        print(f"{config.name}: {scene.name} {scene.width}x{scene.height}, {len(scene.i_train)} train /"
+              f" {len(scene.i_test)} test views, {n_params(model) / 1e6:.2f}M params, {run_plan.precision} on {device}"
+              + (f" x {ranks.world_size} processes" if ranks.world_size > 1 else "")
+              + (f", {run_plan.micro_batches} micro-batches of {run_plan.micro_batch_rays} rays"
+                 if run_plan.micro_batches > 1 else "") + f", run dir {run_dir}")
+    return state
 
-    def wall_s() -> float:
-        return prior_wall + time.perf_counter() - run_start
 
-    def compile_s() -> float:
-        """The compilation inside train_clock: each process's first step, which compiles, over its mean step."""
-        return prior_compile_s + (train_clock.first_block_excess() if compiled else 0.0)
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
-    def save_checkpoint(next_step: int) -> None:
-        rundir.save_checkpoint(run_dir, {
-            "step": next_step, "wall_s": wall_s(), "train_s": train_clock.elapsed, "compile_s": compile_s(),
-            "wandb_id": wandb_id, "autocast_dtype": precision.dtype_name(evaluation.dtype),
-            "config": dataclasses.asdict(config), "model": model.state_dict(), **optimization.state_dict(),
-        })
 
-    # The census sees one training step's matmuls from Python (eagerly): the run's first step, or a compiled
-    # run's second, since its first compiles (compile_s); the same step however the run is resumed.
-    census_step = 1 if compiled and config.steps > 1 else 0
-
-    # --- The loop ---------------------------------------------------------------------------------
+def train_loop(state: Training, stop: StopSignals) -> None:
+    """The steps from state.applied to config.steps: a batch, a step, then logging, evaluation and checkpoints."""
+    config, ranks, model = state.config, state.ranks, state.model
     model.train()
-    last_log_train_s, last_log_step = train_clock.elapsed, start_step
-    progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc=config.name,
+    last_log = (state.clock.elapsed, state.applied)  # train time and step of the last logged row
+    progress = tqdm(range(state.applied, config.steps), initial=state.applied, total=config.steps, desc=config.name,
                     dynamic_ncols=True, disable=None if ranks.is_main else True)
-    applied, signum = start_step, 0  # applied: the optimizer steps taken, which a checkpoint saved now records
-    try:
-        for step in progress:
-            # Every rank asks between the same two steps whether any got a stop signal, so that all stop there.
-            if signum := bitnerf_ddp.max_across_ranks(stop.signum):
-                break
-            census = measured.MatmulCensus(model, enabled=step == census_step)
-            with train_clock, sized_by("--micro-batch-rays", micro_batch_rays):
-                model.update_occupancy(step)  # outside the census: the grid's queries are not the step's matmuls
-                with census:
-                    stats = train_step(step_model, sampler.batch(step), optimization, config, evaluation.autocast,
-                                       micro_batch_rays if run_plan.micro_batches > 1 else 0)
-            if census.enabled:
-                census.check(config, evaluation.dtype, "the training step")
+    for step in progress:
+        # Every rank asks between the same two steps whether any got a stop signal, so that all stop there.
+        if bitnerf_ddp.max_across_ranks(stop.signum):
+            return
+        stats = train_one_step(state, step)
+        state.applied = done = step + 1
+        row = {}
+        if done % config.log_every == 0 or done == config.steps:
+            row, last_log = training_row(state, stats, last_log), (state.clock.elapsed, done)
+            progress.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr_train']:.2f}")
+        if done % config.eval_every == 0 and done < config.steps:
+            row = {**row, **periodic_evaluation(state)}
+        if ranks.is_main and row:
+            state.log.row(row)
+        if ranks.is_main and (done % config.ckpt_every == 0 or done == config.steps):
+            state.save_checkpoint()
+    progress.close()
 
-            applied = done = step + 1
-            row = {}
-            if done % config.log_every == 0 or done == config.steps:
-                loss, fine_mse = bitnerf_ddp.mean_across_ranks(torch.stack([stats["loss"], stats["fine_mse"]])).tolist()
-                interval = train_clock.elapsed - last_log_train_s
-                row = {"step": done, "wall_s": round(wall_s(), 3), "loss": loss,
-                       "psnr_train": -10.0 * math.log10(max(fine_mse, 1e-10)),
-                       "grad_norm": stats["grad_norm"].item(), "lr": optimization.lr(),
-                       "samples_per_s": samples_per_step * (done - last_log_step) / max(interval, 1e-9)}
-                last_log_train_s, last_log_step = train_clock.elapsed, done
-                progress.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr_train']:.2f}")
-            if done % config.eval_every == 0 and done < config.steps:
-                split, views = scene.monitored_views()  # validation views where the scene has them
-                with sized_by("--chunk", config.chunk):  # every rank renders its share; rank 0 gets the results
-                    results = evaluation.test_views(model, views[: config.eval_views])
-                if ranks.is_main:
-                    row = {**row, "step": done, "wall_s": round(wall_s(), 3),
-                           f"psnr_{split}": float(np.mean([r["psnr"] for r in results]))}
-                    log.render(results[0], scene, step=done)
-            if not ranks.is_main:
-                continue
-            if row:
-                log.row(row)
-            if done % config.ckpt_every == 0 or done == config.steps:
-                save_checkpoint(done)
-        else:
-            signum = bitnerf_ddp.max_across_ranks(stop.signum)
+
+def train_one_step(state: Training, step: int) -> dict[str, torch.Tensor]:
+    """One optimizer step (step.train_step, in the plan's micro-batches), the occupancy grid's update before it,
+    and at state.census_step the precision census: what the step's matmuls computed in must be what the run
+    reports (measured.py)."""
+    census = measured.MatmulCensus(state.model, enabled=step == state.census_step)
+    micro_batch_rays = state.run_plan.micro_batch_rays
+    with state.clock, sized_by("--micro-batch-rays", micro_batch_rays):
+        state.model.update_occupancy(step)  # outside the census: the grid's queries are not the step's matmuls
+        with census:
+            stats = train_step(state.step_model, state.sampler.batch(step), state.optimization, state.config,
+                               state.autocast, micro_batch_rays if state.run_plan.micro_batches > 1 else 0)
+    if census.enabled:
+        census.check(state.config, state.run_plan.autocast_dtype, "the training step")
+    return stats
+
+
+def training_row(state: Training, stats: dict[str, torch.Tensor], last_log: tuple[float, int]) -> dict:
+    """metrics.csv's row of this step: the loss and training PSNR averaged over the ranks, and samples/s since
+    the last logged row."""
+    loss, fine_mse = bitnerf_ddp.mean_across_ranks(torch.stack([stats["loss"], stats["fine_mse"]])).tolist()
+    (last_train_s, last_step), done = last_log, state.applied
+    samples = state.config.batch_rays * state.config.samples_per_ray * (done - last_step)
+    return {"step": done, "wall_s": round(state.wall_s(), 3), "loss": loss,
+            "psnr_train": -10.0 * math.log10(max(fine_mse, 1e-10)), "grad_norm": stats["grad_norm"].item(),
+            "lr": state.optimization.lr(), "samples_per_s": samples / max(state.clock.elapsed - last_train_s, 1e-9)}
+
+
+def periodic_evaluation(state: Training) -> dict:
+    """The first eval_views monitored views (validation views where the scene has them), rendered by every rank
+    for its share; rank 0 logs their mean PSNR and a render, the others return {}."""
+    config, scene = state.config, state.evaluation.scene
+    split, views = scene.monitored_views()
+    with sized_by("--chunk", config.chunk):
+        results = state.evaluation.test_views(state.model, views[: config.eval_views])
+    if not state.ranks.is_main:
+        return {}
+    state.log.render(results[0], scene, step=state.applied)
+    return {"step": state.applied, "wall_s": round(state.wall_s(), 3),
+            f"psnr_{split}": float(np.mean([r["psnr"] for r in results]))}
+
+
+@contextlib.contextmanager
+def stop_cleanly(state: Training, stop: StopSignals):
+    """The faults that end the loop early end the run cleanly: a stop signal (noted by StopSignals, acted on
+    between two steps by every rank) or Ctrl-C raised by code saves a checkpoint of the steps applied and exits
+    with 128 + the signal; running out of memory saves one and says which option to lower (faults.py)."""
+    is_main = state.ranks.is_main
+    try:
+        yield
+        signum = bitnerf_ddp.max_across_ranks(stop.signum)
     except KeyboardInterrupt:  # raised by code: the signal itself only sets stop.signum
         signum = signal.SIGINT
     except OutOfMemory as e:
-        if not ranks.is_main:
-            raise UserError(e.message(f"rank {ranks.rank}, the last checkpoint is kept")) from None
-        save_checkpoint(applied)
-        log.close(exit_code=1)
-        raise UserError(e.message(f"checkpoint saved at step {applied}")) from None
+        if not is_main:
+            raise UserError(e.message(f"rank {state.ranks.rank}, the last checkpoint is kept")) from None
+        state.save_checkpoint()
+        state.log.close(exit_code=1)
+        raise UserError(e.message(f"checkpoint saved at step {state.applied}")) from None
     if signum:
-        if ranks.is_main:
-            save_checkpoint(applied)
-            log.close(exit_code=128 + signum)
-            print(f"\ninterrupted ({signal.Signals(signum).name}) at step {applied}; checkpoint saved, continue"
+        if is_main:
+            state.save_checkpoint()
+            state.log.close(exit_code=128 + signum)
+            print(f"\ninterrupted ({signal.Signals(signum).name}) at step {state.applied}; checkpoint saved, continue"
                   f" with --resume", file=sys.stderr)
         sys.exit(128 + signum)
-    progress.close()
+
+
+def finish(state: Training, stop: StopSignals) -> dict:
+    """The final evaluation (every rank renders its share) and summary.json (rank 0, which returns it)."""
+    config, ranks, device = state.config, state.ranks, state.ranks.device
     peak_mem = bitnerf_ddp.sum_across_ranks(peak_memory_bytes(device))
     peak_reserved = peak_reserved_bytes(device)
     peak_reserved = None if peak_reserved is None else bitnerf_ddp.sum_across_ranks(peak_reserved)
-
-    # --- The final evaluation (every rank renders its share) and summary.json (rank 0) -------------
     stop.at_once = True
     try:
         with sized_by("--chunk", config.chunk):
-            summary = finish(evaluation, model, log)
+            summary = evaluate_trained(state.evaluation, state.model, state.log)
     except KeyboardInterrupt:
         signum = stop.signum or signal.SIGINT
         if ranks.is_main:
-            log.close(exit_code=128 + signum)
+            state.log.close(exit_code=128 + signum)
             print(f"\ninterrupted ({signal.Signals(signum).name}) in the final evaluation; the checkpoint holds"
                   f" all {config.steps} steps, --resume evaluates it again", file=sys.stderr)
         sys.exit(128 + signum)
     except OutOfMemory as e:
         if ranks.is_main:
-            log.close(exit_code=1)
+            state.log.close(exit_code=1)
         raise UserError(e.message(f"the checkpoint holds all {config.steps} steps")) from None
     stop.at_once = False  # all but summary.json is written: a signal now is only noted, and the run completes
     if not ranks.is_main:
         bitnerf_ddp.barrier()  # wait for rank 0's summary.json: every rank leaves the run together
         return {}
+    train_s, compile_s = state.clock.elapsed, state.compile_s()
     summary.update({
-        "world_size": ranks.world_size,
-        "steps": config.steps, "wall_s": round(wall_s(), 2), "train_s": round(train_clock.elapsed, 2),
-        "compile_s": round(compile_s(), 2),
-        "train_samples_per_s": round(samples_per_step * config.steps / max(train_clock.elapsed - compile_s(), 1e-9)),
+        "run_id": state.run_id, "world_size": ranks.world_size, "steps": config.steps,
+        "wall_s": round(state.wall_s(), 2), "train_s": round(train_s, 2), "compile_s": round(compile_s, 2),
+        "train_samples_per_s": round(config.batch_rays * config.samples_per_ray * config.steps
+                                     / max(train_s - compile_s, 1e-9)),
         "peak_mem_bytes": peak_mem, "peak_reserved_bytes": peak_reserved,
-        "estimated_peak_bytes": run_plan.peak_bytes * ranks.world_size,
-        "micro_batch_rays": micro_batch_rays, "micro_batches": run_plan.micro_batches,
-        "params": n_params, "checkpoint_bytes": (run_dir / rundir.CHECKPOINT).stat().st_size,
+        "estimated_peak_bytes": state.run_plan.peak_bytes * ranks.world_size,
+        "micro_batch_rays": state.run_plan.micro_batch_rays, "micro_batches": state.run_plan.micro_batches,
+        "sent_bytes_per_step": bitnerf_ddp.sent_bytes_per_step(state.step_model),
+        "params": n_params(state.model), "checkpoint_bytes": (state.run_dir / rundir.CHECKPOINT).stat().st_size,
     })
-    write_json(run_dir / rundir.SUMMARY, summary)
-    log.close(summary)
+    write_json(state.run_dir / rundir.SUMMARY, summary)
+    state.log.close(summary)
     print(f"{config.name}: test PSNR {summary['psnr_test']:.2f} dB, SSIM {summary['ssim_test']:.3f}, "
-          f"{summary['train_samples_per_s']:,} samples/s, wall {summary['wall_s']:.0f} s -> {run_dir}")
+          f"{summary['train_samples_per_s']:,} samples/s, wall {summary['wall_s']:.0f} s -> {state.run_dir}")
     bitnerf_ddp.barrier()
     return summary
 
 
-def finish(evaluation: Evaluation, model, log: RunLog | None) -> dict:
+def evaluate_trained(evaluation: Evaluation, model, log: RunLog | None) -> dict:
     """Every test view (metrics and renders) and validation view (metrics), the video, layers.json and the
     model file; returns the summary's fields that describe the trained model, its precision and weight bits
     as layers.json measured them. Under DDP every rank renders its share of the views and frames; rank 0 alone writes the files
@@ -311,7 +377,7 @@ def finish(evaluation: Evaluation, model, log: RunLog | None) -> dict:
         "global_batch_rays": config.batch_rays, **evaluation.metrics(results),
         **({**evaluation.metrics(validation, "val"), "val_views": [r["view"] for r in validation]} if validation else {}),
         **evaluation.skipped_samples(model, results),
-        "weight_bits": layers["weight_bits"], "int8_kernel": layers["int8_kernel"],
+        "weight_bits": layers["weight_bits"], "int8_kernel": layers["int8_kernel"], "emulated": layers["emulated"],
         "compiled": measured.compiled(model),
         "model_bytes": model_path.stat().st_size,
         "scene": scene.name, "device": str(evaluation.device), **device_identity(evaluation.device),

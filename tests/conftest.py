@@ -9,7 +9,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import configs  # noqa: E402
-import data_setup  # noqa: E402
+from builtin_scene import write_builtin_scene  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -17,7 +17,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def builtin_scene(tmp_path_factory) -> Path:
     """The built-in scene, generated once per test session outside the repository."""
-    return data_setup.write_builtin_scene(tmp_path_factory.mktemp("data") / "builtin.npz")
+    return write_builtin_scene(tmp_path_factory.mktemp("data") / "builtin.npz")
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""DDP on 2 CPU ranks (gloo): one step equals the single-process step, BitNet quantizes alike on
-every rank, a lost rank ends the job (or, with --max-restarts, is restarted and the run resumes), a
+"""DDP on 2 CPU ranks (gloo): one step equals the single-process step (in fp32, and within rounding with
+bf16 gradients), BitNet quantizes alike on every rank, the bytes each rank sends per step are measured
+(fp32, bf16 and PowerSGD), a lost rank ends the job (or, with --max-restarts, is restarted and the run resumes), a
 stop signal stops every rank with a checkpoint, a checkpoint resumes under another world size, and more
 processes than GPUs are refused before the launch."""
 
@@ -20,7 +21,6 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 import bitnerf
 import bitnerf_ddp
@@ -70,19 +70,13 @@ def one_ddp_step(rank: int, world_size: int, port: int, config, out_dir: str) ->
     ranks = bitnerf_ddp.init("cpu", distributed=True)
     try:
         model, optimization, batch = step_setup(config, ranks)
-        step_model = bitnerf_ddp.wrap(model, ranks)
-        allreduces = []
-
-        def counted_allreduce(state, bucket):
-            allreduces.append(bucket.index())
-            return default_hooks.allreduce_hook(state, bucket)
-
-        step_model.register_comm_hook(None, counted_allreduce)
+        step_model = bitnerf_ddp.wrap(model, ranks, config.grad_compression)
         stats = train_step(step_model, batch, optimization, config, contextlib.nullcontext, config.micro_batch_rays)
         loss = bitnerf_ddp.mean_across_ranks(stats["loss"])
         torch.save({"params": {k: v.detach().clone() for k, v in model.state_dict().items()},
                     "quantized": quantized_state(model) if config.model == "bitnerf" else {},
-                    "loss": loss, "grad_norm": stats["grad_norm"], "allreduces": allreduces}, f"{out_dir}/rank{rank}.pt")
+                    "loss": loss, "grad_norm": stats["grad_norm"], "rounds": step_model.gradient_traffic.rounds,
+                    "sent_bytes_per_step": bitnerf_ddp.sent_bytes_per_step(step_model)}, f"{out_dir}/rank{rank}.pt")
     finally:
         bitnerf_ddp.shutdown()
 
@@ -92,27 +86,57 @@ def plain(tensor: torch.Tensor) -> torch.Tensor:
     return getattr(tensor, "_data", tensor)
 
 
-@pytest.mark.parametrize("model_name, micro_batch_rays", [("nerf", 0), ("bitnerf", 0), ("nerf", 8)],
-                         ids=["nerf", "bitnerf", "nerf-4-micro-batches"])
-def test_a_ddp_step_equals_a_single_process_step_on_the_union_of_the_rays(tiny_config, tmp_path, model_name,
-                                                                          micro_batch_rays):
-    """Also with each rank's 32 rays in 4 micro-batches: the same update, and one all-reduce per bucket per step
-    (no_sync on all but the last micro-batch)."""
-    config = replace(tiny_config, model=model_name, batch_rays=64, perturb=True, micro_batch_rays=micro_batch_rays)
-    mp.spawn(one_ddp_step, args=(2, free_port(), config, str(tmp_path)), nprocs=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
-    assert ranks[0]["allreduces"] == [0]  # the tiny model's gradients fill one bucket
-
-    model, optimization, batch = step_setup(replace(config, micro_batch_rays=0), bitnerf_ddp.Ranks())
+def single_process_step(config, ranks=bitnerf_ddp.Ranks()) -> tuple[dict, dict, dict]:
+    """One step in this process on ranks' share of the first batch (by default all of it): the weights before,
+    their change (with SGD at lr 1, minus the gradient) and the step's stats."""
+    model, optimization, batch = step_setup(config, ranks)
     before = {k: plain(v).clone() for k, v in model.state_dict().items()}
     stats = train_step(model, batch, optimization, config, contextlib.nullcontext)
-    assert torch.allclose(ranks[0]["loss"], stats["loss"], rtol=1e-5)
-    assert torch.allclose(ranks[0]["grad_norm"], stats["grad_norm"], rtol=1e-4)
-    for name, value in model.state_dict().items():
-        value = plain(value)
+    return before, {k: plain(v) - before[k] for k, v in model.state_dict().items()}, stats
+
+
+# The bytes per gradient element that a hook hands to all-reduce: fp32 without compression, bf16 with it.
+GRADIENT_BYTES = {"none": 4, "bf16": 2}
+
+
+@pytest.mark.parametrize("model_name, micro_batch_rays, grad_compression",
+                         [("nerf", 0, "none"), ("bitnerf", 0, "none"), ("nerf", 8, "none"), ("nerf", 0, "bf16")],
+                         ids=["nerf", "bitnerf", "nerf-4-micro-batches", "nerf-bf16"])
+def test_a_ddp_step_equals_a_single_process_step_on_the_union_of_the_rays(tiny_config, tmp_path, model_name,
+                                                                          micro_batch_rays, grad_compression):
+    """Also with each rank's 32 rays in 4 micro-batches: the same update, and one round of bucket reductions per
+    step (no_sync on all but the last micro-batch). Each rank sends every gradient once, in fp32 (4 bytes an
+    element), or in bf16 (2 bytes) with the bf16 hook, whose update is the fp32 one up to bf16 rounding."""
+    config = replace(tiny_config, model=model_name, batch_rays=64, perturb=True, micro_batch_rays=micro_batch_rays,
+                     grad_compression=grad_compression)
+    mp.spawn(one_ddp_step, args=(2, free_port(), config, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+    before, update, stats = single_process_step(replace(config, micro_batch_rays=0))
+    params = sum(u.numel() for u in update.values())
+    for rank in ranks:
+        assert rank["rounds"] == 1
+        assert rank["sent_bytes_per_step"] == GRADIENT_BYTES[grad_compression] * params
+    assert torch.allclose(ranks[0]["loss"], stats["loss"], rtol=1e-5)  # computed before any communication
+    if grad_compression == "none":
+        assert torch.allclose(ranks[0]["grad_norm"], stats["grad_norm"], rtol=1e-4)
+    else:
+        # What each rank's own rays alone change, which the hook rounds to bf16 before the sum.
+        shares = [single_process_step(config, bitnerf_ddp.Ranks(rank=r, world_size=2))[1] for r in range(2)]
+    for name in update:
         for rank in ranks:
-            assert torch.allclose(plain(rank["params"][name]), value, rtol=1e-5, atol=1e-6), name
-    assert any(not torch.equal(plain(v), before[k]) for k, v in model.state_dict().items())
+            ddp_update = plain(rank["params"][name]) - before[name]
+            bound = 1e-6 + 1e-5 * update[name].abs()  # fp32 rounding, in another order of summation
+            if grad_compression == "bf16":
+                # bf16 keeps 8 significant bits (unit roundoff 2^-9): casting each rank's half of its gradient
+                # and rounding their sum each move an element by at most 2^-9 of the value rounded.
+                bound = bound + 2**-9 * ((shares[0][name].abs() + shares[1][name].abs()) / 2 + ddp_update.abs())
+            assert ((ddp_update - update[name]).abs() <= bound).all(), name
+    assert any(u.any() for u in update.values())
+    # Compressed, the update is off the fp32 one by more than fp32's rounding: the gradients did travel in bf16.
+    assert (grad_compression == "bf16") == any(
+        not torch.allclose(plain(ranks[0]["params"][name]) - before[name], u, rtol=1e-5, atol=1e-6)
+        for name, u in update.items())
     if model_name == "bitnerf":
         # Every rank quantizes identically: same ternary weights, same absmean scale.
         assert ranks[0]["quantized"].keys() == ranks[1]["quantized"].keys() and ranks[0]["quantized"]

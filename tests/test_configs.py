@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 AXIS_FIELDS = {"exp1": set(), "exp2": {"precision"},
                "exp3": {"precision", "batch_rays", "steps", "log_every", "eval_every", "ckpt_every"},
                "exp4": {"model", *configs.BITNET_RECIPE}, "exp5": {"distributed"},
-               "exp6": {"model", *configs.BITNET_RECIPE, "distributed"}}
+               "exp6": {"model", *configs.BITNET_RECIPE, "distributed"}, "exp7": {"quantized_training"},
+               "exp8": {"quantized_training"}, "exp9": {"distributed", "grad_compression"}}
 
 
 def changed_fields(a: ExperimentConfig, b: ExperimentConfig) -> set[str]:
@@ -33,6 +34,7 @@ def test_each_experiment_changes_only_its_axis(name, base):
 def test_the_ddp_experiments_add_only_ddp_to_their_single_process_twins(base):
     assert changed_fields(experiment("exp5", base), experiment("exp1", base)) == {"distributed"}
     assert changed_fields(experiment("exp6", base), experiment("exp4", base)) == {"distributed"}
+    assert changed_fields(experiment("exp9", base), experiment("exp5", base)) == {"grad_compression"}
 
 
 @pytest.mark.parametrize("base, expected", [

@@ -102,7 +102,7 @@ def test_a_stop_signal_in_the_final_evaluation_stops_it_at_once_and_resume_evalu
         time.sleep(5)  # the handler raises at once, long before this ends
         raise AssertionError("the final evaluation went on after SIGTERM")
 
-    monkeypatch.setattr(train, "finish", signalled)
+    monkeypatch.setattr(train, "evaluate_trained", signalled)
     with pytest.raises(SystemExit) as stop:
         train.run(config)
     assert stop.value.code == 143

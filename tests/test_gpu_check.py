@@ -12,6 +12,9 @@ import configs
 import gpu_check
 import gpus
 from conftest import write_scene
+from gpu_checks import runners, table
+from gpu_checks.plan import (BUDGET_S, BY_NAME, CHECKS, CPU_HW_TILE, CPU_TIMEOUT_S, DEFAULT_STEPS, EXPERIMENTS,
+                             MIN_TIMEOUT_S, RUNS, TIMEOUT_FACTOR, VARIANTS, Plan, describe, estimated_total, selected)
 
 REPO = Path(__file__).resolve().parents[1]
 # The quick model's training FLOPs per sample, by hand: 39 -> 128, two 128 -> 128, 128 -> 128 and the
@@ -26,16 +29,16 @@ def run_gpu_check(*argv):
 
 def test_only_brings_what_a_check_needs_and_skip_leaves_checks_out():
     names = lambda checks: [c.name for c in checks]  # noqa: E731
-    assert names(gpu_check.selected(["ptq"], [])) == ["exp1", "ptq"]
-    assert names(gpu_check.selected(["resume", "exp1"], [])) == ["exp1", "exp2", "resume"]
-    assert names(gpu_check.selected(["hw_eval"], [])) == ["exp1", "exp2", "exp3", "exp4", "exp5", "exp6", "hw_eval"]
-    assert names(gpu_check.selected(None, ["hw_eval", "exp3"])) == ["exp1", "exp2", "exp4", "exp5", "exp6", "tf32",
-                                                                   "bf16", "resume", "compile", "ptq", "mfu"]
-    assert names(gpu_check.selected(["compile"], [])) == ["exp1", "exp4", "compile"]
+    assert names(selected(["ptq"], [])) == ["exp1", "ptq"]
+    assert names(selected(["resume", "exp1"], [])) == ["exp1", "exp2", "resume"]
+    assert names(selected(["hw_eval"], [])) == ["exp1", "exp2", "exp3", "exp4", "exp5", "exp6", "hw_eval"]
+    assert names(selected(None, ["hw_eval", "exp3"])) == ["exp1", "exp2", "exp4", "exp5", "exp6", "tf32",
+                                                          "bf16", "resume", "compile", "ptq", "mfu"]
+    assert names(selected(["compile"], [])) == ["exp1", "exp4", "compile"]
 
 
 def test_each_experiment_runs_the_users_command_on_the_asked_schedule(tmp_path):
-    gpu = gpu_check.Plan("cuda", tmp_path, steps=200, data=None, timeout_s=60)
+    gpu = Plan("cuda", tmp_path, steps=200, data=None, timeout_s=60)
     exp1 = gpu.experiment_argv("exp1")
     assert "--quick" not in exp1 and exp1[exp1.index("--device") + 1] == "cuda"
     assert exp1[exp1.index("--steps") + 1] == "200" and exp1[exp1.index("--wandb") + 1] == "disabled"
@@ -46,22 +49,22 @@ def test_each_experiment_runs_the_users_command_on_the_asked_schedule(tmp_path):
         argv = gpu.experiment_argv(name)
         assert argv[argv.index("--compile") + 1] == "on"
     assert "--compile" not in gpu.experiment_argv("exp5")
-    assert [gpu.expected_precision(n) for n in gpu_check.EXPERIMENTS] == [
+    assert [gpu.expected_precision(n) for n in EXPERIMENTS] == [
         "fp32", "fp16-amp", "fp16-amp", "ternary-int8", "fp32", "ternary-int8"]
-    cpu = gpu_check.Plan("cpu", tmp_path, steps=40, data="scene.npz", timeout_s=60)
+    cpu = Plan("cpu", tmp_path, steps=40, data="scene.npz", timeout_s=60)
     argv = cpu.experiment_argv("exp2")
     assert argv[0] == "--quick" and argv[argv.index("--data") + 1] == "scene.npz"
     assert cpu.expected_precision("exp2") == "bf16-amp" and cpu.expected_world_size("exp5") == 2
     assert "--tile" not in gpu.hw_eval_argv()  # hw_eval's own tile on a GPU machine, a small one on the CPU
     assert cpu.hw_eval_argv() == ["hw_eval.py", "--runs", str(tmp_path), "--out", str(tmp_path / "hw_eval"),
-                                  "--tile", str(gpu_check.CPU_HW_TILE)]
+                                  "--tile", str(CPU_HW_TILE)]
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "1"], "--steps must be at least 2"),
     (["--only", "exp7"], "argument --only: invalid choice"),
     (["--timeout", "0"], "--timeout must be positive"),
-    (["--skip", *gpu_check.BY_NAME], "--skip leaves no check to run"),
+    (["--skip", *BY_NAME], "--skip leaves no check to run"),
 ])
 def test_bad_options_are_one_line_with_exit_code_2(argv, message, tmp_path):
     result = run_gpu_check(*argv, "--device", "cpu", "--out", tmp_path / "out")
@@ -83,13 +86,13 @@ def ended_within(pid: int, seconds: float) -> bool:
 
 
 def test_a_timed_out_command_fails_its_check_and_ends_its_processes(tmp_path):
-    result = gpu_check.Result("slow", "sleeps")
+    result = runners.Result("slow", "sleeps")
     child_pid = tmp_path / "child.pid"
     code = (f"import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
             f"open({str(child_pid)!r}, 'w').write(str(p.pid)); p.wait()")
     start = time.monotonic()
-    with pytest.raises(gpu_check.CheckFailed, match="^timed out after 3 s$"):
-        gpu_check.run_command(["-c", code], result, tmp_path / "slow.log", timeout_s=3)
+    with pytest.raises(runners.CheckFailed, match="^timed out after 3 s$"):
+        runners.run_command(["-c", code], result, tmp_path / "slow.log", timeout_s=3)
     assert time.monotonic() - start < 30  # not waiting for the grandchild, which holds the output pipes
     pid = int(child_pid.read_text())
     assert ended_within(pid, 5)  # killed: it closed the output pipes as it exited, and may still be exiting
@@ -97,11 +100,11 @@ def test_a_timed_out_command_fails_its_check_and_ends_its_processes(tmp_path):
 
 
 def test_hw_eval_without_its_toolchain_is_skipped_with_its_reason(tmp_path, monkeypatch):
-    probe = subprocess.run([sys.executable, "-c", gpu_check.TOOLCHAIN_PROBE], cwd=REPO, capture_output=True, text=True)
+    probe = subprocess.run([sys.executable, "-c", runners.TOOLCHAIN_PROBE], cwd=REPO, capture_output=True, text=True)
     assert probe.returncode == 0, probe.stderr  # here the toolchain is complete (tests/test_hw_eval.py needs it)
-    monkeypatch.setattr(gpu_check, "TOOLCHAIN_PROBE", "import sys; sys.exit('error: hw_eval.py needs Python >= 3.12')")
-    result = gpu_check.Result("hw_eval", "")
-    gpu_check.check_hw_eval(gpu_check.Plan("cpu", tmp_path, 2, None, 60), result, tmp_path / "hw.log")
+    monkeypatch.setattr(runners, "TOOLCHAIN_PROBE", "import sys; sys.exit('error: hw_eval.py needs Python >= 3.12')")
+    result = runners.Result("hw_eval", "")
+    runners.check_hw_eval(Plan("cpu", tmp_path, 2, None, 60), result, tmp_path / "hw.log")
     assert (result.status, result.note) == ("skip", "hw_eval.py needs Python >= 3.12")
 
 
@@ -126,42 +129,42 @@ def fake_run(run_dir: Path, drop: tuple[str, ...] = (), **summary) -> None:
 ])
 def test_a_run_directory_that_shows_other_settings_than_asked_for_fails_its_check(tmp_path, monkeypatch, summary,
                                                                                 message):
-    monkeypatch.setattr(gpu_check, "run_command", lambda *args: None)
+    monkeypatch.setattr(runners, "run_command", lambda *args: None)
     fake_run(tmp_path / "exp1", **summary)
-    result = gpu_check.Result("exp1", "")
-    plan = gpu_check.Plan("cpu", tmp_path, 8, None, 60)
+    result = runners.Result("exp1", "")
+    plan = Plan("cpu", tmp_path, 8, None, 60)
     if message is None:
-        gpu_check.check_experiment(plan, "exp1", result, tmp_path / "log")
+        runners.check_experiment(plan, "exp1", result, tmp_path / "log")
         assert result.metrics["steady_samples_per_s"] == 1000  # the last logged interval, past the warm-up
         assert (result.metrics["train_samples_per_s"], result.metrics["peak_mem_bytes"]) == (900, 2**30)
     else:
-        with pytest.raises(gpu_check.CheckFailed, match=re.escape(message)):
-            gpu_check.check_experiment(plan, "exp1", result, tmp_path / "log")
+        with pytest.raises(runners.CheckFailed, match=re.escape(message)):
+            runners.check_experiment(plan, "exp1", result, tmp_path / "log")
 
 
 def test_the_compile_check_trains_exp1_compiled_and_exp4_eager_and_divides_compiled_by_eager(tmp_path, monkeypatch):
     commands = []
-    monkeypatch.setattr(gpu_check, "run_command", lambda argv, *args: commands.append(argv))
+    monkeypatch.setattr(runners, "run_command", lambda argv, *args: commands.append(argv))
     for name in ("exp1", "exp4"):  # the flipped runs: 1000 steady samples/s each (fake_run's last interval)
-        fake_run(tmp_path / gpu_check.FLIPPED / name)
-    results = {"exp1": gpu_check.Result("exp1", "", metrics={"steady_samples_per_s": 500}),
-               "exp4": gpu_check.Result("exp4", "", metrics={"steady_samples_per_s": 4000})}
-    result = gpu_check.Result("compile", "")
-    gpu_check.check_compile(gpu_check.Plan("cuda", tmp_path, 8, None, 60), results, result, tmp_path / "log")
+        fake_run(tmp_path / runners.FLIPPED / name)
+    results = {"exp1": runners.Result("exp1", "", metrics={"steady_samples_per_s": 500}),
+               "exp4": runners.Result("exp4", "", metrics={"steady_samples_per_s": 4000})}
+    result = runners.Result("compile", "")
+    runners.check_compile(Plan("cuda", tmp_path, 8, None, 60), results, result, tmp_path / "log")
     # The last --compile wins: exp4's check command compiles, this one does not.
     assert [(argv[0], argv[argv.index("--out") + 1], argv[-3:]) for argv in commands] == [
         ("exp1.py", str(tmp_path / "compile"), ["--compile", "on", "--overwrite"]),
         ("exp4.py", str(tmp_path / "compile"), ["--compile", "off", "--overwrite"])]
     assert result.metrics == {"exp1_compiled_over_eager": 2.0, "exp4_compiled_over_eager": 4.0}
-    assert gpu_check.Plan("cpu", tmp_path, 8, None, 60).skip_reason("compile").startswith("on a GPU only")
+    assert Plan("cpu", tmp_path, 8, None, 60).skip_reason("compile").startswith("on a GPU only")
 
 
 def test_a_ddp_run_with_another_world_size_fails_its_check(tmp_path, monkeypatch):
-    monkeypatch.setattr(gpu_check, "run_command", lambda *args: None)
+    monkeypatch.setattr(runners, "run_command", lambda *args: None)
     fake_run(tmp_path / "exp5", world_size=1)
-    with pytest.raises(gpu_check.CheckFailed, match=re.escape("world_size 1 (expected 2)")):
-        gpu_check.check_experiment(gpu_check.Plan("cpu", tmp_path, 8, None, 60), "exp5", gpu_check.Result("exp5", ""),
-                                   tmp_path / "log")
+    with pytest.raises(runners.CheckFailed, match=re.escape("world_size 1 (expected 2)")):
+        runners.check_experiment(Plan("cpu", tmp_path, 8, None, 60), "exp5", runners.Result("exp5", ""),
+                                 tmp_path / "log")
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +198,7 @@ def test_a_reduced_cpu_sequence_passes_with_a_table_and_gpu_check_json(tmp_path,
     assert (report["capability"], report["budget_s"], report["estimated_s"]) == (None, None, None)  # a T4's budget
     checks = {c["name"]: c for c in report["checks"]}
     assert report["seconds"] == round(sum(c["seconds"] for c in checks.values()), 1)
-    assert all(c["timeout_s"] == gpu_check.CPU_TIMEOUT_S and c["estimated_s"] is None for c in checks.values())
+    assert all(c["timeout_s"] == CPU_TIMEOUT_S and c["estimated_s"] is None for c in checks.values())
     for name, precision in (("exp1", "fp32"), ("exp2", "bf16-amp")):
         metrics = checks[name]["metrics"]
         assert (metrics["precision"], metrics["world_size"], metrics["steps"]) == (precision, 1, 8)
@@ -207,30 +210,29 @@ def test_a_reduced_cpu_sequence_passes_with_a_table_and_gpu_check_json(tmp_path,
 
     # MFU from those runs, against a fake matmul clock: 0.5 s for MATMUL_PASSES passes at each run's shapes.
     monkeypatch.setattr(bench, "matmul_seconds", lambda shapes, dtype, device, repeats: 0.5)
-    plan = gpu_check.Plan("cpu", out, 8, str(small_scene), 60)
-    results = {name: gpu_check.Result(name, "", metrics=checks[name]["metrics"]) for name in ("exp1", "exp2")}
+    plan = Plan("cpu", out, 8, str(small_scene), 60)
+    results = {name: runners.Result(name, "", metrics=checks[name]["metrics"]) for name in ("exp1", "exp2")}
     # A DDP run of 2 CPU processes from before summary.json had micro_batch_rays: each rank's matmuls take half
     # the rays, and both share this machine's cores.
-    results["exp5"] = gpu_check.Result("exp5", "", metrics={**checks["exp1"]["metrics"], "world_size": 2,
-                                                            "micro_batch_rays": None})
+    results["exp5"] = runners.Result("exp5", "", metrics={**checks["exp1"]["metrics"], "world_size": 2,
+                                                          "micro_batch_rays": None})
     # exp3's 1024 rays in micro-batches of 64: its matmuls take 64 rays at a time.
-    results["exp3"] = gpu_check.Result("exp3", "", metrics={**checks["exp2"]["metrics"], "micro_batch_rays": 64})
-    gpu_check.check_mfu(plan, results, gpu_check.Result("mfu", ""))
+    results["exp3"] = runners.Result("exp3", "", metrics={**checks["exp2"]["metrics"], "micro_batch_rays": 64})
+    runners.check_mfu(plan, results, runners.Result("mfu", ""))
     per_ray = 16 + 16 + 32  # the quick preset's MLP queries per ray: coarse, then coarse and fine again
     for name, dtype, rays in (("exp1", "float32", 256), ("exp2", "bfloat16", 256), ("exp5", "float32", 128),
                               ("exp3", "bfloat16", 64)):
-        matmul_rate = 3 * 2 * rays * per_ray * (39 * 128 + 3 * 128 * 128 + 128 * 4) * gpu_check.MATMUL_PASSES / 0.5
+        matmul_rate = 3 * 2 * rays * per_ray * (39 * 128 + 3 * 128 * 128 + 128 * 4) * runners.MATMUL_PASSES / 0.5
         metrics = results[name].metrics
         assert metrics["flops_per_sample"] == QUICK_FLOPS_PER_SAMPLE and metrics["matmul_dtype"] == dtype
         assert metrics["matmul_flops_per_s"] == round(matmul_rate)
         assert metrics["mfu"] == round(metrics["steady_samples_per_s"] * QUICK_FLOPS_PER_SAMPLE / matmul_rate, 3)
 
 
-def gpu_plan(tmp_path, profile: str, gpu_count: int, steps: int = gpu_check.DEFAULT_STEPS["cuda"], **options):
+def gpu_plan(tmp_path, profile: str, gpu_count: int, steps: int = DEFAULT_STEPS["cuda"], **options):
     """The plan gpu_check.py makes on a machine with gpu_count GPUs of a profile (gpus.PROFILES)."""
     options = {"data": None, "timeout_s": None, "hw_eval": False, **options}  # hw_eval: gpu_check.py's default
-    return gpu_check.Plan("cuda", tmp_path, steps, capability=gpus.PROFILES[profile].capability, gpu_count=gpu_count,
-                          **options)
+    return Plan("cuda", tmp_path, steps, capability=gpus.PROFILES[profile].capability, gpu_count=gpu_count, **options)
 
 
 def option(argv: list[str], flag: str) -> str:
@@ -239,7 +241,7 @@ def option(argv: list[str], flag: str) -> str:
 
 def test_a_t4_plan_leaves_out_ddp_tf32_bf16_and_hw_eval_with_their_reasons(tmp_path):
     t4 = gpu_plan(tmp_path, "t4", 1)
-    reasons = {check.name: t4.skip_reason(check.name) for check in gpu_check.CHECKS}
+    reasons = {check.name: t4.skip_reason(check.name) for check in CHECKS}
     assert reasons == {
         "exp1": None, "exp2": None, "exp3": None, "exp4": None,
         "exp5": "DDP needs 2 or more GPUs; this machine has 1",
@@ -250,16 +252,16 @@ def test_a_t4_plan_leaves_out_ddp_tf32_bf16_and_hw_eval_with_their_reasons(tmp_p
         "hw_eval": "CPU work, off on a GPU machine: --hw-eval runs it", "mfu": None}
     # One L4 (8.9): TF32 and bf16, no DDP.
     l4 = gpu_plan(tmp_path, "l4", 1)
-    assert [n for n in gpu_check.BY_NAME if l4.skip_reason(n)] == ["exp5", "exp6", "hw_eval"]
+    assert [n for n in BY_NAME if l4.skip_reason(n)] == ["exp5", "exp6", "hw_eval"]
     # The CPU runs DDP over 2 processes and hw_eval; it has no TF32, its exp2 is bf16 already.
-    cpu = gpu_check.Plan("cpu", tmp_path, 20, None, None)
-    assert [n for n in gpu_check.BY_NAME if cpu.skip_reason(n)] == ["tf32", "bf16", "compile"]
+    cpu = Plan("cpu", tmp_path, 20, None, None)
+    assert [n for n in BY_NAME if cpu.skip_reason(n)] == ["tf32", "bf16", "compile"]
 
 
 def test_an_a100_pair_plans_every_check_and_ddp_over_both(tmp_path):
     a100 = gpu_plan(tmp_path, "a100-80", 2, hw_eval=True)
-    assert [n for n in gpu_check.BY_NAME if a100.skip_reason(n)] == []
-    assert [a100.expected_world_size(n) for n in gpu_check.EXPERIMENTS] == [1, 1, 1, 1, 2, 2]
+    assert [n for n in BY_NAME if a100.skip_reason(n)] == []
+    assert [a100.expected_world_size(n) for n in EXPERIMENTS] == [1, 1, 1, 1, 2, 2]
     tf32 = a100.experiment_argv("tf32")
     config = configs.parse_args("exp1", tf32)[0]
     assert config.tf32 and config.precision == "fp32" and option(tf32, "--out") == str(tmp_path / "tf32")
@@ -271,8 +273,8 @@ def test_an_a100_pair_plans_every_check_and_ddp_over_both(tmp_path):
 @pytest.mark.parametrize("device, per_process", [("cuda", 4 * 4096), ("cpu", 4 * 256)])
 def test_every_run_has_the_occupancy_grid_and_exp3_runs_in_four_micro_batches(tmp_path, device, per_process):
     plan = (gpu_plan(tmp_path, "t4", 1) if device == "cuda"
-            else gpu_check.Plan("cpu", tmp_path, 20, None, None))
-    for name in gpu_check.RUNS:
+            else Plan("cpu", tmp_path, 20, None, None))
+    for name in RUNS:
         experiment = plan.experiment(name)
         config = configs.parse_args(experiment, plan.experiment_argv(name))[0]
         assert config.occupancy_grid
@@ -282,27 +284,27 @@ def test_every_run_has_the_occupancy_grid_and_exp3_runs_in_four_micro_batches(tm
 
 def test_the_default_t4_plan_fits_its_budget_and_says_so(tmp_path):
     t4 = gpu_plan(tmp_path, "t4", 1)
-    checks = gpu_check.selected(None, [])
-    total = gpu_check.estimated_total(t4, checks)
-    assert 0 < total <= gpu_check.BUDGET_S
+    checks = selected(None, [])
+    total = estimated_total(t4, checks)
+    assert 0 < total <= BUDGET_S
     # The skipped checks cost nothing; the estimates grow with the steps; hw_eval, when asked for, is over it.
     assert total == sum(t4.estimate_s(n) for n in ("exp1", "exp2", "exp3", "exp4", "resume", "compile", "ptq", "mfu"))
     assert gpu_plan(tmp_path, "t4", 1, steps=100).estimate_s("exp1") > t4.estimate_s("exp1")
-    assert gpu_check.estimated_total(gpu_plan(tmp_path, "t4", 1, hw_eval=True), checks) > gpu_check.BUDGET_S
-    lines = gpu_check.describe(t4, checks)
+    assert estimated_total(gpu_plan(tmp_path, "t4", 1, hw_eval=True), checks) > BUDGET_S
+    lines = describe(t4, checks)
     assert lines[0].split()[:2] == ["exp1", f"~{t4.estimate_s('exp1'):.0f}"]
     assert lines[4].split(maxsplit=2) == ["exp5", "skip", "DDP needs 2 or more GPUs; this machine has 1"]
-    assert lines[-1].startswith(f"estimated {total:.0f} s") and f"within the {gpu_check.BUDGET_S} s budget" in lines[-1]
-    cpu = gpu_check.describe(gpu_check.Plan("cpu", tmp_path, 20, None, None), checks)
+    assert lines[-1].startswith(f"estimated {total:.0f} s") and f"within the {BUDGET_S} s budget" in lines[-1]
+    cpu = describe(Plan("cpu", tmp_path, 20, None, None), checks)
     assert not any(line.startswith("estimated") for line in cpu)  # the estimates are a T4's
 
 
 def test_a_gpu_commands_timeout_follows_its_checks_estimate_unless_given(tmp_path):
     t4 = gpu_plan(tmp_path, "t4", 1)
-    assert t4.command_timeout("exp4") == gpu_check.TIMEOUT_FACTOR * t4.estimate_s("exp4") > gpu_check.MIN_TIMEOUT_S
-    assert t4.command_timeout("mfu") == gpu_check.MIN_TIMEOUT_S
+    assert t4.command_timeout("exp4") == TIMEOUT_FACTOR * t4.estimate_s("exp4") > MIN_TIMEOUT_S
+    assert t4.command_timeout("mfu") == MIN_TIMEOUT_S
     assert gpu_plan(tmp_path, "t4", 1, timeout_s=60).command_timeout("exp4") == 60
-    assert gpu_check.Plan("cpu", tmp_path, 20, None, None).command_timeout("exp4") == gpu_check.CPU_TIMEOUT_S
+    assert Plan("cpu", tmp_path, 20, None, None).command_timeout("exp4") == CPU_TIMEOUT_S
 
 
 @pytest.mark.parametrize("summary, message", [
@@ -313,15 +315,15 @@ def test_a_gpu_commands_timeout_follows_its_checks_estimate_unless_given(tmp_pat
 ])
 def test_exp3_fails_when_its_summary_shows_no_micro_batching(tmp_path, monkeypatch, summary, message):
     commands = []
-    monkeypatch.setattr(gpu_check, "run_command", lambda argv, *args: commands.append(argv))
+    monkeypatch.setattr(runners, "run_command", lambda argv, *args: commands.append(argv))
     t4 = gpu_plan(tmp_path, "t4", 1)
     fake_run(tmp_path / "exp3", device="cuda:0", precision="fp16-amp", steps=6, **summary)
-    result = gpu_check.Result("exp3", "")
+    result = runners.Result("exp3", "")
     if message:
-        with pytest.raises(gpu_check.CheckFailed, match=re.escape(message)):
-            gpu_check.check_experiment(t4, "exp3", result, tmp_path / "log")
+        with pytest.raises(runners.CheckFailed, match=re.escape(message)):
+            runners.check_experiment(t4, "exp3", result, tmp_path / "log")
         return
-    gpu_check.check_experiment(t4, "exp3", result, tmp_path / "log")
+    runners.check_experiment(t4, "exp3", result, tmp_path / "log")
     assert option(commands[0], "--micro-batch-rays") == "4096"
     assert (result.metrics["micro_batch_rays"], result.metrics["micro_batches"]) == (
         summary.get("micro_batch_rays"), summary.get("micro_batches"))
@@ -336,16 +338,16 @@ def test_exp3_fails_when_its_summary_shows_no_micro_batching(tmp_path, monkeypat
 ])
 def test_a_tf32_or_bf16_run_must_show_its_number_format(tmp_path, monkeypatch, name, summary, message):
     commands = []
-    monkeypatch.setattr(gpu_check, "run_command", lambda argv, *args: commands.append(argv))
+    monkeypatch.setattr(runners, "run_command", lambda argv, *args: commands.append(argv))
     a100 = gpu_plan(tmp_path, "a100-40", 1, steps=8)
-    experiment = gpu_check.VARIANTS[name].experiment
+    experiment = VARIANTS[name].experiment
     fake_run(tmp_path / name / experiment, device="cuda:0", **summary)  # beside, not over, the experiment's own run
-    result = gpu_check.Result(name, "")
+    result = runners.Result(name, "")
     if message:
-        with pytest.raises(gpu_check.CheckFailed, match=re.escape(message)):
-            gpu_check.check_experiment(a100, name, result, tmp_path / "log")
+        with pytest.raises(runners.CheckFailed, match=re.escape(message)):
+            runners.check_experiment(a100, name, result, tmp_path / "log")
     else:
-        gpu_check.check_experiment(a100, name, result, tmp_path / "log")
+        runners.check_experiment(a100, name, result, tmp_path / "log")
         assert commands[0][0] == f"{experiment}.py" and result.metrics["steady_samples_per_s"] == 1000
 
 
@@ -354,7 +356,7 @@ def test_a_fake_t4_sequence_records_capability_kernels_memory_and_micro_batches(
 
     monkeypatch.setattr(gpu_check, "resolve_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(gpu_check, "gpu_properties", lambda device: {"capability": (7, 5), "gpu_count": 1})
-    monkeypatch.setattr(gpu_check, "environment", lambda plan: {})
+    monkeypatch.setattr(table, "environment", lambda plan: {})
     runs = {"exp3": {"precision": "fp16-amp", "steps": 6, "micro_batch_rays": 4096, "micro_batches": 4,
                      "int8_kernel": None, "compiled": False, "peak_reserved_bytes": 3 * 2**30},
             "exp4": {"precision": "ternary-int8", "steps": 24, "int8_kernel": "int-mm-padded", "compiled": True,
@@ -366,13 +368,13 @@ def test_a_fake_t4_sequence_records_capability_kernels_memory_and_micro_batches(
         timeouts[name] = timeout_s
         fake_run(Path(option(argv, "--out")) / name, device="cuda:0", capability="7.5", **runs[name])
 
-    monkeypatch.setattr(gpu_check, "run_command", run_command)
+    monkeypatch.setattr(runners, "run_command", run_command)
     with pytest.raises(SystemExit) as exit:
         gpu_check.main(["--device", "cuda", "--only", "exp3", "exp4", "exp5", "tf32", "bf16", "--out", str(tmp_path)])
     assert exit.value.code == 0
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     plan = gpu_plan(tmp_path, "t4", 1)
-    assert (report["capability"], report["gpu_count"], report["budget_s"]) == ("7.5", 1, gpu_check.BUDGET_S)
+    assert (report["capability"], report["gpu_count"], report["budget_s"]) == ("7.5", 1, BUDGET_S)
     assert report["estimated_s"] == plan.estimate_s("exp3") + plan.estimate_s("exp4")
     checks = {c["name"]: c for c in report["checks"]}
     for name in ("exp3", "exp4"):
@@ -405,18 +407,18 @@ def test_a_check_the_device_leaves_out_runs_nothing_and_says_why(tmp_path, monke
     def run_command(*args):
         raise AssertionError("a skipped check ran a command")
 
-    monkeypatch.setattr(gpu_check, "run_command", run_command)
-    checks = [gpu_check.BY_NAME[n] for n in ("exp5", "exp6", "tf32", "bf16", "hw_eval")]
-    results = gpu_check.run_checks(gpu_plan(tmp_path, "t4", 1), checks)
+    monkeypatch.setattr(runners, "run_command", run_command)
+    checks = [BY_NAME[n] for n in ("exp5", "exp6", "tf32", "bf16", "hw_eval")]
+    results = runners.run_checks(gpu_plan(tmp_path, "t4", 1), checks)
     assert all(r.status == "skip" and r.note and r.commands == [] for r in results.values())
     # compile's own reason, not that of the exp1 and exp4 runs it needs (absent here).
-    cpu_results = gpu_check.run_checks(gpu_check.Plan("cpu", tmp_path, 8, None, 60), [gpu_check.BY_NAME["compile"]])
+    cpu_results = runners.run_checks(Plan("cpu", tmp_path, 8, None, 60), [BY_NAME["compile"]])
     assert (cpu_results["compile"].status, cpu_results["compile"].note) == (
         "skip", "on a GPU only: the CPU's measurement is BENCHMARKS.md's")
 
 
 def test_speedups_divide_each_faster_runs_steady_rate_by_exp1s():
-    results = {name: gpu_check.Result(name, "", metrics={"steady_samples_per_s": rate})
+    results = {name: runners.Result(name, "", metrics={"steady_samples_per_s": rate})
                for name, rate in (("exp1", 500), ("exp2", 1500), ("exp3", 2000), ("tf32", 1000), ("bf16", 1750))}
     results["exp3"].status = "fail"
-    assert gpu_check.speedups(results) == {"exp2_over_exp1": 3.0, "tf32_over_exp1": 2.0, "bf16_over_exp1": 3.5}
+    assert table.speedups(results) == {"exp2_over_exp1": 3.0, "tf32_over_exp1": 2.0, "bf16_over_exp1": 3.5}

@@ -1,5 +1,7 @@
 import csv
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +10,9 @@ import pytest
 
 import hw_eval
 import report
+from accel import architectures, components, mapping, study, toolchain, workloads
+from accel.results import DESIGN_TITLES, ENERGY_GROUPS, RUN_RESULTS, WEIGHTS_ASSUMED_DENSE, WEIGHTS_MEASURED, si
+from reporting.hardware import HW_COLUMNS
 
 FP32, AMP, TERNARY = (32, 32, 32), (16, 16, 16), (2, 8, 8)  # (weight, input, output) bits
 TILE = 256  # samples per mapped tile: small, for a quick mapper
@@ -32,11 +37,11 @@ def nerf_field(bits=FP32, head_bits=FP32) -> list[dict]:
 
 def test_each_layer_reads_its_source_through_the_skip_and_the_colour_branch():
     # -1 is the encoded point; the skip layer and the view layer read a narrower output, widened.
-    assert hw_eval.layer_inputs(nerf_field()) == [-1, 0, 1, 2, 2, 4, 5]
+    assert workloads.layer_inputs(nerf_field()) == [-1, 0, 1, 2, 2, 4, 5]
 
 
 def test_workload_has_one_einsum_per_layer_with_bits_from_the_run():
-    workload = hw_eval.field_workload(nerf_field(TERNARY, head_bits=FP32), rows=64)
+    workload = workloads.field_workload(nerf_field(TERNARY, head_bits=FP32), rows=64)
     einsums = {e["name"]: e for e in workload["einsums"]}
     assert list(einsums) == ["layers_0", "layers_1", "layers_2", "density_head", "feature", "view_layer", "rgb_head"]
     bits = {a["name"]: a["bits_per_value"] for e in workload["einsums"] for a in e["tensor_accesses"]}
@@ -54,24 +59,24 @@ def test_integer_partial_sums_are_as_wide_as_the_widest_sum_needs():
     # The widest integer layer is layers.2: 2-bit x 8-bit products need 9 bits, and summing 31 of them
     # (up to 32 = 2^5) 5 more: 14. The fp32 heads' sums are float, however wide.
     ternary = nerf_field(TERNARY, head_bits=FP32) + [layer("coarse.wide_head", 1024, 1, FP32)]
-    assert hw_eval.int_accumulator_bits(ternary) == 14
+    assert components.int_accumulator_bits(ternary) == 14
     # int8 x int8 over 64 terms: 15-bit products, 6 more bits for 64 = 2^6 terms.
-    assert hw_eval.int_accumulator_bits([layer("coarse.layers.0", 64, 16, (8, 8, 8))]) == 21
-    assert hw_eval.int_accumulator_bits(nerf_field(FP32)) == 32  # no integer layer: fp32 sums
+    assert components.int_accumulator_bits([layer("coarse.layers.0", 64, 16, (8, 8, 8))]) == 21
+    assert components.int_accumulator_bits(nerf_field(FP32)) == 32  # no integer layer: fp32 sums
 
 
 def test_mac_models_cost_less_at_fewer_bits():
-    fp32 = hw_eval.LayerMAC(45e-9, 32, 32, 32).compute().energy
-    fp16 = hw_eval.LayerMAC(45e-9, 16, 16, 32).compute().energy
-    ternary_int8 = hw_eval.LayerMAC(45e-9, *TERNARY[:2], 14).compute().energy
+    fp32 = components.LayerMAC(45e-9, 32, 32, 32).compute().energy
+    fp16 = components.LayerMAC(45e-9, 16, 16, 32).compute().energy
+    ternary_int8 = components.LayerMAC(45e-9, *TERNARY[:2], 14).compute().energy
     assert fp32 == pytest.approx(3.7e-12 + 0.9e-12)  # Horowitz, ISSCC 2014, at its own 45 nm
     assert fp32 > fp16 > ternary_int8 > 0
 
 
-def write_run(runs_dir, name: str, experiment: str, precision: str, layers: list[dict]) -> None:
+def write_run(runs_dir, name: str, experiment: str, precision: str, layers: list[dict], **summary) -> None:
     run_dir = runs_dir / name
     run_dir.mkdir(parents=True)
-    (run_dir / "summary.json").write_text(json.dumps({"experiment": experiment, "precision": precision}))
+    (run_dir / "summary.json").write_text(json.dumps({"experiment": experiment, "precision": precision, **summary}))
     (run_dir / "layers.json").write_text(json.dumps({"layers": layers}))
 
 
@@ -94,7 +99,8 @@ def evaluated(tmp_path_factory):
     write_run(runs, "exp3", "exp3", "bf16-amp", one_layer_fields(AMP, 0.5))
     # BitNeRF with measured ternary zeros (70 % of its weights nonzero) and joint density.
     write_run(runs, "exp4", "exp4", "ternary-int8",
-              [{**l, "weight_density": 0.7, "joint_density": 0.5} for l in one_layer_fields(TERNARY, 0.25)])
+              [{**l, "weight_density": 0.7, "joint_density": 0.5} for l in one_layer_fields(TERNARY, 0.25)],
+              run_id="exp4-run-id")  # the others' summaries are from before run_id was recorded
     # exp1's layers on frames of twice the samples: the same tiles (no more mapping), scaled twice as far.
     write_run(runs, "exp1_double", "exp1_double", "fp32",
               [{**l, "samples_per_frame": 2 * l["samples_per_frame"]} for l in one_layer_fields(FP32, 0.25)])
@@ -104,14 +110,14 @@ def evaluated(tmp_path_factory):
     # exp1's workload with no zeros anywhere, weights measured dense.
     write_run(runs, "exp1_dense", "exp1_dense", "fp32",
               [{**l, "weight_density": 1.0} for l in one_layer_fields(FP32, 0.0)])
-    rows = hw_eval.evaluate(runs, list(hw_eval.ARCHITECTURES), tmp / "out", tile=TILE, jobs=2)  # a process pool
+    rows = hw_eval.evaluate(runs, list(architectures.ARCHITECTURES), tmp / "out", tile=TILE, jobs=2)  # a process pool
     return (runs, tmp / "out", {(r["run"], r["arch"]): r for r in rows if r["design"] == "dense"},
             {(r["run"], r["arch"], r["design"]): r for r in rows})
 
 
 def test_concatenated_inputs_are_mapped_with_all_their_macs():
     field = [layer("coarse.layers.0", 6, 16), layer("coarse.output_head", 16 + 6, 1)]
-    mapped = hw_eval.map_tile("tpu_v4i", hw_eval.field_workload(field, TILE), hw_eval.FLOAT_ACCUMULATOR_BITS)
+    mapped = mapping.map_tile("tpu_v4i", workloads.field_workload(field, TILE), components.FLOAT_ACCUMULATOR_BITS)
     assert mapped["macs"] == TILE * (6 * 16 + 22 * 1)
     assert set(mapped["mac_energy_j"]) == {"layers_0", "output_head"}
 
@@ -123,7 +129,7 @@ def test_mapped_macs_equal_the_layers_multiply_accumulates(evaluated):
         assert row["macs_per_frame"] == (2 if run == "exp1_double" else 1) * 6_291_456
 
 
-@pytest.mark.parametrize("arch", list(hw_eval.ARCHITECTURES))
+@pytest.mark.parametrize("arch", list(architectures.ARCHITECTURES))
 def test_energy_falls_as_bitwidths_fall(evaluated, arch):
     _, _, rows, _ = evaluated
     fp32, amp, ternary = (rows[run, arch] for run in ("exp1", "exp2", "exp4"))
@@ -133,7 +139,7 @@ def test_energy_falls_as_bitwidths_fall(evaluated, arch):
 
 def test_a_frame_of_twice_the_samples_costs_twice(evaluated):
     _, _, rows, _ = evaluated
-    for arch in hw_eval.ARCHITECTURES:
+    for arch in architectures.ARCHITECTURES:
         frame, double = rows["exp1", arch], rows["exp1_double", arch]
         for column in ("energy_per_frame_j", "energy_dram_j", "energy_mac_j", "latency_per_frame_s", "macs_per_frame"):
             assert double[column] == pytest.approx(2 * frame[column])
@@ -143,8 +149,8 @@ def test_a_frame_of_twice_the_samples_costs_twice(evaluated):
 
 def test_energy_without_the_grid_costs_every_sample_of_the_frame(evaluated):
     _, _, _, rows = evaluated
-    for arch in hw_eval.ARCHITECTURES:
-        for design in hw_eval.DESIGNS:
+    for arch in architectures.ARCHITECTURES:
+        for design in DESIGN_TITLES:
             plain, grid = rows["exp1", arch, design], rows["exp1_grid", arch, design]
             assert grid["energy_per_frame_j"] == pytest.approx(plain["energy_per_frame_j"])
             assert grid["energy_without_grid_j"] == pytest.approx(2 * grid["energy_per_frame_j"])
@@ -153,7 +159,7 @@ def test_energy_without_the_grid_costs_every_sample_of_the_frame(evaluated):
 
 def test_zero_gating_saves_the_sparse_share_of_mac_energy(evaluated):
     _, _, rows, _ = evaluated
-    for arch in hw_eval.ARCHITECTURES:
+    for arch in architectures.ARCHITECTURES:
         amp, amp_sparser = rows["exp2", arch], rows["exp3", arch]
         assert amp["zero_gating_saving_frac"] == pytest.approx(0.25 * amp["energy_mac_j"] / amp["energy_per_frame_j"])
         assert amp_sparser["zero_gating_saving_frac"] == pytest.approx(2 * amp["zero_gating_saving_frac"])
@@ -162,14 +168,14 @@ def test_zero_gating_saves_the_sparse_share_of_mac_energy(evaluated):
 def test_identical_workloads_are_mapped_once_and_a_second_run_maps_nothing(evaluated, monkeypatch):
     runs, out, rows, designs = evaluated
     # Per architecture: one workload per precision (coarse and fine, exp2 and exp3 share theirs).
-    assert len(list((out / ".cache").glob("*.json"))) == 3 * len(hw_eval.ARCHITECTURES)
+    assert len(list((out / ".cache").glob("*.json"))) == 3 * len(architectures.ARCHITECTURES)
     assert rows["exp3", "tpu_v4i"]["energy_per_frame_j"] == rows["exp2", "tpu_v4i"]["energy_per_frame_j"]
 
     def no_mapping(*args):
         raise AssertionError("the mapper ran although every workload is cached")
 
-    monkeypatch.setattr(hw_eval, "map_tile", no_mapping)
-    again = hw_eval.evaluate(runs, list(hw_eval.ARCHITECTURES), out, tile=TILE)
+    monkeypatch.setattr(mapping, "map_tile", no_mapping)
+    again = hw_eval.evaluate(runs, list(architectures.ARCHITECTURES), out, tile=TILE)
     assert {(r["run"], r["arch"], r["design"]): r for r in again} == designs
 
 
@@ -177,7 +183,7 @@ def test_results_csv_and_tables(evaluated):
     _, out, _, designs = evaluated
     with open(out / "results.csv") as f:
         reader = csv.DictReader(f)
-        assert set(report.HW_COLUMNS) <= set(reader.fieldnames)  # what report.py reads
+        assert set(HW_COLUMNS) <= set(reader.fieldnames)  # what report.py reads
         written = {(r["run"], r["arch"], r["design"]): r for r in reader}
     assert written.keys() == designs.keys()  # a row per run x architecture x design
     assert {design for _, _, design in written} == {"dense", "gating", "skipping"}
@@ -186,9 +192,9 @@ def test_results_csv_and_tables(evaluated):
                        "input_density", "weight_density", "effectual_density", "mac_time_frac",
                        "energy_weights_dense_j"):
             assert float(written[key][column]) == pytest.approx(row[column], rel=1e-5)
-    for arch in hw_eval.ARCHITECTURES:
+    for arch in architectures.ARCHITECTURES:
         text = (out / f"{arch}.md").read_text()
-        assert "Per 800x800 frame" in text
+        assert "Per 800×800 frame" in text
         energy = text.split("## Energy per frame (J)")[1].split("##")[0]
         cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[4:7]]
                  for line in energy.splitlines() if line.startswith("| exp")}
@@ -204,19 +210,62 @@ def test_results_csv_and_tables(evaluated):
         densities = text.split("## Densities the sparse designs used")[1]
         assert "| exp4 | 0.750 | 0.700 | 0.525 | 0.500 |" in densities
         assert "| exp1 | 0.750 | 1.000 | 0.750 | not measured |" in densities
-        assert hw_eval.WEIGHTS_ASSUMED_DENSE in densities and hw_eval.WEIGHTS_MEASURED in densities
+        assert WEIGHTS_ASSUMED_DENSE in densities and WEIGHTS_MEASURED in densities
+
+
+def test_each_run_directory_gets_its_own_rows_tied_to_the_run(evaluated):
+    runs, out, _, designs = evaluated
+    with open(out / "results.csv") as f:
+        aggregate = list(csv.DictReader(f))
+    for run_dir in sorted(runs.iterdir()):
+        owned = json.loads((run_dir / RUN_RESULTS).read_text())
+        layers_sha256 = hashlib.sha256((run_dir / "layers.json").read_bytes()).hexdigest()
+        # summary.json's run_id where it has one, else layers.json's hash.
+        run_id = "exp4-run-id" if run_dir.name == "exp4" else layers_sha256
+        assert (owned["run_id"], owned["layers_sha256"]) == (run_id, layers_sha256)
+        assert owned["rows"] == [row for key, row in designs.items() if key[0] == run_dir.name]
+        assert {(r["run_id"], r["layers_sha256"]) for r in aggregate if r["run"] == run_dir.name} == {
+            (run_id, layers_sha256)}
+
+
+def test_the_report_shows_a_run_s_results_until_its_layers_change(evaluated, tmp_path, monkeypatch):
+    from test_report import write_run as write_trained_run  # a run directory as training writes it
+
+    runs, out, _, _ = evaluated
+    copy, hw = tmp_path / "runs", tmp_path / "hw"
+    for name in ("exp1", "exp2"):
+        shutil.copy(runs / name / "layers.json", write_trained_run(copy, name) / "layers.json")
+    shutil.copytree(out / ".cache", hw / ".cache")
+    monkeypatch.setattr(mapping, "map_tile", None)  # every tile is cached: the mapper must not run
+    rows = {(r["run"], r["arch"]): r for r in hw_eval.evaluate(copy, list(architectures.ARCHITECTURES), hw, tile=TILE)
+            if r["design"] == "dense"}
+    readme = report.write_report(copy, hw, tmp_path / "report", "report.py").read_text()
+    exp1 = next(line for line in readme.splitlines() if line.startswith("| exp1 |"))
+    assert si(rows["exp1", "eyeriss"]["energy_per_frame_j"], "J") in exp1
+    assert "[eyeriss](" in readme  # hw_eval.py's tables hold these runs as they are
+    # exp1 resumed after hw_eval.py ran: layers.json measured again. Its numbers go; exp2's stay.
+    layers = json.loads((copy / "exp1" / "layers.json").read_text())
+    layers["layers"][0]["input_sparsity"] = 0.3
+    (copy / "exp1" / "layers.json").write_text(json.dumps(layers))
+    readme = report.write_report(copy, hw, tmp_path / "report", "report.py").read_text()
+    exp1, exp2 = (next(line for line in readme.splitlines() if line.startswith(f"| {name} |"))
+                  for name in ("exp1", "exp2"))
+    assert exp1.endswith("| not evaluated | not evaluated | not evaluated | not evaluated |")
+    assert si(rows["exp2", "tpu_v4i"]["energy_per_frame_j"], "J") in exp2
+    assert "Results left out as stale or another run's (computed for another layers.json or run_id): exp1." in readme
+    assert "[eyeriss](" not in readme  # its tables hold exp1 as it was: not linked
 
 
 # --- The sparse designs on the real mapper ------------------------------------------------------------
 
 def test_with_every_density_one_the_designs_equal_dense_exactly(evaluated):
     _, _, _, designs = evaluated
-    for arch in hw_eval.ARCHITECTURES:
+    for arch in architectures.ARCHITECTURES:
         dense = designs["exp1_dense", arch, "dense"]
         for design in ("gating", "skipping"):
             row = designs["exp1_dense", arch, design]
             for column in ("energy_per_frame_j", "latency_per_frame_s", "edp_j_s", *(f"energy_{g}_j" for g in
-                                                                                    hw_eval.ENERGY_GROUPS)):
+                                                                                    ENERGY_GROUPS)):
                 assert row[column] == dense[column], (arch, design, column)  # exactly
         # ... and dense is AccelForge's own mapping: exp1's dense row is exp1_dense's.
         assert designs["exp1", arch, "dense"]["energy_per_frame_j"] == dense["energy_per_frame_j"]
@@ -224,7 +273,7 @@ def test_with_every_density_one_the_designs_equal_dense_exactly(evaluated):
 
 def test_gating_saves_energy_not_cycles_and_skipping_saves_both(evaluated):
     _, _, _, designs = evaluated
-    for arch in hw_eval.ARCHITECTURES:
+    for arch in architectures.ARCHITECTURES:
         dense, gating, skipping = (designs["exp2", arch, d] for d in ("dense", "gating", "skipping"))
         assert gating["latency_per_frame_s"] == dense["latency_per_frame_s"]
         assert gating["energy_dram_j"] == dense["energy_dram_j"]  # gating moves every value still
@@ -240,17 +289,17 @@ def test_gating_saves_energy_not_cycles_and_skipping_saves_both(evaluated):
 
 def test_bitnerf_zero_weights_are_credited_and_measured_separately(evaluated):
     _, _, _, designs = evaluated
-    for arch in hw_eval.ARCHITECTURES:
+    for arch in architectures.ARCHITECTURES:
         row = designs["exp4", arch, "gating"]
         assert row["effectual_density"] == pytest.approx(0.75 * 0.7)  # the product of the densities, as used
         assert row["joint_density_measured"] == pytest.approx(0.5)  # recorded beside it
         assert row["energy_weights_dense_j"] > row["energy_per_frame_j"]  # the zero weights saved energy
         dense = designs["exp4", arch, "dense"]
         assert dense["energy_weights_dense_j"] == dense["energy_per_frame_j"]  # dense has nothing to credit
-        assert row["weight_density_source"] == hw_eval.WEIGHTS_MEASURED
+        assert row["weight_density_source"] == WEIGHTS_MEASURED
         # A run without weight_density in layers.json still evaluates, its weights taken as dense.
         assert designs["exp2", arch, "gating"]["weight_density"] == 1.0
-        assert designs["exp2", arch, "gating"]["weight_density_source"] == hw_eval.WEIGHTS_ASSUMED_DENSE
+        assert designs["exp2", arch, "gating"]["weight_density_source"] == WEIGHTS_ASSUMED_DENSE
     assert designs["exp4", "tpu_v4i", "gating"]["energy_mac_j"] == pytest.approx(
         0.75 * 0.7 * designs["exp4", "tpu_v4i", "dense"]["energy_mac_j"])
 
@@ -265,20 +314,20 @@ def test_a_run_without_weight_densities_is_said_to_be_taken_as_dense(evaluated, 
 
 def test_partial_sums_are_told_from_final_outputs_by_the_spec_s_access_width():
     field = [layer("coarse.layers.0", 6, 16)]
-    workload = hw_eval.field_workload(field, 64)
-    assert hw_eval.output_elements(workload) == {"layers_0": 64 * 16}
-    per_action = hw_eval.bits_per_action(hw_eval.build_spec("eyeriss", workload, 32))
+    workload = workloads.field_workload(field, 64)
+    assert mapping.output_elements(workload) == {"layers_0": 64 * 16}
+    per_action = mapping.bits_per_action(architectures.build_spec("eyeriss", workload, 32))
     assert per_action["GlobalBuffer"] == {"read": 64, "write": 64}  # the example's 64-bit accesses
     assert per_action["InputScratchpad"] == {"read": 1, "write": 1}  # counted in bits
 
 
 def test_the_study_s_workload_is_its_mlp_with_the_skip_and_the_view_branch():
-    layers = hw_eval.study_layers()
+    layers = study.study_layers()
     assert [(l["in_features"], l["out_features"]) for l in layers] == [
         (63, 256), *[(256, 256)] * 4, (319, 256), (256, 256), (256, 256), (256, 1), (256, 256), (283, 128), (128, 3)]
     # fc_6 reads fc_5 widened by the encoded point; the density head and fc_10 read fc_8; fc_11 reads fc_10.
-    assert hw_eval.layer_inputs(layers) == [-1, 0, 1, 2, 3, 4, 5, 6, 7, 7, 9, 10]
-    densities = hw_eval.field_densities(layers)
+    assert workloads.layer_inputs(layers) == [-1, 0, 1, 2, 3, 4, 5, 6, 7, 7, 9, 10]
+    densities = workloads.field_densities(layers)
     assert densities["fc_1"].input == densities["fc_11"].input == 1.0  # the encoding, and fc_10 has no ReLU
     assert [densities[f"fc_{i}"].input for i in (2, 3, 4, 5, 6, 7, 8, 9, 10, 12)] == [pytest.approx(0.397)] * 10
     # A layer's stored output is what its reader takes: fc_1's is fc_2's input, fc_5's the skip layer's.
@@ -313,8 +362,8 @@ def test_bad_runs_are_a_one_line_error_before_mapping(tmp_path, capsys, problem)
 
 def test_missing_dot_is_a_one_line_error_before_mapping(tmp_path, monkeypatch, capsys):
     write_run(tmp_path / "runs", "exp1", "exp1", "fp32", one_layer_fields(FP32, 0.0))
-    real_which = hw_eval.shutil.which
-    monkeypatch.setattr(hw_eval.shutil, "which", lambda name: None if name == "dot" else real_which(name))
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name: None if name == "dot" else real_which(name))
     with pytest.raises(SystemExit) as exit_info:
         hw_eval.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
@@ -323,10 +372,10 @@ def test_missing_dot_is_a_one_line_error_before_mapping(tmp_path, monkeypatch, c
 
 
 def test_setup_leaves_a_working_cacti_alone(capsys):
-    binary = hw_eval.cacti_dir() / "cacti"
-    assert hw_eval.cacti_runs()  # make setup (hw_eval.py --setup) has run
+    binary = toolchain.cacti_dir() / "cacti"
+    assert toolchain.cacti_runs()  # make setup (hw_eval.py --setup) has run
     before = binary.stat().st_mtime_ns
-    hw_eval.setup()
+    toolchain.setup()
     assert binary.stat().st_mtime_ns == before
     assert "CACTI runs" in capsys.readouterr().out
 
@@ -350,7 +399,7 @@ def test_without_its_toolchain_the_command_says_what_it_needs_in_one_line(python
     result = run_without_hwcomponents(command, python_version)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(expected) and result.stderr.count("\n") == 1
-    assert f"pip install {hw_eval.ACCELFORGE_REQUIREMENT}" in result.stderr
+    assert f"pip install {toolchain.ACCELFORGE_REQUIREMENT}" in result.stderr
 
 
 def test_without_its_toolchain_an_importer_gets_an_import_error_that_says_what_it_needs():
@@ -362,4 +411,4 @@ def test_without_its_toolchain_an_importer_gets_an_import_error_that_says_what_i
 
 def test_requirements_install_accelforge_where_hwcomponents_installs():
     lines = (REPO / "requirements.txt").read_text().splitlines()
-    assert f'{hw_eval.ACCELFORGE_REQUIREMENT}; python_version >= "3.12"' in lines
+    assert f'{toolchain.ACCELFORGE_REQUIREMENT}; python_version >= "3.12"' in lines

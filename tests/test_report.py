@@ -1,6 +1,8 @@
 import csv
+import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,19 +11,21 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+import configs
 import report
+from accel.results import si
+from reporting.runs import FAILED
+from reporting.skipping import skipping_section
 
-HW_COLUMNS = ["run", "experiment", "arch", "precision", "energy_per_frame_j", "latency_per_frame_s", "edp_j_s",
-              "energy_dram_j", "energy_global_buffer_j", "energy_scratchpad_j", "energy_mac_j", "energy_other_j",
-              "macs_per_frame", "zero_gating_saving_frac"]
 LAYERS = ["coarse.layers.0", "coarse.layers.1", "coarse.output_head"]
 REPO = Path(__file__).resolve().parents[1]
 
 
 def write_run(runs_dir: Path, name: str, precision: str = "fp32", model: str = "nerf", world_size: int = 1,
               psnr: float = 20.0, samples_per_s: int = 250000, compiled: bool | None = False,
-              experiment: str | None = None, seed: int = 0) -> Path:
-    """A finished run directory as train.run writes it, with made-up numbers and 8x8 renders of test views 8 and 9."""
+              experiment: str | None = None, seed: int = 0, with_run_id: bool = True, input_sparsity: float = 0.5) -> Path:
+    """A finished run directory as train.run writes it, with made-up numbers and 8x8 renders of test views 8 and 9;
+    its run_id is its folder and name (with_run_id False: a summary from before run_id was recorded)."""
     run_dir = runs_dir / name
     (run_dir / "renders").mkdir(parents=True)
     summary = {
@@ -31,6 +35,7 @@ def write_run(runs_dir: Path, name: str, precision: str = "fp32", model: str = "
         "params": 110344, "weight_bits": 1.58 if model == "bitnerf" else 32, "checkpoint_bytes": 1_300_000,
         "model_bytes": 52_000 if model == "bitnerf" else 448_000, "scene": "builtin", "device": "cpu",
         "torch_version": "2.5.0", **({} if compiled is None else {"compiled": compiled}),
+        **({"run_id": f"{runs_dir.name}/{name}"} if with_run_id else {}),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary))
     with open(run_dir / "metrics.csv", "w", newline="") as f:
@@ -39,7 +44,7 @@ def write_run(runs_dir: Path, name: str, precision: str = "fp32", model: str = "
         writer.writerow([10, 5.0, 0.02, 17.0, 0.1, 1e-3, 250000, psnr - 3.0])
         writer.writerow([20, 9.0, 0.01, 19.0, 0.1, 5e-4, 250000, ""])
     layers = [{"name": n, "in_features": 8, "out_features": 8, "weight_bits": 32, "input_bits": 32, "output_bits": 32,
-               "input_sparsity": 0.5, "samples_per_frame": 1000} for n in LAYERS]
+               "input_sparsity": input_sparsity, "samples_per_frame": 1000} for n in LAYERS]
     (run_dir / "layers.json").write_text(json.dumps({"samples_per_frame": 1000, "layers": layers}))
     rng = np.random.default_rng(0)
     for view in (8, 9):
@@ -48,19 +53,51 @@ def write_run(runs_dir: Path, name: str, precision: str = "fp32", model: str = "
     return run_dir
 
 
-def write_hw_results(hw_dir: Path, runs: list[str]) -> None:
-    hw_dir.mkdir()
+# Dense energy (J) and latency (s) per frame by architecture; the gating and skipping designs cost a share of it,
+# and each component a share of that.
+HW_ENERGY, HW_LATENCY = {"eyeriss": 56.0, "tpu_v4i": 5.0}, 0.012
+DESIGN_SHARE = {"dense": 1.0, "gating": 0.8, "skipping": 0.5}
+PART_SHARE = {"dram": 0.4, "global_buffer": 0.2, "scratchpad": 0.2, "mac": 0.15, "other": 0.05}
+# The numbers of a suite that other runs must never show: "777" appears in every one of them as the report writes it.
+FOREIGN_ENERGY, FOREIGN_LATENCY = {"eyeriss": 777.0, "tpu_v4i": 0.777}, 0.0777
+
+
+def run_identity(run_dir: Path) -> dict:
+    """What hw_eval.py ties a run's results to (the contract, written out here): summary.json's run_id (without one,
+    layers.json's sha256) and the sha256 of the layers.json it costed."""
+    layers_sha256 = hashlib.sha256((run_dir / "layers.json").read_bytes()).hexdigest()
+    run_id = json.loads((run_dir / "summary.json").read_text()).get("run_id") or layers_sha256
+    return {"run_id": run_id, "layers_sha256": layers_sha256}
+
+
+def hw_rows(run_dir: Path, energy: dict = HW_ENERGY, latency: float = HW_LATENCY) -> list[dict]:
+    """hw_eval.py's rows of one run: one per architecture and design."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = []
+    for arch, dense in energy.items():
+        for design, share in DESIGN_SHARE.items():
+            joules = share * dense
+            rows.append({"run": run_dir.name, "experiment": summary["experiment"], "arch": arch, "design": design,
+                         "precision": summary["precision"], "energy_per_frame_j": joules,
+                         "latency_per_frame_s": latency, "edp_j_s": joules * latency,
+                         **{f"energy_{part}_j": part_share * joules for part, part_share in PART_SHARE.items()},
+                         "macs_per_frame": 1e12, "zero_gating_saving_frac": 0.1, "weight_density": 1.0,
+                         "effectual_density": 0.5, "joint_density_measured": "", "energy_weights_dense_j": joules,
+                         "weight_density_source": "measured", **run_identity(run_dir)})
+    return rows
+
+
+def write_hw_results(hw_dir: Path, rows_by_run: dict[Path, list[dict]]) -> None:
+    """What hw_eval.py --out hw_dir writes for these runs: the aggregate results.csv, and into each run directory
+    its own rows with the identity they were computed for."""
+    rows = [row for run_rows in rows_by_run.values() for row in run_rows]
+    hw_dir.mkdir(exist_ok=True)
     with open(hw_dir / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HW_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
-        for arch, energy in (("eyeriss", 56.0), ("tpu_v4i", 5.0)):
-            for run in runs:
-                writer.writerow({"run": run, "experiment": run, "arch": arch, "precision": "fp32",
-                                 "energy_per_frame_j": energy, "latency_per_frame_s": 0.012, "edp_j_s": energy * 0.012,
-                                 "energy_dram_j": 0.4 * energy, "energy_global_buffer_j": 0.2 * energy,
-                                 "energy_scratchpad_j": 0.2 * energy, "energy_mac_j": 0.15 * energy,
-                                 "energy_other_j": 0.05 * energy, "macs_per_frame": 1e12,
-                                 "zero_gating_saving_frac": 0.1})
+        writer.writerows(rows)
+    for run_dir, run_rows in rows_by_run.items():
+        (run_dir / "hw_eval.json").write_text(json.dumps({**run_identity(run_dir), "rows": run_rows}))
 
 
 @pytest.fixture
@@ -91,7 +128,7 @@ def assert_images_of(readme: str, out: Path, expected: set[str]) -> None:
 
 
 def test_report_has_a_row_per_experiment_with_every_column_filled(runs, tmp_path):
-    write_hw_results(tmp_path / "hw", ["exp1", "exp2", "exp4"])
+    write_hw_results(tmp_path / "hw", {runs / name: hw_rows(runs / name) for name in ("exp1", "exp2", "exp4")})
     out = tmp_path / "report"
     report.main(["--runs", str(runs), "--hw", str(tmp_path / "hw"), "--out", str(out)])
     readme = (out / "README.md").read_text()
@@ -105,7 +142,7 @@ def test_report_has_a_row_per_experiment_with_every_column_filled(runs, tmp_path
     assert exp4["precision"] == "ternary-int8" and exp4["weight bits"] == "1.58" and exp4["model size"] == "52 kB"
     assert exp4["test PSNR (dB)"] == "19.00" and exp4["eyeriss energy/frame"] == "56 J"
     assert exp4["tpu_v4i latency/frame"] == "12 ms" and exp4["peak memory"] == "1.4 GB"
-    assert_images_of(readme, out, {"psnr.png", "pareto.png", "renders.png", "energy.png"})
+    assert_images_of(readme, out, {"psnr.png", "pareto.png", "renders.png", "energy.png", "designs.png"})
     assert "Post-training quantization" not in readme
     # No analyses.json: the report says how to compute the analyses, and computes nothing itself.
     assert f"Not computed: run `python analyze.py --runs {runs} --out {out}`" in readme
@@ -125,15 +162,87 @@ def test_throughput_is_compared_only_between_runs_with_the_same_compile_setting(
         "exp5": ("unknown", "not compared (compiled: unknown, exp1 no)")}
 
 
-def test_missing_hardware_results_are_na_with_a_note(runs, tmp_path):
+def test_runs_without_hardware_results_are_not_evaluated_with_a_note(runs, tmp_path):
     out = tmp_path / "report"
     report.main(["--runs", str(runs), "--hw", str(tmp_path / "no_hw"), "--out", str(out)])
     readme = (out / "README.md").read_text()
     header, rows = results_table(readme)
     assert header[-2:] == ["energy/frame", "latency/frame"]
-    assert all(row[-2:] == ["n/a", "n/a"] and all(row[:-2]) for row in rows)
-    assert f"no hardware results at `{tmp_path / 'no_hw' / 'results.csv'}`" in readme
+    assert all(row[-2:] == ["not evaluated", "not evaluated"] and all(row[:-2]) for row in rows)
+    assert f"run `python hw_eval.py --runs {runs}`" in readme
     assert_images_of(readme, out, {"psnr.png", "pareto.png", "renders.png"})
+
+
+# --- Accelerator results belong to their run -------------------------------------------------------------
+
+def hardware_cells(readme: str) -> dict[str, list[str]]:
+    """Each run's energy and latency cells in the results table."""
+    header, rows = results_table(readme)
+    columns = [i for i, title in enumerate(header) if title.endswith(("energy/frame", "latency/frame"))]
+    return {row[0]: [row[i] for i in columns] for row in rows}
+
+
+def test_a_report_of_other_runs_with_the_suite_s_names_shows_none_of_the_suite_s_numbers(tmp_path):
+    # The suite in runs/, evaluated into hw/. Another scene's runs in other/ carry the same names: exp1 with the
+    # very same layers.json but a run_id of its own and exp2 from before run_id with other layers, each holding
+    # a copy of the suite's results of its name (copied folders), and exp4 with nothing.
+    suite, other, hw = tmp_path / "runs", tmp_path / "other", tmp_path / "hw"
+    for name in ("exp1", "exp2", "exp4"):
+        write_run(suite, name)
+    write_run(other, "exp1", psnr=25.0)
+    write_run(other, "exp2", psnr=25.0, with_run_id=False, input_sparsity=0.3)
+    write_run(other, "exp4", psnr=25.0)
+    write_hw_results(hw, {suite / name: hw_rows(suite / name, FOREIGN_ENERGY, FOREIGN_LATENCY)
+                          for name in ("exp1", "exp2", "exp4")})
+    for name in ("exp1", "exp2"):
+        shutil.copy(suite / name / "hw_eval.json", other / name / "hw_eval.json")
+    out = tmp_path / "report"
+    report.main(["--runs", str(other), "--hw", str(hw), "--out", str(out)])
+    readme = (out / "README.md").read_text()
+    assert "777" not in readme and "77.7" not in readme
+    assert hardware_cells(readme) == {name: ["not evaluated"] * 2 for name in ("exp1", "exp2", "exp4")}
+    assert_images_of(readme, out, {"psnr.png", "pareto.png", "renders.png"})
+
+
+def test_results_of_an_older_layers_json_are_stale_and_a_run_without_results_is_not_evaluated(tmp_path):
+    runs_dir, hw = tmp_path / "runs", tmp_path / "hw"
+    write_run(runs_dir, "exp1")
+    write_run(runs_dir, "exp2", precision="bf16-amp")
+    write_run(runs_dir, "exp4", precision="ternary-int8", model="bitnerf")
+    write_hw_results(hw, {runs_dir / "exp1": hw_rows(runs_dir / "exp1"),
+                          runs_dir / "exp4": hw_rows(runs_dir / "exp4", FOREIGN_ENERGY, FOREIGN_LATENCY)})
+    # After hw_eval.py ran: exp4 resumed for more steps (the same run_id, its layers.json measured again), and
+    # exp1's directory moved (still the same run, with its own results); exp2 was never evaluated.
+    layers = json.loads((runs_dir / "exp4" / "layers.json").read_text())
+    layers["layers"][0]["input_sparsity"] = 0.25
+    (runs_dir / "exp4" / "layers.json").write_text(json.dumps(layers))
+    (runs_dir / "exp1").rename(runs_dir / "exp1-moved")
+    out = tmp_path / "report"
+    readme = report.write_report(runs_dir, hw, out, "report.py").read_text()
+    assert "777" not in readme and "77.7" not in readme
+    assert hardware_cells(readme) == {"exp1": ["56 J", "12 ms", "5 J", "12 ms"],
+                                      "exp2": ["not evaluated"] * 4, "exp4": ["not evaluated"] * 4}
+    assert_images_of(readme, out, {"psnr.png", "pareto.png", "renders.png", "energy.png", "designs.png"})
+    designs = readme.split("#### eyeriss", 1)[1]
+    assert "| exp1 | fp32 | 1.000× | 0.800× | 0.500×" in designs and "| exp4 |" not in designs
+
+
+def test_a_report_of_seed_runs_beside_a_suite_evaluated_under_the_experiment_names_writes_itself(tmp_path):
+    suite, seeds, hw, out = tmp_path / "runs", tmp_path / "seeds", tmp_path / "hw", tmp_path / "report"
+    seed_runs = [write_run(seeds, f"{name}-seed{seed}", experiment=name, seed=seed, psnr=20.0 + seed)
+                 for name in ("exp1", "exp2") for seed in (0, 1)]
+    write_hw_results(hw, {write_run(suite, name): hw_rows(suite / name, FOREIGN_ENERGY, FOREIGN_LATENCY)
+                          for name in ("exp1", "exp2")})
+    readme = report.write_report(seeds, hw, out, "report.py").read_text()
+    assert "777" not in readme and "77.7" not in readme
+    assert set(map(tuple, hardware_cells(readme).values())) == {("not evaluated", "not evaluated")}
+    # Once hw_eval.py has costed the seeds themselves, their own numbers are shown, with intervals over the seeds.
+    write_hw_results(tmp_path / "hw_seeds", {run_dir: hw_rows(run_dir) for run_dir in seed_runs})
+    readme = report.write_report(seeds, hw, out, "report.py").read_text()
+    assert set(map(tuple, hardware_cells(readme).values())) == {("56 J", "12 ms", "5 J", "12 ms")}
+    intervals, _, _ = seeds_tables(readme)
+    assert [row[-2:] for row in intervals] == [["56.000 ± 0.000", "5.000 ± 0.000"]] * 2
+    assert_images_of(readme, out, {"psnr.png", "pareto.png", "renders.png", "energy.png", "designs.png"})
 
 
 def test_ptq_results_and_stored_analyses_are_rendered(runs, tmp_path):
@@ -197,22 +306,23 @@ def test_report_shows_what_analyze_wrote_for_trained_runs(trained_runs, tmp_path
     assert_images_of(readme, out, {"psnr.png", "pareto.png", "renders.png", "sparsity.png", "time_breakdown.png"})
 
 
-@pytest.mark.parametrize("problem", ["no runs folder", "no finished runs", "hw results without columns",
-                                     "analyses without definitions", "a removed option", "failed.json not an object"])
+@pytest.mark.parametrize("problem", ["no runs folder", "no finished runs", "a run's hw results without columns",
+                                     "a run's hw results not hw_eval.py's", "analyses without definitions",
+                                     "a removed option", "failed.json not an object"])
 def test_bad_input_is_one_line_and_exit_code_2(runs, tmp_path, capsys, problem):
     args = {"no runs folder": ["--runs", str(tmp_path / "missing")],
             "no finished runs": ["--runs", str(runs / "unfinished")],
-            "hw results without columns": ["--runs", str(runs), "--hw", str(tmp_path / "hw")],
-            "analyses without definitions": ["--runs", str(runs)],
-            "a removed option": ["--runs", str(runs), "--skip-analyses"],
-            "failed.json not an object": ["--runs", str(runs)]}[problem]
-    (tmp_path / "hw").mkdir()
-    (tmp_path / "hw" / "results.csv").write_text("run,arch\nexp1,eyeriss\n")
+            "a removed option": ["--runs", str(runs), "--skip-analyses"]}.get(problem, ["--runs", str(runs)])
+    if problem == "a run's hw results without columns":
+        (runs / "exp1" / "hw_eval.json").write_text(json.dumps(
+            {**run_identity(runs / "exp1"), "rows": [{"run": "exp1", "arch": "eyeriss"}]}))
+    if problem == "a run's hw results not hw_eval.py's":
+        (runs / "exp1" / "hw_eval.json").write_text(json.dumps([{"run": "exp1"}]))
     if problem == "analyses without definitions":
         (tmp_path / "report").mkdir()
         (tmp_path / "report" / "analyses.json").write_text(json.dumps({"time_breakdown": {}}))  # an older analyze.py's
     if problem == "failed.json not an object":
-        (runs / report.FAILED).write_text(json.dumps(["exp3"]))
+        (runs / FAILED).write_text(json.dumps(["exp3"]))
     with pytest.raises(SystemExit) as exit_info:
         report.main([*args, "--out", str(tmp_path / "report")])
     assert exit_info.value.code == 2
@@ -238,25 +348,19 @@ def test_the_skipping_section_shows_measured_fractions_and_energy_with_and_witho
     fractions = {"skipped_train_coarse": 0.5, "skipped_train_fine": 0.6, "skipped_render_coarse": 0.7,
                  "skipped_render_fine": 0.8}
     (grid / "summary.json").write_text(json.dumps({**summary, **fractions}))
-    write_hw_results(hw_dir, ["exp1", "exp4"])
-    with open(hw_dir / "results.csv") as f:
-        rows = list(csv.DictReader(f))
-    with open(hw_dir / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*HW_COLUMNS, "energy_without_grid_j"])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "energy_without_grid_j": 3 * float(row["energy_per_frame_j"])})
+    write_hw_results(hw_dir, {run_dir: [{**row, "energy_without_grid_j": 3 * row["energy_per_frame_j"]}
+                                        for row in hw_rows(run_dir)] for run_dir in (runs_dir / "exp1", grid)})
     readme = report.write_report(runs_dir, hw_dir, tmp_path / "out", "report.py").read_text()
     section = readme.split("## Empty-space skipping", 1)[1].split("\n## ", 1)[0]
     table = [line for line in section.splitlines() if line.startswith("| exp") and "experiment" not in line]
     assert table == ["| exp4 | 50.0% | 60.0% | 70.0% | 80.0% | 56 J | 168 J (3.00×) | 5 J | 15 J (3.00×) |"]
     plain = [(runs_dir / "exp1", json.loads((runs_dir / "exp1" / "summary.json").read_text()))]
-    assert report.skipping_section(plain, None) == [
+    assert skipping_section(plain, []) == [
         "No run kept an occupancy grid (`--occupancy-grid`): every sample reached the MLP."]
 
 
 def test_si_prefixes():
-    assert [report.si(v, u) for v, u in ((56.0, "J"), (0.0123, "J"), (1.4e9, "B"), (110344, ""), (0.0, "s"))] == \
+    assert [si(v, u) for v, u in ((56.0, "J"), (0.0123, "J"), (1.4e9, "B"), (110344, ""), (0.0, "s"))] == \
         ["56 J", "12.3 mJ", "1.4 GB", "110 k", "0 s"]
 
 
@@ -324,22 +428,22 @@ def test_the_report_lists_each_missing_experiment_with_why(tmp_path):
     (runs_dir / "exp5-seed1").mkdir()
     (runs_dir / "exp66").mkdir()  # another experiment's name, not exp6's run
     refused = "error: --device cuda: this GPU (Tesla T4) cannot run exp3"
-    (runs_dir / report.FAILED).write_text(json.dumps({"exp3": refused, "exp1": "error: an earlier failure"}))
+    (runs_dir / FAILED).write_text(json.dumps({"exp3": refused, "exp1": "error: an earlier failure"}))
     readme = report.write_report(runs_dir, tmp_path / "hw", tmp_path / "report", "report.py").read_text()
     assert missing_section(readme) == [
         "- exp2: run directory exp2 without summary.json (the run did not finish; --resume continues it)",
         f"- exp3: {refused}",
         "- exp4: run directory exp4-seed1 without summary.json or a checkpoint (the run stopped before its first"
         " one; --overwrite trains it again)",
-        "- exp6: no run directory"]
+        *(f"- {name}: no run directory" for name in list(configs.AXES)[5:])]  # exp6 and any later experiment
     assert readme.index("## Missing experiments") < readme.index("## Results")
     assert [row[0] for row in results_table(readme)[1]] == ["exp1", "exp5"]
 
 
 def test_a_complete_suite_has_no_missing_experiments_section(tmp_path):
     runs_dir = tmp_path / "runs"
-    for name in ("exp1", "exp2", "exp3", "exp4", "exp5", "exp6"):
+    for name in configs.AXES:
         write_run(runs_dir, name)
-    (runs_dir / report.FAILED).write_text(json.dumps({"exp2": "error: a failure since trained again"}))
+    (runs_dir / FAILED).write_text(json.dumps({"exp2": "error: a failure since trained again"}))
     readme = report.write_report(runs_dir, tmp_path / "hw", tmp_path / "report", "report.py").read_text()
     assert "Missing experiments" not in readme and "a failure since" not in readme

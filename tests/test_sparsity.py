@@ -1,9 +1,11 @@
-"""sparsity.py (the gating and skipping designs on a dense mapping) and the census it reads (evaluation.py).
+"""accel/sparsity.py (the gating and skipping designs on a dense mapping) and the census it reads (evaluation.py).
 
 The model tests use a hand-made tile (one einsum, every kind of level) whose expected numbers are worked
 out by hand; no mapper runs here (tests/test_hw_eval.py runs the real one).
 """
 
+import csv
+import json
 import math
 from dataclasses import replace
 
@@ -13,11 +15,14 @@ import torch
 
 import bitnerf
 import configs
-import sparsity
+import rundir
+from accel import sparsity
+from accel.results import DESIGN_TITLES
+from accel.sparsity import Densities
 from conftest import write_scene
 from dataset import load_scene
 from evaluation import Evaluation
-from sparsity import Densities
+from reporting import hardware
 
 CPU = torch.device("cpu")
 
@@ -240,9 +245,7 @@ def table_rows(markdown: str) -> list[list[str]]:
 
 
 def test_report_puts_the_designs_side_by_side_against_dense_exp1(tmp_path):
-    import report
-
-    rows = table_rows(report.designs_table(designs_runs(tmp_path), designs_rows(), "eyeriss"))
+    rows = table_rows(hardware.designs_table(designs_runs(tmp_path), designs_rows(), "eyeriss"))
     # Energy dense, gating, skipping; latency ...; EDP ...: each a multiple of dense exp1's (10 J, 4 s, 40 J·s).
     assert rows[0] == ["exp1", "fp32", "1.000×", "0.800×", "0.500×", "1.000×", "1.000×", "0.250×",
                        "1.000×", "0.800×", "0.125×"]
@@ -251,19 +254,15 @@ def test_report_puts_the_designs_side_by_side_against_dense_exp1(tmp_path):
 
 
 def test_report_says_which_precision_wins_under_each_design(tmp_path):
-    import report
-
-    rows = table_rows(report.design_winners(designs_runs(tmp_path), designs_rows(), "eyeriss"))
-    assert [row[0] for row in rows] == list(report.HW_DESIGNS.values())
+    rows = table_rows(hardware.design_winners(designs_runs(tmp_path), designs_rows(), "eyeriss"))
+    assert [row[0] for row in rows] == list(DESIGN_TITLES.values())
     assert rows[0][1:] == ["ternary-int8 (exp4, 0.200× dense exp1)", "ternary-int8 (exp4, 0.500× dense exp1)",
                            "ternary-int8 (exp4, 0.100× dense exp1)"]
     assert rows[2][2] == "fp32 (exp1, 0.250× dense exp1)"  # skipping: exp1's 1 s beats exp4's 1.5 s
 
 
 def test_report_says_how_much_of_bitnerf_s_advantage_its_zero_weights_give(tmp_path):
-    import report
-
-    rows = table_rows(report.zero_weight_share(designs_runs(tmp_path), designs_rows(), "eyeriss"))
+    rows = table_rows(hardware.zero_weight_share(designs_runs(tmp_path), designs_rows(), "eyeriss"))
     by_design = {row[1]: row for row in rows}
     # Gating: 8 J / 1 J = 8x over exp1; with dense weights 8 / 1.5 = 5.33x; the zeros' 1.5x is log 1.5 / log 8.
     assert by_design["gating"][2:] == ["8.00×", "5.33×", "1.500×", f"{100 * math.log(1.5) / math.log(8):.1f}%",
@@ -272,18 +271,19 @@ def test_report_says_how_much_of_bitnerf_s_advantage_its_zero_weights_give(tmp_p
     assert by_design["dense"][4] == "1.000×"  # dense credits no zeros
 
 
-def test_report_reads_a_results_csv_from_before_the_designs(tmp_path):
-    import csv as csv_module
-
-    import report
-
-    hw = tmp_path / "hw"
+def test_report_leaves_out_a_results_csv_from_before_the_runs_owned_their_results(tmp_path):
+    """An older hw_eval.py wrote results.csv only (no hw_eval.json in the run directories): nothing ties its rows
+    to the runs, so the report shows no hardware numbers and says how to cost the runs."""
+    runs_dir, hw = tmp_path / "runs", tmp_path / "hw"
+    for run_dir, summary in designs_runs(runs_dir):
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps({**summary, "run_id": run_dir.name}))
     hw.mkdir()
-    columns = ["run", "arch", "energy_per_frame_j", "latency_per_frame_s", *report.HW_ENERGY_PARTS]
     with open(hw / "results.csv", "w", newline="") as f:
-        writer = csv_module.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=list(designs_rows()[0]))
         writer.writeheader()
-        writer.writerow(dict.fromkeys(columns, "1") | {"run": "exp1", "arch": "eyeriss"})
-    rows = report.read_hw_results(hw)
-    assert [row["design"] for row in rows] == ["dense"]
-    assert "rerun `python hw_eval.py`" in report.hardware_designs_section([], rows, tmp_path)[1]
+        writer.writerows(designs_rows())
+    rows, stale = hardware.read_results(rundir.find_runs(runs_dir))
+    assert rows == [] and stale == []
+    lines = hardware.energy_section(rundir.find_runs(runs_dir), runs_dir, rows, stale, hw, tmp_path / "report")
+    assert lines[2].startswith("*not evaluated*") and f"`python hw_eval.py --runs {runs_dir}`" in lines[2]

@@ -6,7 +6,8 @@ count and energy of every action of every component on every tensor, and each co
 this module scales them with statistical densities (the fraction of nonzero values of each tensor,
 zeros independent and uniformly spread), a compressed format's metadata, and the gating or skipping
 that each design applies at each level. The equations and each parameter's source are in README.md,
-"Accelerator evaluation"; hw_eval.py turns runs into densities and AccelForge mappings into `Tile`s.
+"Accelerator evaluation"; accel/workloads.py turns runs into densities and accel/mapping.py AccelForge
+mappings into `Tile`s.
 
 Three designs:
 - dense: AccelForge's numbers as they are.
