@@ -20,18 +20,13 @@ Every int8 matmul (the ternary layers', the int8 first layer's, the inference la
 `use_int8_kernel` chooses from INT8_KERNELS: torchao's Triton kernel, or cuBLAS/CPU `torch._int_mm` as
 it is or zero-padded to the shapes cuBLAS accepts.
 
-Each training-time precision is a model converter (torchtitan's pattern): `CONVERTERS` maps a name to a
-`Converter`, whose `convert(model, config)` swaps the Linear layers it trains in its format, and the
-configuration chooses one (`converter_name`: BitNeRF's "bitnet", or `quantized_training`'s int8 and fp8),
-which `build_model` applies, the one place a model is converted. Adding a format is one converter and one
-configuration value. Every converter leaves the output heads in high precision.
+Each training-time precision is a model converter (converters.py), which `build_model` applies; this module
+registers the two built on its layers: BitNeRF's "bitnet" and the int8 training of NeRF, "int8", whose
+every hidden layer is an `Int8TrainingLinear`.
 """
 
-import dataclasses
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,16 +44,14 @@ from torchao.prototype.quantized_training import bitnet_training  # noqa: E402
 from torchao.prototype.quantized_training.bitnet import (  # noqa: E402
     BitNetTrainingLinearWeight, get_bitnet_scale, quantize_bitnet_weight)
 from torchao.prototype.quantized_training.int8 import quantize_int8_rowwise  # noqa: E402
-from torchao.float8 import Float8LinearConfig, convert_to_float8_training  # noqa: E402
-from torchao.float8.float8_linear import Float8Linear, matmul_with_hp_or_float8_args  # noqa: E402
 
+import converters  # noqa: E402
+from converters import Converter, hidden_layers_in, is_head  # noqa: E402
 from dataset import scene_box  # noqa: E402
-from gpus import FP8_MIN_CAPABILITY, INT_MM_MULTIPLE  # noqa: E402
+from gpus import INT_MM_MULTIPLE  # noqa: E402
 from nerf import NeRF, OccupancyGrid, deployable_state, load_deployable_state  # noqa: E402
 from utils import UserError, atomic_write  # noqa: E402
 
-# Layers left in high precision: the heads that produce density and colour.
-HIGH_PRECISION_LAYERS = ("density_head", "rgb_head", "output_head")
 # torchao's BitNet forward clips the int8 activation scale at this epsilon, its int8 matmul at the second;
 # the inference layers (IntegerLinear) must match.
 ACTIVATION_EPS = 1e-5
@@ -66,8 +59,6 @@ INT8_ACTIVATION_EPS = 1e-12
 # cuBLAS's int8 GEMM (torch._int_mm on CUDA) refuses A with 16 rows or fewer (ATen's Blas.cpp: "self.size(0)
 # needs to be greater than 16"), besides K and N that are not multiples of INT_MM_MULTIPLE.
 INT_MM_MIN_ROWS = 17
-# torch._scaled_mm, the fp8 matmul torchao's float8 training runs, takes K and N only in multiples of this.
-FP8_MATMUL_MULTIPLE = 16
 
 
 def torchao_triton_mm(A: torch.Tensor, B: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor) -> torch.Tensor:
@@ -150,12 +141,6 @@ def is_first_layer(name: str) -> bool:
     return any(a == "layers" and b == "0" for a, b in zip(parts, parts[1:]))
 
 
-def is_head(name: str) -> bool:
-    """Whether the Linear at this module path is an output head (density, colour), which converters leave in high
-    precision."""
-    return any(part in HIGH_PRECISION_LAYERS for part in name.split("."))
-
-
 def is_ternary_layer(name: str, quantize_heads: bool = False, first_layer: str = "ternary") -> bool:
     """Whether the Linear at this module path trains ternary weights: every one but the output heads
     (unless quantize_heads) and, unless first_layer is "ternary", but each field's first layer."""
@@ -217,42 +202,6 @@ class Int8TrainingLinear(nn.Linear):
         return out + self.bias if self.bias is not None else out
 
 
-class PaddedFloat8Linear(Float8Linear):
-    """torchao's Float8Linear for a layer whose in_features or out_features torch._scaled_mm cannot take (NeRF's
-    K of 63, 319 and 283): the input and the weight zero-padded to multiples of FP8_MATMUL_MULTIPLE, the product
-    sliced back. Zeros change no absolute maximum (the fp8 scales, per tensor or per row) and add nothing to a dot
-    product, so the layer computes the unpadded layer's fp8 product. torchao's own pad_inner_dim cannot do it: it
-    pads each matmul's inner dimension, and K is an outer one of the backward's grad_input matmul. The padding
-    lives in the forward pass, so the weight keeps its shape in checkpoints and model files."""
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if torch.is_autocast_enabled():  # Float8Linear.forward's own autocast rule, so that padded layers keep it
-            input = input.to(torch.get_autocast_gpu_dtype())
-        pad_k, pad_n = -self.in_features % FP8_MATMUL_MULTIPLE, -self.out_features % FP8_MATMUL_MULTIPLE
-        weight = F.pad(self.weight, (0, pad_k, 0, pad_n))
-        output = matmul_with_hp_or_float8_args.apply(F.pad(input, (0, pad_k)), weight.t(), self.linear_mm_config,
-                                                     self.config)[..., : self.out_features]
-        return output + self.bias.to(output.dtype) if self.bias is not None else output
-
-
-def fp8_emulated(device: torch.device) -> bool:
-    """Whether float8 training emulates its fp8 matmuls on device (fp32 matmuls of the fp8 values, fp8's numerics
-    at fp32's speed): everywhere but on a GPU with fp8 tensor cores (capability 8.9 on), the only place where
-    torchao's float8 training runs torch._scaled_mm's fp8 kernels."""
-    return not (device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_MIN_CAPABILITY)
-
-
-@dataclass(frozen=True)
-class Converter:
-    """A training-time precision as a model converter (torchtitan's pattern). convert(model, config) swaps, in
-    place, the Linear layers that train in its format and returns the model; layer_format(name, config) names
-    the format the Linear at that module path computes in once converted ("ternary", "int8", "fp8"), None for
-    one left in high precision: what the census holds a run to (measured.check_layers)."""
-
-    convert: Callable[[nn.Module, object], nn.Module]
-    layer_format: Callable[[str, object], str | None]
-
-
 def convert_bitnet(model: nn.Module, config) -> nn.Module:
     return to_bitnet(model, config.quantize_heads, config.first_layer)
 
@@ -261,11 +210,6 @@ def bitnet_layer_format(name: str, config) -> str | None:
     if is_ternary_layer(name, config.quantize_heads, config.first_layer):
         return "ternary"
     return "int8" if is_int8_layer(name, config.first_layer) else None
-
-
-def hidden_layer_format(layer_format: str) -> Callable[[str, object], str | None]:
-    """The layer_format of a converter that trains every hidden Linear in layer_format and leaves the heads."""
-    return lambda name, config: None if is_head(name) else layer_format
 
 
 def convert_int8(model: nn.Module, config) -> nn.Module:
@@ -280,53 +224,13 @@ def convert_int8(model: nn.Module, config) -> nn.Module:
     return model
 
 
-def convert_fp8(model: nn.Module, config) -> nn.Module:
-    """fp8 training (exp8): torchao's float8 training in the recipe quantized_training names (tensorwise or rowwise
-    dynamic scaling) for every hidden Linear, the layers whose K or N torch._scaled_mm cannot take padded
-    (PaddedFloat8Linear), emulated where the device has no fp8 matmul (fp8_emulated). The heads (1, 3 or 4 outputs)
-    stay fp32, as the other converters leave them. pad_inner_dim pads the one dimension left, the rays of a batch,
-    which is the inner dimension of the weight gradient's matmul."""
-    recipe = Float8LinearConfig.from_recipe_name(config.quantized_training.removeprefix("fp8-"))
-    device = next(model.parameters()).device
-    fp8 = dataclasses.replace(recipe, emulate=fp8_emulated(device), pad_inner_dim=True)
-    convert_to_float8_training(model, config=fp8, module_filter_fn=lambda module, name: not is_head(name))
-    for module in model.modules():
-        if type(module) is Float8Linear and (module.in_features % FP8_MATMUL_MULTIPLE
-                                             or module.out_features % FP8_MATMUL_MULTIPLE):
-            module.__class__ = PaddedFloat8Linear
-    return model
-
-
-# Every training-time precision by name: BitNeRF's (model bitnerf), and each configs.QUANTIZED_TRAINING but none.
-CONVERTERS = {
-    "bitnet": Converter(convert_bitnet, bitnet_layer_format),
-    "int8": Converter(convert_int8, hidden_layer_format("int8")),
-    "fp8-tensorwise": Converter(convert_fp8, hidden_layer_format("fp8")),
-    "fp8-rowwise": Converter(convert_fp8, hidden_layer_format("fp8")),
-}
-
-
-def converter_name(config) -> str | None:
-    """The converter config chooses: BitNeRF's own, or its quantized_training's; None for a float NeRF. A BitNeRF
-    with a quantized_training is a UserError: both would convert the same hidden layers."""
-    if config.model == "bitnerf":
-        if config.quantized_training != "none":
-            raise UserError(f"--quantized-training {config.quantized_training} converts NeRF's layers, and BitNeRF"
-                            f" trains its own ternary ones: use --model nerf, or --quantized-training none")
-        return "bitnet"
-    return None if config.quantized_training == "none" else config.quantized_training
-
-
-def layer_format(name: str, config) -> str | None:
-    """The format the Linear at this module path trains in under config (Converter.layer_format), None for high
-    precision."""
-    converter = converter_name(config)
-    return None if converter is None else CONVERTERS[converter].layer_format(name, config)
+converters.register("bitnet", Converter(convert_bitnet, bitnet_layer_format))
+converters.register("int8", Converter(convert_int8, hidden_layers_in("int8")))
 
 
 def build_model(config, scene, device: torch.device, quantized: bool = True) -> NeRF:
     """The model an ExperimentConfig names on the scene's bounds: NeRF, or BitNeRF (the same topology from
-    RMSNormLinear layers), converted to its training-time precision (converter_name) unless quantized is False,
+    RMSNormLinear layers), converted to its training-time precision (converters.convert) unless quantized is False,
     as load_ternary wants it, with an occupancy grid over the scene's box if the config asks for one."""
     constructor = bitnerf if config.model == "bitnerf" else NeRF
     occupancy = (OccupancyGrid(torch.from_numpy(scene_box(scene)), config.occupancy_resolution, config.seed,
@@ -337,8 +241,7 @@ def build_model(config, scene, device: torch.device, quantized: bool = True) -> 
         pos_freqs=config.pos_freqs, dir_freqs=config.dir_freqs, skips=config.skips,
         use_viewdirs=config.use_viewdirs, occupancy=occupancy,
     ).to(device)
-    converter = converter_name(config)
-    return CONVERTERS[converter].convert(model, config) if quantized and converter is not None else model
+    return converters.convert(model, config) if quantized else model
 
 
 def quantized_linears(model: nn.Module) -> dict[str, nn.Linear]:

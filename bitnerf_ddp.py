@@ -7,6 +7,10 @@ its share of every global batch, and DDP averages the gradients, so one step equ
 single-process step on the union of the shares. That holds only if every training forward goes
 through the DDP module: calling `ddp.module(...)` skips the gradient averaging (the seed's bug).
 
+The gradients travel through a DDP communication hook, plain fp32 all-reduce or a compressed one
+(grad_compression: bf16, PowerSGD), and every run counts the bytes each rank's hook hands to all-reduce
+(sent_bytes_per_step).
+
 BitNet under DDP needs nothing more: every rank holds the same latent weights (DDP broadcasts them at
 wrap time and applies the same averaged update), so every rank computes the same absmean scale and
 the same ternary weights.
@@ -161,26 +165,27 @@ def wrap(model: nn.Module, ranks: Ranks, grad_compression: str = "none") -> nn.M
     # No broadcast of buffers before every forward: the model's are constant, or (the occupancy grid) updated
     # alike on every rank from the seed and the weights, which DDP keeps equal (tests/test_bitnerf_ddp.py).
     ddp = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
-    traffic = GradientTraffic(dist.group.WORLD)
+    traffic = GradientTraffic()
     hook_state, hook = COMM_HOOKS[grad_compression](traffic.group)
     ddp.register_comm_hook(hook_state, traffic.counting(hook))
     ddp.gradient_traffic = traffic
     return ddp
 
 
-# PowerSGD (Vogels et al., 2019) as grad_compression "powersgd": each gradient matrix travels as its rank-r
-# factors P and Q; biases and matrices too small to gain travel whole. Rank 2: the paper's rank for image
-# models at full accuracy, and our MLPs' 128x128 and 256x256 matrices shrink 32x and 64x, where rank 1
-# fell behind in test PSNR in a short run (bitnerf_ddp's README section). Plain all-reduce for the first 10
-# steps: the fastest-changing gradients of a run go uncompressed, and error feedback and warm start need at
-# least 2; torch's default, 1000, would leave a quick run uncompressed for a third of its steps. An
-# epsilon in the orthogonalization: a field whose samples were all skipped by the occupancy grid has an
-# all-zero gradient, whose normalized columns would otherwise be NaN.
-POWERSGD = dict(matrix_approximation_rank=2, start_powerSGD_iter=10, orthogonalization_epsilon=1e-8)
+# PowerSGD (Vogels et al., 2019) as grad_compression "powersgd": each gradient matrix travels as its rank-4
+# factors P and Q, and biases and matrices too small to gain travel whole (torch's min_compression_rate 2).
+# Rank 4, the most of the usual 1 to 4: on the quick preset's 900 steps it cost 1.1 dB of test PSNR against
+# exp5, rank 2 2.2 dB and rank 1 3.5 dB; over the whole 3600 steps rank 4 was 0.7 dB behind, at 1/11 of
+# the bytes. At rank 4 the factors are orthogonalized by QR, which an all-zero gradient does not turn into
+# NaN (the Gram-Schmidt of ranks 1 and 2 would need an epsilon). Plain all-reduce for the first 10 steps:
+# error feedback and warm start need at least 2; torch's default, 1000, suits long ImageNet runs and would
+# leave a quick run uncompressed for its first quarter; 100 steps instead of 10 gained 0.2 dB over 3600
+# steps, which one seed does not tell from noise.
+POWERSGD = dict(matrix_approximation_rank=4, start_powerSGD_iter=10)
 
 # grad_compression -> (the hook's state, the hook) for gradients all-reduced through a process group:
-# plain all-reduce in fp32 (what DDP does without a hook), in bf16 (half the bytes; gloo and nccl reduce
-# bf16), or PowerSGD's low-rank factors.
+# plain all-reduce in fp32 (what DDP does without a hook), in bf16 (half the bytes; gloo reduces bf16, tested,
+# and NCCL after 2.9.6, as the hook's documentation says), or PowerSGD's low-rank factors.
 COMM_HOOKS: dict[str, Callable[[dist.ProcessGroup], tuple[Any, Callable]]] = {
     "none": lambda group: (group, default_hooks.allreduce_hook),
     "bf16": lambda group: (group, default_hooks.bf16_compress_hook),
@@ -190,22 +195,26 @@ COMM_HOOKS: dict[str, Callable[[dist.ProcessGroup], tuple[Any, Callable]]] = {
 
 
 class CountingGroup(dist.ProcessGroup):
-    """A process group that adds up the bytes of the tensors all-reduced through it and passes them on to group.
+    """A process group for a communication hook that adds up the bytes of the tensors all-reduced through it and
+    passes them on to the default group.
 
-    Given to a communication hook as its group, it sees exactly the tensors the hook hands to the collective,
-    compressed or not, including those a hook all-reduces later in a future's callback, on another thread
-    (PowerSGD's P and Q). Any other collective raises, so a hook cannot send uncounted."""
+    Given to a hook as its group, it sees exactly the tensors the hook hands to the collective, compressed or
+    not, including those a hook all-reduces later in a future's callback (PowerSGD's P and Q). Any other
+    collective through it raises (it is in no group map) rather than going uncounted."""
 
-    def __init__(self, group: dist.ProcessGroup):
-        super().__init__(group.rank(), group.size())
-        self.group = group
+    def __init__(self):
+        super().__init__(dist.get_rank(), dist.get_world_size())
         self.sent_bytes = 0
-        self.lock = threading.Lock()  # callbacks on the backend's threads add up too
+        self.lock = threading.Lock()  # hooks and their callbacks run on autograd's and the backend's threads
 
     def allreduce(self, tensors, opts):
         with self.lock:
             self.sent_bytes += sum(t.numel() * t.element_size() for t in tensors)
-        return self.group.allreduce(tensors, opts)
+        # The default group is looked up, not held: a gloo worker thread keeps its last work's callbacks, which
+        # hold the hook's group, until its next work, and dropping the last reference to a group there destroys
+        # it on its own thread, which aborts the process ("Resource deadlock avoided"). Holding it, 2-rank
+        # PowerSGD steps followed at once by shutdown() aborted in 5 of 14 runs; looked up, in none of 16.
+        return dist.group.WORLD.allreduce(tensors, opts)
 
 
 class GradientTraffic:
@@ -213,8 +222,8 @@ class GradientTraffic:
     rounds of bucket reductions they took, one per optimizer step (no_sync skips the reduction of all
     micro-batches but the last)."""
 
-    def __init__(self, group: dist.ProcessGroup):
-        self.group = CountingGroup(group)
+    def __init__(self):
+        self.group = CountingGroup()
         self.rounds = 0
 
     def counting(self, hook: Callable) -> Callable:
@@ -233,8 +242,8 @@ def sent_bytes_per_step(step_model: nn.Module) -> int | None:
 
     Counted from the tensors themselves (CountingGroup): bf16 counts 2 bytes an element, PowerSGD its P and Q
     factors and what it sends uncompressed (and its first steps of plain all-reduce). It is the payload
-    handed to the collective, the same measure for every hook; the backend's ring all-reduce puts about
-    2(n-1)/n times that on the wire from each of n ranks."""
+    handed to the collective, the same measure for every hook; a ring all-reduce puts about 2(n-1)/n times that
+    on the wire from each of n ranks."""
     traffic = getattr(step_model, "gradient_traffic", None)
     if traffic is None or not traffic.rounds:
         return None

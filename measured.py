@@ -18,7 +18,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torchao.float8.float8_training_tensor import Float8TrainingTensor
 
-import bitnerf
+import bitnerf  # noqa: F401  (registers the converters built on its layers, which converters.layer_format looks up)
+import converters
 import precision
 from gpus import INT_MM_MULTIPLE
 
@@ -237,12 +238,12 @@ def check_layers(layers: dict, config, dtype: torch.dtype | None, what: str) -> 
     """Stop the run (one line, exit code 1) when what ran is not what config asks for. layers is a layers.json
     census (Evaluation.layers) or MatmulCensus.check's record in its form: the measured precision name, and the
     format each layer that ran computed in. The layers in a quantized format (ternary, int8, fp8) must be those
-    that config's converter trains in it (bitnerf.layer_format); a float NeRF has none."""
+    that config's converter trains in it (converters.layer_format); a float NeRF has none."""
     names = [layer["name"] for layer in layers["layers"]]
     measured, expected = layers["precision"], precision.precision_name(config, dtype)
     ran = {layer_format: sorted(layer["name"] for layer in layers["layers"] if layer["format"] == layer_format)
            for layer_format in QUANTIZED_PRECISIONS}
-    asked = {layer_format: sorted(name for name in names if bitnerf.layer_format(name, config) == layer_format)
+    asked = {layer_format: sorted(name for name in names if converters.layer_format(name, config) == layer_format)
              for layer_format in QUANTIZED_PRECISIONS}
     if measured != expected or ran != asked:
         # fp8 layers are named only where a run has or wants them, so that other runs' message stays as it was.

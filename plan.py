@@ -30,6 +30,7 @@ from torch import nn
 
 import bitnerf
 import configs
+import converters
 import gpus
 import precision
 from configs import ExperimentConfig
@@ -209,16 +210,15 @@ def int8_matmul_widths(config: ExperimentConfig) -> list[int]:
     meta = torch.device("meta")
     fake_scene = argparse.Namespace(near=2.0, far=6.0, white_bkgd=False)
     model = bitnerf.build_model(dataclasses.replace(config, occupancy_grid=False), fake_scene, meta, quantized=False)
-    return [m.in_features for name, m in model.named_modules() if isinstance(m, nn.Linear)
-            and (bitnerf.is_ternary_layer(name, config.quantize_heads, config.first_layer)
-                 or bitnerf.is_int8_layer(name, config.first_layer))]
+    return [m.in_features for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and converters.layer_format(name, config) in ("ternary", "int8")]
 
 
 def int8_kernel_decision(config: ExperimentConfig, target: Target) -> str | None:
-    """BitNeRF's int8 matmul kernel (bitnerf.INT8_KERNELS): on the CPU torch._int_mm; on a GPU of capability 8.0
+    """The int8 matmul kernel of a model with int8 or ternary layers (bitnerf.INT8_KERNELS): on the CPU torch._int_mm; on a GPU of capability 8.0
     or more torchao's Triton kernel, which uses int8 tensor cores there; below it (Triton's int8 dot has no
     tensor cores, or there is no Triton) cuBLAS's torch._int_mm, whose K must be a multiple of 8: padded."""
-    if config.model != "bitnerf":
+    if not int8_matmul_widths(config):
         return None
     gpu = target.gpu
     if config.int8_kernel == "auto":

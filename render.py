@@ -14,30 +14,12 @@ from pathlib import Path
 
 import torch
 
-import bitnerf
-import nerf
 import rundir
 from dataset import Scene, downscaled
 from evaluation import Evaluation
 from utils import OneLineParser, UserError, exit_on_user_error, resolve_device, write_json
 
 WEIGHTS = ("checkpoint", "model")
-
-
-def deployable_model(run_dir: Path, config, scene: Scene, device: torch.device) -> torch.nn.Module:
-    """The run's model from its deployable weights file, in eval mode."""
-    path = run_dir / rundir.MODEL_FILES[config.model]
-    if not path.is_file():
-        raise UserError(f"no {path.name} in {run_dir}: the run did not finish; render from --weights checkpoint")
-    try:
-        if config.model == "bitnerf":
-            model = bitnerf.load_ternary(path, bitnerf.build_model(config, scene, device, quantized=False))
-        else:
-            model = bitnerf.build_model(config, scene, device)
-            nerf.load_deployable_state(model, torch.load(path, map_location=device, weights_only=True))
-    except (OSError, RuntimeError, KeyError, EOFError) as e:
-        raise UserError(f"{path} is not a readable weights file ({type(e).__name__}); train the run again") from None
-    return model.to(device).eval()
 
 
 def parse_views(text: str | None, scene: Scene) -> list[int]:
@@ -60,7 +42,7 @@ def render_run(run_dir: Path, out: Path, weights: str = "checkpoint", data: str 
     """Render the run into out; returns the metrics it also writes to out/metrics.json."""
     config, scene, model = rundir.load_trained(run_dir, data, device)
     if weights == "model":
-        model = deployable_model(run_dir, config, scene, device)
+        model = rundir.load_model_file(run_dir, config, scene, device)
     if video_frames is not None:
         config = dataclasses.replace(config, video_frames=video_frames)
     scene = downscaled(scene, downscale)

@@ -3,7 +3,6 @@ samples in empty cells never reach an MLP; early stopping; nerfacc's update rule
 DDP rank; a bit-identical resume; and what summary.json and layers.json report of the skipping."""
 
 import contextlib
-import json
 import os
 from dataclasses import replace
 from pathlib import Path

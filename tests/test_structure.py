@@ -112,3 +112,18 @@ def test_report_starts_without_accelforge():
     code = "import sys; sys.modules['accelforge'] = sys.modules['hwcomponents'] = None; import report"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# Sizes a reader can hold: a function on a screen or two, a module read in one sitting.
+MAX_FUNCTION_LINES, MAX_MODULE_LINES = 80, 450
+
+
+def test_no_function_is_longer_than_80_lines_and_no_module_longer_than_450():
+    code = [*MODULES.values(), *(ROOT / "tests").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]
+    long_functions = [f"{path.relative_to(ROOT)}: {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+                      for path in code for node in ast.walk(ast.parse(path.read_text()))
+                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    long_modules = [f"{path.relative_to(ROOT)} ({len(path.read_text().splitlines())} lines)"
+                    for path in MODULES.values() if len(path.read_text().splitlines()) > MAX_MODULE_LINES]
+    assert not long_functions and not long_modules
