@@ -51,6 +51,9 @@ suite: setup
 	$(PY) exp4.py $(SUITE_FLAGS)
 	$(PY) exp5.py $(SUITE_FLAGS)
 	$(PY) exp6.py $(SUITE_FLAGS)
+	$(PY) exp7.py $(SUITE_FLAGS)
+	$(PY) exp8.py $(SUITE_FLAGS)
+	$(PY) exp9.py $(SUITE_FLAGS)
 	for run in $(EXP1_RUNS); do $(PY) ptq.py $$run $(if $(DATA),--data $(DATA)) || exit; done
 	$(PY) hw_eval.py --runs $(SUITE_OUT)
 	$(PY) analyze.py --runs $(SUITE_OUT) --out report $(if $(DATA),--data $(DATA))

@@ -12,7 +12,8 @@ import configs
 import gpus
 from utils import atomic_write
 
-EXPERIMENTS = tuple(configs.AXES)
+# The experiments the check runs: exp1-exp6; the precision ladder's exp7-exp9 are not yet part of it (issue 28).
+EXPERIMENTS = ("exp1", "exp2", "exp3", "exp4", "exp5", "exp6")
 # On a GPU: two dozen steps. Enough for exp1's occupancy grid to update twice (steps 0 and 16,
 # nerf.GRID_UPDATE_EVERY), the second time from a trained field, for the resume (to step 36) to cross the
 # update at step 32 from a restored grid, and for the last logged quarter (6 steps) to be past the first
