@@ -33,8 +33,10 @@ from tqdm import tqdm
 import bitnerf
 import nerf
 import rundir
+from devices import resolve_device
 from evaluation import Evaluation
-from utils import OneLineParser, UserError, exit_on_user_error, read_json, resolve_device, write_json
+from files import read_json, write_json
+from utils import OneLineParser, UserError, exit_on_user_error
 
 # The CUDA build's profiler library (Kineto) logs its stages, and a failed GPU probe on a CPU-only
 # machine, to stderr at every use; silence it unless the user asked for its logs.

@@ -37,12 +37,14 @@ from tqdm import tqdm
 import bitnerf
 import configs
 import precision
+from camera import get_rays
 from configs import ExperimentConfig
 from dataset import RaySampler, Scene, load_scene
+from devices import Stopwatch, peak_memory_bytes, reset_peak_memory, resolve_device
+from files import write_json
 from nerf import MLP_RANGE, NeRF, RadianceField, composite
 from step import Optimization, train_step
-from utils import (OneLineParser, Stopwatch, UserError, exit_on_user_error, get_rays, peak_memory_bytes,
-                   reset_peak_memory, resolve_device, write_json)
+from utils import OneLineParser, UserError, exit_on_user_error
 
 # Forward and backward FLOPs per forward FLOP: the backward pass computes the input's and the weight's gradient.
 FORWARD_BACKWARD = 3

@@ -42,15 +42,19 @@ import torchao.prototype.quantized_training.bitnet as torchao_bitnet  # noqa: E4
 from torchao import quantize_  # noqa: E402
 from torchao.prototype.quantized_training import bitnet_training  # noqa: E402
 from torchao.prototype.quantized_training.bitnet import (  # noqa: E402
-    BitNetTrainingLinearWeight, get_bitnet_scale, quantize_bitnet_weight)
+    BitNetTrainingLinearWeight,
+    get_bitnet_scale,
+    quantize_bitnet_weight,
+)
 from torchao.prototype.quantized_training.int8 import quantize_int8_rowwise  # noqa: E402
 
 import converters  # noqa: E402
 from converters import Converter, hidden_layers_in, is_head  # noqa: E402
 from dataset import scene_box  # noqa: E402
+from files import atomic_write
 from gpus import INT_MM_MULTIPLE  # noqa: E402
 from nerf import NeRF, OccupancyGrid, deployable_state, load_deployable_state  # noqa: E402
-from utils import UserError, atomic_write  # noqa: E402
+from utils import UserError
 
 # torchao's BitNet forward clips the int8 activation scale at this epsilon, its int8 matmul at the second;
 # the inference layers (IntegerLinear) must match.

@@ -39,7 +39,8 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from utils import UserError, resolve_device, without_option
+from devices import resolve_device
+from utils import UserError, without_option
 
 # A rank waits this long in a collective before giving up: long enough for what rank 0 does alone
 # (a checkpoint, the run directory's files, W&B) and for one test view of a slower peer, short enough
@@ -81,7 +82,7 @@ def under_torchrun() -> bool:
 
 
 def launch_nproc(nproc: int | None, device: torch.device) -> int:
-    """The processes to launch on device (utils.resolve_device): nproc, by default one per visible GPU, else two
+    """The processes to launch on device (devices.resolve_device): nproc, by default one per visible GPU, else two
     CPU processes. A GPU rank takes a GPU of its own, so more processes than visible GPUs is a UserError."""
     if device.type == "cpu":
         return nproc or 2

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils import atomic_write, get_rays, pose_spherical
+from camera import get_rays, pose_spherical
+from files import atomic_write
 
 # ---------------------------------------------------------------------------------------------
 # Cameras

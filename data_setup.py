@@ -19,7 +19,8 @@ import numpy as np
 from tqdm import tqdm
 
 from builtin_scene import write_builtin_scene
-from utils import OneLineParser, UserError, atomic_write, exit_on_user_error
+from files import atomic_write
+from utils import OneLineParser, UserError, exit_on_user_error
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 # Where the experiments find the built-in scene without --data (dataset.py writes it here on first use).

@@ -10,7 +10,8 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
-from utils import UserError, get_rays
+from camera import get_rays
+from utils import UserError
 
 
 @dataclass

@@ -21,11 +21,13 @@ import bitnerf
 import bitnerf_ddp
 import precision
 import rundir
-from measured import MatmulCensus
+from camera import get_rays, pose_spherical
 from configs import ExperimentConfig
 from dataset import Scene
+from image_metrics import depth_error, psnr, ssim
+from measured import MatmulCensus
+from media import colorize_depth, to_uint8, write_video
 from nerf import NeRF, render_image
-from utils import colorize_depth, depth_error, get_rays, pose_spherical, psnr, ssim, to_uint8, write_video
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import contextlib
 import signal
 import threading
 
-from utils import is_out_of_memory
+from devices import is_out_of_memory
 
 # The signals that stop a run with a checkpoint: Ctrl-C, and what schedulers, notebook hosts and torchrun send.
 # A run they stop exits with 128 + the signal's number, the shell's convention: 130 for SIGINT, 143 for SIGTERM.

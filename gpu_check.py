@@ -29,11 +29,23 @@ import sys
 from pathlib import Path
 
 import configs
+from devices import resolve_device
 from gpu_checks import table
-from gpu_checks.plan import (BY_NAME, CPU_TIMEOUT_S, DEFAULT_STEPS, MIN_TIMEOUT_S, TIMEOUT_FACTOR, Check, Plan,
-                             capability_text, describe, selected, small_builtin_scene)
+from gpu_checks.plan import (
+    BY_NAME,
+    CPU_TIMEOUT_S,
+    DEFAULT_STEPS,
+    MIN_TIMEOUT_S,
+    TIMEOUT_FACTOR,
+    Check,
+    Plan,
+    capability_text,
+    describe,
+    selected,
+    small_builtin_scene,
+)
 from gpu_checks.runners import run_checks
-from utils import OneLineParser, UserError, exit_on_user_error, resolve_device
+from utils import OneLineParser, UserError, exit_on_user_error
 
 
 def gpu_properties(device: str) -> dict:

@@ -26,10 +26,20 @@ from pathlib import Path
 
 import rundir
 import runlog
-from accel.results import (DESIGN_TITLES, FRAME, METRICS, RUN_RESULTS, WEIGHTS_MEASURED, exp1_row, markdown_table,
-                           write_results_csv, write_run_results)
+from accel.results import (
+    DESIGN_TITLES,
+    FRAME,
+    METRICS,
+    RUN_RESULTS,
+    WEIGHTS_MEASURED,
+    exp1_row,
+    markdown_table,
+    write_results_csv,
+    write_run_results,
+)
 from accel.toolchain import check_toolchain, setup
-from utils import OneLineParser, UserError, atomic_write, exit_on_user_error
+from files import atomic_write
+from utils import OneLineParser, UserError, exit_on_user_error
 
 try:
     from accel.architectures import ARCHITECTURES

@@ -35,8 +35,10 @@ import gpus
 import precision
 from configs import ExperimentConfig
 from dataset import Scene, load_scene
+from devices import available_memory_bytes
+from files import read_json
 from gpus import GIB, GPU
-from utils import OneLineParser, UserError, available_memory_bytes, exit_on_user_error, read_json
+from utils import OneLineParser, UserError, exit_on_user_error
 
 # A step's peak memory over what autograd saves for its backward pass: the gradients of the activations, the
 # temporaries of both passes and the allocator's rounding. Chosen above the ratios of the growth per ray of
@@ -363,7 +365,7 @@ def known_rate(config: ExperimentConfig, target: Target) -> tuple[float, str] | 
 def print_plan(config: ExperimentConfig, profile: str, nproc: int | None) -> None:
     """`expN.py --plan [PROFILE]`: the plan for this machine's device, or for a GPU profile, on stdout."""
     from bitnerf_ddp import launch_nproc
-    from utils import resolve_device
+    from devices import resolve_device
 
     if profile:
         target = profile_target(profile)

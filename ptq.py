@@ -29,8 +29,10 @@ import nerf
 import rundir
 import runlog
 from bitnerf import quantize_
+from devices import resolve_device
 from evaluation import Evaluation
-from utils import OneLineParser, UserError, exit_on_user_error, resolve_device, write_json
+from files import write_json
+from utils import OneLineParser, UserError, exit_on_user_error
 
 # torchao's int8 schemes: per-output-channel symmetric int8 weights; the dynamic one also quantizes
 # each input row to int8 at run time, as BitNeRF's forward does.

@@ -16,8 +16,10 @@ import torch
 
 import rundir
 from dataset import Scene, downscaled
+from devices import resolve_device
 from evaluation import Evaluation
-from utils import OneLineParser, UserError, exit_on_user_error, resolve_device, write_json
+from files import write_json
+from utils import OneLineParser, UserError, exit_on_user_error
 
 WEIGHTS = ("checkpoint", "model")
 

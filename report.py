@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import rundir
+from files import atomic_write
 from reporting import hardware
 from reporting.analyses import analyses_section, read_analyses
 from reporting.intervals import intervals_section
@@ -24,7 +25,7 @@ from reporting.ptq import ptq_section
 from reporting.results import results_table
 from reporting.runs import FAILED, missing_experiments
 from reporting.skipping import skipping_section
-from utils import OneLineParser, atomic_write, exit_on_user_error
+from utils import OneLineParser, exit_on_user_error
 
 
 def write_report(runs_dir: Path, hw_dir: Path, out_dir: Path, command: str) -> Path:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import configs
 import precision
-from utils import UserError, atomic_write, read_json, write_json
+from files import atomic_write, read_json, write_json
+from utils import UserError
 
 SUMMARY, LAYERS, METRICS, CHECKPOINT = "summary.json", "layers.json", "metrics.csv", "checkpoint.pt"
 RENDERS, VIDEO_STEM, PTQ = "renders", "video", "ptq.json"

@@ -16,7 +16,8 @@ import numpy as np
 
 import rundir
 from configs import ExperimentConfig
-from utils import UserError, colorize_depth, to_uint8
+from media import colorize_depth, to_uint8
+from utils import UserError
 
 PROJECT = "nerf-experiments"  # WANDB_PROJECT overrides it
 RAYS_SEEN = "rays_seen"  # global: step x global batch rays, whatever the world size

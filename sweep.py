@@ -21,7 +21,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 import configs
-from utils import OneLineParser, UserError, exit_on_user_error, read_json
+from files import read_json
+from utils import OneLineParser, UserError, exit_on_user_error
 
 BUILTIN = "builtin"  # --data value of the built-in scene
 

@@ -36,12 +36,14 @@ import precision
 import rundir
 from configs import ExperimentConfig
 from dataset import RaySampler, load_scene
+from devices import Stopwatch, peak_memory_bytes, peak_reserved_bytes, resolve_device
 from evaluation import Evaluation
 from faults import OutOfMemory, StopSignals, sized_by
+from files import write_json
 from runlog import RunLog
 from step import Optimization, train_step
-from utils import (Stopwatch, UserError, exit_on_user_error, peak_memory_bytes, peak_reserved_bytes, resolve_device,
-                   write_json)
+from utils import UserError, exit_on_user_error
+
 
 def main(name: str, argv: list[str] | None = None) -> None:
     """Entry point of `expN.py`: bad input is one line on stderr and exit code 2, never a traceback.

@@ -13,7 +13,8 @@ from accel.mapping import cache_path, sparse_tile
 from accel.results import ENERGY_GROUPS, WEIGHTS_ASSUMED_DENSE, WEIGHTS_MEASURED, run_identity
 from accel.sparsity import DESIGNS
 from accel.workloads import einsum_name, field_densities, field_workload, split_fields
-from utils import read_json
+from files import read_json
+
 
 @dataclass
 class Run:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from accel import architectures, components, sparsity
 from accel.architectures import build_spec
-from utils import write_json
+from files import write_json
 
 
 def map_tile(arch_name: str, workload: dict, int_accumulator: int) -> dict:

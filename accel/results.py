@@ -14,7 +14,8 @@ from pathlib import Path
 
 import rundir
 from accel.sparsity import DESIGNS
-from utils import UserError, atomic_write, read_json, write_json
+from files import atomic_write, read_json, write_json
+from utils import UserError
 
 # In each run directory: {"run_id": ..., "layers_sha256": ..., "rows": [results.csv's rows of this run]}.
 RUN_RESULTS = "hw_eval.json"

@@ -8,7 +8,7 @@ from accel.architectures import ARCHITECTURES, STUDY_ARCHS
 from accel.mapping import cache_path, map_missing, sparse_tile
 from accel.toolchain import check_toolchain
 from accel.workloads import einsum_name, field_densities, field_workload
-from utils import atomic_write, read_json
+from files import atomic_write, read_json
 
 # Shen and McClinton, "Accelerating NeRFs: Optimizing Neural Radiance Fields with Specialized Hardware
 # Architectures" (MIT 6.5930, 2023; github.com/williamshen-nz/accelerating-nerfs): Timeloop with its sparse

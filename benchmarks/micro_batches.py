@@ -21,8 +21,9 @@ import bitnerf  # noqa: E402
 import configs  # noqa: E402
 import precision  # noqa: E402
 from dataset import RaySampler, load_scene  # noqa: E402
+from devices import Stopwatch
 from step import Optimization, train_step  # noqa: E402
-from utils import Stopwatch, exit_on_user_error  # noqa: E402
+from utils import exit_on_user_error
 
 
 def samples_per_s(config: configs.ExperimentConfig, scene, micro_batch_rays: int, steps: int, rounds: int

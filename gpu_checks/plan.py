@@ -10,7 +10,7 @@ from pathlib import Path
 
 import configs
 import gpus
-from utils import atomic_write
+from files import atomic_write
 
 # The experiments the check runs: exp1-exp6; the precision ladder's exp7-exp9 are not yet part of it (issue 28).
 EXPERIMENTS = ("exp1", "exp2", "exp3", "exp4", "exp5", "exp6")

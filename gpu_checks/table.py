@@ -4,9 +4,10 @@ import os
 import platform
 from pathlib import Path
 
+from devices import nvidia_driver
+from files import write_json
 from gpu_checks.plan import BUDGET_S, Check, Plan, capability_text, estimated_total
 from gpu_checks.runners import Result
-from utils import nvidia_driver, write_json
 
 JSON_NAME = "gpu_check.json"
 

@@ -8,8 +8,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from accel.results import markdown_table, percent
+from files import read_json
 from reporting.plots import run_colors, save_figure
-from utils import UserError, read_json
+from utils import UserError
 
 ANALYSES = "analyses.json"
 

@@ -9,9 +9,9 @@ from matplotlib.figure import Figure
 
 import rundir
 import stats
+from files import atomic_write
 from reporting.intervals import by_seed, seed_measures
 from reporting.runs import experiment_groups
-from utils import atomic_write
 
 RENDER_VIEWS = 2  # test views per experiment in the grid of renders
 

@@ -2,7 +2,7 @@
 
 import rundir
 from accel.results import markdown_table, si
-from utils import read_json
+from files import read_json
 
 
 def ptq_table(runs) -> str | None:

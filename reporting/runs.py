@@ -6,7 +6,8 @@ from pathlib import Path
 
 import configs
 import rundir
-from utils import UserError, read_json
+from files import read_json
+from utils import UserError
 
 # In --runs: {experiment: why it failed} (its stderr's last line), which notebooks/colab.ipynb writes after training.
 FAILED = "failed.json"

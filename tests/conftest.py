@@ -49,7 +49,7 @@ def trained_runs(tmp_path_factory) -> Path:
 
 def write_scene(path: Path, n: int = 6, size: int = 8, **overrides) -> Path:
     """A small valid scene .npz (random images, cameras on a circle), with any key replaced."""
-    from utils import pose_spherical
+    from camera import pose_spherical
 
     rng = np.random.default_rng(0)
     arrays = {

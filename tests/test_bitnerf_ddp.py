@@ -21,15 +21,15 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import write_scene
 
 import bitnerf
 import bitnerf_ddp
 import configs
+import devices
 import render
 import rundir
 import train
-import utils
-from conftest import write_scene
 from dataset import RaySampler, load_scene
 from step import Optimization, train_step
 
@@ -520,7 +520,7 @@ def test_two_nodes_of_one_process_each_run_as_two_processes_on_one_node(uneven_c
 
 def test_a_distributed_run_on_cuda_without_a_gpu_is_one_line_not_a_cpu_run(tiny_config, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(utils, "unusable_gpu", lambda: None)  # no NVIDIA GPU on this machine at all
+    monkeypatch.setattr(devices, "unusable_gpu", lambda: None)  # no NVIDIA GPU on this machine at all
     monkeypatch.setattr(bitnerf_ddp, "launch", lambda *args: pytest.fail("torchrun was launched"))
     with pytest.raises(SystemExit) as refused:
         train.main("exp5", ["--device", "cuda", "--data", tiny_config.data, "--out", tiny_config.out, "--wandb", "disabled"])

@@ -4,9 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from builtin_scene import (FOCAL, IMAGE_SIZE, LIGHT_DIR, N_SAMPLES, N_VIEWS, builtin_poses, render_rays, render_view,
-                           scene_radiance)
-from utils import get_rays
+from builtin_scene import (
+    FOCAL,
+    IMAGE_SIZE,
+    LIGHT_DIR,
+    N_SAMPLES,
+    N_VIEWS,
+    builtin_poses,
+    render_rays,
+    render_view,
+    scene_radiance,
+)
+from camera import get_rays
 
 
 @pytest.fixture(autouse=True)

@@ -4,10 +4,11 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_scene
+
+from camera import get_rays, pose_spherical
 from dataset import RaySampler, load_scene
-from utils import UserError, get_rays, pose_spherical
+from utils import UserError
 
 
 def test_rays_follow_the_nerf_pinhole_convention():

@@ -11,19 +11,20 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import write_scene
+from test_bitnerf_ddp import free_port, plain
 
 import bitnerf
 import bitnerf_ddp
 import configs
 import nerf
 import train
-from conftest import write_scene
+from camera import get_rays
 from dataset import RaySampler, load_scene, scene_box
 from evaluation import Evaluation
 from nerf import NeRF, OccupancyGrid, render_image
 from step import Optimization, train_step
-from test_bitnerf_ddp import free_port, plain
-from utils import UserError, get_rays
+from utils import UserError
 
 
 def grid_config(config, resolution: int = 8):

@@ -9,16 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_scene
 
 import bitnerf
 import configs
 import plan
 import precision
 import train
-from conftest import write_scene
 from dataset import RaySampler, load_scene
+from devices import Stopwatch
+from image_metrics import ssim
 from step import train_step
-from utils import Stopwatch, UserError, ssim
+from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = {"experiment", "model", "precision", "world_size", "global_batch_rays", "steps", "wall_s",

@@ -1,0 +1,48 @@
+"""Files written all at once (a crash, a kill or a concurrent writer never leaves half a file) and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from utils import UserError
+
+if TYPE_CHECKING:
+    pass
+
+
+def atomic_write(path: str | Path, content: str | bytes | Callable[[str], object]) -> None:
+    """Write a file all at once: to a temporary file beside it, then rename over it.
+
+    content is text, bytes, or a function that writes a file at the path it is given (torch.save,
+    savefig). A crash, a kill or a concurrent writer never leaves a half-written file at path.
+    """
+    path = Path(path)
+    # A folder of its own per write keeps concurrent writers apart, while the file in it keeps a fixed
+    # name: torch.save records the file's name inside its archive, so the bytes stay reproducible.
+    tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = tmp_dir / f"{path.name}.tmp"
+    try:
+        if callable(content):
+            content(str(tmp))
+        else:
+            tmp.write_bytes(content.encode() if isinstance(content, str) else content)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def write_json(path: str | Path, data) -> None:
+    atomic_write(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: str | Path):
+    """A JSON file's contents; an unreadable or invalid file is a UserError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is not a readable JSON file ({e}); rerun what wrote it") from None
