@@ -157,6 +157,12 @@ class ExperimentConfig:
             raise UserError(f"stage2_lr_scale must lie in (0, 1], got {self.stage2_lr_scale}")
         if any(not 0 <= s < self.depth - 1 for s in self.skips):
             raise UserError(f"skips must lie in [0, depth-1) = [0, {self.depth - 1}), got {list(self.skips)}")
+        if self.grad_compression != "none" and not self.distributed:
+            raise UserError(f"--grad-compression {self.grad_compression} compresses what DDP's processes send each other:"
+                            f" add --distributed (exp9 is exp5 with it), or use --grad-compression none")
+        if self.model == "bitnerf" and self.quantized_training != "none":
+            raise UserError(f"--quantized-training {self.quantized_training} converts NeRF's layers, and BitNeRF"
+                            f" trains its own ternary ones: use --model nerf, or --quantized-training none")
         if not self.name or "/" in self.name:
             raise UserError(f"name must be a plain directory name, got {self.name!r}")
 

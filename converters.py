@@ -21,7 +21,6 @@ from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 from torchao.float8.float8_linear import Float8Linear, matmul_with_hp_or_float8_args
 
 from gpus import FP8_MIN_CAPABILITY
-from utils import UserError
 
 # The layers every converter leaves in high precision: the heads that produce density and colour.
 HIGH_PRECISION_LAYERS = ("density_head", "rgb_head", "output_head")
@@ -58,12 +57,9 @@ def hidden_layers_in(layer_format: str) -> Callable[[str, object], str | None]:
 
 
 def converter_name(config) -> str | None:
-    """The converter config chooses: BitNeRF's own, or its quantized_training's; None for a float NeRF. A BitNeRF
-    with a quantized_training is a UserError: both would convert the same hidden layers."""
+    """The converter config chooses: BitNeRF's own, or its quantized_training's (a configuration never asks for
+    both, configs.Config refuses it); None for a float NeRF."""
     if config.model == "bitnerf":
-        if config.quantized_training != "none":
-            raise UserError(f"--quantized-training {config.quantized_training} converts NeRF's layers, and BitNeRF"
-                            f" trains its own ternary ones: use --model nerf, or --quantized-training none")
         return "bitnet"
     return None if config.quantized_training == "none" else config.quantized_training
 

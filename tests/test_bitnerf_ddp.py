@@ -108,7 +108,7 @@ def test_a_ddp_step_equals_a_single_process_step_on_the_union_of_the_rays(tiny_c
     step (no_sync on all but the last micro-batch). Each rank sends every gradient once, in fp32 (4 bytes an
     element), or in bf16 (2 bytes) with the bf16 hook, whose update is the fp32 one up to bf16 rounding."""
     config = replace(tiny_config, model=model_name, batch_rays=64, perturb=True, micro_batch_rays=micro_batch_rays,
-                     grad_compression=grad_compression)
+                     distributed=True, grad_compression=grad_compression)
     mp.spawn(one_ddp_step, args=(2, free_port(), config, str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
 

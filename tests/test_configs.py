@@ -121,6 +121,8 @@ def test_bad_values_raise_user_errors(overrides, message):
     (["--seeds", "1,1"], "seeds must be distinct"),
     (["--seeds", "0,1", "--seed", "3"], "give --seed or --seeds, not both"),
     (["--preset", "quick"], "unrecognized arguments: --preset"),
+    (["--grad-compression", "bf16"], "--grad-compression bf16 compresses what DDP's processes send each other: add"),
+    (["--model", "bitnerf", "--quantized-training", "fp8-rowwise"], "BitNeRF trains its own ternary ones"),
 ])
 def test_command_line_errors_are_one_line_with_exit_code_2(argv, message, tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "exp1.py"), *argv, "--out", str(tmp_path)],

@@ -59,9 +59,8 @@ def test_each_quantized_training_is_one_converter_that_build_model_applies_to_th
                 assert converters.layer_format(name, config) == quantized_training.split("-")[0], name
         unconverted = bitnerf.build_model(config, BOUNDS, torch.device("cpu"), quantized=False)
         assert all(type(layer) is nn.Linear for layer in linears(unconverted).values())
-    bitnerf_int8 = replace(configs.QUICK, model="bitnerf", quantized_training="int8", occupancy_grid=False)
     with pytest.raises(UserError, match=r"^--quantized-training int8 converts NeRF's layers[^\n]*-training none$"):
-        bitnerf.build_model(bitnerf_int8, BOUNDS, torch.device("cpu"))
+        replace(configs.QUICK, model="bitnerf", quantized_training="int8")
 
 
 def test_an_int8_training_layer_multiplies_int8_rows_by_int8_channels_and_has_the_exact_backward():
