@@ -7,16 +7,9 @@ configuration (`EXP1`) and to the CPU preset (`QUICK`): `experiment("exp3", QUIC
 exp2 with a 4x batch at the same rays, nothing else changed.
 """
 
-import argparse
-import dataclasses
-import os
-import sys
-import types
-import typing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-import gpus
-from utils import OneLineParser, UserError, without_option
+from utils import UserError
 
 PRECISIONS = ("fp32", "amp")
 AMP_DTYPES = ("auto", "fp16", "bf16")
@@ -34,100 +27,162 @@ QUANTIZED_TRAINING = ("none", "int8", "fp8-tensorwise", "fp8-rowwise")
 # DDP's gradient communication: plain all-reduce, or a torch.distributed.algorithms.ddp_comm_hooks hook.
 GRAD_COMPRESSIONS = ("none", "bf16", "powersgd")
 PRESETS = ("full", "quick")
+# The fields with a fixed set of values: ExperimentConfig refuses any other, and expN.py offers these.
+CHOICES = {"precision": PRECISIONS, "amp_dtype": AMP_DTYPES, "compile": COMPILE_MODES, "model": MODELS,
+           "first_layer": FIRST_LAYERS, "device": DEVICES, "wandb": WANDB_MODES, "preset": PRESETS,
+           "int8_kernel": INT8_KERNELS, "quantized_training": QUANTIZED_TRAINING, "grad_compression": GRAD_COMPRESSIONS}
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    name: str = "exp1"
-    # The preset the run started from (QUICK sets "quick"; --quick chooses it, it is no option of its own).
+    """One run's configuration. Each field's help (its metadata) is the help of its `--field-name` option in
+    `expN.py --help` and in docs/flags.md (`python command_line.py > docs/flags.md`)."""
+
+    name: str = field(default="exp1", metadata={"help": "the run's name: the run directory is OUT/NAME, and W&B and"
+                                                        " the report show the run under it"})
     # Overrides on top keep it: a quick run with more steps is still a quick-preset run, and W&B tags it so.
-    preset: str = "full"
-    data: str | None = None  # a tiny-nerf .npz or a Blender scene folder; None: the built-in scene
-    downscale: int = 1  # Blender folders only: load images at 1/downscale resolution
-    # Scenes without validation views (.npz, the built-in scene): hold out this many training views, evenly
-    # spaced, as validation views (dataset.with_validation); settings are chosen on them, never on test views.
-    val_views: int = 0
-    out: str = "runs"
-    device: str = "auto"
-    seed: int = 0
-    # The runs of one experiment on several seeds (--seeds) share a group, which the report and W&B
-    # average over; None: the run is a group of its own, named as the run.
-    group: str | None = None
+    preset: str = field(default="full", metadata={"help": "the preset the run started from: full, or quick with"
+                                                          " --quick (no option of its own); W&B tags the run with it"})
+    data: str | None = field(default=None, metadata={"help": "the scene: a tiny-nerf .npz file or a Blender scene"
+                                                             " folder; without it, the built-in scene"})
+    downscale: int = field(default=1, metadata={"help": "Blender folders only: load the images at 1/DOWNSCALE of"
+                                                        " their resolution"})
+    val_views: int = field(default=0, metadata={"help": "scenes without validation views (.npz, the built-in scene):"
+                                                        " hold out this many training views, evenly spaced, as"
+                                                        " validation views, on which settings are chosen, never on"
+                                                        " test views (0: none)"})
+    out: str = field(default="runs", metadata={"help": "the directory of the run directories: the run writes OUT/NAME"})
+    device: str = field(default="auto", metadata={"help": "where to train; auto: a CUDA GPU where PyTorch can use"
+                                                          " one, else the CPU"})
+    seed: int = field(default=0, metadata={"help": "the random seed of the initialisation, the ray batches, the"
+                                                   " sample jitter and the occupancy grid"})
+    group: str | None = field(default=None, metadata={"help": "the group the report and W&B average over, such as"
+                                                              " one experiment's runs on several seeds (--seeds sets"
+                                                              " it); without it, the run is a group of its own,"
+                                                              " named as the run"})
 
-    # Model: the NeRF of Mildenhall et al. (2020) with 64 coarse + 64 fine samples, enough at 100x100.
-    model: str = "nerf"
-    # BitNeRF only: also quantize the density and colour heads. Off, as in torchao's BitNet recipe:
-    # ternary heads cost test PSNR and would save only a few of the model's weights (BENCHMARKS.md,
-    # "BitNeRF: ternary heads or high-precision heads").
-    quantize_heads: bool = False
-    # BitNeRF only: what each field's first layer, the one that multiplies the positional encoding, trains
-    # as: ternary like the hidden layers, int8 (int8 weights and inputs, bitnerf.py) or fp32. Its bits
-    # count in layers.json and in the model file.
-    first_layer: str = "ternary"
-    depth: int = 8
-    width: int = 256
-    skips: tuple[int, ...] = (4,)
-    pos_freqs: int = 10
-    dir_freqs: int = 4
-    use_viewdirs: bool = True
-    n_coarse: int = 64
-    n_fine: int = 64
-    perturb: bool = True  # jitter training samples within their bins (off: deterministic samples)
-    # Empty-space skipping (nerf.OccupancyGrid): samples in empty cells of a resolution^3 grid over the
-    # scene's box skip the MLP, and rendering stops rays that have become opaque. The same in every experiment.
-    occupancy_grid: bool = False
-    occupancy_resolution: int = 128
-    # The factor by which a visited cell's running opacity decays per update, unless its new value is larger:
+    model: str = field(default="nerf", metadata={"help": "nerf: the NeRF of Mildenhall et al. (2020); bitnerf: its"
+                                                         " MLP with BitNet b1.58 ternary weights and int8"
+                                                         " activations (torchao)"})
+    # Off: ternary heads cost test PSNR and would save only a few of the model's weights.
+    quantize_heads: bool = field(default=False, metadata={"help": "bitnerf only: quantize the density and colour"
+                                                                  " heads too; off, as in torchao's BitNet recipe, they"
+                                                                  " stay in high precision (BENCHMARKS.md, \"BitNeRF:"
+                                                                  " ternary heads or high-precision heads\")"})
+    first_layer: str = field(default="ternary", metadata={"help": "bitnerf only: what each field's first layer, the"
+                                                                  " one that multiplies the positional encoding,"
+                                                                  " trains as: ternary like the hidden layers, int8"
+                                                                  " (int8 weights and inputs) or fp32; its bits count"
+                                                                  " in layers.json and in the model file"})
+    depth: int = field(default=8, metadata={"help": "layers of each radiance field's MLP (coarse and fine)"})
+    width: int = field(default=256, metadata={"help": "units in each layer of the MLP"})
+    skips: tuple[int, ...] = field(default=(4,), metadata={"help": "the layers (from 0, below DEPTH-1) after which"
+                                                                   " the encoded point is concatenated again; no"
+                                                                   " values: none"})
+    pos_freqs: int = field(default=10, metadata={"help": "frequencies of the positional encoding of points"})
+    dir_freqs: int = field(default=4, metadata={"help": "frequencies of the positional encoding of view directions"
+                                                        " (with --use-viewdirs)"})
+    use_viewdirs: bool = field(default=True, metadata={"help": "a colour head that also sees the encoded view"
+                                                               " direction (off: colour and density from the point"
+                                                               " alone)"})
+    # 64 coarse + 64 fine samples, as Mildenhall et al.: enough at 100x100.
+    n_coarse: int = field(default=64, metadata={"help": "stratified samples per ray for the coarse field (at least"
+                                                        " 2; 3 with a fine pass)"})
+    n_fine: int = field(default=64, metadata={"help": "samples per ray drawn from the coarse weights for the fine"
+                                                      " field, which evaluates the coarse samples again with them"
+                                                      " (0: no fine pass)"})
+    perturb: bool = field(default=True, metadata={"help": "jitter the training samples within their bins (off:"
+                                                          " deterministic samples)"})
+    # The same in every experiment, so that it changes no comparison.
+    occupancy_grid: bool = field(default=False, metadata={"help": "empty-space skipping (nerf.OccupancyGrid): samples"
+                                                                  " in empty cells of a grid over the scene's box skip"
+                                                                  " the MLP, and rendering stops rays that have become"
+                                                                  " opaque"})
+    occupancy_resolution: int = field(default=128, metadata={"help": "cells per side of the occupancy grid"
+                                                                     " (RESOLUTION^3 cells)"})
     # nerfacc's 0.95 lets a cell once opaque stay occupied for many updates, which a short run never outlives.
-    occupancy_decay: float = 0.95
-    # A cell is occupied while its running opacity (alpha over a coarse sample's spacing) is above this, or
-    # above the mean of the positive ones if that is lower: nerfacc's 0.01.
-    occupancy_threshold: float = 0.01
+    occupancy_decay: float = field(default=0.95, metadata={"help": "the factor by which a visited cell's running"
+                                                                   " opacity decays per grid update, unless its new"
+                                                                   " value is larger; in [0, 1)"})
+    occupancy_threshold: float = field(default=0.01, metadata={"help": "a cell is occupied while its running opacity"
+                                                                       " (alpha over a coarse sample's spacing) is"
+                                                                       " above this, or above the mean of the"
+                                                                       " positive ones if that is lower, as in"
+                                                                       " nerfacc; in (0, 1)"})
 
-    # Optimisation. 11000 steps of 4096 rays are about 50 epochs of a 100x100 scene's ~90 training views.
-    steps: int = 11000
-    batch_rays: int = 4096
-    lr: float = 5e-4
-    lr_final: float = 5e-5  # exponential decay from lr to lr_final over the run
-    warmup_steps: int = 0  # the learning rate rises linearly over these first steps (0: none)
-    # BitNet b1.58's two-stage schedule: from this fraction of the steps on, the learning rate is scaled by
-    # stage2_lr_scale and weight decay stops (1.0: a single stage, the plain schedule).
-    stage2_at: float = 1.0
-    stage2_lr_scale: float = 1.0
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0  # 0: no clipping (the norm is logged either way)
-    precision: str = "fp32"
-    amp_dtype: str = "auto"  # auto: fp16 with gradient scaling on CUDA, bf16 on the CPU (no fast fp16 GEMM there)
-    # torch.compile of the radiance fields. auto: BitNeRF's only, whose many small quantization ops
-    # inductor fuses; NeRF's matmul-bound step ran slower compiled on the CPU (plan.compile_decision).
-    compile: str = "auto"
-    # TF32 for fp32 matmuls and cuDNN on GPUs that have it: the fast fp32 baseline. Off, fp32 is IEEE fp32,
-    # so that exp1 is the strict baseline that AMP and BitNeRF are measured against.
-    tf32: bool = False
-    distributed: bool = False  # DistributedDataParallel over torchrun processes; batch_rays is the global batch
-    grad_compression: str = "none"  # distributed runs: how the gradients travel between the processes
-    quantized_training: str = "none"
-    # How a process splits its share of a step's rays to fit its device: micro-batches of at most this many
-    # rays whose gradients add up to the whole batch's (0: auto, the largest that fits, plan.py). Not an
-    # experiment axis: a step's update does not depend on it.
-    micro_batch_rays: int = 0
-    int8_kernel: str = "auto"
+    # 11000 steps of 4096 rays are about 50 epochs of a 100x100 scene's ~90 training views.
+    steps: int = field(default=11000, metadata={"help": "optimizer steps, counted at exp1's batch: exp3, at 4x the"
+                                                        " batch, trains a quarter of them, the same rays"})
+    batch_rays: int = field(default=4096, metadata={"help": "rays per optimizer step; in a distributed run, the"
+                                                            " global batch over all processes"})
+    lr: float = field(default=5e-4, metadata={"help": "AdamW's learning rate at the start (after any warm-up),"
+                                                      " decaying exponentially to LR_FINAL"})
+    lr_final: float = field(default=5e-5, metadata={"help": "the learning rate at the last step (at most LR)"})
+    warmup_steps: int = field(default=0, metadata={"help": "the learning rate rises linearly over these first steps"
+                                                           " (0: no warm-up)"})
+    stage2_at: float = field(default=1.0, metadata={"help": "BitNet b1.58's two-stage schedule: from this fraction"
+                                                            " of the steps on, the learning rate is scaled by"
+                                                            " STAGE2_LR_SCALE and weight decay stops (1: a single"
+                                                            " stage, the plain schedule)"})
+    stage2_lr_scale: float = field(default=1.0, metadata={"help": "the factor on the learning rate in the second"
+                                                                  " stage (--stage2-at); in (0, 1]"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW's weight decay (in the first stage only when"
+                                                               " --stage2-at is below 1)"})
+    grad_clip: float = field(default=0.0, metadata={"help": "clip the gradients' global norm to this (0: no"
+                                                            " clipping; the norm is logged either way)"})
+    precision: str = field(default="fp32", metadata={"help": "fp32, or amp: automatic mixed precision (autocast to"
+                                                             " --amp-dtype)"})
+    amp_dtype: str = field(default="auto", metadata={"help": "--precision amp only: the autocast dtype; auto: fp16"
+                                                             " with gradient scaling on CUDA, bf16 on the CPU (no"
+                                                             " fast fp16 matmul there)"})
+    # auto: NeRF's matmul-bound step ran slower compiled on the CPU (plan.compile_decision).
+    compile: str = field(default="auto", metadata={"help": "torch.compile the radiance fields; auto: BitNeRF's only,"
+                                                           " whose many small quantization ops inductor fuses, and"
+                                                           " only where inductor can compile (see --plan)"})
+    # Off, so that exp1 is the strict baseline that AMP and BitNeRF are measured against.
+    tf32: bool = field(default=False, metadata={"help": "TF32 for fp32 matmuls and cuDNN on GPUs that have it, the"
+                                                        " fast fp32 baseline (off: IEEE fp32)"})
+    distributed: bool = field(default=False, metadata={"help": "DistributedDataParallel over torchrun processes,"
+                                                               " which expN.py launches itself (--nproc);"
+                                                               " BATCH_RAYS is the global batch"})
+    grad_compression: str = field(default="none", metadata={"help": "--distributed only: how the gradients travel"
+                                                                    " between the processes: none (fp32"
+                                                                    " all-reduce), bf16 (DDP's bf16 compression"
+                                                                    " hook) or powersgd (PowerSGD's low-rank"
+                                                                    " factors)"})
+    quantized_training: str = field(default="none", metadata={"help": "--model nerf only: what its Linear layers"
+                                                                      " train as: none (the model's own layers), int8"
+                                                                      " (int8 weights and activations in the forward"
+                                                                      " pass), or fp8 with torchao's tensorwise or"
+                                                                      " rowwise scaling"})
+    # Not an experiment axis: a step's update does not depend on it.
+    micro_batch_rays: int = field(default=0, metadata={"help": "split each process's share of a step's rays into"
+                                                               " micro-batches of at most N rays, whose gradients"
+                                                               " add up to the whole batch's; auto: the largest that"
+                                                               " fits the device (plan.py)"})
+    int8_kernel: str = field(default="auto", metadata={"help": "the int8 matmul of the layers that run in int8"
+                                                               " (BitNeRF's, --quantized-training int8's):"
+                                                               " torchao's Triton kernel, torch._int_mm, or"
+                                                               " torch._int_mm with K padded to a multiple of 8;"
+                                                               " auto: plan.py's rule for the device"
+                                                               " (docs/gpus.md)"})
 
-    # Evaluation and outputs.
-    log_every: int = 100
-    eval_every: int = 1000
-    eval_views: int = 2  # test views rendered at each periodic evaluation; the final one uses all
-    ckpt_every: int = 1000
-    video_frames: int = 120
-    chunk: int = 8192  # rays per rendering chunk
-    wandb: str = "auto"  # auto: WANDB_MODE if set, else online with W&B credentials here, else offline (runlog.py)
+    log_every: int = field(default=100, metadata={"help": "log the training loss and PSNR every this many steps"
+                                                          " (and at the last)"})
+    eval_every: int = field(default=1000, metadata={"help": "evaluate on EVAL_VIEWS views every this many steps"})
+    eval_views: int = field(default=2, metadata={"help": "views rendered at each periodic evaluation (validation"
+                                                         " views where the scene has them, else test views); the"
+                                                         " final evaluation renders all"})
+    ckpt_every: int = field(default=1000, metadata={"help": "save a checkpoint, which --resume continues from,"
+                                                            " every this many steps (and at the last)"})
+    video_frames: int = field(default=120, metadata={"help": "frames of the 360-degree video rendered at the end"})
+    chunk: int = field(default=8192, metadata={"help": "rays per rendering chunk when evaluating (fewer: less"
+                                                       " memory)"})
+    wandb: str = field(default="auto", metadata={"help": "Weights & Biases logging; auto: WANDB_MODE if set, else"
+                                                         " online with W&B credentials here, else offline"})
 
     def __post_init__(self):
-        choices = {"precision": PRECISIONS, "amp_dtype": AMP_DTYPES, "compile": COMPILE_MODES, "model": MODELS,
-                   "first_layer": FIRST_LAYERS, "device": DEVICES, "wandb": WANDB_MODES,
-                   "preset": PRESETS, "int8_kernel": INT8_KERNELS,
-                   "quantized_training": QUANTIZED_TRAINING, "grad_compression": GRAD_COMPRESSIONS}
-        for key, allowed in choices.items():
+        for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         positive = ("steps", "batch_rays", "depth", "width", "n_coarse", "log_every", "eval_every",
@@ -248,117 +303,3 @@ def saved_fields(saved: dict) -> dict:
 
 def experiment(name: str, base: ExperimentConfig = EXP1) -> ExperimentConfig:
     return replace(AXES[name](base), name=name)
-
-
-def _option_type(annotation):
-    """The argparse type for a dataclass field annotation (int, float, str, str | None, tuple[int, ...])."""
-    if isinstance(annotation, types.UnionType):
-        return next(a for a in typing.get_args(annotation) if a is not type(None))
-    if typing.get_origin(annotation) is tuple:
-        return typing.get_args(annotation)[0]
-    return annotation
-
-
-CLI_FIELDS = [f for f in dataclasses.fields(ExperimentConfig) if f.name != "preset"]  # --quick sets the preset
-
-
-def parse_args(name: str, argv: list[str] | None = None) -> tuple[ExperimentConfig, argparse.Namespace]:
-    """The command line of `expN.py`: every config field as `--field-name`, plus run-control flags.
-
-    Overrides apply on top of EXPn, or of the quick preset with the same axis when `--quick` is given.
-    Step counts (STEP_COUNTS) count the base's steps: they apply before the axis, so exp3 scales them to
-    its 4x batch (and refuses a --steps that is not a multiple of 4, which no equal budget of rays has).
-    """
-    parser = OneLineParser(prog=f"{name}.py", description=f"Train {name}: {EXPERIMENT_HELP[name]}.")
-    parser.add_argument("--quick", action="store_true", help="the CPU preset (about 5 minutes on 2 cores)")
-    parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    parser.add_argument("--nproc", type=int, default=None, metavar="N",
-                        help="distributed runs: processes to launch (default: one per GPU, else 2 on the CPU)")
-    parser.add_argument("--seeds", type=parse_seeds, default=None, metavar="S,S,...",
-                        help="one run per seed, named NAME-seedS (the same seeds for every experiment pair"
-                             " them in the report)")
-    parser.add_argument("--plan", nargs="?", const="", default=None, metavar="PROFILE",
-                        help="print the run's plan (device, precision, compile, int8 kernel, micro-batches, memory,"
-                             " time) without training; PROFILE plans for that GPU on any machine:"
-                             f" {', '.join(gpus.PROFILES)}")
-    parser.add_argument("--max-restarts", type=int, default=0, metavar="N",
-                        help="distributed runs: restart every process up to N times after one dies; each"
-                             " restart resumes from the last checkpoint")
-    for f in CLI_FIELDS:
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        elif f.name == "micro_batch_rays":
-            parser.add_argument(flag, type=parse_micro_batch_rays, default=None, metavar="auto|N",
-                                help="split each step's rays into micro-batches of at most N rays per process,"
-                                     " whose gradients add up to the whole batch's (default: auto, the largest"
-                                     " that fits the device)")
-        elif typing.get_origin(f.type) is tuple:
-            parser.add_argument(flag, type=int, nargs="*", default=None, metavar="N")
-        else:
-            parser.add_argument(flag, type=_option_type(f.type), default=None, metavar=f.name.upper())
-    args = parser.parse_args(argv)
-    if args.nproc is not None and args.nproc < 1:
-        raise UserError(f"--nproc must be at least 1, got {args.nproc}")
-    if args.max_restarts < 0:
-        raise UserError(f"--max-restarts must not be negative, got {args.max_restarts}")
-    if args.seeds and args.seed is not None:
-        raise UserError("give --seed or --seeds, not both")
-    overrides = {f.name: getattr(args, f.name) for f in CLI_FIELDS if getattr(args, f.name) is not None}
-    if "skips" in overrides:
-        overrides["skips"] = tuple(overrides["skips"])
-    base = QUICK if args.quick else EXP1
-    step_counts = {k: overrides.pop(k) for k in STEP_COUNTS if k in overrides}
-    scaled = experiment(name, replace(base, **step_counts))
-    if "steps" in step_counts:
-        factor = experiment(name, base).batch_rays // base.batch_rays
-        if step_counts["steps"] % factor:
-            raise UserError(f"--steps {step_counts['steps']}: {name} trains 1/{factor} of the steps at {factor}x the"
-                            f" batch (the rays of exp1 --steps N), so give a multiple of {factor}")
-        if factor > 1 and os.environ.get("RANK", "0") == "0":
-            print(f"{name}: --steps {step_counts['steps']} counts exp1's steps of {base.batch_rays} rays: {scaled.steps}"
-                  f" steps of {scaled.batch_rays} rays, the same rays", file=sys.stderr)
-    return replace(scaled, **overrides), args
-
-
-def parse_micro_batch_rays(text: str) -> int:
-    """--micro-batch-rays auto|N: auto is 0 in the configuration."""
-    if text == "auto":
-        return 0
-    try:
-        rays = int(text)
-    except ValueError:
-        rays = 0
-    if rays < 1:
-        raise argparse.ArgumentTypeError(f"expected auto or a number of rays of at least 1, got {text!r}")
-    return rays
-
-
-def parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated seeds such as 0,1,2, got {text!r}") from None
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"seeds must be distinct and not negative, got {text!r}")
-    return seeds
-
-
-def seed_argvs(argv: list[str], seeds: list[int], name: str) -> list[list[str]]:
-    """The command line of each run of `--seeds`: run NAME-seedS with --seed S in group NAME."""
-    base = without_option(argv, "--seeds")
-    return [[*base, "--seed", str(s), "--name", f"{name}-seed{s}", "--group", name] for s in seeds]
-
-
-EXPERIMENT_HELP = {
-    "exp1": "NeRF baseline in fp32",
-    "exp2": "automatic mixed precision with gradient scaling",
-    "exp3": "exp2 with a 4x larger batch at an equal budget of rays (--steps counts exp1's steps: it trains a quarter)",
-    "exp4": "BitNeRF, BitNet b1.58 ternary weights and int8 activations (torchao), trained with its own recipe",
-    "exp5": "NeRF with DistributedDataParallel (launches torchrun itself)",
-    "exp6": "BitNeRF with DistributedDataParallel (launches torchrun itself)",
-    "exp7": "NeRF trained in int8: int8 weights and activations in every hidden layer's forward pass",
-    "exp8": "NeRF trained in fp8 (torchao's float8 training; emulated where the device has no fp8 matmul)",
-    "exp9": "exp5 with compressed gradients: DDP with a bf16 compression hook (launches torchrun itself)",
-}

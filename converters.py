@@ -58,7 +58,7 @@ def hidden_layers_in(layer_format: str) -> Callable[[str, object], str | None]:
 
 def converter_name(config) -> str | None:
     """The converter config chooses: BitNeRF's own, or its quantized_training's (a configuration never asks for
-    both, configs.Config refuses it); None for a float NeRF."""
+    both, configs.ExperimentConfig refuses it); None for a float NeRF."""
     if config.model == "bitnerf":
         return "bitnet"
     return None if config.quantized_training == "none" else config.quantized_training

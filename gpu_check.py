@@ -3,22 +3,26 @@
 `python gpu_check.py` on a CUDA machine trains exp1-exp6 for a short schedule of the full configuration with
 the occupancy grid (fp32; fp16 autocast with a GradScaler; the 4x batch in four micro-batches; BitNeRF through
 torchao, compiled; NeRF and BitNeRF under DDP through their own torchrun launch, one process per visible GPU
-over nccl, where there are two or more), exp1 with TF32 and exp2 in bf16 where the GPU has them (compute
-capability 8.0), resumes exp2's checkpoint on the device for more steps, trains exp1 compiled and exp4 eager
-against their own runs (what `--compile auto` chooses, measured on the GPU), quantizes exp1 after training
+over nccl, where there are two or more), exp9 (exp5 with bf16-compressed gradients, at most 0.55x exp5's bytes
+per step) with DDP, and with --quantized exp7 (int8 training, on the int8 kernel its plan chooses) and exp8 (fp8
+training: real on compute capability 8.9 and up, emulated below, as its summary.json must say and its table line
+repeats), which would take the plan over its T4 budget. It trains exp1 with TF32 and exp2 in bf16 where the GPU
+has them (capability 8.0), resumes exp2's checkpoint on the device for more steps, trains exp1 compiled and exp4
+eager against their own runs (what `--compile auto` chooses, measured on the GPU), quantizes exp1 after training
 (ptq.py) and, with --hw-eval, costs every run on the accelerator models (hw_eval.py: CPU work, skipped with a
 note where its toolchain is missing). Then, in this process, it times dense matmuls at each run's MLP shapes
 in the run's compute dtype, for MFU. Before it starts it prints the plan: each check's estimated seconds on a
 T4 with 2 vCPUs against the 8-minute budget, or why the device leaves it out.
 `--device cpu` runs the same sequence on the quick preset for a few steps, on a smaller built-in scene, with
-hw_eval mapping smaller tiles and without the compile comparison.
+exp7 and exp8 (fp8 emulated), hw_eval mapping smaller tiles, and without the compile comparison.
 
 Every experiment runs as a subprocess, `python expN.py ... --out <out> --wandb disabled`, exactly the
 command a user types. It prints a table (check, result, seconds, samples/s, peak memory allocated and
 reserved, MFU, note) and writes `<out>/gpu_check.json`. A check fails on a non-zero exit, with its stderr's
 last line recorded, or when its run directory shows another device, precision, world size, step count or
-micro-batching than asked for, or no occupancy grid. The exit code is 0 only if no check failed (a check
-skipped for the device or for hw_eval's missing toolchain is not a failure).
+micro-batching than asked for, or no occupancy grid; exp7 another int8 kernel, exp8 fp8 emulated where the GPU
+has fp8 matmuls or real where it has none, exp9 more gradient bytes than asked for. The exit code is 0 only if
+no check failed (a check skipped for the device or for hw_eval's missing toolchain is not a failure).
 
 This file is the command; gpu_checks/ holds the rest: plan.py (the checks, which ones a device runs, their
 command lines and estimates), runners.py (running each check's commands, reading its runs) and table.py
@@ -36,6 +40,7 @@ from gpu_checks.plan import (
     CPU_TIMEOUT_S,
     DEFAULT_STEPS,
     MIN_TIMEOUT_S,
+    QUANTIZED,
     TIMEOUT_FACTOR,
     Check,
     Plan,
@@ -72,6 +77,9 @@ def parse(argv: list[str] | None) -> tuple[Plan, list[Check]]:
     parser.add_argument("--hw-eval", action="store_true",
                         help="on a GPU machine, also run hw_eval (CPU work, minutes per run, outside the budget;"
                              " always on with --device cpu, and with --only hw_eval)")
+    parser.add_argument("--quantized", action="store_true",
+                        help=f"on a GPU machine, also run {' and '.join(QUANTIZED)} (int8 and fp8 training, outside"
+                             f" the budget; always on with --device cpu, and with --only naming one)")
     parser.add_argument("--data", help="a scene .npz or Blender folder (default: the built-in scene)")
     parser.add_argument("--timeout", type=float,
                         help=f"seconds one command may take (default: on a GPU {TIMEOUT_FACTOR}x its check's"
@@ -89,8 +97,9 @@ def parse(argv: list[str] | None) -> tuple[Plan, list[Check]]:
     data = (str(Path(args.data).resolve()) if args.data
             else small_builtin_scene(out) if device == "cpu" else None)
     hw_eval = device == "cpu" or args.hw_eval or "hw_eval" in (args.only or [])
+    quantized = device == "cpu" or args.quantized or bool(set(QUANTIZED) & set(args.only or []))
     plan = Plan(device, out, args.steps or DEFAULT_STEPS[device], data, args.timeout, hw_eval=hw_eval,
-                **gpu_properties(device))
+                quantized=quantized, **gpu_properties(device))
     return plan, checks
 
 

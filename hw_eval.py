@@ -7,7 +7,11 @@ architecture whose MACs take the run's operand widths, costs each mapping under 
 gating; skipping with compressed activations, from the run's measured densities), and writes
 `results.csv` (a row per run, architecture and design) and one Markdown table per architecture into
 `--out`, and each run's own rows, tied to the run's identity, into its run directory (`hw_eval.json`,
-which the report reads); a run that logged to W&B gets its rows in its W&B run too.
+which the report reads); a run that logged to W&B gets its rows in its W&B run too. Each layer's MAC is
+charged as the format it computed in (layers.json's `format`: fp8 as a float MAC, int8 as an integer one);
+hw_eval.json also holds what each architecture charges per MAC of each format, which hw_eval.py prints
+(docs/accelerators.md). A run whose ptq.json records its variants' layers has each variant costed too: rows
+with the variant's name in results.csv's `variant` column, and in hw_eval.json's `ptq_rows`.
 `python hw_eval.py --setup` makes sure CACTI (the Eyeriss model's SRAM estimator) runs here.
 `python hw_eval.py --validate-study` models the accelerating-NeRFs study's MLP on its Eyeriss and compares
 dense -> skipping with its published ratios (BENCHMARKS.md).
@@ -34,6 +38,7 @@ from accel.results import (
     WEIGHTS_MEASURED,
     exp1_row,
     markdown_table,
+    trained_rows,
     write_results_csv,
     write_run_results,
 )
@@ -43,7 +48,7 @@ from utils import OneLineParser, UserError, exit_on_user_error
 
 try:
     from accel.architectures import ARCHITECTURES
-    from accel.costing import field_tiles, frame_rows, read_run
+    from accel.costing import field_tiles, frame_rows, mac_energy_table, ptq_variants, read_run
     from accel.mapping import map_missing
     from accel.study import validate_study
 except ImportError as e:
@@ -59,25 +64,41 @@ WANDB_VALUES = tuple(METRICS)  # per architecture and design
 
 def evaluate(runs_dir: Path, arch_names: list[str], out_dir: Path, tile: int = DEFAULT_TILE,
              jobs: int = 1) -> list[dict]:
-    """Evaluate every run on every architecture (mapping `jobs` tiles at a time); write results.csv and
-    <arch>.md into out_dir, and each run's own rows into its run directory."""
+    """Evaluate every run (and its PTQ variants) on every architecture; the trained models' rows, one per run,
+    architecture and design (evaluate_with_variants writes them all)."""
+    return trained_rows(evaluate_with_variants(runs_dir, arch_names, out_dir, tile, jobs))
+
+
+def evaluate_with_variants(runs_dir: Path, arch_names: list[str], out_dir: Path, tile: int = DEFAULT_TILE,
+                           jobs: int = 1) -> list[dict]:
+    """Evaluate every run, and every PTQ variant its ptq.json measured, on every architecture (mapping `jobs`
+    tiles at a time); write results.csv (the trained models' rows, then the variants') and <arch>.md (the trained
+    models) into out_dir, and each run's own rows into its run directory. Returns every row."""
     runs = [read_run(run_dir, summary) for run_dir, summary in rundir.find_runs(runs_dir)]
+    variants = {run.name: ptq_variants(run) for run in runs}  # a bad ptq.json is one line before any mapping
     check_toolchain()
     out_dir.mkdir(parents=True, exist_ok=True)
+    costed_runs = runs + [variant for run_variants in variants.values() for variant in run_variants]
     planned, mapping_jobs = [], {}
     for arch_name in arch_names:
-        for run in runs:
+        for run in costed_runs:
             fields, run_jobs = field_tiles(run, arch_name, tile, out_dir / ".cache")
             planned.append((run, arch_name, fields))
             mapping_jobs.update(run_jobs)
     map_missing(mapping_jobs, jobs)
-    rows = [row for run, arch_name, fields in planned for row in frame_rows(run, arch_name, fields)]
-    write_results_csv(out_dir / "results.csv", rows)
+    costed = [row for run, arch_name, fields in planned for row in frame_rows(run, arch_name, fields)]
+    rows = trained_rows(costed)
+    variant_rows = [row for row in costed if row["variant"]]
+    write_results_csv(out_dir / "results.csv", rows + variant_rows)
     for arch_name in arch_names:
         atomic_write(out_dir / f"{arch_name}.md", arch_table(arch_name, [r for r in rows if r["arch"] == arch_name]))
+    mac_energy = mac_energy_table(arch_names)
     for run in runs:
-        write_run_results(run.directory, run.identity, [row for row in rows if row["run"] == run.name])
-    return rows
+        ptq = ((variants[run.name][0].ptq_sha256, [row for row in variant_rows if row["run"] == run.name])
+               if variants[run.name] else None)
+        write_run_results(run.directory, run.identity, [row for row in rows if row["run"] == run.name], mac_energy,
+                          ptq)
+    return rows + variant_rows
 
 
 def arch_table(arch_name: str, rows: list[dict]) -> str:
@@ -129,7 +150,7 @@ def arch_table(arch_name: str, rows: list[dict]) -> str:
 def add_to_wandb_runs(runs_dir: Path, rows: list[dict]) -> dict[str, str]:
     """Each run's rows added to the W&B run that trained it (runlog.add_to_run); returns run -> W&B id for
     the runs that had one."""
-    ids = {}
+    ids, rows = {}, trained_rows(rows)  # one row per architecture and design: the trained model's
     for run in dict.fromkeys(row["run"] for row in rows):
         run_rows = [row for row in rows if row["run"] == run]
         if wandb_id := runlog.add_to_run(runs_dir / run, "hw_eval", run_rows, ("arch", "design"), WANDB_VALUES):
@@ -164,14 +185,28 @@ def main(argv: list[str] | None = None) -> None:
         if args.validate_study:
             print(validate_study(Path(args.out), args.jobs)["text"], end="")
             return
-        rows = evaluate(Path(args.runs), arch_names, Path(args.out), args.tile, args.jobs)
+        every_row = evaluate_with_variants(Path(args.runs), arch_names, Path(args.out), args.tile, args.jobs)
+        rows = trained_rows(every_row)
         add_to_wandb_runs(Path(args.runs), rows)
     assumed = sorted({r["run"] for r in rows if r["weight_density_source"] != WEIGHTS_MEASURED})
     if assumed:
         print(f"note: {', '.join(assumed)}: layers.json has no weight_density (trained before it was recorded); "
               f"their weights are taken as dense (density 1) in the gating and skipping designs")
-    print(f"{len(rows)} results -> {Path(args.out) / 'results.csv'} and each run's {RUN_RESULTS}, "
+    variant_rows = len(every_row) - len(rows)
+    print(f"{len(rows)} results" + (f" and {variant_rows} of PTQ variants" if variant_rows else "")
+          + f" -> {Path(args.out) / 'results.csv'} and each run's {RUN_RESULTS}, "
           + ", ".join(str(Path(args.out) / f"{a}.md") for a in arch_names))
+    print(mac_energy_text(arch_names), end="")
+
+
+def mac_energy_text(arch_names: list[str]) -> str:
+    """What each architecture charges for one MAC of each format (hw_eval.json's mac_energy_pj), as a table."""
+    table = mac_energy_table(arch_names)
+    formats = list(next(iter(table.values())))
+    body = [[arch, f"{ARCHITECTURES[arch].tech_node_nm:g} nm", f"{ARCHITECTURES[arch].clock_mhz:g} MHz",
+             *(f"{table[arch][f]:.3g}" for f in formats)] for arch in arch_names]
+    return ("\nEnergy per MAC (pJ; float formats accumulate in fp32, integer ones in an exact accumulator for a "
+            "256-wide layer):\n" + markdown_table(["architecture", "node", "clock", *formats], body) + "\n")
 
 
 if __name__ == "__main__":

@@ -262,8 +262,50 @@ def compiled(model: nn.Module) -> bool:
     return all(getattr(field, "_compiled_call_impl", None) is not None for field in fields)
 
 
-def stored_weight_bits(model: nn.Module) -> int:
-    """The narrowest weights a model stores in its Linear layers: a torchao quantized weight's integer data
-    (qdata), else the parameter's own dtype."""
-    return min(dtype_bits(getattr(module.weight, "qdata", module.weight).dtype)
-               for module in model.modules() if isinstance(module, nn.Linear))
+# The integer formats a stored weight can take beyond ternary, narrowest first, with the signed bits their values
+# fit in: torchao keeps int4 values unpacked in int8 tensors, so the values, not the dtype, tell the two apart.
+INTEGER_FORMATS = {"int4": 4, "int8": 8}
+
+
+def stored_weight(module: nn.Linear) -> torch.Tensor:
+    """The weight values a Linear layer multiplies by, as a deployment of it stores them: BitNeRF's ternary weight
+    (bitnerf.ternarize), an int8 training layer's int8 weight (as bitnerf.export_ternary stores it), a torchao
+    quantized weight's integer data (qdata), else the float weight itself."""
+    weight = module.weight
+    if isinstance(weight, bitnerf.BitNetTrainingLinearWeight):
+        return bitnerf.ternarize(weight)[0]
+    if isinstance(module, bitnerf.Int8TrainingLinear):
+        return bitnerf.quantize_int8_rowwise(weight.detach())[0]
+    return getattr(weight, "qdata", weight).detach()
+
+
+def signed_bits(values: torch.Tensor) -> int:
+    """The bits of the narrowest two's-complement integer that holds every one of values."""
+    low, high = int(values.min()), int(values.max())
+    return max(high.bit_length(), (-low - 1).bit_length()) + 1
+
+
+def stored_weight_record(values: torch.Tensor) -> dict:
+    """A stored weight's (stored_weight's) format, measured from its values: ternary (at most TERNARY_VALUES
+    distinct integers), else the narrowest INTEGER_FORMATS its integers fit, else its float dtype's (FLOAT_FORMATS);
+    the bits each value is stored in (ternary 2-bit packed, as LayerMatmul.bits gives it); and its density, the
+    fraction of its values that are nonzero (layers.json's weight_density)."""
+    if values.is_floating_point():
+        weight_format, bits = FLOAT_FORMATS.get(values.dtype, str(values.dtype)), dtype_bits(values.dtype)
+    elif torch.unique(values).numel() <= TERNARY_VALUES:
+        weight_format, bits = "ternary", precision.TERNARY_WEIGHT_BITS
+    else:
+        needed = signed_bits(values)
+        weight_format, bits = next(((name, width) for name, width in INTEGER_FORMATS.items() if needed <= width),
+                                   (str(values.dtype).removeprefix("torch."), dtype_bits(values.dtype)))
+    density = (values != 0).sum().item() / values.numel()
+    return {"format": weight_format, "weight_bits": bits, "weight_density": round(density, 4)}
+
+
+def stored_weights_bits(records) -> float:
+    """A model's weight bits from its layers' stored_weight_records: log2(3) where a layer stores ternary weights,
+    as MatmulCensus.weight_bits gives a BitNeRF, else the narrowest layer's."""
+    records = list(records)
+    if any(record["format"] == "ternary" for record in records):
+        return precision.TERNARY_INFORMATION_BITS
+    return min(record["weight_bits"] for record in records)

@@ -1,20 +1,25 @@
-"""Post-training quantization of a trained NeRF: evaluation-only variants beside BitNeRF's training.
+"""Post-training quantization of a trained NeRF: evaluation-only variants beside the runs that train quantized.
 
 `python ptq.py runs/exp1` loads the run's checkpoint, quantizes a copy of the model per variant,
-renders every test view and writes `runs/exp1/ptq.json`: per variant its weight bits and the input
-bits of its quantized layers (measured on the variant, measured.py), the size of its saved weights,
-and test PSNR and SSIM; a run that logged to W&B gets them in its W&B run too. exp4 trains ternary
-weights for the same number of steps, so the two answer one question: quantize after training, or
-train quantized?
+renders every test view and writes `runs/exp1/ptq.json`: per variant the ladder width it belongs to, its
+weight bits and the input bits of its quantized layers, and per Linear layer (by layers.json's names) the bits
+of its stored weight and of its inputs, its format and its weight density, all measured on the variant
+(measured.py); the size of its saved weights, and test PSNR and SSIM. A run that logged to W&B gets them in
+its W&B run too. Each quantized width has a run that trains at it for the same number of steps (ternary:
+exp4, int8: exp7, fp16: exp2), so the two answer one question: quantize after training, or train quantized?
 
-The int8 variants quantize the layers BitNeRF quantizes (all but the density and colour heads), so
-the comparison differs only in when and how finely weights are quantized. The int8 dynamic variant
-zero-pads the inputs of layers whose width is not a multiple of 8 (ZeroPaddedLinear), which leaves
-its results unchanged and keeps it on CUDA's int8 matmul.
+The int8 and int4 variants quantize the layers BitNeRF quantizes (all but the density and colour heads), so
+the comparison differs only in when and how finely weights are quantized. The ternary variant is exp4's
+conversion (bitnerf.convert_bitnet with exp4's recipe) applied to the trained fp32 weights: BitNet b1.58's
+absmean ternary weights and int8 absmax input rows in the hidden layers, the first layers int8, the heads fp32.
+The int8 dynamic variant zero-pads the inputs of layers whose width is not a multiple of 8
+(ZeroPaddedLinear), which leaves its results unchanged and keeps it on CUDA's int8 matmul; the int4 variant
+pads to whole groups of 32.
 """
 
 import copy
 import io
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 import bitnerf
+import configs
 import measured
 import nerf
 import rundir
@@ -34,16 +40,28 @@ from evaluation import Evaluation
 from files import write_json
 from utils import OneLineParser, UserError, exit_on_user_error
 
-# torchao's int8 schemes: per-output-channel symmetric int8 weights; the dynamic one also quantizes
-# each input row to int8 at run time, as BitNeRF's forward does.
-TORCHAO_CONFIGS = {
-    "int8-weight": "Int8WeightOnlyConfig",
-    "int8-dynamic": "Int8DynamicActivationInt8WeightConfig",
+# int4 weights in groups of this many input columns, each group with its own scale (torchao's CPU int4 needs a
+# layer's width to be a whole number of groups: the others are zero-padded).
+INT4_GROUP_SIZE = 32
+# torchao's schemes: per-output-channel symmetric int8 weights (the dynamic one also quantizes each input row to
+# int8 at run time, as BitNeRF's forward does), and per-group symmetric int4 weights (on any device: torchao's
+# Int4WeightOnlyConfig needs CUDA), multiplied in the input's float dtype.
+TORCHAO_CONFIGS = {  # each of torchao.quantization, given as ao
+    "int8-weight": lambda ao: ao.Int8WeightOnlyConfig(),
+    "int8-dynamic": lambda ao: ao.Int8DynamicActivationInt8WeightConfig(),
+    "int4-weight": lambda ao: ao.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=ao.PerGroup(INT4_GROUP_SIZE)),
 }
-VARIANTS = ("fp32", "fp16", *TORCHAO_CONFIGS)
-# cuBLAS's int8 matmul takes input widths in multiples of 8; torchao runs any other width as an int32
-# matmul copied to the CPU (the encoded point's 39 or 63 columns, the skip layer's 319, the view layer's 283).
+# cuBLAS's int8 matmul takes input widths in multiples of 8; torchao runs any other width as an int32 matmul
+# copied to the CPU (the encoded point's 39 or 63 columns, the skip layer's 319, the view layer's 283).
 INT8_MATMUL_MULTIPLE = 8
+# The variants whose quantized layers take inputs zero-padded to a multiple of these many columns.
+PADDED_INPUTS = {"int8-dynamic": INT8_MATMUL_MULTIPLE, "int4-weight": INT4_GROUP_SIZE}
+# Each variant's width on the precision ladder: what its quantized layers store their weights in.
+WIDTHS = {"fp32": "fp32", "fp16": "fp16", "int8-weight": "int8", "int8-dynamic": "int8", "int4-weight": "int4",
+          "ternary": "ternary"}
+VARIANTS = tuple(WIDTHS)
+# The run whose layer formats the ternary variant takes: BitNeRF trained with its own recipe.
+BITNERF_TWIN = "exp4"
 WANDB_VALUES = ("weight_bits", "model_bytes", "psnr_test", "ssim_test")  # per variant, in the run's W&B summary
 
 
@@ -51,7 +69,8 @@ class ZeroPaddedLinear(nn.Module):
     """A Linear whose input is zero-padded to a multiple of `multiple` columns, its weight with zero columns there.
 
     Exact, also under int8 dynamic quantization: the zero columns change neither an input row's nor a
-    weight row's absolute maximum (their int8 scales), and add nothing to the integer sums.
+    weight row's absolute maximum (their int8 scales), and add nothing to the integer sums. Under int4 weights in
+    groups, they fill the last group without changing its absolute maximum (its scale), and stay zero.
     """
 
     def __init__(self, linear: nn.Linear, multiple: int = INT8_MATMUL_MULTIPLE):
@@ -69,15 +88,14 @@ class ZeroPaddedLinear(nn.Module):
         return self.linear(F.pad(x, (0, self.pad)))
 
 
-def pad_quantized_inputs(model: nn.Module) -> None:
-    """Wrap, in place, every layer the int8 variants quantize whose input width is not a multiple of 8 in a
-    ZeroPaddedLinear."""
+def pad_quantized_inputs(model: nn.Module, multiple: int = INT8_MATMUL_MULTIPLE) -> None:
+    """Wrap, in place, every layer the int8 and int4 variants quantize whose input width is not a multiple of
+    `multiple` in a ZeroPaddedLinear."""
     for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
             path = f"{parent_name}.{name}" if parent_name else name
-            if (isinstance(child, nn.Linear) and bitnerf.is_ternary_layer(path)
-                    and child.in_features % INT8_MATMUL_MULTIPLE):
-                setattr(parent, name, ZeroPaddedLinear(child))
+            if isinstance(child, nn.Linear) and bitnerf.is_ternary_layer(path) and child.in_features % multiple:
+                setattr(parent, name, ZeroPaddedLinear(child, multiple))
 
 
 def quantized_copy(model: nn.Module, variant: str) -> tuple[nn.Module, torch.dtype | None]:
@@ -92,20 +110,43 @@ def quantized_copy(model: nn.Module, variant: str) -> tuple[nn.Module, torch.dty
             if isinstance(module, nn.Linear):
                 module.half()
         return model, torch.float16
-    import torchao.quantization
+    if variant == "ternary":
+        # exp4's own conversion of the trained weights: its forward ternarizes them (absmean) at every call.
+        return bitnerf.convert_bitnet(model, configs.experiment(BITNERF_TWIN)), None
+    import torchao.quantization  # here, after bitnerf has quieted what torchao logs at import
 
-    if variant == "int8-dynamic":
-        pad_quantized_inputs(model)
-    config = getattr(torchao.quantization, TORCHAO_CONFIGS[variant])()
-    quantize_(model, config, filter_fn=lambda m, name: isinstance(m, nn.Linear) and bitnerf.is_ternary_layer(name))
+    if variant in PADDED_INPUTS:
+        pad_quantized_inputs(model, PADDED_INPUTS[variant])
+    quantize_(model, TORCHAO_CONFIGS[variant](torchao.quantization),
+              filter_fn=lambda m, name: isinstance(m, nn.Linear) and bitnerf.is_ternary_layer(name))
     return model, None
 
 
 def saved_bytes(model: nn.Module) -> int:
-    """The size of the model's deployable state dict (nerf.deployable_state) as torch.save writes it."""
+    """The size of the model's deployable weights as the run's model file would hold them: ternary layers packed 2
+    bits a weight (bitnerf.export_ternary, BitNeRF's model file), else its deployable state dict
+    (nerf.deployable_state) as torch.save writes it."""
+    if bitnerf.quantized_linears(model):
+        with tempfile.TemporaryDirectory() as folder:
+            return bitnerf.export_ternary(model, Path(folder) / "model.pt")
     buffer = io.BytesIO()
     torch.save(nerf.deployable_state(model), buffer)
     return buffer.getbuffer().nbytes
+
+
+def measured_layers(model: nn.Module, census: measured.MatmulCensus) -> dict[str, dict]:
+    """Per Linear layer in the order they ran, by the run's own layer names (layers.json's: a ZeroPaddedLinear's
+    Linear by the layer it pads): the bits, format and density of the weight it stores over its own columns
+    (measured.stored_weight_record) and the bits of the inputs it multiplied (the census)."""
+    padded = {f"{name}.linear": (name, m.pad) for name, m in model.named_modules() if isinstance(m, ZeroPaddedLinear)}
+    layers = {}
+    for name, matmul in census.layers.items():
+        layer_name, pad = padded.get(name, (name, 0))
+        values = measured.stored_weight(model.get_submodule(name))
+        record = measured.stored_weight_record(values[:, :values.shape[1] - pad])
+        layers[layer_name] = {"weight_bits": record["weight_bits"], "input_bits": matmul.bits()["input_bits"],
+                              "format": record["format"], "weight_density": record["weight_density"]}
+    return layers
 
 
 def evaluate_variants(run_dir: Path, variants, data: str | None, device: torch.device) -> list[dict]:
@@ -113,6 +154,9 @@ def evaluate_variants(run_dir: Path, variants, data: str | None, device: torch.d
     if config.model != "nerf":
         raise UserError(f"{run_dir} is a {config.model} run: post-training quantization applies to NeRF runs"
                         f" (exp1, exp2, exp3, exp5)")
+    if config.quantized_training != "none":
+        raise UserError(f"{run_dir} trained with --quantized-training {config.quantized_training}, quantized already:"
+                        f" post-training quantization applies to NeRF runs trained in float (exp1, exp2, exp3, exp5)")
     evaluation = Evaluation.of(config, scene, device)
     rows = []
     for variant in tqdm(variants, desc="ptq", disable=None):
@@ -122,15 +166,14 @@ def evaluate_variants(run_dir: Path, variants, data: str | None, device: torch.d
             variant_evaluation = evaluation.with_dtype(autocast_dtype)
             metrics = variant_evaluation.metrics(variant_evaluation.test_views(quantized))
         eval_s = round(time.perf_counter() - start, 2)
-        # Measured on the variant itself: the weights it stores, and the inputs its quantized layers multiply.
-        census = variant_evaluation.matmul_census(quantized)
+        # Measured on the variant itself: the weights it stores, and the inputs its layers multiply.
+        layers = measured_layers(quantized, variant_evaluation.matmul_census(quantized))
         rows.append({
-            "variant": variant, "weight_bits": measured.stored_weight_bits(quantized),
-            "input_bits": min(layer.bits()["input_bits"] for name, layer in census.layers.items()
-                              if bitnerf.is_ternary_layer(name)),
+            "variant": variant, "width": WIDTHS[variant], "weight_bits": measured.stored_weights_bits(layers.values()),
+            "input_bits": min(layer["input_bits"] for name, layer in layers.items() if bitnerf.is_ternary_layer(name)),
             "model_bytes": saved_bytes(quantized),
             "psnr_test": metrics["psnr_test"], "ssim_test": metrics["ssim_test"],
-            "eval_s": eval_s,
+            "eval_s": eval_s, "layers": layers,
         })
     return rows
 
@@ -146,10 +189,10 @@ def main(argv: list[str] | None = None) -> None:
         rows = evaluate_variants(args.run_dir, args.variants, args.data, resolve_device(args.device))
         write_json(args.run_dir / rundir.PTQ, rows)
         runlog.add_to_run(args.run_dir, "ptq", rows, ("variant",), WANDB_VALUES)
-    print(f"{'variant':<14}{'weight bits':>12}{'model kB':>10}{'PSNR':>8}{'SSIM':>8}")
+    print(f"{'variant':<14}{'width':>8}{'weight bits':>12}{'input bits':>11}{'model kB':>10}{'PSNR':>8}{'SSIM':>8}")
     for r in rows:
-        print(f"{r['variant']:<14}{r['weight_bits']:>12}{r['model_bytes'] / 1e3:>10.0f}{r['psnr_test']:>8.2f}"
-              f"{r['ssim_test']:>8.3f}")
+        print(f"{r['variant']:<14}{r['width']:>8}{r['weight_bits']:>12g}{r['input_bits']:>11}"
+              f"{r['model_bytes'] / 1e3:>10.0f}{r['psnr_test']:>8.2f}{r['ssim_test']:>8.3f}")
 
 
 if __name__ == "__main__":

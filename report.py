@@ -20,6 +20,7 @@ from files import atomic_write
 from reporting import hardware
 from reporting.analyses import analyses_section, read_analyses
 from reporting.intervals import intervals_section
+from reporting.ladder import ladder_plot_section, ladder_points, ladder_section, wire_section
 from reporting.plots import pareto_section, psnr_section, renders_section
 from reporting.ptq import ptq_section
 from reporting.results import results_table
@@ -38,6 +39,7 @@ def write_report(runs_dir: Path, hw_dir: Path, out_dir: Path, command: str) -> P
                                  "--out", str(out_dir)])
     analyses = read_analyses(out_dir, analyze_command)
     missing = missing_experiments(runs_dir, runs)
+    ladder = ladder_points(runs, dense_rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# NeRF experiments: report", "",
              f"Written by `{command}` from {len(runs)} runs in `{runs_dir}`, in experiment order.", ""]
@@ -55,6 +57,9 @@ def write_report(runs_dir: Path, hw_dir: Path, out_dir: Path, command: str) -> P
         renders_section(runs, out_dir),
         hardware.energy_section(runs, runs_dir, hw_rows, stale, hw_dir, out_dir),
         ptq_section(runs),
+        ladder_section(runs, dense_rows, ladder),
+        ladder_plot_section(ladder, dense_rows, out_dir),
+        wire_section(runs),
         analyses_section(analyses, runs, out_dir, analyze_command, report_command),
     ]
     for section in sections:

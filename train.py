@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 import bitnerf
 import bitnerf_ddp
-import configs
+import command_line
 import measured
 import plan
 import precision
@@ -48,16 +48,16 @@ from utils import UserError, exit_on_user_error
 def main(name: str, argv: list[str] | None = None) -> None:
     """Entry point of `expN.py`: bad input is one line on stderr and exit code 2, never a traceback.
 
-    `--seeds S,S,...` trains one run per seed in turn (configs.seed_argvs) and stops at the first that fails;
+    `--seeds S,S,...` trains one run per seed in turn (command_line.seed_argvs) and stops at the first that fails;
     `--plan [PROFILE]` prints the run's plan (plan.py) and trains nothing.
     """
     argv = sys.argv[1:] if argv is None else argv
     with exit_on_user_error():
-        config, args = configs.parse_args(name, argv)
+        config, args = command_line.parse_args(name, argv)
         if args.plan is not None:
             plan.print_plan(config, args.plan, args.nproc)
             return
-        for run_argv in configs.seed_argvs(argv, args.seeds, config.name) if args.seeds else [argv]:
+        for run_argv in command_line.seed_argvs(argv, args.seeds, config.name) if args.seeds else [argv]:
             if code := train_command(name, run_argv):
                 sys.exit(code)
 
@@ -68,7 +68,7 @@ def train_command(name: str, argv: list[str]) -> int:
     A distributed experiment started with plain python checks its input and takes the run directory's
     lock, then relaunches itself under torchrun, whose rank 0 trains under that lock.
     """
-    config, args = configs.parse_args(name, argv)
+    config, args = command_line.parse_args(name, argv)
     if not config.distributed or bitnerf_ddp.under_torchrun():
         run(config, resume=args.resume, overwrite=args.overwrite)
         return 0

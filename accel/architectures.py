@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from accel import sparsity
 from accel.components import FloatMAC, LayerMAC, accumulator_bits_expression
+from accel.workloads import FLOAT_TENSORS
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,17 @@ class Architecture:
     partial_sum_memories: tuple[str, ...]  # memories that hold outputs while they accumulate
     component_groups: dict[str, str]  # AccelForge component -> results.ENERGY_GROUPS (others: other)
     sparse: sparsity.SparseHardware  # how the gating and skipping designs exploit zeros (README: the sources)
+
+    @property
+    def tech_node_nm(self) -> float:
+        """The node its MACs are modelled at, in nm (results.csv's tech_node_nm)."""
+        return round(self.mac_tech_node * 1e9, 3)
+
+    @property
+    def clock_mhz(self) -> float:
+        """Its clock, in MHz (results.csv's clock_mhz): the example's MAC throughput, which the sparse model's
+        cycles take too."""
+        return self.sparse.clock_hz / 1e6
 
 
 # The AccelForge examples `accelforge.examples.arches.<name>`, with the MAC replaced (see LayerMAC).
@@ -52,8 +64,9 @@ STUDY_ARCHS = {"eyeriss_study": False, "eyeriss_study_delay_first": True}
 
 
 def build_spec(arch_name: str, workload: dict, int_accumulator: int):
-    """The example architecture with a LayerMAC of this workload's operand widths, and the workload
-    (STUDY_ARCHS: the accelerating-NeRFs study's Eyeriss, see study_spec)."""
+    """The example architecture with a LayerMAC of each einsum's operand widths and kind (float or integer: the
+    einsum's FLOAT_TENSORS rename), and the workload (STUDY_ARCHS: the accelerating-NeRFs study's Eyeriss, see
+    study_spec)."""
     import accelforge as af
 
     if arch_name in STUDY_ARCHS:
@@ -69,7 +82,7 @@ def build_spec(arch_name: str, workload: dict, int_accumulator: int):
         mac_action.energy = None  # from LayerMAC; the example's throughput stays
     mac.extra_attributes_for_component_model = type(mac.extra_attributes_for_component_model)(
         tech_node=arch.mac_tech_node, weight_bits="weight.bits_per_value", input_bits="input.bits_per_value",
-        accumulator_bits=accumulator)
+        accumulator_bits=accumulator, float_operands=f"len({FLOAT_TENSORS}) > 0")
     for name in arch.partial_sum_memories:
         spec.arch.nodes[name].bits_per_value = {"output": accumulator}
     spec.mapper.metrics = af.mapper.Metrics.ENERGY

@@ -21,6 +21,8 @@ from accel import architectures, components, sparsity
 from accel.architectures import build_spec
 from files import write_json
 
+ROLES = ("input", "weight", "output")  # the renames that name an einsum's operands (not FLOAT_TENSORS)
+
 
 def map_tile(arch_name: str, workload: dict, int_accumulator: int) -> dict:
     """Map one workload with AccelForge's FFM mapper (lowest energy); energies in J, latency in s, per tile.
@@ -84,7 +86,7 @@ def mapping_result(mapping, workload: dict, spec=None) -> dict:
         "actions": actions,
         "component_latency_s": [[e, c, float(seconds)]
                                 for (e, c), seconds in mapping.latency(per_einsum=True, per_component=True).items()],
-        "roles": {e["name"]: e["renames"] for e in workload["einsums"]},
+        "roles": {e["name"]: {role: e["renames"][role] for role in ROLES} for e in workload["einsums"]},
         "bits": {a["name"]: a["bits_per_value"] for e in workload["einsums"] for a in e["tensor_accesses"]},
         "output_elements": output_elements(workload),
         "bits_per_action": bits_per_action(spec) if spec is not None else {},

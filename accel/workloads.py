@@ -1,9 +1,20 @@
 """Runs' layers as AccelForge workloads: each radiance field (coarse, fine) one workload of one einsum per
-Linear layer of layers.json, with the run's bitwidths, and the densities of each einsum's operands that the
-sparse designs take (accel/sparsity.py)."""
+Linear layer of layers.json, with the run's bitwidths and whether its MAC multiplies floats or integers (its
+measured format), and the densities of each einsum's operands that the sparse designs take (accel/sparsity.py)."""
 
+import precision
 from accel import sparsity
 from utils import UserError
+
+# layers.json's `format` (measured.py: what the layer's matmul computed in) -> whether its MAC is a float one.
+# fp8 and int8 both have 8 bits, so the format, not the width, tells them apart.
+FLOAT_FORMATS = ("fp32", "tf32", "fp16", "bf16", "fp8")
+INTEGER_FORMATS = ("int8", "ternary")
+# The einsum's rename that carries it to the MAC (accel.architectures.build_spec): every tensor of the einsum for
+# float operands, none for integer ones. AccelForge evaluates the MAC's attributes per einsum with its renames in
+# scope, and the workload, with this in it, keys the mapping cache (accel.mapping.cache_path): fp8 and int8
+# layers of equal widths are different tiles.
+FLOAT_TENSORS = "float_tensors"
 
 
 def split_fields(layers: list[dict]) -> dict[str, list[dict]]:
@@ -12,6 +23,18 @@ def split_fields(layers: list[dict]) -> dict[str, list[dict]]:
     for layer in layers:
         fields.setdefault(layer["name"].split(".")[0], []).append(layer)
     return fields
+
+
+def float_operands(layer: dict) -> bool:
+    """Whether the layer's MAC multiplies floats: its measured format where layers.json has one, else (a run
+    from before formats were recorded) its input's width (precision.is_float: 16 bits or more)."""
+    layer_format = layer.get("format")
+    if layer_format is None:
+        return precision.is_float(layer["input_bits"])
+    if layer_format not in FLOAT_FORMATS + INTEGER_FORMATS:
+        raise UserError(f"layer {layer['name']} computes in {layer_format!r}, which hw_eval.py has no MAC for "
+                        f"(known: {', '.join(FLOAT_FORMATS + INTEGER_FORMATS)})")
+    return layer_format in FLOAT_FORMATS
 
 
 def einsum_name(layer: dict) -> str:
@@ -47,7 +70,8 @@ def field_workload(layers: list[dict], rows: int) -> dict:
     Tensors: X (the encoded point), Y_<layer> (outputs), W_<layer> (weights). An activation is stored
     as wide as its widest reader takes it (BitNeRF quantizes to int8 as it writes the next layer's
     input); a final output as the layer writes it. A concatenating layer reads its source tensor over
-    a wider rank than the source writes: the extra columns are the concatenated input.
+    a wider rank than the source writes: the extra columns are the concatenated input. Each einsum's renames
+    name its input, weight and output, and (FLOAT_TENSORS) whether its MAC is a float one.
     """
     names = [einsum_name(l) for l in layers]
     sources = layer_inputs(layers)
@@ -74,7 +98,8 @@ def field_workload(layers: list[dict], rows: int) -> dict:
                 {"name": output_tensor, "projection": {"M": "m", f"C_{output_tensor}": f"n_{name}"},
                  "output": True, "bits_per_value": bits[output_tensor]},
             ],
-            "renames": {"input": input_tensor, "weight": weight, "output": output_tensor},
+            "renames": {"input": input_tensor, "weight": weight, "output": output_tensor,
+                        FLOAT_TENSORS: "All" if float_operands(layer) else "Nothing"},
         })
     return {"iteration_space_shape": shape, "einsums": einsums}
 

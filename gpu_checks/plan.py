@@ -12,8 +12,16 @@ import configs
 import gpus
 from files import atomic_write
 
-# The experiments the check runs: exp1-exp6; the precision ladder's exp7-exp9 are not yet part of it (issue 28).
-EXPERIMENTS = ("exp1", "exp2", "exp3", "exp4", "exp5", "exp6")
+# The experiments the check runs: exp1-exp9.
+EXPERIMENTS = ("exp1", "exp2", "exp3", "exp4", "exp5", "exp6", "exp7", "exp8", "exp9")
+# exp7 and exp8 (int8 and fp8 training) would take the default plan over its T4 budget (about 110 s more on a
+# T4, below): on a GPU machine they run with --quantized (or --only), as hw_eval runs with --hw-eval; on the CPU
+# always.
+QUANTIZED = ("exp7", "exp8")
+# A check whose run compresses its gradients, with the run it compresses and the most of that run's gradient
+# bytes per step (summary.json's sent_bytes_per_step, measured) it may send where that run passed: exp9's bf16
+# hook sends half of exp5's fp32 all-reduce, the same buckets at 2 bytes an element instead of 4.
+COMPRESSED = {"exp9": ("exp5", 0.55)}
 # On a GPU: two dozen steps. Enough for exp1's occupancy grid to update twice (steps 0 and 16,
 # nerf.GRID_UPDATE_EVERY), the second time from a trained field, for the resume (to step 36) to cross the
 # update at step 32 from a restored grid, and for the last logged quarter (6 steps) to be past the first
@@ -48,13 +56,26 @@ BUDGET_S = 480
 #   occupancy grid's savings not counted); fp16 on tensor cores about 3x faster, bounded by the non-matmul
 #   work; BitNeRF's int8 without int8 tensor cores in Triton below capability 8.0 about 1 s; under DDP each
 #   rank takes half the rays. Checks a T4 skips (TF32, bf16, DDP) are costed at a T4's speed: an upper bound.
-# - hw_eval maps on the CPU: about 3 minutes per distinct model and core, six of them on 2 cores.
+# - exp7 (int8 training): the forward matmuls in int8 through cuBLAS (a T4 has int8 tensor cores; a third of
+#   the FLOPs, almost free), the backward's two thirds exact in fp32 (0.47 s), and the rowwise absmax
+#   quantization of every hidden layer's input and weight, a few memory passes over 800 MB of activations per
+#   layer at 320 GB/s (about 0.2 s): exp1's 0.7 s per step and its 30 s.
+# - exp8 (fp8 training) is emulated on a T4 (capability 7.5, no fp8 matmul): all three matmuls in fp32 as in
+#   exp1 (0.7 s), plus torchao's tensorwise scaling (an absmax pass, a cast and the emulation's upcast of the
+#   input, weight and gradient of every hidden layer, both ways: about 0.3 s); 10 s more to import and
+#   convert, and for the final evaluation's emulated matmuls.
+# - exp9 is exp5 with DDP's bf16 hook: the same work per rank, the gradients (1.2 million parameters, 4.8 MB)
+#   cast to bf16 and back, half the bytes between the GPUs: exp5's.
+# - hw_eval maps on the CPU: about 3 minutes per distinct model and core: five distinct models (fp32, fp16,
+#   ternary, int8 and fp8 layers; exp3, exp5, exp6 and exp9 share theirs with exp2, exp1, exp4 and exp5) on
+#   the two architectures, ten mappings on 2 cores.
 T4_ESTIMATES = {
     "exp1": (30, 0.7), "exp2": (25, 0.25), "exp3": (25, 0.3), "exp4": (90, 1.0), "exp5": (40, 0.4),
-    "exp6": (100, 0.6), "tf32": (30, 0.7), "bf16": (25, 0.25),
+    "exp6": (100, 0.6), "exp7": (30, 0.7), "exp8": (40, 1.0), "exp9": (40, 0.4),
+    "tf32": (30, 0.7), "bf16": (25, 0.25),
     "resume": (25, 0.125),  # exp2 for half the steps again
     "compile": (100, 1.7),  # exp1 compiled (40 s of compilation) and exp4 eager
-    "ptq": (30, 0.0), "hw_eval": (540, 0.0), "mfu": (15, 0.0),
+    "ptq": (30, 0.0), "hw_eval": (900, 0.0), "mfu": (15, 0.0),
 }
 # Seconds one command may take unless --timeout says: on a GPU this many times its check's estimate, which is
 # not measured, and at least MIN_TIMEOUT_S; so a hung command ends within minutes rather than the whole
@@ -101,6 +122,9 @@ CHECKS = (
     Check("exp4", "BitNeRF: torchao ternary weights and int8 activations, torch.compile"),
     Check("exp5", "NeRF under DDP, self-launched by torchrun (nccl over the GPUs; gloo on the CPU)"),
     Check("exp6", "BitNeRF under DDP, compiled"),
+    Check("exp7", "NeRF trained in int8: int8 weights and activations in the hidden layers' forward passes"),
+    Check("exp8", "NeRF trained in fp8: torchao's float8 training, tensorwise"),
+    Check("exp9", "exp5 with its gradients compressed to bf16 (DDP's bf16 hook)"),
     Check("tf32", "exp1 with TF32 matmuls"),
     Check("bf16", "exp2 with bf16 autocast"),
     Check("resume", "exp2's checkpoint resumed on the device for more steps", ("exp2",)),
@@ -129,6 +153,7 @@ class Plan:
     capability: tuple[int, int] | None = None  # on CUDA: the GPU's, e.g. (7, 5) for a T4
     gpu_count: int = 0
     hw_eval: bool = True
+    quantized: bool = True  # exp7 and exp8 (QUANTIZED)
 
     def skip_reason(self, name: str) -> str | None:
         """Why this device leaves a check out (None: the check runs)."""
@@ -136,6 +161,8 @@ class Plan:
             return "on a GPU only: the CPU's measurement is BENCHMARKS.md's"
         if name == "hw_eval" and not self.hw_eval:
             return "CPU work, off on a GPU machine: --hw-eval runs it"
+        if name in QUANTIZED and not self.quantized:
+            return "outside the T4 budget, off on a GPU machine: --quantized runs it"
         if self.device == "cpu":
             return f"on a GPU only: {VARIANTS[name].cpu_reason}" if name in VARIANTS else None
         if name in VARIANTS and self.capability < VARIANTS[name].min_capability:
@@ -214,12 +241,53 @@ class Plan:
         return self.gpu_count if self.device == "cuda" else 2  # bitnerf_ddp's default on the CPU
 
     def expected_precision(self, experiment: str) -> str:
+        """summary.json's precision (precision.precision_name) of an experiment's run on this device."""
         config = configs.experiment(experiment)
         if config.model == "bitnerf":
             return "ternary-int8"
+        if config.quantized_training != "none":
+            return config.quantized_training.split("-")[0]
         if config.precision == "fp32":
             return "fp32"
         return "fp16-amp" if self.device == "cuda" else "bf16-amp"
+
+    def expected_emulated(self, experiment: str) -> bool | None:
+        """summary.json's emulated for an fp8 run: True where the device has no fp8 matmul (the CPU, a GPU below
+        gpus.FP8_MIN_CAPABILITY; converters.fp8_emulated), False on a GPU with one; None for other runs."""
+        if not configs.experiment(experiment).quantized_training.startswith("fp8"):
+            return None
+        return self.device == "cpu" or self.capability < gpus.FP8_MIN_CAPABILITY
+
+    def fp8_note(self, emulated: bool) -> str:
+        """Which fp8 ran, for the table: real on this GPU, or emulated and why."""
+        where = "the CPU" if self.device == "cpu" else f"capability {capability_text(self.capability)}"
+        return f"fp8 emulated: {where} has no fp8 matmul" if emulated else f"fp8 real ({where})"
+
+    def expected_int8_kernel(self, experiment: str) -> str | None:
+        """summary.json's int8_kernel (measured) for an int8 training run: the kernel the run's own plan chooses
+        for this device (plan.int8_kernel_decision under --int8-kernel auto); None for other runs (BitNeRF's
+        exp4 and exp6 record theirs, not held to it)."""
+        config = self.base_config(experiment)
+        if config.quantized_training != "int8":
+            return None
+        import plan as run_plan  # the runs' own plan (plan.py), not this module
+
+        target = (run_plan.Target("cpu") if self.device == "cpu"
+                  else run_plan.Target("cuda", gpus.GPU(f"capability {capability_text(self.capability)}",
+                                                        self.capability, 0)))
+        return run_plan.int8_kernel_decision(config, target)
+
+    def expectation(self, name: str) -> str:
+        """What a training check's run is held to beyond precision, world size and steps, as describe prints it."""
+        experiment = self.experiment(name)
+        if (emulated := self.expected_emulated(experiment)) is not None:
+            return self.fp8_note(emulated)
+        if kernel := self.expected_int8_kernel(experiment):
+            return f"int8 kernel {kernel}"
+        if name in COMPRESSED:
+            reference, ratio = COMPRESSED[name]
+            return f"at most {ratio}x {reference}'s gradient bytes per step"
+        return ""
 
 
 def selected(only: list[str] | None, skip: list[str]) -> list[Check]:
@@ -243,8 +311,10 @@ def describe(plan: Plan, checks: list[Check]) -> list[str]:
             lines.append(f"  {check.name:<9}skip      {reason}")
             continue
         estimate = plan.estimate_s(check.name)
+        expect = plan.expectation(check.name) if check.name in RUNS else ""
         lines.append(f"  {check.name:<9}{f'~{estimate:.0f} s' if estimate is not None else 'run':<10}"
-                     f"{check.what} (timeout {plan.command_timeout(check.name):.0f} s)")
+                     f"{check.what}{f'; expects {expect}' if expect else ''}"
+                     f" (timeout {plan.command_timeout(check.name):.0f} s)")
     if plan.device == "cuda":
         total = estimated_total(plan, checks)
         lines.append(f"estimated {total:.0f} s at a T4's speed with 2 vCPUs (worked out, not measured): "

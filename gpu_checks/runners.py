@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import configs
+import command_line
 import rundir
-from gpu_checks.plan import EXPERIMENTS, RUNS, VARIANTS, Check, Plan
+from gpu_checks.plan import COMPRESSED, EXPERIMENTS, RUNS, VARIANTS, Check, Plan
 
 REPO = Path(__file__).resolve().parents[1]  # the commands run in the project's folder
 RESUMED = "resumed"  # <out>/resumed/exp2: a copy of exp2's run that the resume check continues
@@ -97,10 +97,14 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
     return json.loads((run_dir / rundir.SUMMARY).read_text()), rundir.read_metrics(run_dir)
 
 
-def check_experiment(plan: Plan, name: str, result: Result, log: Path) -> None:
+def check_experiment(plan: Plan, name: str, result: Result, log: Path,
+                     results: dict[str, Result] | None = None) -> None:
     """Train the experiment (or variant), then hold its run directory to what was asked for. Fields that
     summary.json gained later (micro-batching, kernels, reserved memory) are recorded as None where a run lacks
-    them, and only checked where present."""
+    them, and only checked where present. An fp8 run must say whether it was emulated as the device implies
+    (and its note says which), an int8 training run must have run its plan's int8 kernel, and a run that
+    compresses its gradients must have sent at most its share of the uncompressed run's bytes where that one
+    passed (results: the checks before it)."""
     experiment = plan.experiment(name)
     run_command([f"{experiment}.py", *plan.experiment_argv(name), "--overwrite"], result, log,
                 plan.command_timeout(name))
@@ -109,6 +113,10 @@ def check_experiment(plan: Plan, name: str, result: Result, log: Path) -> None:
     expected = {"device": plan.device, "precision": plan.expected_precision(experiment),
                 "world_size": plan.expected_world_size(experiment), "steps": plan.experiment_steps(experiment),
                 **(VARIANTS[name].expect if name in VARIANTS else {})}
+    if (emulated := plan.expected_emulated(experiment)) is not None:
+        expected["emulated"] = emulated
+    if kernel := plan.expected_int8_kernel(experiment):
+        expected["int8_kernel"] = kernel
     found = {**summary, "device": summary.get("device", "").split(":")[0]}
     wrong = [f"{key} {found.get(key)!r} (expected {value!r})" for key, value in expected.items()
              if found.get(key) != value]
@@ -138,8 +146,38 @@ def check_experiment(plan: Plan, name: str, result: Result, log: Path) -> None:
         "compiled": summary.get("compiled"), "int8_kernel": summary.get("int8_kernel"),
         "float32_matmul_precision": summary.get("float32_matmul_precision"),
         "micro_batch_rays": summary.get("micro_batch_rays"), "micro_batches": summary.get("micro_batches"),
+        "emulated": summary.get("emulated"), "sent_bytes_per_step": summary.get("sent_bytes_per_step"),
         **skipped,
     }
+    notes = [result.note] if result.note else []
+    if emulated is not None:
+        notes.append(plan.fp8_note(summary["emulated"]))
+    if kernel:
+        notes.append(f"int8 kernel {summary['int8_kernel']}")
+    if name in COMPRESSED:
+        notes.append(check_compression(name, summary_path, summary, results or {}, result))
+    result.note = "; ".join(notes)
+
+
+def check_compression(name: str, summary_path: Path, summary: dict, results: dict[str, Result],
+                      result: Result) -> str:
+    """Hold a compressed run's measured gradient bytes per step to at most COMPRESSED's share of its
+    uncompressed run's, where that run passed; returns the note that says how they compare."""
+    reference, max_ratio = COMPRESSED[name]
+    sent = summary.get("sent_bytes_per_step")
+    if not sent:
+        raise CheckFailed(f"{summary_path} says sent_bytes_per_step {sent!r} (expected the bytes its hook sent)")
+    other = results.get(reference)
+    if other is None or other.status != "pass" or not other.metrics.get("sent_bytes_per_step"):
+        why = ("did not run" if other is None or other.status == "skip" else "failed" if other.status != "pass"
+               else "has no sent_bytes_per_step")
+        return f"gradient bytes not compared: {reference} {why}"
+    ratio = sent / other.metrics["sent_bytes_per_step"]
+    result.metrics[f"sent_over_{reference}"] = round(ratio, 3)
+    if ratio > max_ratio:
+        raise CheckFailed(f"{name} sent {sent} gradient bytes per step, {ratio:.2f}x {reference}'s"
+                          f" {other.metrics['sent_bytes_per_step']} (expected at most {max_ratio}x)")
+    return f"sent {ratio:.2f}x {reference}'s gradient bytes per step"
 
 
 def check_resume(plan: Plan, result: Result, log: Path) -> None:
@@ -210,8 +248,10 @@ def check_mfu(plan: Plan, results: dict[str, Result], result: Result) -> None:
     import bitnerf
     from dataset import load_scene
 
-    dtypes = {"fp32": torch.float32, "ternary-int8": torch.float32, "fp16-amp": torch.float16,
-              "bf16-amp": torch.bfloat16}
+    # int8 and fp8 training against fp32 too, as bench.py does (a run's autocast dtype, none for either): not
+    # against an int8 or fp8 matmul rate.
+    dtypes = {"fp32": torch.float32, "ternary-int8": torch.float32, "int8": torch.float32, "fp8": torch.float32,
+              "fp16-amp": torch.float16, "bf16-amp": torch.bfloat16}
     device = torch.device(plan.device)
     scene = load_scene(plan.data)
     rates: dict = {}
@@ -219,7 +259,7 @@ def check_mfu(plan: Plan, results: dict[str, Result], result: Result) -> None:
         run = results.get(name)
         if run is None or run.status != "pass":
             continue
-        config, _ = configs.parse_args(name, plan.experiment_argv(name))
+        config, _ = command_line.parse_args(name, plan.experiment_argv(name))
         world_size, dtype = run.metrics["world_size"], dtypes[run.metrics["precision"]]
         model = bitnerf.build_model(config, scene, device)
         # A micro-batched run's matmuls take a micro-batch's rays (where its summary says how many).
@@ -264,7 +304,7 @@ def run_checks(plan: Plan, checks: list[Check]) -> dict[str, Result]:
         start = time.perf_counter()
         try:
             if check.name in RUNS:
-                check_experiment(plan, check.name, result, log)
+                check_experiment(plan, check.name, result, log, results)
             elif check.name == "resume":
                 check_resume(plan, result, log)
             elif check.name == "compile":

@@ -7,5 +7,7 @@
 - plots.py: saving figures, the PSNR curves, the renders, quality against cost (the Pareto plot)
 - hardware.py: each run's own accelerator results, energy per frame and the three designs
 - ptq.py: post-training quantization beside BitNeRF's quantized training
+- ladder.py: the precision ladder (every precision trained or quantized after training: quality over seeds, size,
+  throughput, energy per sample) with its Pareto plot, and the bytes the data-parallel runs send per step
 - analyses.py: analyze.py's analyses.json as tables and plots
 """

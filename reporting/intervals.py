@@ -39,6 +39,15 @@ def missing_cell(key: str) -> str:
     return NOT_EVALUATED if key.startswith("energy:") else "n/a"
 
 
+def difference_cell(difference: stats.Estimate | None, digits: int = 2) -> str:
+    """A paired difference as the interval table shows it: marked *not significant* where its interval covers zero."""
+    if difference is None:
+        return "n/a (no common seed)"
+    if difference.half_width is None:
+        return f"{difference.mean:+.{digits}f}"
+    return f"{difference.format(digits)}{' (not significant)' if difference.covers_zero else ''}"
+
+
 def intervals_section(runs, dense_rows: list[dict]) -> list[str]:
     """Each experiment's mean and 95% t interval over its seeds, and its difference from exp1 paired seed
     by seed, marked where the interval covers zero."""
@@ -65,9 +74,7 @@ def intervals_section(runs, dense_rows: list[dict]) -> list[str]:
                 cells.append("n/a (compiled differs)")  # throughput compares only like with like
                 continue
             difference = stats.paired_difference(by_seed(group, value), by_seed(reference, value))
-            cells.append(missing_cell(key) if difference is None else
-                         f"{difference.format(digits)}{' (not significant)' if difference.covers_zero else ''}"
-                         if difference.half_width is not None else f"{difference.mean:+.{digits}f}")
+            cells.append(missing_cell(key) if difference is None else difference_cell(difference, digits))
         rows.append([experiment, *cells])
     lines += [markdown_table(["difference against exp1", *(label for label, _, _ in measures.values())], rows), ""]
     if most_seeds < 2:

@@ -1,3 +1,5 @@
+import contextlib
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -60,3 +62,28 @@ def write_scene(path: Path, n: int = 6, size: int = 8, **overrides) -> Path:
     arrays.update(overrides)
     np.savez(path, **arrays)
     return path
+
+
+@contextlib.contextmanager
+def ddp_rank(rank: int, port: int, config, grad_compression: str = "none"):
+    """This process as one of 2 gloo ranks on the CPU, set up as a run sets up: (model, optimization, this rank's
+    sampler, the DDP-wrapped model); the process group ends on leaving."""
+    import bitnerf
+    import bitnerf_ddp
+    from dataset import RaySampler, load_scene
+    from step import Optimization
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    ranks = bitnerf_ddp.init("cpu", distributed=True)
+    try:
+        scene = load_scene(config.data)
+        torch.manual_seed(config.seed)
+        model = bitnerf.build_model(config, scene, ranks.device)
+        optimization = Optimization.build(config, model, ranks.device, None)
+        sampler = RaySampler(scene, ranks.device, config.batch_rays, config.seed, config.jitter_per_ray,
+                             rank=ranks.rank, world_size=ranks.world_size)
+        yield model, optimization, sampler, bitnerf_ddp.wrap(model, ranks, grad_compression)
+    finally:
+        bitnerf_ddp.shutdown()

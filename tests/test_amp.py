@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_scene
 
 import bitnerf
 import configs
 import measured
 import precision
 import rundir
-from conftest import write_scene
 from dataset import RaySampler, load_scene
 from step import Optimization, train_step
 
@@ -47,7 +47,7 @@ class Fp16Training:
         self.scaler = self.optimization.scaler
         self.sampler = RaySampler(scene, CPU, self.config.batch_rays, self.config.seed,
                                   jitter_samples=self.config.jitter_per_ray)
-        self.autocast = functools.partial(precision.autocast, CPU, self.dtype)  # as train.py's evaluation.autocast
+        self.autocast = functools.partial(precision.autocast, CPU, self.dtype)  # as evaluation.Evaluation.autocast
         self.steps = 0
 
     def step(self) -> dict[str, torch.Tensor]:

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_scene
 
 import analyze
 import bitnerf
 import configs
 import nerf
-from conftest import write_scene
 from dataset import load_scene
 from evaluation import Evaluation
 

@@ -5,12 +5,12 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import write_scene
 from torch.utils.flop_counter import FlopCounterMode
 
 import bench
 import bitnerf
 import configs
-from conftest import write_scene
 from dataset import RaySampler, load_scene
 from nerf import MLP_RANGE, NeRF, RadianceField
 from step import Optimization, train_step

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
 import torchao.prototype.quantized_training.bitnet as torchao_bitnet
+from torch import nn
 
 import bitnerf
 import measured

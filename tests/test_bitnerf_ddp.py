@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import write_scene
+from conftest import ddp_rank, write_scene
 
 import bitnerf
 import bitnerf_ddp
+import command_line
 import configs
 import devices
 import render
@@ -43,7 +44,7 @@ def free_port() -> int:
 
 
 def step_setup(config, ranks):
-    """A model, its optimizer state and this rank's first batch, as train.train sets them up."""
+    """A model, its optimizer state and this rank's first batch, as train.setup sets them up."""
     scene = load_scene(config.data)
     torch.manual_seed(config.seed)
     model = bitnerf.build_model(config, scene, ranks.device)
@@ -148,18 +149,7 @@ def test_a_ddp_step_equals_a_single_process_step_on_the_union_of_the_rays(tiny_c
 def powersgd_steps(rank: int, port: int, config, steps: int, out_dir: str) -> None:
     """steps training steps of config with PowerSGD on one of 2 ranks, with the run's optimizer (AdamW): the bytes
     sent after each step, PowerSGD's own count of the elements it sent, and the weights go to out_dir/rank<rank>.pt."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    ranks = bitnerf_ddp.init("cpu", distributed=True)
-    try:
-        scene = load_scene(config.data)
-        torch.manual_seed(config.seed)
-        model = bitnerf.build_model(config, scene, ranks.device)
-        optimization = Optimization.build(config, model, ranks.device, None)
-        sampler = RaySampler(scene, ranks.device, config.batch_rays, config.seed, config.jitter_per_ray,
-                             rank=ranks.rank, world_size=ranks.world_size)
-        step_model = bitnerf_ddp.wrap(model, ranks, "powersgd")
+    with ddp_rank(rank, port, config, "powersgd") as (model, optimization, sampler, step_model):
         sent, losses = [], []
         for step in range(steps):
             losses.append(train_step(step_model, sampler.batch(step), optimization, config,
@@ -169,8 +159,6 @@ def powersgd_steps(rank: int, port: int, config, steps: int, out_dir: str) -> No
         torch.save({"sent": sent, "losses": losses, "sent_bytes_per_step": bitnerf_ddp.sent_bytes_per_step(step_model),
                     "numel_sent_compressed": powersgd_state.compression_stats()[2], "weights": model.state_dict()},
                    f"{out_dir}/rank{rank}.pt")
-    finally:
-        bitnerf_ddp.shutdown()
 
 
 def test_powersgd_trains_alike_on_every_rank_and_sends_fewer_bytes_than_fp32(tiny_config, tmp_path):
@@ -218,7 +206,7 @@ def test_exp5_trains_on_two_processes_and_resumes_on_one(tiny_config):
 
     # The path real runs take, end to end: 20 steps on 2 ranks train what one process trains on all the rays
     # (exp1, the same options). Ranks that trained alone on their halves (a forward past DDP) end far off.
-    single, _ = configs.parse_args("exp1", exp5_command(tiny_config, "--steps", "20", "--ckpt-every", "10",
+    single, _ = command_line.parse_args("exp1", exp5_command(tiny_config, "--steps", "20", "--ckpt-every", "10",
                                                         "--eval-every", "10")[2:])
     train.run(replace(single, name="single"))
     distributed = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]

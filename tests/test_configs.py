@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import command_line
 import configs
 from configs import EXP1, QUICK, ExperimentConfig, experiment
 from nerf import NeRF
@@ -65,13 +66,13 @@ def test_seed_configuration_is_expressible():
 
 
 def test_command_line_overrides_apply_on_top_of_the_preset():
-    config, args = configs.parse_args("exp3", ["--quick", "--steps", "28", "--skips", "1", "--no-perturb"])
+    config, args = command_line.parse_args("exp3", ["--quick", "--steps", "28", "--skips", "1", "--no-perturb"])
     assert config.steps == 7 and config.skips == (1,) and not config.perturb  # exp1's 28 steps of a 4x smaller batch
     # The rest is the quick exp3: 4 x 256 rays, AMP, the quick 4x128 MLP.
     assert (config.batch_rays, config.precision, config.name, config.width, config.lr) == (1024, "amp", "exp3", 128, 5e-3)
     assert args.quick and not args.resume
-    assert configs.parse_args("exp1", [])[0] == EXP1  # no flag: every field at its default
-    full4, _ = configs.parse_args("exp4", [])
+    assert command_line.parse_args("exp1", [])[0] == EXP1  # no flag: every field at its default
+    full4, _ = command_line.parse_args("exp4", [])
     assert (full4.model, full4.width, full4.steps, full4.batch_rays) == ("bitnerf", 256, 11000, 4096)
     # The preset a run started from, which W&B tags it with: --quick, kept under overrides; no option of its own.
     assert (config.preset, full4.preset, dataclasses.replace(QUICK, steps=3).preset) == ("quick", "full", "quick")
@@ -80,7 +81,7 @@ def test_command_line_overrides_apply_on_top_of_the_preset():
 @pytest.mark.parametrize("argv", [["--quick"], ["--quick", "--steps", "300", "--log-every", "20", "--eval-every", "100",
                                    "--ckpt-every", "2"], ["--steps", "40"]])
 def test_exp3_given_steps_keeps_the_rays_of_exp1_and_exp2_given_the_same(argv, capsys):
-    exp1, exp2, exp3 = (configs.parse_args(name, argv)[0] for name in ("exp1", "exp2", "exp3"))
+    exp1, exp2, exp3 = (command_line.parse_args(name, argv)[0] for name in ("exp1", "exp2", "exp3"))
     assert exp3.steps * exp3.batch_rays == exp2.steps * exp2.batch_rays == exp1.steps * exp1.batch_rays
     assert changed_fields(exp3, exp2) == {"batch_rays", *configs.STEP_COUNTS}  # one axis against exp2
     # Evaluations, logs and checkpoints fall on the same rays (a spacing below 4 steps stays 1).
@@ -116,7 +117,7 @@ def test_bad_values_raise_user_errors(overrides, message):
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--steps", "many"], "invalid int value"),
     (["--steps", "-3"], "steps must be at least 1"),
-    (["--precision", "fp8"], "precision must be one of"),
+    (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
     (["--seeds", "0,a"], "expected comma-separated seeds"),
     (["--seeds", "1,1"], "seeds must be distinct"),
     (["--seeds", "0,1", "--seed", "3"], "give --seed or --seeds, not both"),
@@ -143,10 +144,10 @@ def test_two_coarse_samples_without_a_fine_pass_render():
 
 def test_each_seed_of_seeds_is_a_run_of_its_own_named_for_it_in_the_experiments_group():
     argv = ["--quick", "--seeds", "0,2", "--steps", "8", "--name", "lr"]
-    runs = [configs.parse_args("exp3", a)[0] for a in configs.seed_argvs(argv, [0, 2], "lr")]
+    runs = [command_line.parse_args("exp3", a)[0] for a in command_line.seed_argvs(argv, [0, 2], "lr")]
     assert [(c.name, c.seed, c.group) for c in runs] == [("lr-seed0", 0, "lr"), ("lr-seed2", 2, "lr")]
     assert all(dataclasses.replace(c, name="x", seed=0, group=None)
-               == dataclasses.replace(configs.parse_args("exp3", ["--quick", "--steps", "8"])[0], name="x")
+               == dataclasses.replace(command_line.parse_args("exp3", ["--quick", "--steps", "8"])[0], name="x")
                for c in runs)
 
 
@@ -156,7 +157,7 @@ PLAIN_RECIPE = ["--first-layer", "ternary", "--warmup-steps", "0", "--stage2-at"
 
 def test_bitnerf_s_recipe_is_part_of_its_axis_and_flags_give_exp1_s_recipe_back():
     for name, twin in (("exp4", "exp1"), ("exp6", "exp5")):
-        plain, _ = configs.parse_args(name, ["--quick", *PLAIN_RECIPE])
+        plain, _ = command_line.parse_args(name, ["--quick", *PLAIN_RECIPE])
         assert plain == dataclasses.replace(experiment(twin, QUICK), model="bitnerf", name=name)
         assert experiment(name, QUICK) != plain  # the recipe is not exp1's
 
@@ -167,3 +168,49 @@ def test_a_checkpoint_saved_before_first_layer_existed_reads_as_today_s_fields()
     for old, new in ((True, "ternary"), (False, "fp32")):
         fields = configs.saved_fields({**saved, "quantize_first_layer": old, "skips": list(saved["skips"])})
         assert configs.ExperimentConfig(**fields) == dataclasses.replace(experiment("exp4", QUICK), first_layer=new)
+
+
+def field_help(action) -> str:
+    """An option's own help, less the default that build_parser appends."""
+    return action.help.partition(" [default: ")[0].strip()
+
+
+@pytest.mark.parametrize("name", sorted(configs.AXES))
+def test_every_option_of_every_experiment_says_what_it_does_its_choices_and_its_default(name):
+    assert f'train.main("{name}")' in (REPO / f"{name}.py").read_text()  # expN.py's parser is build_parser(expN)
+    parser = command_line.build_parser(name)
+    usage, fields = parser.format_help(), {f.name: f for f in command_line.CLI_FIELDS}
+    for action in parser._actions:
+        assert field_help(action), f"{name}.py {'/'.join(action.option_strings)} has no help"
+        if action.dest in fields:
+            assert action.help.endswith(f" [{command_line.default_help(name, action.dest)}]")
+        if action.dest in configs.CHOICES:
+            assert tuple(action.choices) == configs.CHOICES[action.dest]
+            assert "{" + ",".join(configs.CHOICES[action.dest]) + "}" in usage
+        else:
+            assert action.choices is None
+    options = {a.dest for a in parser._actions}
+    assert set(fields) <= options  # every field is an option, in one group
+    assert sorted(k for keys in command_line.FIELD_GROUPS.values() for k in keys) == sorted(fields)
+
+
+def test_help_shows_the_defaults_of_its_own_experiment_and_of_the_quick_preset():
+    def help_of(name, flag):
+        return next(a.help for a in command_line.build_parser(name)._actions if flag in a.option_strings)
+
+    assert help_of("exp1", "--steps").endswith("[default: 11000; --quick: 3600]")
+    assert help_of("exp3", "--steps").endswith(
+        "[default: 11000 (2750 of exp3's steps); --quick: 3600 (900 of exp3's steps)]")
+    assert help_of("exp1", "--first-layer").endswith("[default: ternary]")
+    assert help_of("exp4", "--first-layer").endswith("[default: int8]")
+    assert help_of("exp1", "--skips").endswith("[default: 4; --quick: none]")
+    assert help_of("exp1", "--micro-batch-rays").endswith("[default: auto]")
+    assert help_of("exp5", "--distributed").endswith("[default: on]")
+    result = subprocess.run([sys.executable, str(REPO / "exp4.py"), "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "--model {nerf,bitnerf}" in result.stdout
+    assert "[default: bitnerf]" in " ".join(result.stdout.split())
+
+
+def test_docs_flags_md_is_what_configs_py_writes_now():
+    assert (REPO / "docs" / "flags.md").read_text() == command_line.flags_markdown(), \
+        "docs/flags.md is stale: run `python command_line.py > docs/flags.md`"

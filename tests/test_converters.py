@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_scene
 from torch import nn
 from torchao.float8.float8_linear import Float8Linear
 
@@ -17,7 +18,6 @@ import converters
 import measured
 import rundir
 import train
-from conftest import write_scene
 from evaluation import Evaluation
 from utils import UserError
 

@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_scene
 
+import command_line
 import configs
 import precision
 import rundir
 import train
-from conftest import write_scene
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,7 +184,7 @@ def test_the_autocast_dtype_of_a_checkpoint_without_its_record_follows_from_its_
 
 def test_resuming_a_cuda_fp16_checkpoint_on_the_cpu_is_one_line_with_exit_code_2(small_config):
     argv = exp1_command(small_config, "--precision", "amp", "--steps", "2")
-    config, _ = configs.parse_args("exp1", argv[2:])
+    config, _ = command_line.parse_args("exp1", argv[2:])
     train.run(config)
     path = Path(config.out) / config.name / rundir.CHECKPOINT
     checkpoint = torch.load(path, weights_only=False)
@@ -325,6 +326,6 @@ def test_a_scene_whose_test_views_are_also_training_views_is_refused_in_one_line
 
 
 def test_max_restarts_must_not_be_negative():
-    assert configs.parse_args("exp5", ["--max-restarts", "2"])[1].max_restarts == 2
+    assert command_line.parse_args("exp5", ["--max-restarts", "2"])[1].max_restarts == 2
     with pytest.raises(UserError, match="--max-restarts must not be negative, got -1"):
-        configs.parse_args("exp5", ["--max-restarts", "-1"])
+        command_line.parse_args("exp5", ["--max-restarts", "-1"])

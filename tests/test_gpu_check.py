@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 import subprocess
@@ -6,15 +7,32 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_scene
 
 import bench
-import configs
+import command_line
 import gpu_check
 import gpus
-from conftest import write_scene
 from gpu_checks import runners, table
-from gpu_checks.plan import (BUDGET_S, BY_NAME, CHECKS, CPU_HW_TILE, CPU_TIMEOUT_S, DEFAULT_STEPS, EXPERIMENTS,
-                             MIN_TIMEOUT_S, RUNS, TIMEOUT_FACTOR, VARIANTS, Plan, describe, estimated_total, selected)
+from gpu_checks.plan import (
+    BUDGET_S,
+    BY_NAME,
+    CHECKS,
+    COMPRESSED,
+    CPU_HW_TILE,
+    CPU_TIMEOUT_S,
+    DEFAULT_STEPS,
+    EXPERIMENTS,
+    MIN_TIMEOUT_S,
+    QUANTIZED,
+    RUNS,
+    TIMEOUT_FACTOR,
+    VARIANTS,
+    Plan,
+    describe,
+    estimated_total,
+    selected,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # The quick model's training FLOPs per sample, by hand: 39 -> 128, two 128 -> 128, 128 -> 128 and the
@@ -31,9 +49,12 @@ def test_only_brings_what_a_check_needs_and_skip_leaves_checks_out():
     names = lambda checks: [c.name for c in checks]  # noqa: E731
     assert names(selected(["ptq"], [])) == ["exp1", "ptq"]
     assert names(selected(["resume", "exp1"], [])) == ["exp1", "exp2", "resume"]
-    assert names(selected(["hw_eval"], [])) == ["exp1", "exp2", "exp3", "exp4", "exp5", "exp6", "hw_eval"]
-    assert names(selected(None, ["hw_eval", "exp3"])) == ["exp1", "exp2", "exp4", "exp5", "exp6", "tf32",
-                                                          "bf16", "resume", "compile", "ptq", "mfu"]
+    assert names(selected(["hw_eval"], [])) == ["exp1", "exp2", "exp3", "exp4", "exp5", "exp6", "exp7", "exp8",
+                                                "exp9", "hw_eval"]
+    assert names(selected(["mfu"], [])) == [*EXPERIMENTS, "mfu"] and len(EXPERIMENTS) == 9
+    assert names(selected(None, ["hw_eval", "exp3"])) == ["exp1", "exp2", "exp4", "exp5", "exp6", "exp7", "exp8",
+                                                          "exp9", "tf32", "bf16", "resume", "compile", "ptq", "mfu"]
+    assert names(selected(["exp9"], [])) == ["exp9"]  # exp5's bytes are compared where exp5 ran, not brought in
     assert names(selected(["compile"], [])) == ["exp1", "exp4", "compile"]
 
 
@@ -44,13 +65,16 @@ def test_each_experiment_runs_the_users_command_on_the_asked_schedule(tmp_path):
     assert exp1[exp1.index("--steps") + 1] == "200" and exp1[exp1.index("--wandb") + 1] == "disabled"
     exp3 = gpu.experiment_argv("exp3")
     assert exp3[exp3.index("--steps") + 1] == "200"  # counted in exp1's steps: exp3 trains 50 of the 4x batch
-    assert configs.parse_args("exp3", exp3)[0].steps == gpu.experiment_steps("exp3") == 50
+    assert command_line.parse_args("exp3", exp3)[0].steps == gpu.experiment_steps("exp3") == 50
     for name in ("exp4", "exp6"):
         argv = gpu.experiment_argv(name)
         assert argv[argv.index("--compile") + 1] == "on"
     assert "--compile" not in gpu.experiment_argv("exp5")
     assert [gpu.expected_precision(n) for n in EXPERIMENTS] == [
-        "fp32", "fp16-amp", "fp16-amp", "ternary-int8", "fp32", "ternary-int8"]
+        "fp32", "fp16-amp", "fp16-amp", "ternary-int8", "fp32", "ternary-int8", "int8", "fp8", "fp32"]
+    exp9 = command_line.parse_args("exp9", gpu.experiment_argv("exp9"))[0]
+    assert exp9.distributed and exp9.grad_compression == "bf16" and "--compile" not in gpu.experiment_argv("exp9")
+    assert command_line.parse_args("exp8", gpu.experiment_argv("exp8"))[0].quantized_training == "fp8-tensorwise"
     cpu = Plan("cpu", tmp_path, steps=40, data="scene.npz", timeout_s=60)
     argv = cpu.experiment_argv("exp2")
     assert argv[0] == "--quick" and argv[argv.index("--data") + 1] == "scene.npz"
@@ -62,7 +86,7 @@ def test_each_experiment_runs_the_users_command_on_the_asked_schedule(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "1"], "--steps must be at least 2"),
-    (["--only", "exp7"], "argument --only: invalid choice"),
+    (["--only", "exp10"], "argument --only: invalid choice"),
     (["--timeout", "0"], "--timeout must be positive"),
     (["--skip", *BY_NAME], "--skip leaves no check to run"),
 ])
@@ -142,6 +166,17 @@ def test_a_run_directory_that_shows_other_settings_than_asked_for_fails_its_chec
             runners.check_experiment(plan, "exp1", result, tmp_path / "log")
 
 
+def checked(plan, name: str, tmp_path: Path, message: str | None) -> "runners.Result | None":
+    """check_experiment on the faked run: its Result, or None where it failed with message as it should."""
+    result = runners.Result(name, "")
+    if message:
+        with pytest.raises(runners.CheckFailed, match=re.escape(message)):
+            runners.check_experiment(plan, name, result, tmp_path / "log")
+        return None
+    runners.check_experiment(plan, name, result, tmp_path / "log")
+    return result
+
+
 def test_the_compile_check_trains_exp1_compiled_and_exp4_eager_and_divides_compiled_by_eager(tmp_path, monkeypatch):
     commands = []
     monkeypatch.setattr(runners, "run_command", lambda argv, *args: commands.append(argv))
@@ -218,10 +253,13 @@ def test_a_reduced_cpu_sequence_passes_with_a_table_and_gpu_check_json(tmp_path,
                                                           "micro_batch_rays": None})
     # exp3's 1024 rays in micro-batches of 64: its matmuls take 64 rays at a time.
     results["exp3"] = runners.Result("exp3", "", metrics={**checks["exp2"]["metrics"], "micro_batch_rays": 64})
+    # int8 and fp8 training: against fp32's matmul rate, as bench.py measures them.
+    for name, precision in (("exp7", "int8"), ("exp8", "fp8")):
+        results[name] = runners.Result(name, "", metrics={**checks["exp1"]["metrics"], "precision": precision})
     runners.check_mfu(plan, results, runners.Result("mfu", ""))
     per_ray = 16 + 16 + 32  # the quick preset's MLP queries per ray: coarse, then coarse and fine again
     for name, dtype, rays in (("exp1", "float32", 256), ("exp2", "bfloat16", 256), ("exp5", "float32", 128),
-                              ("exp3", "bfloat16", 64)):
+                              ("exp3", "bfloat16", 64), ("exp7", "float32", 256), ("exp8", "float32", 256)):
         matmul_rate = 3 * 2 * rays * per_ray * (39 * 128 + 3 * 128 * 128 + 128 * 4) * runners.MATMUL_PASSES / 0.5
         metrics = results[name].metrics
         assert metrics["flops_per_sample"] == QUICK_FLOPS_PER_SAMPLE and metrics["matmul_dtype"] == dtype
@@ -231,7 +269,8 @@ def test_a_reduced_cpu_sequence_passes_with_a_table_and_gpu_check_json(tmp_path,
 
 def gpu_plan(tmp_path, profile: str, gpu_count: int, steps: int = DEFAULT_STEPS["cuda"], **options):
     """The plan gpu_check.py makes on a machine with gpu_count GPUs of a profile (gpus.PROFILES)."""
-    options = {"data": None, "timeout_s": None, "hw_eval": False, **options}  # hw_eval: gpu_check.py's default
+    # hw_eval and quantized: gpu_check.py's defaults on a GPU machine.
+    options = {"data": None, "timeout_s": None, "hw_eval": False, "quantized": False, **options}
     return Plan("cuda", tmp_path, steps, capability=gpus.PROFILES[profile].capability, gpu_count=gpu_count, **options)
 
 
@@ -246,26 +285,31 @@ def test_a_t4_plan_leaves_out_ddp_tf32_bf16_and_hw_eval_with_their_reasons(tmp_p
         "exp1": None, "exp2": None, "exp3": None, "exp4": None,
         "exp5": "DDP needs 2 or more GPUs; this machine has 1",
         "exp6": "DDP needs 2 or more GPUs; this machine has 1",
+        "exp7": "outside the T4 budget, off on a GPU machine: --quantized runs it",
+        "exp8": "outside the T4 budget, off on a GPU machine: --quantized runs it",
+        "exp9": "DDP needs 2 or more GPUs; this machine has 1",
         "tf32": "needs compute capability 8.0 (TF32 tensor cores); this GPU is 7.5",
         "bf16": "needs compute capability 8.0 (native bf16); this GPU is 7.5",
         "resume": None, "compile": None, "ptq": None,
         "hw_eval": "CPU work, off on a GPU machine: --hw-eval runs it", "mfu": None}
-    # One L4 (8.9): TF32 and bf16, no DDP.
+    # One L4 (8.9): TF32 and bf16, no DDP; with --quantized, exp7 and exp8.
     l4 = gpu_plan(tmp_path, "l4", 1)
-    assert [n for n in BY_NAME if l4.skip_reason(n)] == ["exp5", "exp6", "hw_eval"]
+    assert [n for n in BY_NAME if l4.skip_reason(n)] == ["exp5", "exp6", "exp7", "exp8", "exp9", "hw_eval"]
+    assert [n for n in BY_NAME if gpu_plan(tmp_path, "l4", 1, quantized=True).skip_reason(n)] == [
+        "exp5", "exp6", "exp9", "hw_eval"]
     # The CPU runs DDP over 2 processes and hw_eval; it has no TF32, its exp2 is bf16 already.
     cpu = Plan("cpu", tmp_path, 20, None, None)
     assert [n for n in BY_NAME if cpu.skip_reason(n)] == ["tf32", "bf16", "compile"]
 
 
 def test_an_a100_pair_plans_every_check_and_ddp_over_both(tmp_path):
-    a100 = gpu_plan(tmp_path, "a100-80", 2, hw_eval=True)
+    a100 = gpu_plan(tmp_path, "a100-80", 2, hw_eval=True, quantized=True)
     assert [n for n in BY_NAME if a100.skip_reason(n)] == []
-    assert [a100.expected_world_size(n) for n in EXPERIMENTS] == [1, 1, 1, 1, 2, 2]
+    assert [a100.expected_world_size(n) for n in EXPERIMENTS] == [1, 1, 1, 1, 2, 2, 1, 1, 2]
     tf32 = a100.experiment_argv("tf32")
-    config = configs.parse_args("exp1", tf32)[0]
+    config = command_line.parse_args("exp1", tf32)[0]
     assert config.tf32 and config.precision == "fp32" and option(tf32, "--out") == str(tmp_path / "tf32")
-    config = configs.parse_args("exp2", a100.experiment_argv("bf16"))[0]
+    config = command_line.parse_args("exp2", a100.experiment_argv("bf16"))[0]
     assert (config.precision, config.amp_dtype) == ("amp", "bf16")
     assert a100.expected_precision("exp2") == "fp16-amp"  # exp2's own check stays fp16 with its GradScaler
 
@@ -276,10 +320,10 @@ def test_every_run_has_the_occupancy_grid_and_exp3_runs_in_four_micro_batches(tm
             else Plan("cpu", tmp_path, 20, None, None))
     for name in RUNS:
         experiment = plan.experiment(name)
-        config = configs.parse_args(experiment, plan.experiment_argv(name))[0]
+        config = command_line.parse_args(experiment, plan.experiment_argv(name))[0]
         assert config.occupancy_grid
         assert config.micro_batch_rays == (per_process // 4 if name == "exp3" else 0)  # 0: auto
-    assert configs.parse_args("exp3", plan.experiment_argv("exp3"))[0].batch_rays == per_process
+    assert command_line.parse_args("exp3", plan.experiment_argv("exp3"))[0].batch_rays == per_process
 
 
 def test_the_default_t4_plan_fits_its_budget_and_says_so(tmp_path):
@@ -291,6 +335,9 @@ def test_the_default_t4_plan_fits_its_budget_and_says_so(tmp_path):
     assert total == sum(t4.estimate_s(n) for n in ("exp1", "exp2", "exp3", "exp4", "resume", "compile", "ptq", "mfu"))
     assert gpu_plan(tmp_path, "t4", 1, steps=100).estimate_s("exp1") > t4.estimate_s("exp1")
     assert estimated_total(gpu_plan(tmp_path, "t4", 1, hw_eval=True), checks) > BUDGET_S
+    # exp7 and exp8 would take it over (hence --quantized); exp9, like exp5, needs a second GPU.
+    quantized = estimated_total(gpu_plan(tmp_path, "t4", 1, quantized=True), checks)
+    assert quantized == round(total + t4.estimate_s("exp7") + t4.estimate_s("exp8"), 1) > BUDGET_S
     lines = describe(t4, checks)
     assert lines[0].split()[:2] == ["exp1", f"~{t4.estimate_s('exp1'):.0f}"]
     assert lines[4].split(maxsplit=2) == ["exp5", "skip", "DDP needs 2 or more GPUs; this machine has 1"]
@@ -318,12 +365,9 @@ def test_exp3_fails_when_its_summary_shows_no_micro_batching(tmp_path, monkeypat
     monkeypatch.setattr(runners, "run_command", lambda argv, *args: commands.append(argv))
     t4 = gpu_plan(tmp_path, "t4", 1)
     fake_run(tmp_path / "exp3", device="cuda:0", precision="fp16-amp", steps=6, **summary)
-    result = runners.Result("exp3", "")
-    if message:
-        with pytest.raises(runners.CheckFailed, match=re.escape(message)):
-            runners.check_experiment(t4, "exp3", result, tmp_path / "log")
+    result = checked(t4, "exp3", tmp_path, message)
+    if result is None:
         return
-    runners.check_experiment(t4, "exp3", result, tmp_path / "log")
     assert option(commands[0], "--micro-batch-rays") == "4096"
     assert (result.metrics["micro_batch_rays"], result.metrics["micro_batches"]) == (
         summary.get("micro_batch_rays"), summary.get("micro_batches"))
@@ -389,11 +433,13 @@ def test_a_fake_t4_sequence_records_capability_kernels_memory_and_micro_batches(
     assert "capability 7.5, 1 GPU(s)" in out and "exp5     skip      DDP needs 2 or more GPUs" in out
 
 
-@pytest.mark.parametrize("argv, hw_eval", [
-    (["--device", "cuda"], False), (["--device", "cuda", "--hw-eval"], True),
-    (["--device", "cuda", "--only", "hw_eval"], True), (["--device", "cpu", "--data", "scene.npz"], True),
+@pytest.mark.parametrize("argv, hw_eval, quantized", [
+    (["--device", "cuda"], False, False), (["--device", "cuda", "--hw-eval"], True, False),
+    (["--device", "cuda", "--only", "hw_eval"], True, False), (["--device", "cuda", "--quantized"], False, True),
+    (["--device", "cuda", "--only", "exp8"], False, True), (["--device", "cpu", "--data", "scene.npz"], True, True),
 ])
-def test_hw_eval_is_off_on_a_gpu_machine_unless_asked_for(tmp_path, monkeypatch, argv, hw_eval):
+def test_hw_eval_and_exp7_exp8_are_off_on_a_gpu_machine_unless_asked_for(tmp_path, monkeypatch, argv, hw_eval,
+                                                                        quantized):
     import torch
 
     monkeypatch.setattr(gpu_check, "resolve_device", lambda name: torch.device(name))
@@ -401,6 +447,7 @@ def test_hw_eval_is_off_on_a_gpu_machine_unless_asked_for(tmp_path, monkeypatch,
                         lambda device: {"capability": (7, 5), "gpu_count": 1} if device == "cuda" else {})
     plan, _ = gpu_check.parse([*argv, "--out", str(tmp_path)])
     assert plan.hw_eval is hw_eval and (plan.skip_reason("hw_eval") is None) is hw_eval
+    assert plan.quantized is quantized and [plan.skip_reason(n) is None for n in QUANTIZED] == [quantized] * 2
 
 
 def test_a_check_the_device_leaves_out_runs_nothing_and_says_why(tmp_path, monkeypatch):
@@ -422,3 +469,94 @@ def test_speedups_divide_each_faster_runs_steady_rate_by_exp1s():
                for name, rate in (("exp1", 500), ("exp2", 1500), ("exp3", 2000), ("tf32", 1000), ("bf16", 1750))}
     results["exp3"].status = "fail"
     assert table.speedups(results) == {"exp2_over_exp1": 3.0, "tf32_over_exp1": 2.0, "bf16_over_exp1": 3.5}
+
+
+@pytest.mark.parametrize("profile, emulated, note", [
+    ("h100", False, "fp8 real (capability 9.0)"), ("l4", False, "fp8 real (capability 8.9)"),
+    ("a100-40", True, "fp8 emulated: capability 8.0 has no fp8 matmul"),
+    ("t4", True, "fp8 emulated: capability 7.5 has no fp8 matmul"),
+    ("cpu", True, "fp8 emulated: the CPU has no fp8 matmul"),
+])
+def test_exp8_expects_real_fp8_from_capability_8_9_and_emulated_below(tmp_path, profile, emulated, note):
+    plan = Plan("cpu", tmp_path, 20, None, None) if profile == "cpu" else gpu_plan(tmp_path, profile, 1, quantized=True)
+    assert plan.expected_emulated("exp8") is emulated
+    assert emulated is (profile == "cpu" or gpus.PROFILES[profile].capability < gpus.FP8_MIN_CAPABILITY)
+    assert all(plan.expected_emulated(n) is None for n in EXPERIMENTS if n != "exp8")
+    assert plan.fp8_note(emulated) == note
+    exp8_line = next(line for line in describe(plan, [BY_NAME["exp8"]]) if line.split()[0] == "exp8")
+    assert f"; expects {note} (timeout" in exp8_line
+
+
+@pytest.mark.parametrize("profile, emulated, message", [
+    ("h100", False, None), ("t4", True, None),
+    ("h100", True, "emulated True (expected False)"),  # an fp8 GPU that emulated: fp8's speed not shown
+    ("l4", True, "emulated True (expected False)"),
+    ("t4", False, "emulated False (expected True)"),  # no fp8 matmul, yet a run that claims one
+    ("a100-80", False, "emulated False (expected True)"),
+    ("h100", None, "emulated None (expected False)"),  # a summary that does not say
+])
+def test_an_fp8_run_must_say_emulated_as_its_gpu_implies_and_its_note_says_which(tmp_path, monkeypatch, profile,
+                                                                                emulated, message):
+    monkeypatch.setattr(runners, "run_command", lambda *args: None)
+    plan = gpu_plan(tmp_path, profile, 1, quantized=True)
+    fake_run(tmp_path / "exp8", device="cuda:0", precision="fp8", steps=plan.steps, emulated=emulated)
+    result = checked(plan, "exp8", tmp_path, message)
+    if result is None:
+        return
+    assert result.metrics["emulated"] is emulated and result.metrics["precision"] == "fp8"
+    assert result.note == plan.fp8_note(emulated)
+    # A run that computed in fp32 instead of fp8 fails, whatever it says about emulation.
+    fake_run(tmp_path / "other" / "exp8", device="cuda:0", precision="fp32", steps=plan.steps, emulated=emulated)
+    with pytest.raises(runners.CheckFailed, match=re.escape("precision 'fp32' (expected 'fp8')")):
+        runners.check_experiment(dataclasses.replace(plan, out=tmp_path / "other"), "exp8", result, tmp_path / "log")
+
+
+@pytest.mark.parametrize("profile, kernel, message", [
+    ("t4", "int-mm-padded", None), ("a100-40", "torchao-triton", None), ("cpu", "int-mm", None),
+    ("t4", "torchao-triton", "int8_kernel 'torchao-triton' (expected 'int-mm-padded')"),
+    ("h100", "int-mm-padded", "int8_kernel 'int-mm-padded' (expected 'torchao-triton')"),
+    ("t4", None, "int8_kernel None (expected 'int-mm-padded')"),  # no int8 matmul seen: not int8 training
+])
+def test_exp7_must_run_the_int8_kernel_its_plan_chooses(tmp_path, monkeypatch, profile, kernel, message):
+    monkeypatch.setattr(runners, "run_command", lambda *args: None)
+    plan = Plan("cpu", tmp_path, 8, None, 60) if profile == "cpu" else gpu_plan(tmp_path, profile, 1, steps=8,
+                                                                               quantized=True)
+    fake_run(tmp_path / "exp7", device="cpu" if profile == "cpu" else "cuda:0", precision="int8", int8_kernel=kernel)
+    result = checked(plan, "exp7", tmp_path, message)
+    if result is None:
+        return
+    assert result.metrics["int8_kernel"] == kernel and result.metrics["precision"] == "int8"
+    assert result.note == f"int8 kernel {kernel}"
+    assert [plan.expected_int8_kernel(n) for n in EXPERIMENTS if n != "exp7"] == [None] * 8  # BitNeRF's not held
+
+
+@pytest.mark.parametrize("exp5, exp9_bytes, status, note", [
+    ({"sent_bytes_per_step": 1000}, 500, "pass", "sent 0.50x exp5's gradient bytes per step"),
+    ({"sent_bytes_per_step": 1000}, 550, "pass", "sent 0.55x exp5's gradient bytes per step"),
+    ({"sent_bytes_per_step": 1000}, 560, "fail",
+     "exp9 sent 560 gradient bytes per step, 0.56x exp5's 1000 (expected at most 0.55x)"),
+    ({"sent_bytes_per_step": 1000}, 1000, "fail",
+     "exp9 sent 1000 gradient bytes per step, 1.00x exp5's 1000 (expected at most 0.55x)"),
+    (None, 900, "pass", "gradient bytes not compared: exp5 did not run"),
+    ({"world_size": 1}, 900, "pass", "gradient bytes not compared: exp5 failed"),
+    ({"drop": ("sent_bytes_per_step",)}, 500, "pass", "gradient bytes not compared: exp5 has no sent_bytes_per_step"),
+    ({"sent_bytes_per_step": 1000}, None, "fail", "sent_bytes_per_step None (expected the bytes its hook sent)"),
+])
+def test_exp9_sends_at_most_055_of_exp5s_gradient_bytes_where_exp5_ran(tmp_path, monkeypatch, exp5, exp9_bytes,
+                                                                      status, note):
+    runs = {"exp5": exp5, "exp9": {"sent_bytes_per_step": exp9_bytes}}
+
+    def run_command(argv, result, log, timeout_s):  # each run as its command would write it on 2 GPUs
+        name = argv[0].removesuffix(".py")
+        fake_run(Path(option(argv, "--out")) / name, device="cuda:0", world_size=2, steps=8, **runs[name])
+
+    monkeypatch.setattr(runners, "run_command", run_command)
+    checks = [BY_NAME[n] for n in ("exp5", "exp9") if runs[n] is not None]
+    results = runners.run_checks(gpu_plan(tmp_path, "a100-80", 2, steps=8), checks)
+    assert COMPRESSED == {"exp9": ("exp5", 0.55)}
+    if exp5 is not None:
+        assert results["exp5"].metrics.get("sent_bytes_per_step") == exp5.get("sent_bytes_per_step")
+    exp9 = results["exp9"]
+    assert (exp9.status, exp9.note.removeprefix(f"{tmp_path / 'exp9' / 'summary.json'} says ")) == (status, note)
+    assert exp9.metrics.get("sent_bytes_per_step") == (exp9_bytes if exp9_bytes else None)
+    assert exp9.metrics.get("sent_over_exp5") == (round(exp9_bytes / 1000, 3) if "x exp5's" in note else None)

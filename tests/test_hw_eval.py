@@ -11,10 +11,22 @@ import pytest
 import hw_eval
 import report
 from accel import architectures, components, mapping, study, toolchain, workloads
-from accel.results import DESIGN_TITLES, ENERGY_GROUPS, RUN_RESULTS, WEIGHTS_ASSUMED_DENSE, WEIGHTS_MEASURED, si
+from accel.results import (
+    CSV_COLUMNS,
+    DESIGN_TITLES,
+    ENERGY_GROUPS,
+    RUN_RESULTS,
+    WEIGHTS_ASSUMED_DENSE,
+    WEIGHTS_MEASURED,
+    read_mac_energy,
+    read_ptq_results,
+    read_run_results,
+    si,
+)
 from reporting.hardware import HW_COLUMNS
 
 FP32, AMP, TERNARY = (32, 32, 32), (16, 16, 16), (2, 8, 8)  # (weight, input, output) bits
+EIGHT_BIT = (8, 8, 32)  # int8 and fp8 layers: 8-bit operands, the output written wide
 TILE = 256  # samples per mapped tile: small, for a quick mapper
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,8 +81,59 @@ def test_mac_models_cost_less_at_fewer_bits():
     fp32 = components.LayerMAC(45e-9, 32, 32, 32).compute().energy
     fp16 = components.LayerMAC(45e-9, 16, 16, 32).compute().energy
     ternary_int8 = components.LayerMAC(45e-9, *TERNARY[:2], 14).compute().energy
-    assert fp32 == pytest.approx(3.7e-12 + 0.9e-12)  # Horowitz, ISSCC 2014, at its own 45 nm
+    assert fp32 * 1e12 == pytest.approx(3.7 + 0.9)  # Horowitz, ISSCC 2014, at its own 45 nm (pJ: approx's abs
+    # tolerance, 1e-12, would take any two energies in J as equal)
     assert fp32 > fp16 > ternary_int8 > 0
+
+
+def test_an_fp8_mac_is_a_float_mac_cheaper_than_fp16_and_not_an_int8_one():
+    fp16 = components.LayerMAC(45e-9, 16, 16, 32, True).compute().energy
+    fp8 = components.LayerMAC(45e-9, 8, 8, 32, True).compute().energy
+    int8 = components.LayerMAC(45e-9, 8, 8, 23, False).compute().energy
+    # E4M3's multiplier fitted through Horowitz's fp16 and fp32 ones by significand width squared, fp32 adder.
+    assert fp8 * 1e12 == pytest.approx(0.5 + 0.9)
+    assert fp16 > fp8 > int8 > 0  # FP8 costlier than INT8 (van Baalen et al. 2023), cheaper than fp16
+    # The format decides, not the width; a layer without one (an older run) falls back on its input's width.
+    assert workloads.float_operands({**layer("coarse.a", 8, 8, EIGHT_BIT), "format": "fp8"})
+    assert not workloads.float_operands({**layer("coarse.a", 8, 8, EIGHT_BIT), "format": "int8"})
+    assert not workloads.float_operands(layer("coarse.a", 8, 8, EIGHT_BIT))
+    assert workloads.float_operands(layer("coarse.a", 8, 8, AMP))
+    # An fp8 field and an int8 field of equal widths are different workloads: different tiles in the cache.
+    fp8_field, int8_field = ([{**layer("coarse.layers.0", 6, 64, EIGHT_BIT), "format": f}] for f in ("fp8", "int8"))
+    workload = {f: workloads.field_workload(field, 64) for f, field in (("fp8", fp8_field), ("int8", int8_field))}
+    assert [e["renames"][workloads.FLOAT_TENSORS] for e in workload["fp8"]["einsums"]] == ["All"]
+    assert [e["renames"][workloads.FLOAT_TENSORS] for e in workload["int8"]["einsums"]] == ["Nothing"]
+    paths = {f: mapping.cache_path("tpu_v4i", w, 18, Path("cache")) for f, w in workload.items()}
+    assert paths["fp8"] != paths["int8"]
+    # Only the integer layers size the integer accumulator.
+    assert components.int_accumulator_bits(fp8_field) == components.FLOAT_ACCUMULATOR_BITS
+    assert components.int_accumulator_bits(int8_field) == 8 + 8 - 1 + 3
+
+
+def test_each_einsum_s_mac_is_costed_as_its_format():
+    # AccelForge evaluates the MAC per einsum: an fp8 einsum gets the float MAC, an int8 one of the same widths
+    # (in the same workload) the integer MAC, each with its own accumulator.
+    field = [{**layer("coarse.layers.0", 6, 16, EIGHT_BIT), "format": "fp8"},
+             {**layer("coarse.layers.1", 16, 4, EIGHT_BIT), "format": "int8"}]
+    spec = architectures.build_spec("tpu_v4i", workloads.field_workload(field, 64), 19)
+    charged_pj = {name: 1e12 * spec.calculate_component_costs(einsum_name=name).arch.find("MAC").actions["compute"]
+                  .energy for name in ("layers_0", "layers_1")}
+    assert charged_pj["layers_0"] == pytest.approx(1e12 * components.LayerMAC(7e-9, 8, 8, 32, True).compute().energy)
+    assert charged_pj["layers_1"] == pytest.approx(1e12 * components.LayerMAC(7e-9, 8, 8, 19, False).compute().energy)
+
+
+def test_mac_energy_table_charges_each_format_at_the_architecture_s_node():
+    table = {arch: components.mac_energy_pj(a.mac_tech_node) for arch, a in architectures.ARCHITECTURES.items()}
+    for energies in table.values():
+        assert list(energies) == ["fp32", "bf16", "fp16", "fp8", "int8", "ternary"]
+        assert energies["fp32"] > energies["fp16"] == energies["bf16"] > energies["fp8"] > energies["int8"]
+        assert energies["int8"] > energies["ternary"] > 0
+    assert table["eyeriss"]["fp8"] > table["tpu_v4i"]["fp8"]  # 65 nm against 7 nm
+    at_45nm = components.mac_energy_pj(45e-9)
+    assert at_45nm["fp32"] == pytest.approx(4.6) and at_45nm["fp8"] == pytest.approx(1.4)
+    # int8 x int8 into 23 bits and ternary x int8 into 17: exact sums over a 256-wide layer.
+    assert at_45nm["int8"] == pytest.approx(components.LayerMAC(45e-9, 8, 8, 23, False).compute().energy * 1e12)
+    assert at_45nm["ternary"] == pytest.approx(components.LayerMAC(45e-9, 2, 8, 17, False).compute().energy * 1e12)
 
 
 def write_run(runs_dir, name: str, experiment: str, precision: str, layers: list[dict], **summary) -> None:
@@ -110,6 +173,10 @@ def evaluated(tmp_path_factory):
     # exp1's workload with no zeros anywhere, weights measured dense.
     write_run(runs, "exp1_dense", "exp1_dense", "fp32",
               [{**l, "weight_density": 1.0} for l in one_layer_fields(FP32, 0.0)])
+    # int8 and fp8 training: the same widths, told apart by the format layers.json measured.
+    for name, layer_format in (("exp7", "int8"), ("exp8", "fp8")):
+        write_run(runs, name, name, layer_format, [{**l, "format": layer_format, "weight_density": 1.0}
+                                                   for l in one_layer_fields(EIGHT_BIT, 0.25)])
     rows = hw_eval.evaluate(runs, list(architectures.ARCHITECTURES), tmp / "out", tile=TILE, jobs=2)  # a process pool
     return (runs, tmp / "out", {(r["run"], r["arch"]): r for r in rows if r["design"] == "dense"},
             {(r["run"], r["arch"], r["design"]): r for r in rows})
@@ -167,8 +234,9 @@ def test_zero_gating_saves_the_sparse_share_of_mac_energy(evaluated):
 
 def test_identical_workloads_are_mapped_once_and_a_second_run_maps_nothing(evaluated, monkeypatch):
     runs, out, rows, designs = evaluated
-    # Per architecture: one workload per precision (coarse and fine, exp2 and exp3 share theirs).
-    assert len(list((out / ".cache").glob("*.json"))) == 3 * len(architectures.ARCHITECTURES)
+    # Per architecture: one workload per precision (coarse and fine, exp2 and exp3 share theirs; fp8 and int8
+    # do not).
+    assert len(list((out / ".cache").glob("*.json"))) == 5 * len(architectures.ARCHITECTURES)
     assert rows["exp3", "tpu_v4i"]["energy_per_frame_j"] == rows["exp2", "tpu_v4i"]["energy_per_frame_j"]
 
     def no_mapping(*args):
@@ -304,12 +372,108 @@ def test_bitnerf_zero_weights_are_credited_and_measured_separately(evaluated):
         0.75 * 0.7 * designs["exp4", "tpu_v4i", "dense"]["energy_mac_j"])
 
 
+@pytest.mark.parametrize("arch", list(architectures.ARCHITECTURES))
+def test_fp8_layers_are_charged_as_fp8_macs_not_int8_ones(evaluated, arch):
+    _, _, rows, _ = evaluated
+    amp, int8, fp8 = (rows[run, arch] for run in ("exp2", "exp7", "exp8"))
+    assert amp["energy_mac_j"] > fp8["energy_mac_j"] > 0
+    assert int8["energy_mac_j"] != pytest.approx(fp8["energy_mac_j"], rel=0.05)  # the same widths, another MAC
+    assert fp8["energy_dram_j"] == pytest.approx(int8["energy_dram_j"])  # the same bytes move
+    # Every MAC of a float layer charges what the architecture's table says (FloatMAC leaks nothing; the integer
+    # MAC's Aladdin parts leak for as long as the mapping takes, so its MACs cost more than the table's).
+    table = components.mac_energy_pj(architectures.ARCHITECTURES[arch].mac_tech_node)
+    for run, layer_format in (("exp1", "fp32"), ("exp2", "fp16"), ("exp8", "fp8")):
+        assert rows[run, arch]["mac_energy_per_mac_pj"] == pytest.approx(table[layer_format]), run
+
+
+def test_per_sample_and_per_mac_columns_are_the_frame_s_energy_divided(evaluated):
+    _, out, _, designs = evaluated
+    for (run, arch, design), row in designs.items():
+        samples = 2 * (4096 + 12288) if run == "exp1_double" else 4096 + 12288  # coarse + fine queries
+        assert row["samples_per_frame"] == samples
+        assert row["energy_per_sample_uj"] * 1e-6 * samples == pytest.approx(row["energy_per_frame_j"])
+        samples_all = 2 * samples if run == "exp1_grid" else samples
+        assert row["energy_per_sample_without_grid_uj"] * 1e-6 * samples_all == pytest.approx(
+            row["energy_without_grid_j"])
+        assert row["energy_per_mac_pj"] * 1e-12 * row["macs_per_frame"] == pytest.approx(row["energy_per_frame_j"])
+        assert row["mac_energy_per_mac_pj"] * 1e-12 * row["macs_per_frame"] == pytest.approx(row["energy_mac_j"])
+        assert (row["tech_node_nm"], row["clock_mhz"]) == {"eyeriss": (65, 200), "tpu_v4i": (7, 1050)}[arch]
+        assert row["variant"] == "" and row.keys() == set(CSV_COLUMNS)
+    with open(out / "results.csv") as f:
+        written = {(r["run"], r["arch"], r["design"]): r for r in csv.DictReader(f)}
+    for key, row in designs.items():
+        for column in ("samples_per_frame", "energy_per_sample_uj", "energy_per_sample_without_grid_uj",
+                       "energy_per_mac_pj", "mac_energy_per_mac_pj", "tech_node_nm", "clock_mhz"):
+            assert float(written[key][column]) == pytest.approx(row[column], rel=1e-5), column
+
+
+def test_each_run_s_hw_eval_json_says_what_each_architecture_charges_per_mac(evaluated):
+    runs, _, _, _ = evaluated
+    summary = json.loads((runs / "exp8" / "summary.json").read_text())
+    table = read_mac_energy(runs / "exp8", summary)
+    assert table == {arch: pytest.approx(components.mac_energy_pj(a.mac_tech_node))
+                     for arch, a in architectures.ARCHITECTURES.items()}
+    assert json.loads((runs / "exp8" / RUN_RESULTS).read_text())["mac_energy_pj"] == table
+    assert read_mac_energy(runs / "exp8", {**summary, "run_id": "another run"}) is None  # not this run's
+
+
 def test_a_run_without_weight_densities_is_said_to_be_taken_as_dense(evaluated, capsys):
     runs, out, _, _ = evaluated
     hw_eval.main(["--runs", str(runs), "--out", str(out), "--tile", str(TILE), "--jobs", "1"])  # all cached
     printed = capsys.readouterr().out
     assert printed.startswith("note: exp1, exp1_double, exp1_grid, exp2, exp3: layers.json has no weight_density")
     assert "taken as dense" in printed
+    assert "| architecture | node | clock | fp32 | bf16 | fp16 | fp8 | int8 | ternary |" in printed  # per MAC
+    assert "| eyeriss | 65 nm | 200 MHz | 5.71 |" in printed
+
+
+def write_ptq(run_dir: Path, variants: dict[str, dict]) -> None:
+    """A ptq.json as ptq.py writes it: per variant its measured layers (and a row from before it measured them)."""
+    rows = [{"variant": "fp32-old", "weight_bits": 32, "psnr_test": 20.0}]
+    rows += [{"variant": name, "width": 64, "weight_bits": 8, "psnr_test": 19.0, "layers": layers}
+             for name, layers in variants.items()]
+    (run_dir / "ptq.json").write_text(json.dumps(rows))
+
+
+def test_ptq_variants_are_costed_with_their_measured_bits_until_ptq_json_changes(evaluated, tmp_path, monkeypatch):
+    runs, out, _, designs = evaluated
+    copy, hw = tmp_path / "runs", tmp_path / "hw"
+    shutil.copytree(runs / "exp1", copy / "exp1")
+    shutil.copytree(out / ".cache", hw / ".cache")
+    # exp1's fp32 layers quantized after training: int8 (weights 90 % nonzero) and fp8; the fine layer named as
+    # ptq.py's ZeroPaddedLinear wraps it.
+    measured = {f: {"coarse.layers.0": {"weight_bits": 8, "input_bits": 8, "format": f, "weight_density": density},
+                    "fine.layers.0.linear": {"weight_bits": 8, "input_bits": 8, "format": f, "weight_density": density}}
+                for f, density in (("int8", 0.9), ("fp8", 1.0))}
+    write_ptq(copy / "exp1", {"int8-dynamic": measured["int8"], "fp8": measured["fp8"]})
+    monkeypatch.setattr(mapping, "map_tile", None)  # exp7's and exp8's workloads: every tile is cached
+    every_row = hw_eval.evaluate_with_variants(copy, list(architectures.ARCHITECTURES), hw, tile=TILE)
+    trained = [r for r in every_row if r["variant"] == ""]
+    variants = {(r["variant"], r["arch"], r["design"]): r for r in every_row if r["variant"]}
+    assert trained == [designs["exp1", a, d] for a in architectures.ARCHITECTURES for d in DESIGN_TITLES]
+    assert len(variants) == 2 * len(architectures.ARCHITECTURES) * len(DESIGN_TITLES)
+    for (variant, arch, design), row in variants.items():
+        assert row["run"] == "exp1" and row["precision"] == f"ptq-{variant}"
+        like = designs["exp7" if variant == "int8-dynamic" else "exp8", arch, "dense"]  # the same layers, trained
+        if design == "dense":
+            for column in ("energy_per_frame_j", "energy_mac_j", "latency_per_frame_s", "macs_per_frame"):
+                assert row[column] == pytest.approx(like[column]), (variant, arch, column)
+        assert row["weight_density"] == pytest.approx(0.9 if variant == "int8-dynamic" else 1.0)
+    summary = json.loads((copy / "exp1" / "summary.json").read_text())
+    stored = json.loads((copy / "exp1" / RUN_RESULTS).read_text())
+    assert stored["rows"] == trained == read_run_results(copy / "exp1", summary)  # the report's rows: as before
+    assert stored["ptq_sha256"] == hashlib.sha256((copy / "exp1" / "ptq.json").read_bytes()).hexdigest()
+    assert read_ptq_results(copy / "exp1", summary) == [r for r in every_row if r["variant"]]
+    with open(hw / "results.csv") as f:
+        written = list(csv.DictReader(f))
+    assert [r["variant"] for r in written] == [r["variant"] for r in every_row]
+    energy = (hw / "tpu_v4i.md").read_text().split("## Energy per frame (J)")[1].split("##")[0]  # trained only
+    assert energy.count("| exp1 |") == 1
+    assert f"| exp1 | exp1 | fp32 | {designs['exp1', 'tpu_v4i', 'dense']['energy_per_frame_j']:.4g} (" in energy
+    # ptq.py reruns: the variants' rows are stale until hw_eval.py runs again; the trained model's stay.
+    write_ptq(copy / "exp1", {"fp8": measured["fp8"]})
+    assert read_ptq_results(copy / "exp1", summary) is None
+    assert read_run_results(copy / "exp1", summary) == trained
 
 
 def test_partial_sums_are_told_from_final_outputs_by_the_spec_s_access_width():
@@ -336,7 +500,8 @@ def test_the_study_s_workload_is_its_mlp_with_the_skip_and_the_view_branch():
     assert {l["weight_bits"] for l in layers} == {16} and {l["weight_density"] for l in layers} == {1.0}
 
 
-@pytest.mark.parametrize("problem", ["no finished runs", "no layers.json", "a layer without its bits"])
+@pytest.mark.parametrize("problem", ["no finished runs", "no layers.json", "a layer without its bits",
+                                     "a PTQ variant of a layer the run lacks"])
 def test_bad_runs_are_a_one_line_error_before_mapping(tmp_path, capsys, problem):
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -347,13 +512,19 @@ def test_bad_runs_are_a_one_line_error_before_mapping(tmp_path, capsys, problem)
         bad = one_layer_fields(FP32, 0.0)
         del bad[1]["input_bits"]
         write_run(runs, "exp1", "exp1", "fp32", bad)
+    elif problem == "a PTQ variant of a layer the run lacks":
+        write_run(runs, "exp1", "exp1", "fp32", one_layer_fields(FP32, 0.0))
+        write_ptq(runs / "exp1", {"int8": {"coarse.layers.9": {"weight_bits": 8, "input_bits": 8, "format": "int8",
+                                                               "weight_density": 1.0}}})
     with pytest.raises(SystemExit) as exit_info:
         hw_eval.main(["--runs", str(runs), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     expected = {"no finished runs": f"error: no finished runs in {runs}",
                 "no layers.json": f"error: {runs / 'exp1'} has a summary.json but no layers.json",
-                "a layer without its bits": f"error: {runs / 'exp1' / 'layers.json'}: every layer needs"}[problem]
+                "a layer without its bits": f"error: {runs / 'exp1' / 'layers.json'}: every layer needs",
+                "a PTQ variant of a layer the run lacks": f"error: {runs / 'exp1' / 'ptq.json'}: variant int8 has "
+                                                          f"layers that layers.json lacks: coarse.layers.9"}[problem]
     assert err.startswith(expected) and err.count("\n") == 1
     if problem == "a layer without its bits":
         assert err.rstrip().endswith("missing: input_bits")

@@ -12,7 +12,6 @@ import types
 from pathlib import Path
 
 import pytest
-
 from conftest import write_scene
 
 REPO = Path(__file__).resolve().parents[1]

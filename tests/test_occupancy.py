@@ -3,7 +3,6 @@ samples in empty cells never reach an MLP; early stopping; nerfacc's update rule
 DDP rank; a bit-identical resume; and what summary.json and layers.json report of the skipping."""
 
 import contextlib
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import write_scene
+from conftest import ddp_rank, write_scene
 from test_bitnerf_ddp import free_port, plain
 
 import bitnerf
-import bitnerf_ddp
+import command_line
 import configs
 import nerf
 import train
@@ -23,7 +22,7 @@ from camera import get_rays
 from dataset import RaySampler, load_scene, scene_box
 from evaluation import Evaluation
 from nerf import NeRF, OccupancyGrid, render_image
-from step import Optimization, train_step
+from step import train_step
 from utils import UserError
 
 
@@ -219,25 +218,12 @@ def test_the_scene_box_is_the_smallest_holding_every_camera_frustum_and_blender_
 def train_with_a_grid(rank: int, port: int, config, out_dir: str) -> None:
     """17 steps on one of 2 ranks with a grid update at step 0 (every cell) and 16 (after a warm-up of 16
     steps, a random subset); saves this rank's grid."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
     nerf.GRID_WARMUP_STEPS = 16
-    ranks = bitnerf_ddp.init("cpu", distributed=True)
-    try:
-        scene = load_scene(config.data)
-        torch.manual_seed(config.seed)
-        model = bitnerf.build_model(config, scene, ranks.device)
-        optimization = Optimization.build(config, model, ranks.device, None)
-        step_model = bitnerf_ddp.wrap(model, ranks)
-        sampler = RaySampler(scene, ranks.device, config.batch_rays, config.seed, config.jitter_per_ray,
-                             rank=ranks.rank, world_size=ranks.world_size)
+    with ddp_rank(rank, port, config) as (model, optimization, sampler, step_model):
         for step in range(17):
             model.update_occupancy(step)
             train_step(step_model, sampler.batch(step), optimization, config, contextlib.nullcontext)
         torch.save({"ema": model.occupancy.ema, "occupied": model.occupancy.occupied}, f"{out_dir}/grid{rank}.pt")
-    finally:
-        bitnerf_ddp.shutdown()
 
 
 def small_scene_config(tiny_config, tmp_path):
@@ -282,12 +268,12 @@ def exit_on(step: int):
 
 def test_the_grid_is_the_same_in_every_experiment_and_a_flag_turns_it_off():
     for name in configs.AXES:
-        quick, _ = configs.parse_args(name, ["--quick"])  # the quick preset keeps a 32^3 grid in every experiment
+        quick, _ = command_line.parse_args(name, ["--quick"])  # the quick preset keeps a 32^3 grid in every experiment
         assert (quick.occupancy_grid, quick.occupancy_resolution, quick.occupancy_decay) == (True, 32, 0.8)
-        assert not configs.parse_args(name, ["--quick", "--no-occupancy-grid"])[0].occupancy_grid
-        config, _ = configs.parse_args(name, ["--occupancy-grid", "--occupancy-resolution", "64"])
+        assert not command_line.parse_args(name, ["--quick", "--no-occupancy-grid"])[0].occupancy_grid
+        config, _ = command_line.parse_args(name, ["--occupancy-grid", "--occupancy-resolution", "64"])
         assert config.occupancy_grid and config.occupancy_resolution == 64
-        assert not configs.parse_args(name, [])[0].occupancy_grid  # the full preset: off until measured on a GPU
+        assert not command_line.parse_args(name, [])[0].occupancy_grid  # the full preset: off until measured on a GPU
 
 
 def test_the_decay_of_a_visited_cell_is_a_setting():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_scene
 
 import bitnerf
 import configs
@@ -20,7 +21,6 @@ import nerf
 import plan
 import precision
 import train
-from conftest import write_scene
 from dataset import RaySampler, load_scene
 from step import Optimization, train_step
 

@@ -9,13 +9,13 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from conftest import write_scene
 
 import configs
 import hw_eval
 import ptq
 import runlog
 import train
-from conftest import write_scene
 from utils import UserError
 
 # W&B's transaction log (run-<id>.wandb): a 7-byte file header, then LevelDB-log records in 32 KiB blocks, each

@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import write_scene
 
 import bitnerf
 import configs
@@ -19,7 +20,6 @@ import rundir
 from accel import sparsity
 from accel.results import DESIGN_TITLES
 from accel.sparsity import Densities
-from conftest import write_scene
 from dataset import load_scene
 from evaluation import Evaluation
 from reporting import hardware

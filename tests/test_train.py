@@ -12,6 +12,7 @@ import torch
 from conftest import write_scene
 
 import bitnerf
+import command_line
 import configs
 import plan
 import precision
@@ -125,7 +126,7 @@ def test_compilation_is_reported_apart_and_kept_out_of_the_training_throughput(t
 
 
 def test_tf32_is_a_flag_and_the_summary_records_the_fp32_matmul_precision_the_run_had(tiny_config):
-    assert configs.parse_args("exp2", ["--tf32"])[0].tf32 and not any(
+    assert command_line.parse_args("exp2", ["--tf32"])[0].tf32 and not any(
         configs.experiment(name).tf32 for name in configs.AXES)
     try:
         small_scene = write_scene(Path(tiny_config.out).parent / "scene.npz", n=6, size=16)
