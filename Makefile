@@ -19,7 +19,7 @@ SUITE_FLAGS := $(if $(FULL),,--quick) --overwrite --out $(SUITE_OUT) $(if $(DATA
 	$(if $(filter 1,$(SEEDS)),,--seeds $(shell seq -s, 0 $$(($(SEEDS) - 1))))
 EXP1_RUNS := $(if $(filter 1,$(SEEDS)),$(SUITE_OUT)/exp1,$(foreach s,$(SEED_NUMBERS),$(SUITE_OUT)/exp1-seed$(s)))
 
-.PHONY: test suite setup data clean
+.PHONY: test suite results setup data clean
 
 setup: $(VENV)/.installed $(VENV)/.hw_eval_setup
 
@@ -58,6 +58,10 @@ suite: setup
 	$(PY) hw_eval.py --runs $(SUITE_OUT)
 	$(PY) analyze.py --runs $(SUITE_OUT) --out report $(if $(DATA),--data $(DATA))
 	$(PY) report.py --runs $(SUITE_OUT) --out report
+
+# docs/results.md and the README's results table, from the suite's runs and report (run after make suite).
+results: $(VENV)/.installed
+	$(PY) results.py --runs $(SUITE_OUT) --report report
 
 data: setup
 	$(PY) data_setup.py --scene builtin

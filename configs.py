@@ -67,8 +67,8 @@ class ExperimentConfig:
     # Off: ternary heads cost test PSNR and would save only a few of the model's weights.
     quantize_heads: bool = field(default=False, metadata={"help": "bitnerf only: quantize the density and colour"
                                                                   " heads too; off, as in torchao's BitNet recipe, they"
-                                                                  " stay in high precision (BENCHMARKS.md, \"BitNeRF:"
-                                                                  " ternary heads or high-precision heads\")"})
+                                                                  " stay in high precision (docs/bitnerf.md,"
+                                                                  " \"Ternary heads\")"})
     first_layer: str = field(default="ternary", metadata={"help": "bitnerf only: what each field's first layer, the"
                                                                   " one that multiplies the positional encoding,"
                                                                   " trains as: ternary like the hidden layers, int8"
@@ -235,11 +235,11 @@ class ExperimentConfig:
 EXP1 = ExperimentConfig()
 
 # The CPU preset: the same code paths, sized to finish in about 5 minutes on 2 CPU cores. Chosen by
-# test PSNR at equal compute on the 100x100 lego scene (BENCHMARKS.md, "How the quick preset was
-# chosen"): a 4x128 MLP, far cheaper per sample than 8x256; 6 frequencies as in tiny-NeRF (faster
+# test PSNR at equal compute on the 100x100 lego scene (docs/history/2026-11-23-quick-preset.md): a 4x128
+# MLP, far cheaper per sample than 8x256; 6 frequencies as in tiny-NeRF (faster
 # early convergence at 100x100); no view-dependent branch; 16 coarse + 32 fine samples; and many
 # small batches with a high, decaying learning rate, which beat fewer larger ones. An occupancy grid of
-# 32^3 cells whose cells decay by 0.8 per update (BENCHMARKS.md, "Empty-space skipping"): a 128^3 or
+# 32^3 cells whose cells decay by 0.8 per update (docs/occupancy.md, "The quick preset's grid"): a 128^3 or
 # 64^3 grid costs more to update on 2 CPU cores than it saves, and nerfacc's 0.95 keeps cells that were
 # opaque early occupied for longer than this run lasts. The time the grid saves buys 3600 steps instead
 # of 2400; the step count and a 16-frame video keep all of `make suite` within its 25 minutes on 2 CPU cores.
@@ -262,7 +262,7 @@ STEP_COUNTS = ("steps", *STEP_INTERVALS)
 
 # BitNeRF's own recipe, part of exp4's axis: chosen among learning rates, BitNet b1.58's two-stage schedule
 # (a warm-up, then from half-way on a lower learning rate, with and without weight decay in the first stage)
-# and which layers stay in high precision, on the validation views of both scenes (sweep.py; BENCHMARKS.md,
+# and which layers stay in high precision, on the validation views of both scenes (sweep.py; docs/bitnerf.md,
 # "BitNeRF's own recipe"). The first layer, which multiplies the positional encoding, trains in int8 (and
 # counts its 8 bits). Weight decay 0.1 in the first stage, none in the second, as BitNet b1.58 2B4T trains.
 # exp1's recipe is --first-layer ternary --warmup-steps 0 --stage2-at 1 --stage2-lr-scale 1 --weight-decay 0.

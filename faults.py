@@ -1,7 +1,7 @@
 """What ends a run early and how it ends cleanly: stop signals and running out of memory.
 
 train.py acts on both between two steps, so that the checkpoint it saves holds exactly the optimizer
-steps applied (README, "Faults and recovery").
+steps applied (docs/faults.md).
 """
 
 import contextlib

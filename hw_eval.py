@@ -1,10 +1,11 @@
 """Energy and latency of each run's MLP on two accelerator models (AccelForge + hwcomponents).
 
-`python hw_eval.py [--runs DIR] [--arch NAME ...] [--out DIR]` reads every finished run in DIR (its
+`python hw_eval.py [--runs DIR] [--arch NAME|all|FILE.yaml ...] [--out DIR]` reads every finished run in DIR (its
 `summary.json` and `layers.json`), turns each field's layers (coarse, fine) into an AccelForge
-workload of one einsum per Linear layer, maps it onto an Eyeriss-like and a TPU-v4i-like
-architecture whose MACs take the run's operand widths, costs each mapping under three designs (dense;
-gating; skipping with compressed activations, from the run's measured densities), and writes
+workload of one einsum per Linear layer, maps it onto each architecture (default: the Eyeriss-like and
+TPU-v4i-like ones; accel/architectures.py lists the rest) whose MACs take the run's operand widths, costs each
+mapping under three designs (dense; gating; skipping with compressed activations, from the run's measured
+densities; dense only where the architecture's zero handling is not documented), and writes
 `results.csv` (a row per run, architecture and design) and one Markdown table per architecture into
 `--out`, and each run's own rows, tied to the run's identity, into its run directory (`hw_eval.json`,
 which the report reads); a run that logged to W&B gets its rows in its W&B run too. Each layer's MAC is
@@ -22,7 +23,7 @@ Mapped tiles are cached in `<out>/.cache/`, keyed by everything that determines 
 run, and runs with the same layers and bitwidths (exp2 and exp3), do not map again.
 Distinct tiles are mapped in parallel, one process per CPU (`--jobs N` to change it).
 The parts, one job each, are in accel/ (its __init__ lists them). What the model includes and leaves
-out: README.md, "Accelerator evaluation".
+out: docs/hw_eval.md, "What it leaves out".
 """
 
 import os
@@ -47,9 +48,10 @@ from files import atomic_write
 from utils import OneLineParser, UserError, exit_on_user_error
 
 try:
-    from accel.architectures import ARCHITECTURES
+    from accel.architectures import ARCHITECTURES, DEFAULT_ARCHS, selected
     from accel.costing import field_tiles, frame_rows, mac_energy_table, ptq_variants, read_run
     from accel.mapping import map_missing
+    from accel.specs import architecture
     from accel.study import validate_study
 except ImportError as e:
     # accel.components says what the toolchain needs; run as a command, in one line.
@@ -73,8 +75,10 @@ def evaluate_with_variants(runs_dir: Path, arch_names: list[str], out_dir: Path,
                            jobs: int = 1) -> list[dict]:
     """Evaluate every run, and every PTQ variant its ptq.json measured, on every architecture (mapping `jobs`
     tiles at a time); write results.csv (the trained models' rows, then the variants') and <arch>.md (the trained
-    models) into out_dir, and each run's own rows into its run directory. Returns every row."""
+    models) into out_dir, and each run's own rows into its run directory. Returns every row. arch_names: keys of
+    specs.architecture (names, or architecture files' paths: a file's rows and table take its stem)."""
     runs = [read_run(run_dir, summary) for run_dir, summary in rundir.find_runs(runs_dir)]
+    archs = [architecture(key) for key in arch_names]  # a bad architecture file is one line before any mapping
     variants = {run.name: ptq_variants(run) for run in runs}  # a bad ptq.json is one line before any mapping
     check_toolchain()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -90,8 +94,8 @@ def evaluate_with_variants(runs_dir: Path, arch_names: list[str], out_dir: Path,
     rows = trained_rows(costed)
     variant_rows = [row for row in costed if row["variant"]]
     write_results_csv(out_dir / "results.csv", rows + variant_rows)
-    for arch_name in arch_names:
-        atomic_write(out_dir / f"{arch_name}.md", arch_table(arch_name, [r for r in rows if r["arch"] == arch_name]))
+    for arch in archs:
+        atomic_write(out_dir / f"{arch.name}.md", arch_table(arch, [r for r in rows if r["arch"] == arch.name]))
     mac_energy = mac_energy_table(arch_names)
     for run in runs:
         ptq = ((variants[run.name][0].ptq_sha256, [row for row in variant_rows if row["run"] == run.name])
@@ -101,33 +105,43 @@ def evaluate_with_variants(runs_dir: Path, arch_names: list[str], out_dir: Path,
     return rows + variant_rows
 
 
-def arch_table(arch_name: str, rows: list[dict]) -> str:
-    """Energy, latency and EDP per frame of each run under each design, side by side, with each one's ratio
-    against dense exp1; then the densities each run's sparse designs used."""
+def arch_table(arch, rows: list[dict]) -> str:
+    """Energy, latency and EDP per frame of each run under each design the architecture has, side by side, with
+    each one's ratio against dense exp1; its node and clock with their sources; then the densities each run's
+    sparse designs used (none for a dense-only architecture)."""
     by_run = {}
     for r in rows:
         by_run.setdefault(r["run"], {})[r["design"]] = r
-    reference = exp1_row(rows, arch_name)
+    reference = exp1_row(rows, arch.name)
+    titles = {design: DESIGN_TITLES[design] for design in arch.designs}
 
     def cell(row, key):
         ratio = f" ({row[key] / reference[key]:.3f}×)" if reference else ""
         return f"{row[key]:.4g}{ratio}"
 
+    clock = f"{arch.clock_mhz:.4g} MHz" if arch.clock_hz else "not stated"
+    designs_text = ("Three designs: *dense* (AccelForge's mapping as it is), *gating* (a zero operand gates its MAC "
+                    "and the operand reads that feed it: energy saved, cycles not), *skipping* (activations "
+                    "compressed in memory, zero MACs skipped: energy and cycles saved, with the PE array's load "
+                    "imbalance)." if arch.sparse else
+                    "Dense only: this architecture has no documented zero handling here, so no gating or skipping "
+                    "design (docs/accelerators.md).")
     lines = [
-        f"# {ARCHITECTURES[arch_name].title}",
+        f"# {arch.title}",
         "",
-        f"Per {FRAME} frame; a model, not a silicon measurement (README.md, \"Accelerator evaluation\"). "
-        "Three designs: *dense* (AccelForge's mapping as it is), *gating* (a zero operand gates its MAC and the "
-        "operand reads that feed it: energy saved, cycles not), *skipping* (activations compressed in memory, "
-        "zero MACs skipped: energy and cycles saved, with the PE array's load imbalance). In brackets: the "
-        "ratio to dense exp1" + ("" if reference else " (n/a: no exp1 run)") + ".",
+        f"Technology node {arch.tech_node_nm:g} nm ({arch.node_source}); clock {clock} ({arch.clock_source}).",
+        "",
+        f"Per {FRAME} frame; a model, not a silicon measurement (docs/hw_eval.md). "
+        f"{designs_text} In brackets: the ratio to dense exp1" + ("" if reference else " (n/a: no exp1 run)") + ".",
     ]
     for key, title in (("energy_per_frame_j", "Energy per frame (J)"), ("latency_per_frame_s", "Latency per frame (s)"),
                        ("edp_j_s", "Energy-delay product (J·s)")):
         table = [[run, designs["dense"]["experiment"], designs["dense"]["precision"],
-                  *(cell(designs[d], key) for d in DESIGN_TITLES)] for run, designs in by_run.items()]
+                  *(cell(designs[d], key) for d in titles)] for run, designs in by_run.items()]
         lines += ["", f"## {title}", "",
-                  markdown_table(["run", "experiment", "precision", *DESIGN_TITLES.values()], table)]
+                  markdown_table(["run", "experiment", "precision", *titles.values()], table)]
+    if not arch.sparse:
+        return "\n".join(lines) + "\n"
     densities = []
     for run, designs in by_run.items():
         r = designs["skipping"]
@@ -162,8 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog="hw_eval.py",
                            description="Energy and latency per frame of each run on accelerator models.")
     parser.add_argument("--runs", default="runs", help="folder of run directories (default: runs)")
-    parser.add_argument("--arch", nargs="+", choices=list(ARCHITECTURES), default=list(ARCHITECTURES),
-                        help="architectures (default: all)")
+    parser.add_argument("--arch", nargs="+", default=list(DEFAULT_ARCHS),
+                        help=f"architectures: names ({', '.join(ARCHITECTURES)}), all (every one of them), or "
+                             f"AccelForge architecture files (.yaml; docs/accelerators.md); default: "
+                             f"{' '.join(DEFAULT_ARCHS)}")
     parser.add_argument("--out", default="hw_eval", help="output folder (default: hw_eval)")
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help="samples per mapped tile (default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
@@ -173,8 +189,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="model the accelerating-NeRFs study's MLP on its Eyeriss and compare with its sparse "
                              "results (writes <out>/study_validation.md), and exit")
     args = parser.parse_args(argv)
-    arch_names = list(dict.fromkeys(args.arch))
     with exit_on_user_error():
+        arch_names = selected(args.arch)
         if args.setup:
             setup()
             return
@@ -195,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     variant_rows = len(every_row) - len(rows)
     print(f"{len(rows)} results" + (f" and {variant_rows} of PTQ variants" if variant_rows else "")
           + f" -> {Path(args.out) / 'results.csv'} and each run's {RUN_RESULTS}, "
-          + ", ".join(str(Path(args.out) / f"{a}.md") for a in arch_names))
+          + ", ".join(str(Path(args.out) / f"{architecture(a).name}.md") for a in arch_names))
     print(mac_energy_text(arch_names), end="")
 
 
@@ -203,8 +219,9 @@ def mac_energy_text(arch_names: list[str]) -> str:
     """What each architecture charges for one MAC of each format (hw_eval.json's mac_energy_pj), as a table."""
     table = mac_energy_table(arch_names)
     formats = list(next(iter(table.values())))
-    body = [[arch, f"{ARCHITECTURES[arch].tech_node_nm:g} nm", f"{ARCHITECTURES[arch].clock_mhz:g} MHz",
-             *(f"{table[arch][f]:.3g}" for f in formats)] for arch in arch_names]
+    archs = [architecture(key) for key in arch_names]
+    body = [[a.name, f"{a.tech_node_nm:g} nm", f"{a.clock_mhz:.4g} MHz" if a.clock_hz else "not stated",
+             *(f"{table[a.name][f]:.3g}" for f in formats)] for a in archs]
     return ("\nEnergy per MAC (pJ; float formats accumulate in fp32, integer ones in an exact accumulator for a "
             "256-wide layer):\n" + markdown_table(["architecture", "node", "clock", *formats], body) + "\n")
 

@@ -4,7 +4,7 @@ decision, the int8 kernel, the micro-batches and the memory they need.
 `python expN.py --plan` prints this plan for the machine's own device without training; `--plan PROFILE`
 (gpus.PROFILES: t4, p100, l4, a100-40, a100-80, h100) plans for that GPU on any machine, CPU included. The
 training loop runs the same plan (`plan_run`), so a plan that cannot run is the one-line error, exit code 2,
-that the run would give. `python plan.py --table` prints the README's table of what each experiment needs
+that the run would give. `python plan.py --table` prints docs/gpus.md's table of what each experiment needs
 on each GPU of our users.
 
 The memory estimate per process: MEMORY_MARGIN times the bytes autograd saves for a micro-batch's rays,
@@ -187,8 +187,8 @@ def check_device(config: ExperimentConfig, target: Target) -> list[str]:
 def compile_decision(config: ExperimentConfig, target: Target) -> tuple[bool, str]:
     """Whether to torch.compile the radiance fields, and why: --compile on/off, and auto compiles BitNeRF's,
     whose many small quantization ops inductor fuses, while NeRF's matmul-bound step ran slower compiled on the
-    CPU (BENCHMARKS.md, "Quiet rerun"). Inductor needs a C++ compiler on the CPU and Triton (capability 7.0)
-    on a GPU: where it has neither, auto stays eager and on is refused."""
+    CPU (docs/performance.md, "torch.compile on the CPU"). Inductor needs a C++ compiler on the CPU and Triton
+    (capability 7.0) on a GPU: where it has neither, auto stays eager and on is refused."""
     if target.gpu is not None and target.gpu.capability < gpus.TRITON_MIN_CAPABILITY:
         missing = f"the {target.gpu.name} ({target.gpu.arch}) is below Triton's minimum capability 7.0"
         fix = "use --compile off (or auto, which stays eager there)"
@@ -388,7 +388,7 @@ TABLE_PROFILES = ("t4", "l4", "a100-40", "a100-80", "h100")
 
 
 def requirements_table(scene: Scene) -> str:
-    """The README's table: for each experiment of the full configuration on each GPU profile (two GPUs of it
+    """docs/gpus.md's table: for each experiment of the full configuration on each GPU profile (two GPUs of it
     for the distributed ones), the estimated peak memory per process, the micro-batches and the int8 kernel."""
     header = ["experiment", *TABLE_PROFILES]
     rows = []
@@ -406,7 +406,7 @@ def requirements_table(scene: Scene) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(prog="plan.py", description="Print the README's table of what each experiment of the"
+    parser = OneLineParser(prog="plan.py", description="Print docs/gpus.md's table of what each experiment of the"
                            " full configuration needs on each GPU profile (memory per process, micro-batches,"
                            " int8 kernel).")
     parser.add_argument("--table", action="store_true", help="print the Markdown table (the default action)")

@@ -47,7 +47,7 @@ class Optimization:
     def build(cls, config: ExperimentConfig, model: nn.Module, device: torch.device,
               dtype: torch.dtype | None) -> Optimization:
         # Fused: one kernel per parameter tensor instead of about a dozen small ops, the same update up
-        # to rounding (BENCHMARKS.md, "Optimizer").
+        # to rounding (docs/performance.md, "Fused AdamW").
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
         return cls(optimizer, scheduler, precision.grad_scaler(device, dtype), config.weight_decay,

@@ -3,7 +3,7 @@
 `python expN.py [options]` calls `main("expN")`: parse the command line into an ExperimentConfig, then `run`:
 `setup` (plan.py's plan for the device, the run directory, the model, its optimizer, the rays), `train_loop`
 (a batch, `step.train_step`, then logging, evaluation and checkpoints) inside `stop_cleanly`, the one guard
-for the faults that end a run early (README, "Faults and recovery": SIGINT and SIGTERM stop it between two
+for the faults that end a run early (docs/faults.md: SIGINT and SIGTERM stop it between two
 steps with a checkpoint, running out of memory saves one and names the option to lower), and `finish` (the
 final evaluation and summary.json). Nothing imports this file for helpers: what the loop shares with other
 commands lives in step.py (the optimizer step), evaluation.py (rendering and metrics), rundir.py (the files)

@@ -2,7 +2,9 @@
 
 - toolchain.py: AccelForge and hwcomponents installed, CACTI rebuilt where it does not run, graphviz's dot
 - components.py: the MAC of each layer's operand widths (hwcomponents), the partial sums' width
-- architectures.py: the Eyeriss-like and TPU-v4i-like AccelForge specs with that MAC, and the study's Eyeriss
+- architectures.py: the catalogue: AccelForge's digital examples, their ternary-native variants, node, clock and
+  zero handling of each; --arch's selection
+- specs.py: an architecture (or an architecture file) as an AccelForge spec with that MAC, and the study's Eyeriss
 - workloads.py: a run's layers as one AccelForge workload per field, and its operands' densities
 - mapping.py: tiles mapped by AccelForge's mapper, cached on disk, mapped in parallel
 - sparsity.py: the gating and skipping designs on a dense mapping (no AccelForge)

@@ -1,21 +1,34 @@
-"""The accelerators a workload is mapped onto: AccelForge's example architectures with each layer's MAC
-(accel/components.py), how each exploits zeros (accel/sparsity.py's SparseHardware), and the Eyeriss that
-the accelerating-NeRFs study configured (accel/study.py compares with it)."""
+"""The accelerators a workload is mapped onto: every digital architecture AccelForge ships, by name, with each
+layer's MAC (accel/components.py), its technology node and clock (from its file, or an assumption with its
+source), how it exploits zeros where that is documented (accel/sparsity.py's SparseHardware; else dense only),
+ternary-native variants of each (sign-select-and-add PEs), and an architecture file of one's own
+(`--arch path/to/arch.yaml`, accel/specs.py). accel/specs.py turns one into an AccelForge spec;
+docs/accelerators.md tabulates them."""
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from accel import sparsity
-from accel.components import FloatMAC, LayerMAC, accumulator_bits_expression
-from accel.workloads import FLOAT_TENSORS
+from utils import UserError
+
+MULTIPLIER_PE, TERNARY_PE = "multiplier", "ternary"  # Architecture.pe: components.LayerMAC's `pe`
 
 
 @dataclass(frozen=True)
 class Architecture:
+    name: str  # results.csv's arch: the example's name, a variant's, or an architecture file's stem
     title: str
-    mac_tech_node: float  # metres; the example's own node (Eyeriss) or the chip's (TPU v4i, 7 nm)
-    partial_sum_memories: tuple[str, ...]  # memories that hold outputs while they accumulate
-    component_groups: dict[str, str]  # AccelForge component -> results.ENERGY_GROUPS (others: other)
-    sparse: sparsity.SparseHardware  # how the gating and skipping designs exploit zeros (README: the sources)
+    yaml: str  # an AccelForge example's name (accelforge.examples.arches.<yaml>) or an architecture file's path
+    mac_tech_node: float  # metres
+    clock_hz: float | None  # the MAC clock; None: the file gives none (clock_mhz blank)
+    node_source: str  # where the node comes from: the file, or the assumption and its source
+    clock_source: str
+    sparse: sparsity.SparseHardware | None = None  # None: no documented zero handling, dense only
+    # (component, action, J per bit) set over the file's own: the unit-cost examples' memories.
+    memory_energy: tuple[tuple[str, str, float], ...] = ()
+    mac_latency_from_clock: bool = False  # the MAC's latency set to its actions over clock_hz (file gives none)
+    pe: str = MULTIPLIER_PE  # TERNARY_PE: ternary layers sign-select and add (components.LayerMAC)
 
     @property
     def tech_node_nm(self) -> float:
@@ -23,19 +36,39 @@ class Architecture:
         return round(self.mac_tech_node * 1e9, 3)
 
     @property
-    def clock_mhz(self) -> float:
-        """Its clock, in MHz (results.csv's clock_mhz): the example's MAC throughput, which the sparse model's
-        cycles take too."""
-        return self.sparse.clock_hz / 1e6
+    def clock_mhz(self) -> float | str:
+        """Its clock, in MHz (results.csv's clock_mhz); "" where the file states none."""
+        return "" if self.clock_hz is None else self.clock_hz / 1e6
+
+    @property
+    def designs(self) -> tuple[str, ...]:
+        """The designs it is costed under: all three where its zero handling is documented, else dense."""
+        return sparsity.DESIGNS if self.sparse is not None else ("dense",)
+
+    def sparse_model(self, compute: str = "MAC") -> sparsity.SparseHardware:
+        """Its SparseHardware, or for a dense-only one a model that exploits no zeros (its dense design)."""
+        if self.sparse is not None:
+            return self.sparse
+        return sparsity.SparseHardware(input_port=None, weight_port=None, output_port=None, compressed=(),
+                                       partial_sum_levels=(), lane_components=(), window_bits=None,
+                                       clock_hz=self.clock_hz or 1.0, formats=(), mac=compute)
 
 
-# The AccelForge examples `accelforge.examples.arches.<name>`, with the MAC replaced (see LayerMAC).
-ARCHITECTURES = {
-    "eyeriss": Architecture(
-        title="Eyeriss-like row-stationary array (168 PEs, 65 nm)", mac_tech_node=65e-9,
-        partial_sum_memories=("OutputScratchpad",),
-        component_groups={"MainMemory": "dram", "GlobalBuffer": "global_buffer", "InputScratchpad": "scratchpad",
-                          "WeightScratchpad": "scratchpad", "OutputScratchpad": "scratchpad", "MAC": "mac"},
+# The per-bit energies AccelForge's own nvdla.yaml and tpu_v4i.yaml take from the TPU v4 paper (Jouppi et al.,
+# ISCA 2023, 7 nm): DRAM 7.03 pJ, a 4 MB-class SRAM buffer 0.249 pJ read and 0.293 pJ written. The unit-cost
+# examples (simple, snowcat: 1 J per access) get these, at the same 7 nm and NVDLA's 1 GHz.
+TPU_V4_PER_BIT = (("MainMemory", "read", 7.03e-12), ("MainMemory", "write", 7.03e-12),
+                  ("GlobalBuffer", "read", 0.249e-12), ("GlobalBuffer", "write", 0.293e-12))
+UNIT_COST = ("7 nm assumed: the file is a unit-cost model (1 J per access, no node); its memories are charged "
+             "nvdla.yaml's TPU v4 per-bit energies (7 nm)")
+NVDLA_CLOCK = "1 GHz assumed: nvdla.yaml's clock (its MAC throughput 1e9 and its DRAM bandwidth comment)"
+
+# AccelForge's examples `accelforge.examples.arches.<name>`, with the MAC replaced (see LayerMAC).
+SHIPPED = (
+    Architecture(
+        name="eyeriss", title="Eyeriss-like row-stationary array (168 PEs, 65 nm)", yaml="eyeriss",
+        mac_tech_node=65e-9, clock_hz=200e6, node_source="the file (tech_node 65e-9)",
+        clock_source="the file (MAC latency: its actions over 200e6)",
         # Eyeriss v1 (Chen et al., JSSC 2017): zero-flagged inputs gate the weight read and the MAC; activations
         # run-length coded with 5-bit zero runs. Each PE's three scratchpads feed its MAC one value per MAC;
         # a PE skips among the inputs its 12 x 16-bit input scratchpad holds; the example clocks at 200 MHz.
@@ -44,11 +77,11 @@ ARCHITECTURES = {
             compressed=("MainMemory", "GlobalBuffer"), partial_sum_levels=("OutputScratchpad",),
             lane_components=("InputScratchpad", "WeightScratchpad", "OutputScratchpad", "MAC"),
             window_bits=12 * 16, clock_hz=200e6, formats=(sparsity.rle(5),))),
-    "tpu_v4i": Architecture(
-        title="TPU-v4i-like core: four 128x128 systolic arrays (7 nm)", mac_tech_node=7e-9,
-        partial_sum_memories=("LocalBuffer",),
-        component_groups={"MainMemory": "dram", "GlobalBuffer": "global_buffer", "LocalBuffer": "scratchpad",
-                          "Register": "scratchpad", "MAC": "mac"},
+    Architecture(
+        name="tpu_v4i", title="TPU-v4i-like core: four 128x128 systolic arrays (7 nm)", yaml="tpu_v4i",
+        mac_tech_node=7e-9, clock_hz=1.05e9,
+        node_source="7 nm assumed: the file has no node; TPU v4i's (Jouppi et al., ISCA 2021), whose per-access "
+                    "energies it takes", clock_source="the file (MAC throughput 1.05e9)",
         # A weight-stationary systolic array: each PE's weight register feeds its MAC; inputs and partial sums
         # pass between PEs in lock-step (one input register per PE, no buffer: a window of one value, see
         # sparsity.lane_time_fraction). Activations held as a bitmask and nonzeros (SparTen, Gondimalla et al.,
@@ -58,60 +91,66 @@ ARCHITECTURES = {
             compressed=("MainMemory", "GlobalBuffer", "LocalBuffer"), partial_sum_levels=("LocalBuffer",),
             lane_components=("Register", "MAC"), window_bits=None, clock_hz=1.05e9,
             formats=(sparsity.BITMASK,))),
-}
-# The accelerating-NeRFs study's Eyeriss (study_spec), by the mapper objective: name -> delay_first.
+    Architecture(
+        name="simba", title="Simba-like chiplet: 16 PEs of 8 x 8 vector MACs (16 nm)", yaml="simba",
+        mac_tech_node=16e-9, clock_hz=4.01e12 / 2 / 1024, node_source="the file (tech_node 16e-9)",
+        clock_source="1.96 GHz assumed: the file gives no MAC rate; Simba's 4.01 TOPS peak per chip over its "
+                     "1024 MACs (Zimmer et al., VLSI 2019 / JSSC 2020)", mac_latency_from_clock=True),
+    Architecture(
+        name="nvdla", title="NVDLA-like: 32 x 192 MACs under a 64 kB buffer", yaml="nvdla",
+        mac_tech_node=7e-9, clock_hz=1e9,
+        node_source="7 nm assumed: the file has no node; its per-access energies are tpu_v4i.yaml's (TPU v4, 7 nm)",
+        clock_source=NVDLA_CLOCK),
+    Architecture(
+        name="snowcat", title="Snowcat: DRAM, an unbounded buffer and one MAC (Orojenesis bound model)",
+        yaml="snowcat", mac_tech_node=7e-9, clock_hz=1e9, node_source=UNIT_COST, clock_source=NVDLA_CLOCK,
+        memory_energy=TPU_V4_PER_BIT, mac_latency_from_clock=True),
+    Architecture(
+        name="simple", title="Simple: DRAM, an unbounded buffer and one MAC", yaml="simple", mac_tech_node=7e-9,
+        clock_hz=1e9, node_source=UNIT_COST, clock_source=NVDLA_CLOCK, memory_energy=TPU_V4_PER_BIT,
+        mac_latency_from_clock=True),
+)
+
+
+def ternary_variant(arch: Architecture) -> Architecture:
+    """The architecture with ternary-native PEs: a ternary layer's MAC is a sign select and an add
+    (components.LayerMAC with pe=TERNARY_PE); every other layer's, and every memory, as the original."""
+    return dataclasses.replace(arch, name=f"{arch.name}_ternary", pe=TERNARY_PE,
+                               title=f"{arch.title}, ternary-native PEs (sign-select and add)")
+
+
+ARCHITECTURES = {arch.name: arch for arch in SHIPPED} | {
+    f"{arch.name}_ternary": ternary_variant(arch) for arch in SHIPPED}
+DEFAULT_ARCHS = ("eyeriss", "tpu_v4i")  # make suite's set: the suite's time budget
+# The accelerating-NeRFs study's Eyeriss (accel.specs.study_spec), by the mapper objective: name -> delay_first.
 STUDY_ARCHS = {"eyeriss_study": False, "eyeriss_study_delay_first": True}
 
 
-def build_spec(arch_name: str, workload: dict, int_accumulator: int):
-    """The example architecture with a LayerMAC of each einsum's operand widths and kind (float or integer: the
-    einsum's FLOAT_TENSORS rename), and the workload (STUDY_ARCHS: the accelerating-NeRFs study's Eyeriss, see
-    study_spec)."""
-    import accelforge as af
-
-    if arch_name in STUDY_ARCHS:
-        return study_spec(workload, delay_first=STUDY_ARCHS[arch_name])
-    arch = ARCHITECTURES[arch_name]
-    spec = af.Spec.from_yaml(getattr(af.examples.arches, arch_name))
-    spec.workload = af.Workload(**workload)
-    spec.config.add_component_models(LayerMAC, FloatMAC)
-    accumulator = accumulator_bits_expression(int_accumulator)
-    mac = spec.arch.nodes["MAC"]
-    mac.component_class = "LayerMAC"
-    for mac_action in mac.actions:
-        mac_action.energy = None  # from LayerMAC; the example's throughput stays
-    mac.extra_attributes_for_component_model = type(mac.extra_attributes_for_component_model)(
-        tech_node=arch.mac_tech_node, weight_bits="weight.bits_per_value", input_bits="input.bits_per_value",
-        accumulator_bits=accumulator, float_operands=f"len({FLOAT_TENSORS}) > 0")
-    for name in arch.partial_sum_memories:
-        spec.arch.nodes[name].bits_per_value = {"output": accumulator}
-    spec.mapper.metrics = af.mapper.Metrics.ENERGY
-    return spec
+def is_file(key: str) -> bool:
+    """Whether an --arch value names an architecture file rather than a built-in architecture."""
+    return key.endswith((".yaml", ".yml")) or "/" in key
 
 
-def study_spec(workload: dict, delay_first: bool = False):
-    """The Eyeriss the accelerating-NeRFs study configured (its designs/eyeriss_like/arch/eyeriss_like.yaml):
-    AccelForge's Eyeriss example (168 PEs; 1 Mbit global buffer; 12, 192 and 16-entry 16-bit input, weight
-    and partial-sum scratchpads; LPDDR4), which it matches, at the study's 45 nm, with the example's own
-    integer MAC 16 bits wide (the study's `intmac`, datawidth 16) and 16-bit partial sums (its word-bits);
-    the global buffer's bandwidth is the study's 16 words read and 16 written per cycle (four 64-bit
-    accesses each), and DRAM's bandwidth is unbounded, as the study left it (no bandwidth given: Timeloop
-    reports "Read bandwidth: -" and no throttling). Its 14 x 12 PE array had no dataflow constraints (its
-    mappings spread the output rank over both axes), so neither axis is tied to a reused tensor here.
-    The mapper finds the lowest energy (hw_eval's objective) or, delay_first, the lowest latency and then
-    energy (the study's Timeloop mapper, whose log upgrades on utilization first)."""
-    import accelforge as af
-
-    spec = af.Spec.from_yaml(af.examples.arches.eyeriss)
-    spec.workload = af.Workload(**workload)
-    spec.arch.extra_attributes_for_all_component_models["tech_node"] = 45e-9
-    spec.arch.nodes["MainMemory"].total_latency = "0"
-    spec.arch.nodes["GlobalBuffer"].total_latency = "max(a.n_calls for a in actions) / 4 / 200e6"
-    for axis in spec.arch.nodes["ProcessingElement"].spatial:
-        axis.reuse, axis.may_reuse = "Nothing", "All"
-    mac = spec.arch.nodes["MAC"]
-    mac.extra_attributes_for_component_model["multiplier_width"] = 16
-    mac.extra_attributes_for_component_model["adder_width"] = 16
-    metrics = af.mapper.Metrics
-    spec.mapper.metrics = metrics.LATENCY | metrics.ENERGY if delay_first else metrics.ENERGY
-    return spec
+def selected(keys: list[str]) -> list[str]:
+    """--arch's values as architecture keys: names, "all" (every built-in one) and files (absolute paths);
+    an unknown name, a missing file or two of one name are one line."""
+    out = []
+    for key in keys:
+        if key == "all":
+            out += list(ARCHITECTURES)
+        elif is_file(key):
+            if not Path(key).is_file():
+                raise UserError(f"--arch {key}: no such architecture file")
+            out.append(str(Path(key).resolve()))
+        elif key in ARCHITECTURES:
+            out.append(key)
+        else:
+            raise UserError(f"--arch {key}: unknown architecture; known: all, {', '.join(ARCHITECTURES)}, "
+                            f"or an AccelForge architecture file (.yaml)")
+    out = list(dict.fromkeys(out))
+    names = [Path(key).stem if is_file(key) else key for key in out]
+    clash = sorted({name for name in names if names.count(name) > 1})
+    if clash:
+        raise UserError(f"--arch: two architectures named {', '.join(clash)} (a file is named by its stem); "
+                        f"rename the file")
+    return out

@@ -82,28 +82,58 @@ class LayerMAC(ComponentModel):
     """The MAC for one layer's operands: FloatMAC for float operands, else the hwcomponents library's Aladdin
     integer multiplier (linear in each operand's width) and adder (ISCA 2014, 40 nm). Whether the operands are
     floats is the layer's measured format (float_operands; None: decided by the input's width, as for runs from
-    before formats were recorded), so an fp8 layer is charged as a float MAC, an int8 one as an integer MAC."""
+    before formats were recorded), so an fp8 layer is charged as a float MAC, an int8 one as an integer MAC.
+
+    pe="ternary" (a ternary-native PE, accel.architectures.ternary_variant): an integer layer whose weights take
+    at most TERNARY_SELECT_BITS bits (-1, 0, +1) has no multiplier: the weight selects +x, -x (or gates the add
+    for 0) and the accumulator adds it (ternary_select_parts). Every other layer's MAC is the same as pe="multiplier".
+
+    Leakage: none for any format. Horowitz's float numbers are dynamic energy only, so the Aladdin parts' leakage
+    is left out too (scale_leak_power(0)): every format is charged on the same basis, per MAC action."""
 
     component_name = "LayerMAC"
     priority = 0.9
 
     def __init__(self, tech_node: float, weight_bits: int, input_bits: int, accumulator_bits: int,
-                 float_operands: bool | None = None):
+                 float_operands: bool | None = None, pe: str = "multiplier"):
         self.is_float = precision.is_float(input_bits) if float_operands is None else bool(float_operands)
+        if pe not in ("multiplier", "ternary"):
+            raise ValueError(f"unknown PE {pe!r}; expected multiplier or ternary")
+        self.selects = pe == "ternary" and not self.is_float and weight_bits <= TERNARY_SELECT_BITS
         if self.is_float:
             self.parts = [FloatMAC(tech_node, max(weight_bits, input_bits), accumulator_bits)]
+        elif self.selects:
+            self.parts = ternary_select_parts(tech_node, input_bits, accumulator_bits)
         else:
             self.parts = [AladdinMultiplier(tech_node, width_a=weight_bits, width_b=input_bits),
                           AladdinAdder(tech_node, accumulator_bits)]
+        for part in self.parts:
+            part.scale_leak_power(0.0)
         super().__init__(subcomponents=self.parts)
 
     @action
     def compute(self):
         if self.is_float:
             self.parts[0].compute()
+        elif self.selects:
+            self.parts[0].add()
+            self.parts[1].add()
         else:
             self.parts[0].multiply()
             self.parts[1].add()
+
+
+TERNARY_SELECT_BITS = precision.TERNARY_WEIGHT_BITS  # a ternary weight (-1, 0, +1), packed in 2 bits
+
+
+def ternary_select_parts(tech_node: float, input_bits: int, accumulator_bits: int) -> list:
+    """A ternary-native PE's MAC: the sign select and the accumulating add. hwcomponents has no mux or XOR
+    model, so the select (x or its one's complement, input_bits XOR gates, the +1 of -x entering the adder as
+    its carry-in; a zero weight gates the add) is charged as an Aladdin adder of input_bits, an upper bound: each
+    full-adder bit holds the XOR pair the select needs and more (Weste and Harris, CMOS VLSI Design, 4th ed.,
+    ch. 11: a mirror full adder is 28 transistors, an XOR 8 to 12). The add is the Aladdin adder of the
+    accumulator's width, as in the multiplier PE; the multiplier is gone."""
+    return [AladdinAdder(tech_node, input_bits), AladdinAdder(tech_node, accumulator_bits)]
 
 
 def accumulator_bits_expression(int_accumulator_bits: int) -> str:
@@ -128,16 +158,17 @@ FORMAT_OPERANDS = {"fp32": (32, 32, True), "bf16": (16, 16, True), "fp16": (16, 
 REFERENCE_IN_FEATURES = 256
 
 
-def mac_energy_pj(tech_node: float) -> dict[str, float]:
+def mac_energy_pj(tech_node: float, pe: str = "multiplier") -> dict[str, float]:
     """What one MAC action of LayerMAC costs at tech_node for each format, in pJ: float formats accumulating in
     fp32, integer ones in the accumulator int_accumulator_bits gives a REFERENCE_IN_FEATURES-wide layer of the
     format (23 bits for int8 x int8, 17 for ternary x int8). A run's integer layers share the accumulator of its
-    widest sum, so a run's own MACs can differ from these by a few adder bits."""
+    widest sum, so a run's own MACs can differ from these by a few adder bits. pe: LayerMAC's (ternary-native PEs
+    change the ternary entry only)."""
     energies = {}
     for layer_format, (weight_bits, input_bits, is_float) in FORMAT_OPERANDS.items():
         reference = {"name": layer_format, "format": layer_format, "weight_bits": weight_bits,
                      "input_bits": input_bits, "in_features": REFERENCE_IN_FEATURES}
         accumulator = FLOAT_ACCUMULATOR_BITS if is_float else int_accumulator_bits([reference])
-        mac = LayerMAC(tech_node, weight_bits, input_bits, accumulator, is_float)
+        mac = LayerMAC(tech_node, weight_bits, input_bits, accumulator, is_float, pe)
         energies[layer_format] = mac.compute().energy * 1e12
     return energies

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import rundir
 from accel import sparsity
-from accel.architectures import ARCHITECTURES
 from accel.components import int_accumulator_bits, mac_energy_pj
 from accel.mapping import cache_path, sparse_tile
 from accel.results import ENERGY_GROUPS, PTQ_PRECISION, WEIGHTS_ASSUMED_DENSE, WEIGHTS_MEASURED, run_identity
-from accel.sparsity import DESIGNS
+from accel.specs import architecture
 from accel.workloads import einsum_name, field_densities, field_workload, split_fields
 from files import read_json
 from utils import UserError
@@ -111,12 +110,13 @@ def field_tiles(run: Run, arch_name: str, tile: int, cache_dir: Path) -> tuple[l
 
 
 def frame_rows(run: Run, arch_name: str, fields: list[FieldTile]) -> list[dict]:
-    """results.csv's rows of a run on an architecture, one per design: each field's mapped tile, under the
-    design's sparsity model, scaled to a frame."""
-    arch = ARCHITECTURES[arch_name]
-    energy = {design: dict.fromkeys(ENERGY_GROUPS, 0.0) for design in DESIGNS}
+    """results.csv's rows of a run on an architecture (a key of specs.architecture), one per design it has (a
+    dense-only one: dense): each field's mapped tile, under the design's sparsity model, scaled to a frame."""
+    arch = architecture(arch_name)
+    designs = arch.designs
+    energy = {design: dict.fromkeys(ENERGY_GROUPS, 0.0) for design in designs}
     latency, mac_time, mac_balanced, energy_weights_dense, latency_weights_dense, energy_without_grid = (
-        dict.fromkeys(DESIGNS, 0.0) for _ in range(6))
+        dict.fromkeys(designs, 0.0) for _ in range(6))
     dense_mac_time = macs = gated = 0.0
     for field in fields:
         result = read_json(field.cache)
@@ -124,20 +124,21 @@ def frame_rows(run: Run, arch_name: str, fields: list[FieldTile]) -> list[dict]:
         # A layers.json without samples_per_frame_all predates it, and so the occupancy grid: every sample ran.
         scale_all = field.layers[0].get("samples_per_frame_all", field.layers[0]["samples_per_frame"]) / field.rows
         tile = sparse_tile(result)
+        hw = arch.sparse_model(result["compute"])
         densities = field_densities(field.layers)
         weights_dense = {e: dataclasses.replace(d, weight=1.0) for e, d in densities.items()}
-        for design in DESIGNS:
-            modelled = sparsity.evaluate(design, arch.sparse, tile, densities)
+        for design in designs:
+            modelled = sparsity.evaluate(design, hw, tile, densities)
             for component, joules in modelled.energy_j.items():
-                energy[design][arch.component_groups.get(component, "other")] += scale * joules
+                energy[design][result["groups"].get(component, "other")] += scale * joules
             latency[design] += scale * modelled.latency_s
             energy_without_grid[design] += scale_all * modelled.energy_total_j
             mac_time[design] += scale * modelled.mac_time_s
             mac_balanced[design] += scale * modelled.mac_time_balanced_s
-            counterfactual = sparsity.evaluate(design, arch.sparse, tile, weights_dense)
+            counterfactual = sparsity.evaluate(design, hw, tile, weights_dense)
             energy_weights_dense[design] += scale * counterfactual.energy_total_j
             latency_weights_dense[design] += scale * counterfactual.latency_s
-        dense_mac_time += scale * sum(s for (e, c), s in tile.latency_s.items() if c == arch.sparse.mac)
+        dense_mac_time += scale * sum(s for (e, c), s in tile.latency_s.items() if c == hw.mac)
         macs += scale * result["macs"]
         # Zero-gating skips a MAC whose input is zero: ideally its whole MAC energy.
         for layer in field.layers:
@@ -158,10 +159,10 @@ def frame_rows(run: Run, arch_name: str, fields: list[FieldTile]) -> list[dict]:
     samples_all = sum(field.layers[0].get("samples_per_frame_all", field.layers[0]["samples_per_frame"])
                       for field in fields)
     rows = []
-    for design in DESIGNS:
+    for design in designs:
         total = sum(energy[design].values())
         rows.append({
-            "run": run.name, "experiment": run.summary.get("experiment", run.name), "arch": arch_name,
+            "run": run.name, "experiment": run.summary.get("experiment", run.name), "arch": arch.name,
             "design": design, "precision": run.precision, "variant": run.variant, "energy_per_frame_j": total,
             "latency_per_frame_s": latency[design], "edp_j_s": total * latency[design],
             **{f"energy_{group}_j": joules for group, joules in energy[design].items()},
@@ -193,5 +194,5 @@ def per_sample_columns(energy_j: float, energy_without_grid_j: float, mac_energy
 
 def mac_energy_table(arch_names: list[str]) -> dict[str, dict[str, float]]:
     """What each architecture's LayerMAC charges for one MAC of each format, in pJ (components.mac_energy_pj at its
-    node): hw_eval.json's mac_energy_pj."""
-    return {arch_name: mac_energy_pj(ARCHITECTURES[arch_name].mac_tech_node) for arch_name in arch_names}
+    node, with its PE), by architecture name: hw_eval.json's mac_energy_pj."""
+    return {arch.name: mac_energy_pj(arch.mac_tech_node, arch.pe) for arch in map(architecture, arch_names)}

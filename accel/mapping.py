@@ -17,8 +17,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from accel import architectures, components, sparsity
-from accel.architectures import build_spec
+from accel import architectures, components, sparsity, specs
+from accel.architectures import is_file
+from accel.specs import build_spec, structure
 from files import write_json
 
 ROLES = ("input", "weight", "output")  # the renames that name an einsum's operands (not FLOAT_TENSORS)
@@ -26,6 +27,7 @@ ROLES = ("input", "weight", "output")  # the renames that name an einsum's opera
 
 def map_tile(arch_name: str, workload: dict, int_accumulator: int) -> dict:
     """Map one workload with AccelForge's FFM mapper (lowest energy); energies in J, latency in s, per tile.
+    arch_name: a key of specs.architecture (a name, or an architecture file's path) or of STUDY_ARCHS.
 
     The mapper runs in a temporary directory (it writes mapping.svg into the working directory) with
     its console output captured, in one process: AccelForge's own pool, which splits one mapping across
@@ -63,10 +65,13 @@ def output_elements(workload: dict) -> dict[str, int]:
 
 
 def mapping_result(mapping, workload: dict, spec=None) -> dict:
-    """What the cache keeps of a mapping: energy by component, MAC energy by einsum, latency and MACs, and for
+    """What the cache keeps of a mapping: energy by component, MAC energy by einsum, latency and MACs (of the
+    spec's compute component, specs.structure; without a spec: MAC), each component's energy group, and for
     the sparsity model every action (einsum, component, tensor, action, count, energy; leakage has tensor
     None), each (einsum, component)'s latency, each einsum's input, weight and output tensor and bits, its
     output's elements and (with the spec) each component's bits per action."""
+    found = structure(spec, "spec") if spec is not None else None
+    compute = found.compute if found else "MAC"
     per_einsum_component = mapping.energy(per_component=True, per_einsum=True)
     energy_j: dict[str, float] = {}
     for (_, component), joules in per_einsum_component.items():
@@ -80,9 +85,10 @@ def mapping_result(mapping, workload: dict, spec=None) -> dict:
                 if (einsum, component, tensor, action) not in detail and n]
     return {
         "energy_j": energy_j,
-        "mac_energy_j": {e["name"]: float(per_einsum_component[e["name"], "MAC"]) for e in workload["einsums"]},
+        "mac_energy_j": {e["name"]: float(per_einsum_component[e["name"], compute]) for e in workload["einsums"]},
         "latency_s": float(mapping.latency()),
-        "macs": int(sum(n for (e, c, a), n in mapping.actions(per_einsum=True).items() if c == "MAC")),
+        "macs": int(sum(n for (e, c, a), n in mapping.actions(per_einsum=True).items() if c == compute)),
+        "compute": compute, "groups": found.groups() if found else {},
         "actions": actions,
         "component_latency_s": [[e, c, float(seconds)]
                                 for (e, c), seconds in mapping.latency(per_einsum=True, per_component=True).items()],
@@ -104,10 +110,13 @@ def sparse_tile(result: dict) -> sparsity.Tile:
 def cache_path(arch_name: str, workload: dict, int_accumulator: int, cache_dir: Path) -> Path:
     """Where a tile's mapping is cached: keyed by the workload, the architecture, the accumulator width,
     AccelForge's version and the code that makes a mapping (the architectures, the MAC models and this
-    module: any change to them invalidates it; the sparsity model works on the cached dense mapping)."""
+    module: any change to them invalidates it; the sparsity model works on the cached dense mapping), and for an
+    architecture file its contents."""
     from importlib.metadata import version
 
-    code = b"".join(Path(module).read_bytes() for module in (architectures.__file__, components.__file__, __file__))
+    modules = (architectures.__file__, components.__file__, specs.__file__, __file__)
+    code = b"".join(Path(module).read_bytes() for module in modules) + (
+        Path(arch_name).read_bytes() if is_file(arch_name) else b"")
     model = hashlib.sha256(code).hexdigest()
     key = json.dumps({"workload": workload, "arch": arch_name, "int_accumulator": int_accumulator,
                       "accelforge": version("accelforge"), "model": model}, sort_keys=True)

@@ -5,9 +5,9 @@ Modeling", MICRO 2022) applied on top of AccelForge's dense mapping: AccelForge 
 count and energy of every action of every component on every tensor, and each component's latency;
 this module scales them with statistical densities (the fraction of nonzero values of each tensor,
 zeros independent and uniformly spread), a compressed format's metadata, and the gating or skipping
-that each design applies at each level. The equations and each parameter's source are in README.md,
-"Accelerator evaluation"; accel/workloads.py turns runs into densities and accel/mapping.py AccelForge
-mappings into `Tile`s.
+that each design applies at each level. The equations and each parameter's source are in docs/hw_eval.md,
+"Sparsity: gating, skipping and compressed activations"; accel/workloads.py turns runs into densities and
+accel/mapping.py AccelForge mappings into `Tile`s.
 
 Three designs:
 - dense: AccelForge's numbers as they are.

@@ -1,5 +1,6 @@
 """`hw_eval.py --validate-study`: the accelerating-NeRFs study's MLP modelled on its own Eyeriss, dense and under
-each design, against the dense -> skipping ratios it published (BENCHMARKS.md, "Sparsity on the accelerator")."""
+each design, against the dense -> skipping ratios it published (docs/hw_eval.md, "Validation on the study's own
+case")."""
 
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def study_text(layers: list[dict], numbers: dict) -> str:
     lines = ["# hw_eval.py --validate-study: the accelerating-NeRFs study's MLP on its Eyeriss", "",
              f"{len(layers)} FC layers of 16-bit operands, {STUDY_ROWS} samples, input sparsity "
              f"{STUDY_INPUT_SPARSITY:.1%} after every ReLU (fc_1 and fc_11 dense), weights dense; each layer mapped "
-             "alone by AccelForge on the study's Eyeriss (accel.architectures.study_spec) and costed by the sparsity "
+             "alone by AccelForge on the study's Eyeriss (accel.specs.study_spec) and costed by the sparsity "
              "model. Cycles at the Eyeriss clock.", "",
              "| mapper objective | design | energy (µJ) | cycles | energy ratio (dense / design) | cycle ratio "
              "| EDP ratio |", "|---|---|---|---|---|---|---|"]
@@ -144,5 +145,5 @@ def study_text(layers: list[dict], numbers: dict) -> str:
                   f"| {', '.join(verdicts['whole'])} |",
                   f"| ours, {STUDY_OBJECTIVES[a]}, {v}, without fc_11 | {part[0]:.2f}× | {part[1]:.2f}× "
                   f"| {', '.join(verdicts['without fc_11'])} |"]
-    lines += ["", "BENCHMARKS.md, \"Sparsity on the accelerator\", explains the differences."]
+    lines += ["", "docs/hw_eval.md, \"Validation on the study's own case\", explains the differences."]
     return "\n".join(lines) + "\n"

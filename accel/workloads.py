@@ -10,7 +10,7 @@ from utils import UserError
 # fp8 and int8 both have 8 bits, so the format, not the width, tells them apart.
 FLOAT_FORMATS = ("fp32", "tf32", "fp16", "bf16", "fp8")
 INTEGER_FORMATS = ("int8", "ternary")
-# The einsum's rename that carries it to the MAC (accel.architectures.build_spec): every tensor of the einsum for
+# The einsum's rename that carries it to the MAC (accel.specs.build_spec): every tensor of the einsum for
 # float operands, none for integer ones. AccelForge evaluates the MAC's attributes per einsum with its renames in
 # scope, and the workload, with this in it, keys the mapping cache (accel.mapping.cache_path): fp8 and int8
 # layers of equal widths are different tiles.

@@ -158,7 +158,7 @@ class Plan:
     def skip_reason(self, name: str) -> str | None:
         """Why this device leaves a check out (None: the check runs)."""
         if name == "compile" and self.device == "cpu":
-            return "on a GPU only: the CPU's measurement is BENCHMARKS.md's"
+            return "on a GPU only: the CPU's measurement is in docs/performance.md"
         if name == "hw_eval" and not self.hw_eval:
             return "CPU work, off on a GPU machine: --hw-eval runs it"
         if name in QUANTIZED and not self.quantized:

@@ -207,7 +207,7 @@ def hardware_designs_section(runs, hw_rows: list[dict], out_dir: Path) -> list[s
              "metadata counted), zero MACs skipped, the PE array waiting for its slowest PE (energy and cycles "
              "saved). Densities come from layers.json (input zeros on test rays, BitNeRF's ternary zeros); a run "
              "without weight densities is taken as dense. Every value is a multiple of dense exp1 on the same "
-             "architecture. README.md, \"Accelerator evaluation\", gives the model and its sources."]
+             "architecture. docs/hw_eval.md gives the model and its sources."]
     for arch in dict.fromkeys(row["arch"] for row in hw_rows):
         lines += ["", f"#### {arch}", "", designs_table(runs, hw_rows, arch), "",
                   "Which precision wins under each design:", "", design_winners(runs, hw_rows, arch)]

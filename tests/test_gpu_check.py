@@ -461,7 +461,7 @@ def test_a_check_the_device_leaves_out_runs_nothing_and_says_why(tmp_path, monke
     # compile's own reason, not that of the exp1 and exp4 runs it needs (absent here).
     cpu_results = runners.run_checks(Plan("cpu", tmp_path, 8, None, 60), [BY_NAME["compile"]])
     assert (cpu_results["compile"].status, cpu_results["compile"].note) == (
-        "skip", "on a GPU only: the CPU's measurement is BENCHMARKS.md's")
+        "skip", "on a GPU only: the CPU's measurement is in docs/performance.md")
 
 
 def test_speedups_divide_each_faster_runs_steady_rate_by_exp1s():

@@ -10,7 +10,7 @@ import pytest
 
 import hw_eval
 import report
-from accel import architectures, components, mapping, study, toolchain, workloads
+from accel import architectures, components, mapping, specs, study, toolchain, workloads
 from accel.results import (
     CSV_COLUMNS,
     DESIGN_TITLES,
@@ -115,7 +115,7 @@ def test_each_einsum_s_mac_is_costed_as_its_format():
     # (in the same workload) the integer MAC, each with its own accumulator.
     field = [{**layer("coarse.layers.0", 6, 16, EIGHT_BIT), "format": "fp8"},
              {**layer("coarse.layers.1", 16, 4, EIGHT_BIT), "format": "int8"}]
-    spec = architectures.build_spec("tpu_v4i", workloads.field_workload(field, 64), 19)
+    spec = specs.build_spec("tpu_v4i", workloads.field_workload(field, 64), 19)
     charged_pj = {name: 1e12 * spec.calculate_component_costs(einsum_name=name).arch.find("MAC").actions["compute"]
                   .energy for name in ("layers_0", "layers_1")}
     assert charged_pj["layers_0"] == pytest.approx(1e12 * components.LayerMAC(7e-9, 8, 8, 32, True).compute().energy)
@@ -123,7 +123,8 @@ def test_each_einsum_s_mac_is_costed_as_its_format():
 
 
 def test_mac_energy_table_charges_each_format_at_the_architecture_s_node():
-    table = {arch: components.mac_energy_pj(a.mac_tech_node) for arch, a in architectures.ARCHITECTURES.items()}
+    table = {arch: components.mac_energy_pj(a.mac_tech_node) for arch, a in architectures.ARCHITECTURES.items()
+             if a.pe == architectures.MULTIPLIER_PE}
     for energies in table.values():
         assert list(energies) == ["fp32", "bf16", "fp16", "fp8", "int8", "ternary"]
         assert energies["fp32"] > energies["fp16"] == energies["bf16"] > energies["fp8"] > energies["int8"]
@@ -177,7 +178,7 @@ def evaluated(tmp_path_factory):
     for name, layer_format in (("exp7", "int8"), ("exp8", "fp8")):
         write_run(runs, name, name, layer_format, [{**l, "format": layer_format, "weight_density": 1.0}
                                                    for l in one_layer_fields(EIGHT_BIT, 0.25)])
-    rows = hw_eval.evaluate(runs, list(architectures.ARCHITECTURES), tmp / "out", tile=TILE, jobs=2)  # a process pool
+    rows = hw_eval.evaluate(runs, list(architectures.DEFAULT_ARCHS), tmp / "out", tile=TILE, jobs=2)  # a process pool
     return (runs, tmp / "out", {(r["run"], r["arch"]): r for r in rows if r["design"] == "dense"},
             {(r["run"], r["arch"], r["design"]): r for r in rows})
 
@@ -196,7 +197,7 @@ def test_mapped_macs_equal_the_layers_multiply_accumulates(evaluated):
         assert row["macs_per_frame"] == (2 if run == "exp1_double" else 1) * 6_291_456
 
 
-@pytest.mark.parametrize("arch", list(architectures.ARCHITECTURES))
+@pytest.mark.parametrize("arch", list(architectures.DEFAULT_ARCHS))
 def test_energy_falls_as_bitwidths_fall(evaluated, arch):
     _, _, rows, _ = evaluated
     fp32, amp, ternary = (rows[run, arch] for run in ("exp1", "exp2", "exp4"))
@@ -206,7 +207,7 @@ def test_energy_falls_as_bitwidths_fall(evaluated, arch):
 
 def test_a_frame_of_twice_the_samples_costs_twice(evaluated):
     _, _, rows, _ = evaluated
-    for arch in architectures.ARCHITECTURES:
+    for arch in architectures.DEFAULT_ARCHS:
         frame, double = rows["exp1", arch], rows["exp1_double", arch]
         for column in ("energy_per_frame_j", "energy_dram_j", "energy_mac_j", "latency_per_frame_s", "macs_per_frame"):
             assert double[column] == pytest.approx(2 * frame[column])
@@ -216,7 +217,7 @@ def test_a_frame_of_twice_the_samples_costs_twice(evaluated):
 
 def test_energy_without_the_grid_costs_every_sample_of_the_frame(evaluated):
     _, _, _, rows = evaluated
-    for arch in architectures.ARCHITECTURES:
+    for arch in architectures.DEFAULT_ARCHS:
         for design in DESIGN_TITLES:
             plain, grid = rows["exp1", arch, design], rows["exp1_grid", arch, design]
             assert grid["energy_per_frame_j"] == pytest.approx(plain["energy_per_frame_j"])
@@ -226,7 +227,7 @@ def test_energy_without_the_grid_costs_every_sample_of_the_frame(evaluated):
 
 def test_zero_gating_saves_the_sparse_share_of_mac_energy(evaluated):
     _, _, rows, _ = evaluated
-    for arch in architectures.ARCHITECTURES:
+    for arch in architectures.DEFAULT_ARCHS:
         amp, amp_sparser = rows["exp2", arch], rows["exp3", arch]
         assert amp["zero_gating_saving_frac"] == pytest.approx(0.25 * amp["energy_mac_j"] / amp["energy_per_frame_j"])
         assert amp_sparser["zero_gating_saving_frac"] == pytest.approx(2 * amp["zero_gating_saving_frac"])
@@ -236,14 +237,14 @@ def test_identical_workloads_are_mapped_once_and_a_second_run_maps_nothing(evalu
     runs, out, rows, designs = evaluated
     # Per architecture: one workload per precision (coarse and fine, exp2 and exp3 share theirs; fp8 and int8
     # do not).
-    assert len(list((out / ".cache").glob("*.json"))) == 5 * len(architectures.ARCHITECTURES)
+    assert len(list((out / ".cache").glob("*.json"))) == 5 * len(architectures.DEFAULT_ARCHS)
     assert rows["exp3", "tpu_v4i"]["energy_per_frame_j"] == rows["exp2", "tpu_v4i"]["energy_per_frame_j"]
 
     def no_mapping(*args):
         raise AssertionError("the mapper ran although every workload is cached")
 
     monkeypatch.setattr(mapping, "map_tile", no_mapping)
-    again = hw_eval.evaluate(runs, list(architectures.ARCHITECTURES), out, tile=TILE)
+    again = hw_eval.evaluate(runs, list(architectures.DEFAULT_ARCHS), out, tile=TILE)
     assert {(r["run"], r["arch"], r["design"]): r for r in again} == designs
 
 
@@ -260,7 +261,7 @@ def test_results_csv_and_tables(evaluated):
                        "input_density", "weight_density", "effectual_density", "mac_time_frac",
                        "energy_weights_dense_j"):
             assert float(written[key][column]) == pytest.approx(row[column], rel=1e-5)
-    for arch in architectures.ARCHITECTURES:
+    for arch in architectures.DEFAULT_ARCHS:
         text = (out / f"{arch}.md").read_text()
         assert "Per 800×800 frame" in text
         energy = text.split("## Energy per frame (J)")[1].split("##")[0]
@@ -305,7 +306,7 @@ def test_the_report_shows_a_run_s_results_until_its_layers_change(evaluated, tmp
         shutil.copy(runs / name / "layers.json", write_trained_run(copy, name) / "layers.json")
     shutil.copytree(out / ".cache", hw / ".cache")
     monkeypatch.setattr(mapping, "map_tile", None)  # every tile is cached: the mapper must not run
-    rows = {(r["run"], r["arch"]): r for r in hw_eval.evaluate(copy, list(architectures.ARCHITECTURES), hw, tile=TILE)
+    rows = {(r["run"], r["arch"]): r for r in hw_eval.evaluate(copy, list(architectures.DEFAULT_ARCHS), hw, tile=TILE)
             if r["design"] == "dense"}
     readme = report.write_report(copy, hw, tmp_path / "report", "report.py").read_text()
     exp1 = next(line for line in readme.splitlines() if line.startswith("| exp1 |"))
@@ -328,7 +329,7 @@ def test_the_report_shows_a_run_s_results_until_its_layers_change(evaluated, tmp
 
 def test_with_every_density_one_the_designs_equal_dense_exactly(evaluated):
     _, _, _, designs = evaluated
-    for arch in architectures.ARCHITECTURES:
+    for arch in architectures.DEFAULT_ARCHS:
         dense = designs["exp1_dense", arch, "dense"]
         for design in ("gating", "skipping"):
             row = designs["exp1_dense", arch, design]
@@ -341,7 +342,7 @@ def test_with_every_density_one_the_designs_equal_dense_exactly(evaluated):
 
 def test_gating_saves_energy_not_cycles_and_skipping_saves_both(evaluated):
     _, _, _, designs = evaluated
-    for arch in architectures.ARCHITECTURES:
+    for arch in architectures.DEFAULT_ARCHS:
         dense, gating, skipping = (designs["exp2", arch, d] for d in ("dense", "gating", "skipping"))
         assert gating["latency_per_frame_s"] == dense["latency_per_frame_s"]
         assert gating["energy_dram_j"] == dense["energy_dram_j"]  # gating moves every value still
@@ -357,7 +358,7 @@ def test_gating_saves_energy_not_cycles_and_skipping_saves_both(evaluated):
 
 def test_bitnerf_zero_weights_are_credited_and_measured_separately(evaluated):
     _, _, _, designs = evaluated
-    for arch in architectures.ARCHITECTURES:
+    for arch in architectures.DEFAULT_ARCHS:
         row = designs["exp4", arch, "gating"]
         assert row["effectual_density"] == pytest.approx(0.75 * 0.7)  # the product of the densities, as used
         assert row["joint_density_measured"] == pytest.approx(0.5)  # recorded beside it
@@ -372,16 +373,18 @@ def test_bitnerf_zero_weights_are_credited_and_measured_separately(evaluated):
         0.75 * 0.7 * designs["exp4", "tpu_v4i", "dense"]["energy_mac_j"])
 
 
-@pytest.mark.parametrize("arch", list(architectures.ARCHITECTURES))
+@pytest.mark.parametrize("arch", list(architectures.DEFAULT_ARCHS))
 def test_fp8_layers_are_charged_as_fp8_macs_not_int8_ones(evaluated, arch):
     _, _, rows, _ = evaluated
     amp, int8, fp8 = (rows[run, arch] for run in ("exp2", "exp7", "exp8"))
     assert amp["energy_mac_j"] > fp8["energy_mac_j"] > 0
     assert int8["energy_mac_j"] != pytest.approx(fp8["energy_mac_j"], rel=0.05)  # the same widths, another MAC
     assert fp8["energy_dram_j"] == pytest.approx(int8["energy_dram_j"])  # the same bytes move
-    # Every MAC of a float layer charges what the architecture's table says (FloatMAC leaks nothing; the integer
-    # MAC's Aladdin parts leak for as long as the mapping takes, so its MACs cost more than the table's).
-    table = components.mac_energy_pj(architectures.ARCHITECTURES[arch].mac_tech_node)
+    # Every MAC of a float layer charges what the architecture's table says. No MAC leaks (FloatMAC has no leakage,
+    # so the Aladdin parts' is left out too): an fp8 MAC costs more than an int8 one on every architecture,
+    # Eyeriss included, whose int8 MACs used to pay leakage that fp8 ones did not.
+    assert fp8["energy_mac_j"] > int8["energy_mac_j"]
+    table = components.mac_energy_pj(architectures.ARCHITECTURES[arch].mac_tech_node)  # multiplier PEs
     for run, layer_format in (("exp1", "fp32"), ("exp2", "fp16"), ("exp8", "fp8")):
         assert rows[run, arch]["mac_energy_per_mac_pj"] == pytest.approx(table[layer_format]), run
 
@@ -411,8 +414,8 @@ def test_each_run_s_hw_eval_json_says_what_each_architecture_charges_per_mac(eva
     runs, _, _, _ = evaluated
     summary = json.loads((runs / "exp8" / "summary.json").read_text())
     table = read_mac_energy(runs / "exp8", summary)
-    assert table == {arch: pytest.approx(components.mac_energy_pj(a.mac_tech_node))
-                     for arch, a in architectures.ARCHITECTURES.items()}
+    assert table == {arch: pytest.approx(components.mac_energy_pj(architectures.ARCHITECTURES[arch].mac_tech_node))
+                     for arch in architectures.DEFAULT_ARCHS}
     assert json.loads((runs / "exp8" / RUN_RESULTS).read_text())["mac_energy_pj"] == table
     assert read_mac_energy(runs / "exp8", {**summary, "run_id": "another run"}) is None  # not this run's
 
@@ -447,11 +450,11 @@ def test_ptq_variants_are_costed_with_their_measured_bits_until_ptq_json_changes
                 for f, density in (("int8", 0.9), ("fp8", 1.0))}
     write_ptq(copy / "exp1", {"int8-dynamic": measured["int8"], "fp8": measured["fp8"]})
     monkeypatch.setattr(mapping, "map_tile", None)  # exp7's and exp8's workloads: every tile is cached
-    every_row = hw_eval.evaluate_with_variants(copy, list(architectures.ARCHITECTURES), hw, tile=TILE)
+    every_row = hw_eval.evaluate_with_variants(copy, list(architectures.DEFAULT_ARCHS), hw, tile=TILE)
     trained = [r for r in every_row if r["variant"] == ""]
     variants = {(r["variant"], r["arch"], r["design"]): r for r in every_row if r["variant"]}
-    assert trained == [designs["exp1", a, d] for a in architectures.ARCHITECTURES for d in DESIGN_TITLES]
-    assert len(variants) == 2 * len(architectures.ARCHITECTURES) * len(DESIGN_TITLES)
+    assert trained == [designs["exp1", a, d] for a in architectures.DEFAULT_ARCHS for d in DESIGN_TITLES]
+    assert len(variants) == 2 * len(architectures.DEFAULT_ARCHS) * len(DESIGN_TITLES)
     for (variant, arch, design), row in variants.items():
         assert row["run"] == "exp1" and row["precision"] == f"ptq-{variant}"
         like = designs["exp7" if variant == "int8-dynamic" else "exp8", arch, "dense"]  # the same layers, trained
@@ -480,7 +483,7 @@ def test_partial_sums_are_told_from_final_outputs_by_the_spec_s_access_width():
     field = [layer("coarse.layers.0", 6, 16)]
     workload = workloads.field_workload(field, 64)
     assert mapping.output_elements(workload) == {"layers_0": 64 * 16}
-    per_action = mapping.bits_per_action(architectures.build_spec("eyeriss", workload, 32))
+    per_action = mapping.bits_per_action(specs.build_spec("eyeriss", workload, 32))
     assert per_action["GlobalBuffer"] == {"read": 64, "write": 64}  # the example's 64-bit accesses
     assert per_action["InputScratchpad"] == {"read": 1, "write": 1}  # counted in bits
 
@@ -583,3 +586,120 @@ def test_without_its_toolchain_an_importer_gets_an_import_error_that_says_what_i
 def test_requirements_install_accelforge_where_hwcomponents_installs():
     lines = (REPO / "requirements.txt").read_text().splitlines()
     assert f'{toolchain.ACCELFORGE_REQUIREMENT}; python_version >= "3.12"' in lines
+
+
+# --- Every architecture, your own file, ternary-native PEs ------------------------------------------------------
+
+OTHER_ARCHS = ("simba", "nvdla", "snowcat", "simple", "tpu_v4i", "tpu_v4i_ternary")
+
+
+@pytest.fixture(scope="module")
+def every_arch(tmp_path_factory):
+    """exp1 (fp32) and exp4 (ternary-int8, the fp32 heads of BitNeRF left out) on the digital architectures
+    beyond the default set, a ternary-native variant, and a copy of eyeriss.yaml passed as a file beside eyeriss."""
+    import accelforge as af
+
+    tmp = tmp_path_factory.mktemp("every_arch")
+    runs = tmp / "runs"
+    write_run(runs, "exp1", "exp1", "fp32", one_layer_fields(FP32, 0.25))
+    write_run(runs, "exp4", "exp4", "ternary-int8", [{**l, "format": "ternary", "weight_density": 0.7}
+                                                     for l in one_layer_fields(TERNARY, 0.25)])
+    copy = tmp / "my_eyeriss.yaml"
+    shutil.copy(Path(af.examples.arches.eyeriss), copy)
+    keys = architectures.selected([*OTHER_ARCHS, "eyeriss", str(copy)])
+    rows = hw_eval.evaluate(runs, keys, tmp / "out", tile=TILE, jobs=2)
+    return tmp, {(r["run"], r["arch"], r["design"]): r for r in rows}
+
+
+def test_every_shipped_architecture_costs_exp1_and_exp4_with_its_node_and_clock(every_arch):
+    tmp, rows = every_arch
+    nodes = {"simba": 16, "nvdla": 7, "snowcat": 7, "simple": 7, "tpu_v4i": 7, "my_eyeriss": 65}
+    for arch, node in nodes.items():
+        exp1, exp4 = rows["exp1", arch, "dense"], rows["exp4", arch, "dense"]
+        assert exp1["tech_node_nm"] == node and exp1["clock_mhz"] > 0
+        assert 0 < exp4["energy_per_frame_j"] < exp1["energy_per_frame_j"], arch  # BitNeRF costs less than NeRF
+        assert 0 < exp4["energy_mac_j"] < exp1["energy_mac_j"], arch
+        table = (tmp / "out" / f"{arch}.md").read_text()
+        assert f"Technology node {node:g} nm" in table and "clock" in table
+    # Zero handling only where it is documented: the others are dense only, and their tables say so.
+    for arch in ("simba", "nvdla", "snowcat", "simple", "my_eyeriss"):
+        assert {d for r, a, d in rows if a == arch} == {"dense"}
+        assert "Dense only" in (tmp / "out" / f"{arch}.md").read_text()
+    assert {d for r, a, d in rows if a == "tpu_v4i"} == set(DESIGN_TITLES)
+    assert rows["exp1", "simba", "dense"]["clock_mhz"] == pytest.approx(4.01e12 / 2048 / 1e6)
+
+
+def test_an_architecture_file_costs_as_the_architecture_by_name_and_takes_the_file_s_name(every_arch):
+    _, rows = every_arch
+    for run in ("exp1", "exp4"):
+        by_file, by_name = rows[run, "my_eyeriss", "dense"], rows[run, "eyeriss", "dense"]
+        assert by_file["energy_per_frame_j"] == pytest.approx(by_name["energy_per_frame_j"], rel=0.01)
+        assert by_file["tech_node_nm"] == by_name["tech_node_nm"] and by_file["clock_mhz"] == by_name["clock_mhz"]
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("no compute", "no compute component"), ("no node", "no technology node"), ("not yaml", "not an AccelForge"),
+    ("missing", "no such architecture file"), ("unknown name", "unknown architecture")])
+def test_a_bad_architecture_is_one_line_and_exit_2(tmp_path, capsys, problem, message):
+    import accelforge as af
+
+    text = Path(af.examples.arches.eyeriss).read_text()
+    path = tmp_path / "arch.yaml"
+    if problem == "no compute":
+        path.write_text(text[:text.index("  - !Compute")])
+    elif problem == "no node":
+        path.write_text(Path(af.examples.arches.tpu_v4i).read_text())
+    elif problem == "not yaml":
+        path.write_text("arch: [1, 2\n")
+    runs = tmp_path / "runs"
+    write_run(runs, "exp1", "exp1", "fp32", one_layer_fields(FP32, 0.25))
+    arch = "eyeriss_v9" if problem == "unknown name" else str(path)
+    with pytest.raises(SystemExit) as exit_info:
+        hw_eval.main(["--runs", str(runs), "--out", str(tmp_path / "out"), "--arch", arch, "--tile", str(TILE)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err, err
+
+
+def test_all_selects_every_built_in_architecture_and_the_default_is_the_suite_s():
+    assert architectures.selected(["all"]) == list(architectures.ARCHITECTURES)
+    assert {"eyeriss", "tpu_v4i", "simba", "nvdla", "snowcat", "simple", "eyeriss_ternary"} <= set(
+        architectures.ARCHITECTURES)
+    assert architectures.DEFAULT_ARCHS == ("eyeriss", "tpu_v4i")
+
+
+def test_a_ternary_native_pe_selects_and_adds_where_the_multiplier_pe_multiplies():
+    multiplier = components.LayerMAC(45e-9, 2, 8, 17, False).compute().energy
+    select_add = components.LayerMAC(45e-9, 2, 8, 17, False, "ternary").compute().energy
+    assert 0 < select_add < multiplier
+    # Only ternary layers: int8 and float MACs are the multiplier PE's.
+    for operands in ((8, 8, 23, False), (32, 32, 32, True), (8, 8, 32, True)):
+        assert components.LayerMAC(45e-9, *operands, "ternary").compute().energy == pytest.approx(
+            components.LayerMAC(45e-9, *operands).compute().energy)
+    # The spec's MAC takes the variant's PE: a ternary einsum is charged less, an fp32 one the same.
+    field = [{**layer("coarse.layers.0", 6, 16, TERNARY), "format": "ternary"}, layer("coarse.layers.1", 16, 4)]
+    workload = workloads.field_workload(field, 64)
+    charged = {arch: {name: specs.build_spec(arch, workload, 14).calculate_component_costs(einsum_name=name)
+                      .arch.find("MAC").actions["compute"].energy for name in ("layers_0", "layers_1")}
+               for arch in ("tpu_v4i", "tpu_v4i_ternary")}
+    assert charged["tpu_v4i_ternary"]["layers_0"] < charged["tpu_v4i"]["layers_0"]
+    assert charged["tpu_v4i_ternary"]["layers_1"] == pytest.approx(charged["tpu_v4i"]["layers_1"])
+
+
+def test_on_a_ternary_native_variant_exp4_s_macs_cost_less_and_exp1_s_the_same(every_arch):
+    _, rows = every_arch
+    for design in DESIGN_TITLES:
+        plain, ternary = rows["exp4", "tpu_v4i", design], rows["exp4", "tpu_v4i_ternary", design]
+        assert ternary["mac_energy_per_mac_pj"] < plain["mac_energy_per_mac_pj"]
+        assert ternary["energy_dram_j"] == pytest.approx(plain["energy_dram_j"])  # the same 2-bit weights move
+        assert rows["exp1", "tpu_v4i_ternary", design]["energy_per_frame_j"] == pytest.approx(
+            rows["exp1", "tpu_v4i", design]["energy_per_frame_j"])
+    table = components.mac_energy_pj(7e-9, "ternary")
+    assert table["ternary"] < components.mac_energy_pj(7e-9)["ternary"] and table["int8"] == pytest.approx(
+        components.mac_energy_pj(7e-9)["int8"])
+
+
+def test_no_integer_mac_leaks_as_no_float_one_does():
+    for mac in (components.LayerMAC(65e-9, 8, 8, 23, False), components.LayerMAC(65e-9, 2, 8, 17, False, "ternary"),
+                components.LayerMAC(65e-9, 8, 8, 32, True)):
+        assert mac.leak_power == 0

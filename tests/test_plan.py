@@ -263,9 +263,9 @@ def test_an_impossible_run_is_refused_in_one_line_before_the_run_directory_is_to
     assert not (tmp_path / "runs").exists()
 
 
-def test_the_readme_table_is_the_one_the_code_plans(builtin_scene):
-    readme = (REPO / "README.md").read_text()
-    assert plan.requirements_table(load_scene(str(builtin_scene))) in readme
+def test_the_gpu_page_table_is_the_one_the_code_plans(builtin_scene):
+    page = (REPO / "docs" / "gpus.md").read_text()
+    assert plan.requirements_table(load_scene(str(builtin_scene))) in page
 
 
 def test_the_time_estimate_comes_from_a_finished_run_on_the_same_device(tiny_config, capsys):
