@@ -51,10 +51,10 @@ from torchao.prototype.quantized_training.int8 import quantize_int8_rowwise  # n
 import converters  # noqa: E402
 from converters import Converter, hidden_layers_in, is_head  # noqa: E402
 from dataset import scene_box  # noqa: E402
-from files import atomic_write
+from files import atomic_write  # noqa: E402
 from gpus import INT_MM_MULTIPLE  # noqa: E402
 from nerf import NeRF, OccupancyGrid, deployable_state, load_deployable_state  # noqa: E402
-from utils import UserError
+from utils import UserError  # noqa: E402
 
 # torchao's BitNet forward clips the int8 activation scale at this epsilon, its int8 matmul at the second;
 # the inference layers (IntegerLinear) must match.

@@ -296,7 +296,7 @@ def render_rays(origins: torch.Tensor, dirs: torch.Tensor, n_samples: int = N_SA
         # alpha = 0), so compositing over these samples alone gives the same sums.
         ray, sample = _near_samples(o, d, t_enter, step, n_samples)
 
-        def per_sample(per_ray):  # a per-ray value at each sample (index_select: faster than [ray])
+        def per_sample(per_ray, ray=ray):  # a per-ray value at each sample (index_select: faster than [ray])
             return per_ray.index_select(0, ray)
 
         t = per_sample(t_enter) + (sample + 0.5) * per_sample(step)

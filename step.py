@@ -4,10 +4,11 @@ its rays do not fit the device at once (plan.py decides)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +75,7 @@ class Optimization:
 
 
 def train_step(step_model: nn.Module, batch: RayBatch, optimization: Optimization, config: ExperimentConfig,
-               autocast: Callable[[], ContextManager], micro_batch_rays: int = 0) -> dict[str, torch.Tensor]:
+               autocast: Callable[[], contextlib.AbstractContextManager], micro_batch_rays: int = 0) -> dict[str, torch.Tensor]:
     """One optimizer step on this rank's share of the batch; step_model is the DDP module when distributed
     (its forward is what makes DDP average the gradients), autocast makes the run's autocast context.
 

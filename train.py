@@ -19,9 +19,9 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager
 
 import numpy as np
 import torch
@@ -124,7 +124,7 @@ class Training:
     step_model: torch.nn.Module  # the DDP module when distributed: its forward averages the gradients
     optimization: Optimization
     sampler: RaySampler
-    autocast: Callable[[], ContextManager]
+    autocast: Callable[[], contextlib.AbstractContextManager]
     log: RunLog | None  # rank 0's
     clock: Stopwatch  # the training steps' time, carried over a resume
     run_id: str

@@ -13,8 +13,13 @@ from accel.workloads import FLOAT_TENSORS, float_operands
 
 try:
     from hwcomponents import ActionCost, ComponentModel, action
-    from hwcomponents.scaling import (tech_node_area, tech_node_energy, tech_node_latency, tech_node_leak,
-                                      tech_node_throughput)
+    from hwcomponents.scaling import (
+        tech_node_area,
+        tech_node_energy,
+        tech_node_latency,
+        tech_node_leak,
+        tech_node_throughput,
+    )
     from hwcomponents_library import AladdinAdder, AladdinMultiplier
 except ImportError as e:
     # hw_eval.py turns this into its one-line error; another importer gets the same advice.

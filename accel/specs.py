@@ -93,7 +93,7 @@ def file_clock_hz(compute) -> float | None:
     return next((r for r in rates if r and r != float("inf")), None)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def file_architecture(path: str) -> Architecture:
     """An architecture file as an Architecture named by its stem: its node and clock from the file (module
     docstring), dense only. A file without a compute component, a memory or a node is one line."""

@@ -10,9 +10,23 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from accel.results import (DESIGN_TITLES, ENERGY_PARTS, FRAME, IDENTITY, METRICS, NOT_EVALUATED, RUN_RESULTS,
-                           WEIGHTS_MEASURED, exp1_row, markdown_table, percent, read_run_results,
-                           results_csv_identities, run_identity, si)
+from accel.results import (
+    DESIGN_TITLES,
+    ENERGY_PARTS,
+    FRAME,
+    IDENTITY,
+    METRICS,
+    NOT_EVALUATED,
+    RUN_RESULTS,
+    WEIGHTS_MEASURED,
+    exp1_row,
+    markdown_table,
+    percent,
+    read_run_results,
+    results_csv_identities,
+    run_identity,
+    si,
+)
 from reporting.plots import save_figure
 from utils import UserError
 

@@ -56,7 +56,7 @@ def intervals_section(runs, dense_rows: list[dict]) -> list[str]:
     rows = []
     for experiment, group in groups.items():
         cells = []
-        for key, (label, digits, value) in measures.items():
+        for key, (_, digits, value) in measures.items():
             values = list(by_seed(group, value).values())
             cells.append(stats.mean_interval(values).format(digits) if values else missing_cell(key))
         rows.append([experiment, ", ".join(str(s.get("seed", 0)) for _, s in group), *cells])
@@ -69,7 +69,7 @@ def intervals_section(runs, dense_rows: list[dict]) -> list[str]:
         if experiment == "exp1":
             continue
         cells = []
-        for key, (label, digits, value) in measures.items():
+        for key, (_, digits, value) in measures.items():
             if key == "train_samples_per_s" and compile_settings(group) != compile_settings(reference):
                 cells.append("n/a (compiled differs)")  # throughput compares only like with like
                 continue

@@ -391,7 +391,7 @@ def test_fp8_layers_are_charged_as_fp8_macs_not_int8_ones(evaluated, arch):
 
 def test_per_sample_and_per_mac_columns_are_the_frame_s_energy_divided(evaluated):
     _, out, _, designs = evaluated
-    for (run, arch, design), row in designs.items():
+    for (run, arch, _design), row in designs.items():
         samples = 2 * (4096 + 12288) if run == "exp1_double" else 4096 + 12288  # coarse + fine queries
         assert row["samples_per_frame"] == samples
         assert row["energy_per_sample_uj"] * 1e-6 * samples == pytest.approx(row["energy_per_frame_j"])

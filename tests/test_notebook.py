@@ -137,7 +137,7 @@ def stop(signum, frame):
 
 signal.signal(signal.SIGINT, stop)
 Path(sys.argv[2]).write_text("")
-for step in range(200):
+for step in range(2000):  # 100 s: far longer than a loaded machine takes to send the interrupt
     print("step", step, flush=True)
     time.sleep(0.05)
 """

@@ -287,7 +287,9 @@ def test_the_decay_of_a_visited_cell_is_a_setting():
 def test_the_occupancy_threshold_is_a_setting_and_the_mean_still_caps_it():
     box = torch.tensor([[0.0] * 3, [4.0] * 3])
     # Two slabs of cells: alpha 1 - exp(-0.1) = 0.095 where x < 1, 1 - exp(-1) = 0.63 where 1 <= x < 2.
-    density = lambda points: torch.where(points[:, 0] < 1.0, 0.2, torch.where(points[:, 0] < 2.0, 2.0, 0.0))
+    def density(points):
+        return torch.where(points[:, 0] < 1.0, 0.2, torch.where(points[:, 0] < 2.0, 2.0, 0.0))
+
     for threshold, slabs in ((0.01, [True, True]), (0.2, [False, True]), (0.9, [False, True])):
         grid = OccupancyGrid(box, resolution=4, seed=3, threshold=threshold)
         grid.update(0, density, step_size=0.5)
