@@ -218,8 +218,10 @@ def main(argv: list[str] | None = None) -> None:
 def mac_energy_text(arch_names: list[str]) -> str:
     """What each architecture charges for one MAC of each format (hw_eval.json's mac_energy_pj), as a table."""
     table = mac_energy_table(arch_names)
+    if not table:
+        return ""
     formats = list(next(iter(table.values())))
-    archs = [architecture(key) for key in arch_names]
+    archs = [arch for arch in map(architecture, arch_names) if arch.name in table]
     body = [[a.name, f"{a.tech_node_nm:g} nm", f"{a.clock_mhz:.4g} MHz" if a.clock_hz else "not stated",
              *(f"{table[a.name][f]:.3g}" for f in formats)] for a in archs]
     return ("\nEnergy per MAC (pJ; float formats accumulate in fp32, integer ones in an exact accumulator for a "

@@ -1,7 +1,8 @@
 """The accelerators a workload is mapped onto: every digital architecture AccelForge ships, by name, with each
 layer's MAC (accel/components.py), its technology node and clock (from its file, or an assumption with its
 source), how it exploits zeros where that is documented (accel/sparsity.py's SparseHardware; else dense only),
-ternary-native variants of each (sign-select-and-add PEs), and an architecture file of one's own
+ternary-native variants of each (sign-select-and-add PEs), AccelForge's compute-in-memory designs (accel/cim.py),
+and an architecture file of one's own
 (`--arch path/to/arch.yaml`, accel/specs.py). accel/specs.py turns one into an AccelForge spec;
 docs/accelerators.md tabulates them."""
 
@@ -29,6 +30,7 @@ class Architecture:
     memory_energy: tuple[tuple[str, str, float], ...] = ()
     mac_latency_from_clock: bool = False  # the MAC's latency set to its actions over clock_hz (file gives none)
     pe: str = MULTIPLIER_PE  # TERNARY_PE: ternary layers sign-select and add (components.LayerMAC)
+    cim: bool = False  # a compute-in-memory design (accel/cim.py): no LayerMAC, the file's own macro
 
     @property
     def tech_node_nm(self) -> float:
@@ -112,6 +114,32 @@ SHIPPED = (
 )
 
 
+def cim_design(name: str, title: str, node_nm: float, cycle_s: float) -> Architecture:
+    """A compute-in-memory design AccelForge ships (accel/cim.py), its node and clock as AccelForge evaluates the
+    file's tech_node and cycle_period (cim.evaluated_variables; a test checks them), dense only."""
+    return Architecture(name=name, title=f"{title} ({node_nm:g} nm compute-in-memory macro)", yaml=name,
+                        mac_tech_node=node_nm * 1e-9, clock_hz=1 / cycle_s, node_source=f"the file (tech_node "
+                        f"{node_nm:g}e-9)", clock_source=f"the file (1 / cycle_period, {cycle_s:.4g} s, evaluated "
+                        f"for its default workload)", cim=True)
+
+
+# AccelForge's compute-in-memory designs that load and map here (docs/accelerators.md, "Compute-in-memory").
+CIM = (
+    cim_design("isaac_isca_2016", "ISAAC: RRAM crossbars, 2 bits per cell, 8-bit ADCs (Shafiee et al., ISCA 2016)",
+               32, 1e-9),
+    cim_design("raella_isca_2023", "RAELLA: RRAM, 2T2R cells, 7-bit ADCs (Andrulis et al., ISCA 2023)", 32, 1e-9),
+    cim_design("jia_jssc_2020", "Bit-scalable SRAM in-memory computing (Jia et al., JSSC 2020)", 65, 1.35e-6),
+    cim_design("sinangil_jssc_2021", "7 nm SRAM macro, 4-bit inputs, weights and outputs (Sinangil et al., "
+               "JSSC 2021)", 7, 5.5e-9),
+    cim_design("wang_vlsi_2022", "SRAM macro with 8-bit DACs and ADCs (Wang et al., VLSI 2022)", 22,
+               4.593214812770331e-09),
+    cim_design("colonnade_jssc_2021", "Colonnade: digital bit-serial SRAM (Kim et al., JSSC 2021)", 65, 7.2e-9),
+    cim_design("albireo_isca_2021", "Albireo: photonic (Shiflett et al., ISCA 2021)", 7, 2e-10),
+    cim_design("neurram_nature_2022", "NeuRRAM: RRAM (Wan et al., Nature 2022)", 130, 1.4485714285714284e-06),
+    cim_design("basic_analog", "Basic analog macro: 32 x 32 cells of 8 bits, 8-bit ADCs", 65, 1e-7),
+)
+
+
 def ternary_variant(arch: Architecture) -> Architecture:
     """The architecture with ternary-native PEs: a ternary layer's MAC is a sign select and an add
     (components.LayerMAC with pe=TERNARY_PE); every other layer's, and every memory, as the original."""
@@ -120,7 +148,7 @@ def ternary_variant(arch: Architecture) -> Architecture:
 
 
 ARCHITECTURES = {arch.name: arch for arch in SHIPPED} | {
-    f"{arch.name}_ternary": ternary_variant(arch) for arch in SHIPPED}
+    f"{arch.name}_ternary": ternary_variant(arch) for arch in SHIPPED} | {arch.name: arch for arch in CIM}
 DEFAULT_ARCHS = ("eyeriss", "tpu_v4i")  # make suite's set: the suite's time budget
 # The accelerating-NeRFs study's Eyeriss (accel.specs.study_spec), by the mapper objective: name -> delay_first.
 STUDY_ARCHS = {"eyeriss_study": False, "eyeriss_study_delay_first": True}
@@ -132,12 +160,15 @@ def is_file(key: str) -> bool:
 
 
 def selected(keys: list[str]) -> list[str]:
-    """--arch's values as architecture keys: names, "all" (every built-in one) and files (absolute paths);
+    """--arch's values as architecture keys: names, "all" (every built-in one), "cim" (the compute-in-memory ones)
+    and files (absolute paths);
     an unknown name, a missing file or two of one name are one line."""
     out = []
     for key in keys:
         if key == "all":
             out += list(ARCHITECTURES)
+        elif key == "cim":
+            out += [arch.name for arch in CIM]
         elif is_file(key):
             if not Path(key).is_file():
                 raise UserError(f"--arch {key}: no such architecture file")
@@ -145,7 +176,7 @@ def selected(keys: list[str]) -> list[str]:
         elif key in ARCHITECTURES:
             out.append(key)
         else:
-            raise UserError(f"--arch {key}: unknown architecture; known: all, {', '.join(ARCHITECTURES)}, "
+            raise UserError(f"--arch {key}: unknown architecture; known: all, cim, {', '.join(ARCHITECTURES)}, "
                             f"or an AccelForge architecture file (.yaml)")
     out = list(dict.fromkeys(out))
     names = [Path(key).stem if is_file(key) else key for key in out]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import rundir
-from accel import sparsity
+from accel import cim, sparsity
 from accel.components import int_accumulator_bits, mac_energy_pj
 from accel.mapping import cache_path, sparse_tile
 from accel.results import ENERGY_GROUPS, PTQ_PRECISION, WEIGHTS_ASSUMED_DENSE, WEIGHTS_MEASURED, run_identity
@@ -100,9 +100,10 @@ def field_tiles(run: Run, arch_name: str, tile: int, cache_dir: Path) -> tuple[l
     """The run's fields on the architecture, and the mapping job of each (cache path -> map_tile arguments)."""
     int_accumulator = int_accumulator_bits(run.layers)
     fields, jobs = [], {}
+    on_macro = architecture(arch_name).cim  # a macro computes integers: cim.costed_layers
     for layers in split_fields(run.layers).values():
         rows = min(tile, layers[0]["samples_per_frame"])
-        workload = field_workload(layers, rows)
+        workload = field_workload(cim.costed_layers(layers) if on_macro else layers, rows)
         path = cache_path(arch_name, workload, int_accumulator, cache_dir)
         fields.append(FieldTile(layers, rows, path))
         jobs[path] = (arch_name, workload, int_accumulator)
@@ -178,7 +179,8 @@ def frame_rows(run: Run, arch_name: str, fields: list[FieldTile]) -> list[dict]:
             "energy_without_grid_j": energy_without_grid[design],
             **per_sample_columns(total, energy_without_grid[design], energy[design]["mac"], samples, samples_all,
                                  round(macs)),
-            "tech_node_nm": arch.tech_node_nm, "clock_mhz": arch.clock_mhz, **run.identity,
+            "tech_node_nm": arch.tech_node_nm, "clock_mhz": arch.clock_mhz,
+            "float_macs_as_int8_frac": cim.float_macs_frac(layers) if arch.cim else "", **run.identity,
         })
     return rows
 
@@ -194,5 +196,7 @@ def per_sample_columns(energy_j: float, energy_without_grid_j: float, mac_energy
 
 def mac_energy_table(arch_names: list[str]) -> dict[str, dict[str, float]]:
     """What each architecture's LayerMAC charges for one MAC of each format, in pJ (components.mac_energy_pj at its
-    node, with its PE), by architecture name: hw_eval.json's mac_energy_pj."""
-    return {arch.name: mac_energy_pj(arch.mac_tech_node, arch.pe) for arch in map(architecture, arch_names)}
+    node, with its PE), by architecture name: hw_eval.json's mac_energy_pj. A compute-in-memory design has no
+    LayerMAC: what its macro charges per MAC is in its rows (mac_energy_per_mac_pj) and docs/accelerators.md."""
+    return {arch.name: mac_energy_pj(arch.mac_tech_node, arch.pe) for arch in map(architecture, arch_names)
+            if not arch.cim}

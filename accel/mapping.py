@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from accel import architectures, components, sparsity, specs
+from accel import architectures, cim, components, sparsity, specs
 from accel.architectures import is_file
 from accel.specs import build_spec, structure
 from files import write_json
@@ -65,13 +65,14 @@ def output_elements(workload: dict) -> dict[str, int]:
 
 
 def mapping_result(mapping, workload: dict, spec=None) -> dict:
-    """What the cache keeps of a mapping: energy by component, MAC energy by einsum, latency and MACs (of the
+    """What the cache keeps of a mapping: energy by component, MAC energy by einsum (a macro's: its array's), latency and MACs (of the
     spec's compute component, specs.structure; without a spec: MAC), each component's energy group, and for
     the sparsity model every action (einsum, component, tensor, action, count, energy; leakage has tensor
     None), each (einsum, component)'s latency, each einsum's input, weight and output tensor and bits, its
     output's elements and (with the spec) each component's bits per action."""
     found = structure(spec, "spec") if spec is not None else None
     compute = found.compute if found else "MAC"
+    mac_parts = [c for c, group in found.groups().items() if group == "mac"] if found else [compute]
     per_einsum_component = mapping.energy(per_component=True, per_einsum=True)
     energy_j: dict[str, float] = {}
     for (_, component), joules in per_einsum_component.items():
@@ -85,7 +86,8 @@ def mapping_result(mapping, workload: dict, spec=None) -> dict:
                 if (einsum, component, tensor, action) not in detail and n]
     return {
         "energy_j": energy_j,
-        "mac_energy_j": {e["name"]: float(per_einsum_component[e["name"], compute]) for e in workload["einsums"]},
+        "mac_energy_j": {e["name"]: sum(float(per_einsum_component.get((e["name"], c), 0.0)) for c in mac_parts)
+                         for e in workload["einsums"]},
         "latency_s": float(mapping.latency()),
         "macs": int(sum(n for (e, c, a), n in mapping.actions(per_einsum=True).items() if c == compute)),
         "compute": compute, "groups": found.groups() if found else {},
@@ -114,7 +116,7 @@ def cache_path(arch_name: str, workload: dict, int_accumulator: int, cache_dir: 
     architecture file its contents."""
     from importlib.metadata import version
 
-    modules = (architectures.__file__, components.__file__, specs.__file__, __file__)
+    modules = (architectures.__file__, cim.__file__, components.__file__, specs.__file__, __file__)
     code = b"".join(Path(module).read_bytes() for module in modules) + (
         Path(arch_name).read_bytes() if is_file(arch_name) else b"")
     model = hashlib.sha256(code).hexdigest()

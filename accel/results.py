@@ -56,6 +56,8 @@ CSV_COLUMNS = ("run", "experiment", "arch", "design", "precision",
                "mac_energy_per_mac_pj",
                # The architecture model's node (its MACs') and clock.
                "tech_node_nm", "clock_mhz",
+               # On a compute-in-memory design: the share of MACs computed in float, costed as int8 (accel/cim.py).
+               "float_macs_as_int8_frac",
                # The run the row was computed for (run_identity).
                *IDENTITY)
 SI_PREFIXES = ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"), (1e-12, "p"))

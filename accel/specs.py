@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from accel import cim
 from accel.architectures import ARCHITECTURES, STUDY_ARCHS, Architecture, is_file
 from accel.components import FloatMAC, LayerMAC, accumulator_bits_expression
 from accel.workloads import FLOAT_TENSORS
@@ -32,12 +33,13 @@ class Structure:
     compute: str
     memories: tuple[str, ...]  # outermost first
     partial_sums: str  # the memory whose outputs are held accumulator-wide
+    array: tuple[str, ...] = ()  # a compute-in-memory macro's: its cells, drivers, converters and adders
 
     def groups(self) -> dict[str, str]:
-        """Component -> results.ENERGY_GROUPS (components missing here: other)."""
+        """Component -> results.ENERGY_GROUPS (components missing here: other); a macro's array is its MACs."""
         groups = {m: GROUPS_BY_DEPTH[i] if i < len(GROUPS_BY_DEPTH) else "scratchpad"
                   for i, m in enumerate(self.memories)}
-        return groups | {self.compute: "mac"}
+        return groups | dict.fromkeys(self.array, "mac") | {self.compute: "mac"}
 
 
 def can_hold_output(keep) -> bool:
@@ -49,7 +51,11 @@ def structure(spec, source: str) -> Structure:
     """The compute component, memory levels and partial-sum memory of a spec (module docstring)."""
     nodes = list(spec.arch.nodes)
     computes = [n.name for n in nodes if type(n).__name__ == "Compute"]
-    memories = tuple(n.name for n in nodes if type(n).__name__ == "Memory")
+    # A compute-in-memory macro computes in its array: the cells (component_class MemoryCell) and the !Toll nodes
+    # (row and column drivers, ADCs, shift-and-add) between them and its buffers.
+    array = tuple(n.name for n in nodes if type(n).__name__ == "Toll" or getattr(n, "component_class", None)
+                  == "MemoryCell")
+    memories = tuple(n.name for n in nodes if type(n).__name__ == "Memory" and n.name not in array)
     if not computes:
         raise UserError(f"{source}: no compute component (an AccelForge !Compute node, e.g. the MAC); "
                         f"hw_eval.py needs one to charge each layer's MACs")
@@ -57,7 +63,7 @@ def structure(spec, source: str) -> Structure:
         raise UserError(f"{source}: no memory level (an AccelForge !Memory node) to hold the layers' tensors")
     holders = [n.name for n in nodes if n.name in memories and can_hold_output(getattr(n.tensors, "keep", None))]
     return Structure(compute="MAC" if "MAC" in computes else computes[-1], memories=memories,
-                     partial_sums=(holders or memories)[-1])
+                     partial_sums=(holders or memories)[-1], array=array)
 
 
 def yaml_path(arch: Architecture) -> Path:
@@ -119,12 +125,14 @@ def architecture(key: str) -> Architecture:
 def build_spec(arch_key: str, workload: dict, int_accumulator: int):
     """The architecture with a LayerMAC of each einsum's operand widths and kind (float or integer: the
     einsum's FLOAT_TENSORS rename) and the architecture's PE, and the workload (STUDY_ARCHS: the
-    accelerating-NeRFs study's Eyeriss, see study_spec)."""
+    accelerating-NeRFs study's Eyeriss, see study_spec; a compute-in-memory design: cim.build_spec)."""
     import accelforge as af
 
     if arch_key in STUDY_ARCHS:
         return study_spec(workload, delay_first=STUDY_ARCHS[arch_key])
     arch = architecture(arch_key)
+    if arch.cim:
+        return cim.build_spec(arch.yaml, workload)
     spec = load(yaml_path(arch))
     found = structure(spec, arch.yaml)
     spec.workload = af.Workload(**workload)

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 HELPERS = {"common"}  # modules the scripts share, not scripts
 # Pages that may still quote a `python -c` one-liner that measures something, until it becomes a script.
-UNCONVERTED_ONE_LINERS = {"accelerators.md"}
+UNCONVERTED_ONE_LINERS: set[str] = set()
 
 
 def script(name: str):
@@ -83,6 +83,14 @@ def test_micro_batches_runs_tiny(scene, monkeypatch, capsys):
     monkeypatch.setattr(module, "load_scene", lambda path: load_scene(scene))  # it has no --data: the built-in scene
     module.main(["exp1", "--quick", "--batch-rays", "16", "--steps", "1", "--rounds", "1"])
     assert "4 micro-batches of 4 rays" in capsys.readouterr().out
+
+
+def test_mac_energies_runs_tiny(capsys):
+    pytest.importorskip("accelforge")
+    result = script("mac_energies").main(["--tiny"])
+    [(design, energies)] = result.items()
+    assert 0 < energies["ternary"] <= energies["int8"], design  # fewer weight bits to slice, never more energy
+    assert "fp8" in capsys.readouterr().out
 
 
 def fake_run(root: Path, loss: str = "0.5", wall_s: float = 1.0) -> Path:

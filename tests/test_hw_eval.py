@@ -703,3 +703,87 @@ def test_no_integer_mac_leaks_as_no_float_one_does():
     for mac in (components.LayerMAC(65e-9, 8, 8, 23, False), components.LayerMAC(65e-9, 2, 8, 17, False, "ternary"),
                 components.LayerMAC(65e-9, 8, 8, 32, True)):
         assert mac.leak_power == 0
+
+
+# --- Compute-in-memory ------------------------------------------------------------------------------------------
+
+def three_layer_fields(bits=FP32, first_bits=None, head_bits=FP32, formats=("fp32", "fp32", "fp32")) -> list[dict]:
+    """A coarse and a fine field of three layers each (first, hidden, head), each layer with its format."""
+    fields = []
+    for field, samples in (("coarse", 1024), ("fine", 2048)):
+        layers = [layer(f"{field}.layers.0", 6, 64, first_bits or bits, 0.25, samples),
+                  layer(f"{field}.layers.1", 64, 64, bits, 0.25, samples),
+                  layer(f"{field}.output_head", 64, 4, head_bits, 0.25, samples)]
+        fields += [{**l, "format": f} for l, f in zip(layers, formats)]
+    return fields
+
+
+CIM_TEST_ARCH = "isaac_isca_2016"  # 2-bit RRAM cells: an 8-bit weight takes four slices, a ternary one one
+
+
+@pytest.fixture(scope="module")
+def on_cim(tmp_path_factory):
+    """exp1 (fp32) and exp4 (BitNeRF: an int8 first layer, a ternary hidden layer, an fp32 head) on a
+    compute-in-memory design."""
+    tmp = tmp_path_factory.mktemp("cim")
+    runs = tmp / "runs"
+    write_run(runs, "exp1", "exp1", "fp32", three_layer_fields())
+    write_run(runs, "exp4", "exp4", "ternary-int8",
+              three_layer_fields(TERNARY, EIGHT_BIT, FP32, ("int8", "ternary", "fp32")))
+    rows = hw_eval.evaluate(runs, [CIM_TEST_ARCH], tmp / "out", tile=TILE, jobs=1)
+    return tmp, {(r["run"], r["arch"], r["design"]): r for r in rows}
+
+
+def test_a_macro_computes_integers_at_each_layer_s_measured_widths():
+    from accel import cim
+
+    bitnerf = three_layer_fields(TERNARY, EIGHT_BIT, FP32, ("int8", "ternary", "fp32"))[:3]
+    costed = cim.costed_layers(bitnerf)
+    assert [(l["weight_bits"], l["input_bits"], l["output_bits"]) for l in costed] == [(8, 8, 8), (2, 8, 8), (8, 8, 8)]
+    assert cim.float_macs_frac(bitnerf) == pytest.approx(64 * 4 / (6 * 64 + 64 * 64 + 64 * 4))
+    assert cim.float_macs_frac(three_layer_fields()) == 1.0
+
+
+def test_a_compute_in_memory_design_costs_exp1_and_exp4_and_bitnerf_less(on_cim):
+    tmp, rows = on_cim
+    exp1, exp4 = rows["exp1", CIM_TEST_ARCH, "dense"], rows["exp4", CIM_TEST_ARCH, "dense"]
+    assert {d for _, a, d in rows if a == CIM_TEST_ARCH} == {"dense"}  # no documented zero handling
+    assert exp1["tech_node_nm"] == 32 and exp1["clock_mhz"] == pytest.approx(1000)
+    assert exp1["macs_per_frame"] == exp4["macs_per_frame"] > 0
+    # The array (cells, drivers, ADCs, shift-add) is the MAC energy; the dummy main memory costs nothing.
+    assert exp1["energy_mac_j"] > 0.9 * exp1["energy_per_frame_j"] and exp1["energy_dram_j"] == 0
+    assert 0 < exp4["energy_per_frame_j"] < exp1["energy_per_frame_j"]  # BitNeRF costs less than NeRF
+    assert exp1["float_macs_as_int8_frac"] == 1.0 and 0 < exp4["float_macs_as_int8_frac"] < 0.1
+    assert "Technology node 32 nm" in (tmp / "out" / f"{CIM_TEST_ARCH}.md").read_text()
+
+
+def test_each_einsum_s_bits_reach_the_macro_s_slicing(on_cim):
+    """Per einsum: exp4's ternary hidden layer's array costs less per MAC than its int8 first layer's and than
+    exp1's hidden layer (fp32, costed as int8); its int8 first layer costs what exp1's first layer does. Fails
+    when the measured bits are ignored (every layer costed at 8 bits)."""
+    tmp, _ = on_cim
+    per_mac = {}
+    for path in (tmp / "out" / ".cache").glob("*.json"):
+        result = json.loads(path.read_text())
+        if any(bits == 2 for bits in result["bits"].values()) or result["bits"].get("W_layers_0") == 8:
+            run = "exp4" if any(bits == 2 for bits in result["bits"].values()) else "exp1"
+            macs = {"layers_0": 6 * 64, "layers_1": 64 * 64, "output_head": 64 * 4}
+            per_mac[run] = {e: j / (macs[e] * TILE) for e, j in result["mac_energy_j"].items()}
+    assert per_mac["exp4"]["layers_1"] < 0.5 * per_mac["exp4"]["layers_0"]
+    assert per_mac["exp4"]["layers_1"] < 0.5 * per_mac["exp1"]["layers_1"]
+    assert per_mac["exp4"]["layers_0"] == pytest.approx(per_mac["exp1"]["layers_0"], rel=0.05)
+
+
+def test_cim_selects_the_compute_in_memory_designs_and_all_includes_them():
+    names = [arch.name for arch in architectures.CIM]
+    assert architectures.selected(["cim"]) == names and set(names) <= set(architectures.selected(["all"]))
+    assert all(architectures.ARCHITECTURES[name].designs == ("dense",) for name in names)
+
+
+def test_each_compute_in_memory_design_s_node_and_clock_are_its_file_s():
+    from accel import cim
+
+    for arch in architectures.CIM:
+        found = cim.evaluated_variables(arch.yaml)
+        assert arch.mac_tech_node == pytest.approx(found["tech_node"]), arch.name
+        assert arch.clock_hz == pytest.approx(1 / found["cycle_period"]), arch.name
