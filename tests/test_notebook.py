@@ -144,8 +144,11 @@ for step in range(2000):  # 100 s: far longer than a loaded machine takes to sen
 
 
 def test_interrupting_a_cell_stops_the_command_with_sigint_waits_for_it_and_stops_the_notebook(
-        tmp_path, monkeypatch, capsys):
+        tmp_path, monkeypatch, capsys, request):
     namespace = setup(monkeypatch)
+    # Ctrl-C raises KeyboardInterrupt in a notebook's kernel: Python's own handler, whatever a test before set.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     checkpoint, started = tmp_path / "checkpoint", tmp_path / "started"
 
     def interrupt():  # what Jupyter's interrupt does to the kernel, once the command handles SIGINT
