@@ -315,6 +315,12 @@ def find_runs(runs_dir: Path) -> list[tuple[Path, dict]]:
     return sorted(runs, key=lambda run: (run[1].get("experiment", run[0].name), run[0].name))
 
 
+def read_ptq(run_dir: Path) -> list[dict]:
+    """ptq.py's rows in the run's ptq.json, one per variant; none where ptq.py has not run on it."""
+    path = Path(run_dir) / PTQ
+    return read_json(path) if path.is_file() else []
+
+
 def read_layers(run_dir: Path) -> list[dict]:
     """layers.json's layers, each with every field of LAYER_FIELDS."""
     path = run_dir / LAYERS

@@ -14,7 +14,6 @@ from matplotlib.ticker import FuncFormatter
 import rundir
 import stats
 from accel.results import NOT_EVALUATED, markdown_table, read_mac_energy, read_ptq_results, si
-from files import read_json
 from reporting.intervals import by_seed, compile_settings, difference_cell
 from reporting.plots import figure_section, save_figure
 from reporting.runs import experiment_groups
@@ -120,10 +119,11 @@ def ptq_points(groups: dict) -> list[Point]:
     the run's own hw_eval.json where hw_eval.py costed them for the run and its ptq.json as they are now."""
     points = {}
     for run_dir, summary in groups.get("exp1", []):
-        if not (run_dir / rundir.PTQ).is_file():
+        rows = rundir.read_ptq(run_dir)
+        if not rows:
             continue
         seed, costed = summary.get("seed", 0), read_ptq_results(run_dir, summary) or []
-        for row in read_json(run_dir / rundir.PTQ):
+        for row in rows:
             variant = row["variant"]
             point = points.setdefault(variant, Point(f"exp1 + {variant}", AFTER_TRAINING,
                                                      row.get("width") or width_of(variant)))

@@ -4,7 +4,6 @@ each PTQ point of exp1's runs against its twin trained quantized, over the seeds
 import rundir
 import stats
 from accel.results import markdown_table, si
-from files import read_json
 from reporting.intervals import by_seed, difference_cell
 from reporting.runs import experiment_groups
 
@@ -19,15 +18,13 @@ DIGITS = 2  # test PSNR's decimals
 
 def ptq_psnr(run_dir, variant: str) -> float | None:
     """The variant's test PSNR in the run's ptq.json, None where the run has none of it."""
-    if not (run_dir / rundir.PTQ).exists():
-        return None
-    return next((row["psnr_test"] for row in read_json(run_dir / rundir.PTQ) if row["variant"] == variant), None)
+    return next((row["psnr_test"] for row in rundir.read_ptq(run_dir) if row["variant"] == variant), None)
 
 
 def ptq_width(group, variant: str) -> str:
     """The variant's ladder width as its ptq.json rows give it (rows from before it was recorded: its name)."""
-    widths = {row.get("width", variant) for run_dir, _ in group if (run_dir / rundir.PTQ).exists()
-              for row in read_json(run_dir / rundir.PTQ) if row["variant"] == variant}
+    widths = {row.get("width", variant) for run_dir, _ in group for row in rundir.read_ptq(run_dir)
+              if row["variant"] == variant}
     return "/".join(sorted(widths))
 
 
@@ -66,11 +63,10 @@ def ptq_table(runs) -> str | None:
     and the QAT_TWINS experiments), or None without ptq.json."""
     rows = []
     for run_dir, _ in runs:
-        if (run_dir / rundir.PTQ).exists():
-            rows += [[f"{run_dir.name}, {v['variant']}", "after training (ptq.py)", f"{v['weight_bits']:g}",
-                      si(v["model_bytes"], "B"), f"{v['psnr_test']:.2f}", f"{v['ssim_test']:.3f}",
-                      v.get("input_bits", "n/a"), v.get("width", "n/a")]
-                     for v in read_json(run_dir / rundir.PTQ)]
+        rows += [[f"{run_dir.name}, {v['variant']}", "after training (ptq.py)", f"{v['weight_bits']:g}",
+                  si(v["model_bytes"], "B"), f"{v['psnr_test']:.2f}", f"{v['ssim_test']:.3f}",
+                  v.get("input_bits", "n/a"), v.get("width", "n/a")]
+                 for v in rundir.read_ptq(run_dir)]
     if not rows:
         return None
     rows += [[run_dir.name, "during training (BitNet b1.58)" if s["model"] == "bitnerf" else
