@@ -40,9 +40,10 @@ $(VENV)/.hw_eval_setup: $(VENV)/.installed
 	$(PY) hw_eval.py --setup
 	touch $@
 
-# ruff's lint first (pyproject.toml): a second or two, and CI keeps the code clean.
+# ruff first (pyproject.toml): its lint and the formatter's check take a second or two, and CI keeps the code clean.
 test: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q tests
 
 # analyze.py writes report/analyses.json, which report.py (reading result files only) shows.

@@ -45,7 +45,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 NEAR_ZERO_WEIGHT = 1e-3  # a weight counts as near zero at |w| <= NEAR_ZERO_WEIGHT * max|w| of its layer
 SKIPPABLE_WEIGHT = 1e-4  # a sample whose compositing weight is below this contributes < 1e-4 of a pixel
 # render_weight_sparsity renders one pixel of every PIXEL_STRIDE x PIXEL_STRIDE block: a quarter of the
-# view's pixels, spread over all of it, keeps the report's analyses within a minute on 2 CPU cores.
+# view's pixels, spread over all of it, keeps the analyses short on 2 CPU cores (docs/report.md, "The analyses").
 PIXEL_STRIDE = 2
 TIME_STAGES = ("ray generation", "sampling", "encoding", "MLP", "compositing", "other")
 
@@ -106,7 +106,8 @@ def weight_sparsity(run: TrainedRun) -> list[dict]:
 
 @torch.no_grad()
 def render_weight_sparsity(run: TrainedRun) -> dict:
-    """Per pass (coarse, fine): MLP samples per ray and the fractions skippable, in empty space and behind the surface."""
+    """Per pass (coarse, fine): MLP samples per ray and the fractions skippable, in empty space and behind the
+    surface."""
     model, chunk = run.model, run.config.chunk
     field_names = {model.coarse: "coarse", model.fine: "fine"}
     counts = {name: {"samples": 0, "skippable": 0, "behind_surface": 0} for name in model.samples_per_ray()}
@@ -131,15 +132,18 @@ def render_weight_sparsity(run: TrainedRun) -> dict:
     passes = {}
     for name, count in counts.items():
         # A sample behind the surface has w <= T < 1e-4: it is skippable too.
-        passes[name] = {"samples_per_ray": model.samples_per_ray()[name],
-                        "skippable": round(count["skippable"] / count["samples"], 4),
-                        "empty_space": round((count["skippable"] - count["behind_surface"]) / count["samples"], 4),
-                        "behind_surface": round(count["behind_surface"] / count["samples"], 4)}
+        passes[name] = {
+            "samples_per_ray": model.samples_per_ray()[name],
+            "skippable": round(count["skippable"] / count["samples"], 4),
+            "empty_space": round((count["skippable"] - count["behind_surface"]) / count["samples"], 4),
+            "behind_surface": round(count["behind_surface"] / count["samples"], 4),
+        }
     return {"views": run.views, "passes": passes}
 
 
 def profiled(label: str, fn, device: torch.device):
     """fn inside a torch.profiler range; on CUDA it waits for the GPU, so the range holds the kernels' time too."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         with record_function(label):
@@ -147,6 +151,7 @@ def profiled(label: str, fn, device: torch.device):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         return out
+
     return wrapper
 
 
@@ -159,13 +164,19 @@ def time_breakdown(run: TrainedRun) -> dict:
     (chunking, sorting the fine samples, view directions).
     """
     model, device, chunk, view = run.model, run.device, run.config.chunk, run.views[0]
-    stage_functions = [(nerf, "sample_stratified", "sampling"), (nerf, "sample_pdf", "sampling"),
-                       (nerf.PositionalEncoding, "forward", "encoding"), (nerf.RadianceField, "forward", "field"),
-                       (nerf, "composite", "compositing")]
+    stage_functions = [
+        (nerf, "sample_stratified", "sampling"),
+        (nerf, "sample_pdf", "sampling"),
+        (nerf.PositionalEncoding, "forward", "encoding"),
+        (nerf.RadianceField, "forward", "field"),
+        (nerf, "composite", "compositing"),
+    ]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with contextlib.ExitStack() as patches, run.evaluation.autocast():
         for owner, attribute, label in stage_functions:
-            patches.enter_context(mock.patch.object(owner, attribute, profiled(label, getattr(owner, attribute), device)))
+            patches.enter_context(
+                mock.patch.object(owner, attribute, profiled(label, getattr(owner, attribute), device))
+            )
         origins, dirs = run.evaluation.rays(view)
         nerf.render_image(model, origins, dirs, chunk)  # warm-up: first-call allocations and kernel choices
 
@@ -176,12 +187,21 @@ def time_breakdown(run: TrainedRun) -> dict:
         with profile(activities=activities) as profiler:
             profiled("render", render, device)()
     seconds = {event.key: event.cpu_time_total / 1e6 for event in profiler.key_averages()}
-    stages = {"ray generation": seconds["ray generation"], "sampling": seconds["sampling"],
-              "encoding": seconds["encoding"], "MLP": seconds["field"] - seconds["encoding"],
-              "compositing": seconds["compositing"]}
+    stages = {
+        "ray generation": seconds["ray generation"],
+        "sampling": seconds["sampling"],
+        "encoding": seconds["encoding"],
+        "MLP": seconds["field"] - seconds["encoding"],
+        "compositing": seconds["compositing"],
+    }
     stages["other"] = seconds["render"] - sum(stages.values())
-    return {"view": view, "pixels": run.scene.height * run.scene.width, "device": str(device),
-            "total_s": round(seconds["render"], 5), "stages_s": {name: round(stages[name], 5) for name in TIME_STAGES}}
+    return {
+        "view": view,
+        "pixels": run.scene.height * run.scene.width,
+        "device": str(device),
+        "total_s": round(seconds["render"], 5),
+        "stages_s": {name: round(stages[name], 5) for name in TIME_STAGES},
+    }
 
 
 ANALYSES = {
@@ -192,15 +212,25 @@ ANALYSES = {
 }
 
 
-def analyze(runs_dir: Path, out_dir: Path, names=tuple(ANALYSES), data: str | None = None,
-            device: torch.device = torch.device("cpu"), n_views: int = 1) -> dict:
+def analyze(
+    runs_dir: Path,
+    out_dir: Path,
+    names=tuple(ANALYSES),
+    data: str | None = None,
+    device: torch.device = torch.device("cpu"),
+    n_views: int = 1,
+) -> dict:
     """Run the named analyses on every run and merge them into out_dir/analyses.json; returns its contents."""
     runs = [TrainedRun(run_dir, data, device, n_views) for run_dir, _ in rundir.find_runs(runs_dir)]
     path = out_dir / "analyses.json"
     results = read_json(path) if path.exists() else {}
     # What the analyses' thresholds and stages are, for report.py, which reads this file without torch.
-    results["definitions"] = {"near_zero_weight": NEAR_ZERO_WEIGHT, "skippable_weight": SKIPPABLE_WEIGHT,
-                              "pixel_stride": PIXEL_STRIDE, "time_stages": list(TIME_STAGES)}
+    results["definitions"] = {
+        "near_zero_weight": NEAR_ZERO_WEIGHT,
+        "skippable_weight": SKIPPABLE_WEIGHT,
+        "pixel_stride": PIXEL_STRIDE,
+        "time_stages": list(TIME_STAGES),
+    }
     for name in names:
         results[name] = {}
     for run in tqdm(runs, desc="analyses", disable=None):
@@ -215,8 +245,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog="analyze.py", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="the folder of run directories")
     parser.add_argument("--out", type=Path, default=Path("report"), help="where analyses.json goes")
-    parser.add_argument("--only", nargs="+", choices=ANALYSES, default=list(ANALYSES), metavar="NAME",
-                        help=f"run only these analyses: {', '.join(ANALYSES)}")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=ANALYSES,
+        default=list(ANALYSES),
+        metavar="NAME",
+        help=f"run only these analyses: {', '.join(ANALYSES)}",
+    )
     parser.add_argument("--data", help="the scene, if not where the runs found it")
     parser.add_argument("--views", type=int, default=1, help="test views per run for render_weight_sparsity")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

@@ -63,16 +63,20 @@ class Budget:
     steps: int = 60  # timed training steps, split evenly across the rounds
     seed_steps: int = 6  # timed seed-pipeline steps (whole images), split across the rounds
     # Many short rounds: under bursts of load from other processes, each measurement is more likely
-    # to find a quiet round (with 3 rounds, one run measured exp1's MFU at 2.5 and exp2's at 0.12).
+    # to find a quiet round (fewer, longer ones let one burst skew a ratio: docs/performance.md, "bench.py").
     rounds: int = 6
     profile_steps: int = 5
 
 
 def linear_shapes(model: NeRF, batch_rays: int) -> list[tuple[int, int, int]]:
-    """(rows, in_features, out_features) of every Linear layer's matmul in a step: rows are the samples its field sees."""
+    """(rows, in_features, out_features) of every Linear layer's matmul in a step: rows are the samples its field
+    sees."""
     per_ray = model.samples_per_ray()
-    return [(batch_rays * per_ray[name.split(".")[0]], m.in_features, m.out_features)
-            for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return [
+        (batch_rays * per_ray[name.split(".")[0]], m.in_features, m.out_features)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+    ]
 
 
 def forward_flops(shapes: list[tuple[int, int, int]]) -> int:
@@ -87,8 +91,13 @@ def flops_per_sample(model: NeRF) -> float:
 
 def matmul_seconds(shapes: list[tuple[int, int, int]], dtype: torch.dtype, device: torch.device, repeats: int) -> float:
     """Wall time of `repeats` passes over every layer's forward and backward matmuls, as autograd runs them."""
-    operands = {shape: [torch.randn(size, dtype=dtype, device=device) for size in
-                        ((shape[0], shape[1]), (shape[2], shape[1]), (shape[0], shape[2]))] for shape in set(shapes)}
+    operands = {
+        shape: [
+            torch.randn(size, dtype=dtype, device=device)
+            for size in ((shape[0], shape[1]), (shape[2], shape[1]), (shape[0], shape[2]))
+        ]
+        for shape in set(shapes)
+    }
     counts = Counter(shapes)
 
     def one_pass():
@@ -103,6 +112,11 @@ def matmul_seconds(shapes: list[tuple[int, int, int]], dtype: torch.dtype, devic
         for _ in range(repeats):
             one_pass()
     return clock.elapsed
+
+
+def event_duration(event, device: torch.device) -> float:
+    """A profiler event's time in microseconds: its kernels' time on CUDA, its CPU time elsewhere."""
+    return event.device_time_total if device.type == "cuda" else event.cpu_time_total
 
 
 def non_mlp_share(step, steps: int, device: torch.device) -> float:
@@ -124,7 +138,7 @@ def non_mlp_share(step, steps: int, device: torch.device) -> float:
     events = profile.events()
 
     def duration(event) -> float:
-        return event.device_time_total if device.type == "cuda" else event.cpu_time_total
+        return event_duration(event, device)
 
     def descendants(event):
         for child in event.cpu_children:
@@ -133,15 +147,19 @@ def non_mlp_share(step, steps: int, device: torch.device) -> float:
 
     mlp_ranges = [e for e in events if e.name == MLP_RANGE]
     mlp_ops = {e.sequence_nr for r in mlp_ranges for e in descendants(r) if e.sequence_nr >= 0}
-    mlp_backward = [e for e in events if e.name == ACCUMULATE_GRAD
-                    or (e.name.startswith(BACKWARD_PREFIX) and e.sequence_nr in mlp_ops)]
+    mlp_backward = [
+        e
+        for e in events
+        if e.name == ACCUMULATE_GRAD or (e.name.startswith(BACKWARD_PREFIX) and e.sequence_nr in mlp_ops)
+    ]
     # Every op sits under a top-level CPU event: a step, or on CUDA also a backward node on autograd's device thread.
     total = sum(duration(e) for e in events if e.cpu_parent is None and e.device_type == DeviceType.CPU)
     return 1.0 - sum(duration(e) for e in mlp_ranges + mlp_backward) / total
 
 
 class SeedViews(Dataset):
-    """The seed's data: one training view per item, its rays' stratified samples encoded here, in a DataLoader worker."""
+    """The seed's data: one training view per item, its rays' stratified samples encoded here, in a DataLoader
+    worker."""
 
     def __init__(self, scene: Scene, field: RadianceField, n_samples: int):
         self.scene, self.n_samples = scene, n_samples
@@ -153,13 +171,19 @@ class SeedViews(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         scene, view = self.scene, self.scene.i_train[index]
-        origins, dirs = (x.reshape(-1, 3) for x in get_rays(scene.height, scene.width, scene.focal,
-                                                             torch.from_numpy(scene.poses[view])))
+        origins, dirs = (
+            x.reshape(-1, 3)
+            for x in get_rays(scene.height, scene.width, scene.focal, torch.from_numpy(scene.poses[view]))
+        )
         bin_width = (scene.far - scene.near) / self.n_samples
         t = scene.near + (torch.arange(self.n_samples) + torch.rand(len(origins), self.n_samples)) * bin_width
         points = origins[:, None] + dirs[:, None] * t[..., None]
-        item = {"encoded": self.pos_encoding(points), "t": t, "dirs": dirs,
-                "rgb": torch.from_numpy(scene.images[view]).reshape(-1, 3)}
+        item = {
+            "encoded": self.pos_encoding(points),
+            "t": t,
+            "dirs": dirs,
+            "rgb": torch.from_numpy(scene.images[view]).reshape(-1, 3),
+        }
         if self.dir_encoding is not None:
             item["encoded_dirs"] = self.dir_encoding(F.normalize(dirs, dim=-1)[:, None].expand(points.shape))
         return item
@@ -189,8 +213,13 @@ class SeedPipeline:
 
     def seconds(self, steps: int) -> float:
         """Wall time of `steps` steps, after an untimed one that starts the worker (stopped again at the end)."""
-        loader = DataLoader(self.views, batch_size=None, num_workers=1, pin_memory=self.device.type == "cuda",
-                            sampler=RandomSampler(self.views, replacement=True, num_samples=steps + 1))
+        loader = DataLoader(
+            self.views,
+            batch_size=None,
+            num_workers=1,
+            pin_memory=self.device.type == "cuda",
+            sampler=RandomSampler(self.views, replacement=True, num_samples=steps + 1),
+        )
         items = iter(loader)
         self.step(next(items))
         clock = Stopwatch(self.device)
@@ -210,8 +239,9 @@ def bench_experiment(config: ExperimentConfig, scene: Scene, device: torch.devic
 
     def train_steps(first: int, count: int) -> None:
         for step in range(first, first + count):
-            train_step(model, sampler.batch(step), optimization, config,
-                       lambda: precision.autocast(device, autocast_dtype))
+            train_step(
+                model, sampler.batch(step), optimization, config, lambda: precision.autocast(device, autocast_dtype)
+            )
 
     steps_per_round = max(1, budget.steps // budget.rounds)
     seed_steps_per_round = max(1, budget.seed_steps // budget.rounds)
@@ -237,27 +267,40 @@ def bench_experiment(config: ExperimentConfig, scene: Scene, device: torch.devic
     seed_samples_per_s = seed.samples_per_step * seed_steps_per_round / min(seed_s)
     model_flops_per_s = samples_per_s * flops_per_sample(model)
     return {
-        "experiment": config.name, "model": config.model, "precision": precision.precision_name(config, autocast_dtype),
-        "device": str(device), "threads": torch.get_num_threads(),
-        "batch_rays": config.batch_rays, "samples_per_ray": config.samples_per_ray, "timed_steps": steps_per_round,
-        "samples_per_s": round(samples_per_s), "rays_per_s": round(samples_per_s / config.samples_per_ray),
-        "flops_per_sample": flops_per_sample(model), "model_flops_per_s": round(model_flops_per_s),
+        "experiment": config.name,
+        "model": config.model,
+        "precision": precision.precision_name(config, autocast_dtype),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "batch_rays": config.batch_rays,
+        "samples_per_ray": config.samples_per_ray,
+        "timed_steps": steps_per_round,
+        "samples_per_s": round(samples_per_s),
+        "rays_per_s": round(samples_per_s / config.samples_per_ray),
+        "flops_per_sample": flops_per_sample(model),
+        "model_flops_per_s": round(model_flops_per_s),
         "matmul_dtype": str(autocast_dtype or torch.float32).removeprefix("torch."),
-        "matmul_flops_per_s": round(matmul_flops_per_s), "mfu": round(model_flops_per_s / matmul_flops_per_s, 3),
-        "non_mlp_share": round(share, 3), "peak_mem_bytes": peak_mem,
+        "matmul_flops_per_s": round(matmul_flops_per_s),
+        "mfu": round(model_flops_per_s / matmul_flops_per_s, 3),
+        "non_mlp_share": round(share, 3),
+        "peak_mem_bytes": peak_mem,
         "seed_pipeline_samples_per_s": round(seed_samples_per_s),
         "speedup_vs_seed_pipeline": round(samples_per_s / seed_samples_per_s, 2),
     }
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'experiment':<11}{'precision':<14}{'samples/s':>11}{'rays/s':>9}{'model GFLOP/s':>15}"
-          f"{'matmul GFLOP/s':>16}{'MFU':>7}{'non-MLP':>9}{'peak MiB':>10}{'seed samples/s':>16}{'speedup':>9}")
+    print(
+        f"{'experiment':<11}{'precision':<14}{'samples/s':>11}{'rays/s':>9}{'model GFLOP/s':>15}"
+        f"{'matmul GFLOP/s':>16}{'MFU':>7}{'non-MLP':>9}{'peak MiB':>10}{'seed samples/s':>16}{'speedup':>9}"
+    )
     for r in rows:
-        print(f"{r['experiment']:<11}{r['precision']:<14}{r['samples_per_s']:>11,}{r['rays_per_s']:>9,}"
-              f"{r['model_flops_per_s'] / 1e9:>15.1f}{r['matmul_flops_per_s'] / 1e9:>16.1f}{r['mfu']:>7.2f}"
-              f"{r['non_mlp_share']:>9.1%}{r['peak_mem_bytes'] / 2**20:>10,.0f}{r['seed_pipeline_samples_per_s']:>16,}"
-              f"{r['speedup_vs_seed_pipeline']:>8.1f}x")
+        print(
+            f"{r['experiment']:<11}{r['precision']:<14}{r['samples_per_s']:>11,}{r['rays_per_s']:>9,}"
+            f"{r['model_flops_per_s'] / 1e9:>15.1f}{r['matmul_flops_per_s'] / 1e9:>16.1f}{r['mfu']:>7.2f}"
+            f"{r['non_mlp_share']:>9.1%}{r['peak_mem_bytes'] / 2**20:>10,.0f}{r['seed_pipeline_samples_per_s']:>16,}"
+            f"{r['speedup_vs_seed_pipeline']:>8.1f}x"
+        )
 
 
 def parse_experiments(text: str) -> list[str]:
@@ -282,12 +325,16 @@ def main(argv: list[str] | None = None) -> None:
         names = parse_experiments(args.experiments)
         budget = Budget(args.warmup, args.steps, args.seed_steps, args.rounds, args.profile_steps)
         if min(budget.steps, budget.seed_steps, budget.rounds, budget.profile_steps) < 1 or budget.warmup < 0:
-            raise UserError("--steps, --seed-steps, --rounds and --profile-steps must be at least 1, --warmup at least 0")
+            raise UserError(
+                "--steps, --seed-steps, --rounds and --profile-steps must be at least 1, --warmup at least 0"
+            )
         device = resolve_device(args.device)
         scene = load_scene(args.data)
     base = configs.QUICK if args.quick else configs.EXP1
-    rows = [bench_experiment(configs.experiment(name, base), scene, device, budget)
-            for name in tqdm(names, desc="bench", disable=None)]
+    rows = [
+        bench_experiment(configs.experiment(name, base), scene, device, budget)
+        for name in tqdm(names, desc="bench", disable=None)
+    ]
     write_json(args.out, rows)
     print_table(rows)
 

@@ -65,7 +65,9 @@ INT8_ACTIVATION_EPS = 1e-12
 INT_MM_MIN_ROWS = 17
 
 
-def torchao_triton_mm(A: torch.Tensor, B: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor) -> torch.Tensor:
+def torchao_triton_mm(
+    A: torch.Tensor, B: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor
+) -> torch.Tensor:
     """torchao's Triton int8 kernel: an op registered for CUDA only, once its module is imported (use_int8_kernel)."""
     return torch.ops.torchao.scaled_int8_mm(A, B, row_scale, col_scale)
 
@@ -107,8 +109,10 @@ def use_int8_kernel(name: str, device: torch.device | None = None) -> None:
     if name == "torchao-triton":
         if not (on_cuda and has_triton()):
             fix = "int-mm-padded" if on_cuda else "int-mm"
-            raise UserError(f"--int8-kernel torchao-triton needs a CUDA GPU of compute capability 7.0 or newer with"
-                            f" Triton, which this run does not have: use --int8-kernel {fix}")
+            raise UserError(
+                f"--int8-kernel torchao-triton needs a CUDA GPU of compute capability 7.0 or newer with"
+                f" Triton, which this run does not have: use --int8-kernel {fix}"
+            )
         # Registers torch.ops.torchao.scaled_int8_mm; torchao imports it only where Triton was usable at import.
         import torchao.prototype.quantized_training.int8_mm  # noqa: F401
     int8_mm = INT8_KERNELS[name]
@@ -166,8 +170,11 @@ def bitnerf(**nerf_kwargs) -> NeRF:
 def to_bitnet(model: nn.Module, quantize_heads: bool = False, first_layer: str = "ternary") -> nn.Module:
     """Swap the Linear weights that is_ternary_layer names for torchao's BitNet b1.58 training weights, and
     turn the Linears that is_int8_layer names into Int8TrainingLinear, in place."""
-    quantize_(model, bitnet_training(), filter_fn=lambda m, name: isinstance(m, nn.Linear)
-              and is_ternary_layer(name, quantize_heads, first_layer))
+    quantize_(
+        model,
+        bitnet_training(),
+        filter_fn=lambda m, name: isinstance(m, nn.Linear) and is_ternary_layer(name, quantize_heads, first_layer),
+    )
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and is_int8_layer(name, first_layer):
             module.__class__ = Int8TrainingLinear
@@ -237,21 +244,41 @@ def build_model(config, scene, device: torch.device, quantized: bool = True) -> 
     RMSNormLinear layers), converted to its training-time precision (converters.convert) unless quantized is False,
     as load_ternary wants it, with an occupancy grid over the scene's box if the config asks for one."""
     constructor = bitnerf if config.model == "bitnerf" else NeRF
-    occupancy = (OccupancyGrid(torch.from_numpy(scene_box(scene)), config.occupancy_resolution, config.seed,
-                               config.occupancy_decay, config.occupancy_threshold) if config.occupancy_grid else None)
+    occupancy = (
+        OccupancyGrid(
+            torch.from_numpy(scene_box(scene)),
+            config.occupancy_resolution,
+            config.seed,
+            config.occupancy_decay,
+            config.occupancy_threshold,
+        )
+        if config.occupancy_grid
+        else None
+    )
     model = constructor(
-        near=scene.near, far=scene.far, white_bkgd=scene.white_bkgd, n_coarse=config.n_coarse,
-        n_fine=config.n_fine, depth=config.depth, width=config.width,
-        pos_freqs=config.pos_freqs, dir_freqs=config.dir_freqs, skips=config.skips,
-        use_viewdirs=config.use_viewdirs, occupancy=occupancy,
+        near=scene.near,
+        far=scene.far,
+        white_bkgd=scene.white_bkgd,
+        n_coarse=config.n_coarse,
+        n_fine=config.n_fine,
+        depth=config.depth,
+        width=config.width,
+        pos_freqs=config.pos_freqs,
+        dir_freqs=config.dir_freqs,
+        skips=config.skips,
+        use_viewdirs=config.use_viewdirs,
+        occupancy=occupancy,
     ).to(device)
     return converters.convert(model, config) if quantized else model
 
 
 def quantized_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """The Linear layers that train ternary weights."""
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and isinstance(m.weight, BitNetTrainingLinearWeight)}
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and isinstance(m.weight, BitNetTrainingLinearWeight)
+    }
 
 
 def int8_linears(model: nn.Module) -> dict[str, nn.Linear]:
@@ -295,14 +322,19 @@ class IntegerLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch_dims = x.shape[:-1]
         x_i8, row_scale = quantize_int8_rowwise(x.reshape(-1, self.in_features), eps=self.activation_eps)
-        out = int8_mm(x_i8.contiguous(), self.weight_int8.T.contiguous(), row_scale.contiguous(),
-                      self.scale.to(x.dtype).contiguous())
+        out = int8_mm(
+            x_i8.contiguous(),
+            self.weight_int8.T.contiguous(),
+            row_scale.contiguous(),
+            self.scale.to(x.dtype).contiguous(),
+        )
         out = out.view(*batch_dims, self.out_features)
         return out + self.bias if self.bias is not None else out
 
 
 def ternary_linear(ternary: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> IntegerLinear:
-    """A ternary layer: weights in {-1, 0, 1} times one absmean scale; torchao's BitNet clips input scales at ACTIVATION_EPS."""
+    """A ternary layer: weights in {-1, 0, 1} times one absmean scale; torchao's BitNet clips input scales at
+    ACTIVATION_EPS."""
     return IntegerLinear(ternary, scale, bias, ACTIVATION_EPS)
 
 

@@ -88,8 +88,10 @@ def launch_nproc(nproc: int | None, device: torch.device) -> int:
         return nproc or 2
     gpus = torch.cuda.device_count()
     if nproc is not None and nproc > gpus:
-        raise UserError(f"--nproc {nproc} is more processes than the {gpus} visible GPU{'s' * (gpus > 1)}"
-                        f" (one process per GPU): use --nproc {gpus} or fewer, or --device cpu")
+        raise UserError(
+            f"--nproc {nproc} is more processes than the {gpus} visible GPU{'s' * (gpus > 1)}"
+            f" (one process per GPU): use --nproc {gpus} or fewer, or --device cpu"
+        )
     return nproc or gpus
 
 
@@ -110,8 +112,16 @@ def launch(script: str, argv: list[str], nproc: int, device: str, max_restarts: 
         # A restarted rank can read its peers' addresses of the attempt before from the store that torchrun
         # shares across attempts, and fail to connect (pytorch/pytorch#135712): give each attempt its own store.
         env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
-    command = [sys.executable, "-c", TORCHRUN, "--standalone", f"--nproc-per-node={nproc}",
-               f"--max-restarts={max_restarts}", script, *without_option(argv, "--nproc")]
+    command = [
+        sys.executable,
+        "-c",
+        TORCHRUN,
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        f"--max-restarts={max_restarts}",
+        script,
+        *without_option(argv, "--nproc"),
+    ]
     job = subprocess.Popen(command, env=env, process_group=0)
     previous = {s: signal.signal(s, lambda signum, frame: job.send_signal(signum)) for s in FORWARDED_SIGNALS}
     try:
@@ -130,18 +140,25 @@ def init(device_name: str, distributed: bool) -> Ranks:
     """Join the process group of torchrun's environment (gloo on the CPU, nccl on CUDA)."""
     if not distributed:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise UserError("this experiment is single-process, but torchrun started several processes:"
-                            " use exp5.py/exp6.py (or --distributed) for data-parallel training")
+            raise UserError(
+                "this experiment is single-process, but torchrun started several processes:"
+                " use exp5.py/exp6.py (or --distributed) for data-parallel training"
+            )
         return Ranks(device=resolve_device(device_name))
     if not under_torchrun():
-        raise UserError("distributed training needs torchrun's environment: start it with python expN.py"
-                        " (it launches torchrun itself) or with torchrun")
+        raise UserError(
+            "distributed training needs torchrun's environment: start it with python expN.py"
+            " (it launches torchrun itself) or with torchrun"
+        )
     device = resolve_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT,
-                            device_id=device if device.type == "cuda" else None)
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo",
+        timeout=COLLECTIVE_TIMEOUT,
+        device_id=device if device.type == "cuda" else None,
+    )
     if device.type == "cuda":
         global HOST_GROUP
         HOST_GROUP = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
@@ -175,13 +192,12 @@ def wrap(model: nn.Module, ranks: Ranks, grad_compression: str = "none") -> nn.M
 
 # PowerSGD (Vogels et al., 2019) as grad_compression "powersgd": each gradient matrix travels as its rank-4
 # factors P and Q, and biases and matrices too small to gain travel whole (torch's min_compression_rate 2).
-# Rank 4, the most of the usual 1 to 4: on the quick preset's 900 steps it cost 1.1 dB of test PSNR against
-# exp5, rank 2 2.2 dB and rank 1 3.5 dB; over the whole 3600 steps rank 4 was 0.7 dB behind, at 1/11 of
-# the bytes. At rank 4 the factors are orthogonalized by QR, which an all-zero gradient does not turn into
-# NaN (the Gram-Schmidt of ranks 1 and 2 would need an epsilon). Plain all-reduce for the first 10 steps:
-# error feedback and warm start need at least 2; torch's default, 1000, suits long ImageNet runs and would
-# leave a quick run uncompressed for its first quarter; 100 steps instead of 10 gained 0.2 dB over 3600
-# steps, which one seed does not tell from noise.
+# Rank 4, the most of the usual 1 to 4: each lower rank cost more test PSNR against exp5, for a small share of
+# its bytes either way (docs/distributed.md, "Measured"). At rank 4 the factors are orthogonalized by QR, which
+# an all-zero gradient does not turn into NaN (the Gram-Schmidt of ranks 1 and 2 would need an epsilon). Plain
+# all-reduce for the first 10 steps: error feedback and warm start need at least 2; torch's default, 1000, suits
+# long ImageNet runs and would leave a quick run uncompressed for its first quarter; a longer plain start gained
+# less than one seed tells from noise (the same section).
 POWERSGD = dict(matrix_approximation_rank=4, start_powerSGD_iter=10)
 
 # grad_compression -> (the hook's state, the hook) for gradients all-reduced through a process group:
@@ -190,8 +206,10 @@ POWERSGD = dict(matrix_approximation_rank=4, start_powerSGD_iter=10)
 COMM_HOOKS: dict[str, Callable[[dist.ProcessGroup], tuple[Any, Callable]]] = {
     "none": lambda group: (group, default_hooks.allreduce_hook),
     "bf16": lambda group: (group, default_hooks.bf16_compress_hook),
-    "powersgd": lambda group: (powerSGD_hook.PowerSGDState(process_group=group, **POWERSGD),
-                               powerSGD_hook.powerSGD_hook),
+    "powersgd": lambda group: (
+        powerSGD_hook.PowerSGDState(process_group=group, **POWERSGD),
+        powerSGD_hook.powerSGD_hook,
+    ),
 }
 
 
@@ -213,8 +231,8 @@ class CountingGroup(dist.ProcessGroup):
             self.sent_bytes += sum(t.numel() * t.element_size() for t in tensors)
         # The default group is looked up, not held: a gloo worker thread keeps its last work's callbacks, which
         # hold the hook's group, until its next work, and dropping the last reference to a group there destroys
-        # it on its own thread, which aborts the process ("Resource deadlock avoided"). Holding it, 2-rank
-        # PowerSGD steps followed at once by shutdown() aborted in 5 of 14 runs; looked up, in none of 16.
+        # it on its own thread, which aborts the process ("Resource deadlock avoided"): held, it aborted
+        # PowerSGD runs that shut down at once (docs/distributed.md, "Measured").
         return dist.group.WORLD.allreduce(tensors, opts)
 
 
@@ -229,10 +247,12 @@ class GradientTraffic:
 
     def counting(self, hook: Callable) -> Callable:
         """hook, counting a round at the last bucket that DDP reduces in a step."""
+
         def counted_hook(state, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
             if bucket.is_last():
                 self.rounds += 1
             return hook(state, bucket)
+
         return counted_hook
 
 
@@ -279,8 +299,9 @@ def host_all_reduce(value, dtype: torch.dtype, op) -> float:
     return total.item()
 
 
-def map_across_ranks(work: Callable[[Any], Any], items: list, device: torch.device, desc: str | None = None
-                     ) -> list | None:
+def map_across_ranks(
+    work: Callable[[Any], Any], items: list, device: torch.device, desc: str | None = None
+) -> list | None:
     """[work(item) for item in items] with the items shared out among the N ranks: rank r works on items r,
     r + N, r + 2N, ... and rank 0 returns every result in the order of items (tensors on device); the other
     ranks return None. Every rank must call it, with the same items.
@@ -293,8 +314,9 @@ def map_across_ranks(work: Callable[[Any], Any], items: list, device: torch.devi
         return [work(item) for item in tqdm(items, desc=desc, leave=False, disable=None if desc else True)]
     rank, world_size = dist.get_rank(), dist.get_world_size()
     results = [] if rank == 0 else None
-    for start in tqdm(range(0, len(items), world_size), desc=desc, leave=False,
-                      disable=None if desc and rank == 0 else True):
+    for start in tqdm(
+        range(0, len(items), world_size), desc=desc, leave=False, disable=None if desc and rank == 0 else True
+    ):
         mine = moved(work(items[start + rank]), torch.device("cpu")) if start + rank < len(items) else None
         gathered = [None] * world_size if rank == 0 else None
         dist.gather_object(mine, gathered, dst=0, group=HOST_GROUP)  # the CPU group of CUDA ranks

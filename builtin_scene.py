@@ -34,7 +34,7 @@ TEST_VIEWS = np.arange(5, N_VIEWS, 10, dtype=np.int64)
 # Samples per ray, evenly spaced over the ray's chord through the bounding sphere (at most 2.6
 # long): steps of at most 0.007, about the width of the solids' edge ramps (EDGE_WIDTH) and their
 # penetration depth (1 / SOLID_DENSITY), so the quadrature has converged: doubling the samples
-# changes no pixel of the 100 views by more than 2.4e-3 (the tests check < 1e-2 on some rays).
+# changes no pixel by an 8-bit level (docs/data.md, "The built-in scene"; the tests check < 1e-2 on some rays).
 N_SAMPLES = 384
 # Rays rendered together: memory stays in the hundreds of MB, as only the samples near a surface
 # are ever materialised (a few hundred thousand per chunk).
@@ -89,12 +89,13 @@ AMBIENT = 0.3
 SPECULAR_STRENGTH = 0.6
 SHININESS = 40.0
 
-# Empty-space skipping: the renderer evaluates the density only at the quarter of the samples
+# Empty-space skipping: the renderer evaluates the density only at the samples
 # that are near a surface. Farther than SOLID_MARGIN outside every solid, and farther than
 # BLOB_RADIUS from the blob's centre, each object's density is below NEGLIGIBLE_DENSITY. Deeper
 # than HIDDEN_DEPTH inside a solid no ray arrives with transmittance above 1e-5: to get there it
 # crossed at least HIDDEN_DEPTH where sdf <= 0, that is density >= SOLID_DENSITY / 2, an optical
-# depth of ln(1e5). Evaluating every sample instead changes pixels by 2e-5 at most (measured).
+# depth of ln(1e5). Evaluating every sample instead changes no pixel by an 8-bit level (docs/data.md,
+# "The built-in scene").
 NEGLIGIBLE_DENSITY = 1e-4
 SOLID_MARGIN = EDGE_WIDTH * math.log(SOLID_DENSITY / NEGLIGIBLE_DENSITY)
 BLOB_RADIUS = BLOB_STD * math.sqrt(2.0 * math.log(BLOB_PEAK_DENSITY / NEGLIGIBLE_DENSITY))
@@ -243,6 +244,7 @@ def scene_radiance(points: torch.Tensor, view_dirs: torch.Tensor, specular: bool
 # Rendering and writing the scene
 # ---------------------------------------------------------------------------------------------
 
+
 def _near_samples(origins, dirs, t_enter, step, n_samples):
     """The samples (ray index, sample index) that can carry weight: near a solid's surface or in the blob.
 
@@ -262,8 +264,9 @@ def _near_samples(origins, dirs, t_enter, step, n_samples):
     return ray.repeat_interleave(SAMPLES_PER_BLOCK), sample.flatten()
 
 
-def render_rays(origins: torch.Tensor, dirs: torch.Tensor, n_samples: int = N_SAMPLES, specular: bool = True,
-                far: float = FAR):
+def render_rays(
+    origins: torch.Tensor, dirs: torch.Tensor, n_samples: int = N_SAMPLES, specular: bool = True, far: float = FAR
+):
     """Volume-render rays (R, 3) through the built-in scene by dense quadrature; returns rgb, depth, acc.
 
     NeRF's compositing on n_samples evenly spaced midpoints t_i of the ray's chord through the
@@ -316,9 +319,12 @@ def render_rays(origins: torch.Tensor, dirs: torch.Tensor, n_samples: int = N_SA
         colours = scene_radiance(points, d.index_select(0, ray.index_select(0, visible)), specular)
         chunk_acc = torch.zeros(len(chunk)).index_add_(0, ray, weights)
         acc[chunk] = chunk_acc
-        rgb[chunk] = (torch.zeros(len(chunk), 3).index_add_(0, ray.index_select(0, visible),
-                                                            weights.index_select(0, visible)[:, None] * colours)
-                      + (1.0 - chunk_acc)[:, None])
+        rgb[chunk] = (
+            torch.zeros(len(chunk), 3).index_add_(
+                0, ray.index_select(0, visible), weights.index_select(0, visible)[:, None] * colours
+            )
+            + (1.0 - chunk_acc)[:, None]
+        )
         depth[chunk] = torch.zeros(len(chunk)).index_add_(0, ray, weights * t) + (1.0 - chunk_acc) * far
     return rgb, depth, acc
 
@@ -333,7 +339,8 @@ def render_view(c2w: np.ndarray, n_samples: int = N_SAMPLES, specular: bool = Tr
 def write_builtin_scene(path: str | Path) -> Path:
     """Render the built-in scene and write it as a scene .npz at path (atomically); returns the path.
 
-    Deterministic (no randomness, one CPU thread): every run writes the same arrays. 10-15 s.
+    Deterministic (no randomness, one CPU thread): every run writes the same arrays, in seconds
+    (docs/data.md, "The built-in scene").
     Keys: images (N,H,W,3), poses (N,4,4), focal, near, far, white_bkgd, i_train, i_test and
     depths (N,H,W): each pixel's expected ray termination sum w_i t_i + (1 - acc) * far, in the ray
     parameter t of get_rays' unnormalised directions (the camera-space z distance, like near/far).
@@ -343,7 +350,7 @@ def write_builtin_scene(path: str | Path) -> Path:
     poses = builtin_poses()
     images, depths = [], []
     # One thread: the values cannot depend on the machine's core count, and torch's worker threads
-    # stall badly (30x measured on 2 cores) when another process holds a core.
+    # stall badly when another process holds a core (docs/performance.md).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -16,6 +16,7 @@ def pose_spherical(theta_deg: float, phi_deg: float, radius: float) -> np.ndarra
 
     theta is the azimuth, phi the elevation (negative looks down from above), the camera looks down -z.
     """
+
     def translate_z(t):
         return np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, t], [0, 0, 0, 1]], dtype=np.float64)
 

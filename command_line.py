@@ -29,11 +29,33 @@ CLI_FIELDS = [f for f in dataclasses.fields(ExperimentConfig) if f.name != "pres
 FIELD_GROUPS = {
     "run control": ("name", "out", "device", "seed", "group"),
     "data": ("data", "downscale", "val_views"),
-    "model": ("model", "quantize_heads", "first_layer", "depth", "width", "skips", "pos_freqs", "dir_freqs",
-              "use_viewdirs", "n_coarse", "n_fine", "perturb"),
+    "model": (
+        "model",
+        "quantize_heads",
+        "first_layer",
+        "depth",
+        "width",
+        "skips",
+        "pos_freqs",
+        "dir_freqs",
+        "use_viewdirs",
+        "n_coarse",
+        "n_fine",
+        "perturb",
+    ),
     "occupancy grid": ("occupancy_grid", "occupancy_resolution", "occupancy_decay", "occupancy_threshold"),
-    "optimisation": ("steps", "batch_rays", "lr", "lr_final", "warmup_steps", "stage2_at", "stage2_lr_scale",
-                     "weight_decay", "grad_clip", "micro_batch_rays"),
+    "optimisation": (
+        "steps",
+        "batch_rays",
+        "lr",
+        "lr_final",
+        "warmup_steps",
+        "stage2_at",
+        "stage2_lr_scale",
+        "weight_decay",
+        "grad_clip",
+        "micro_batch_rays",
+    ),
     "precision and kernels": ("precision", "amp_dtype", "tf32", "quantized_training", "compile", "int8_kernel"),
     "distributed": ("distributed", "grad_compression"),
     "evaluation and outputs": ("log_every", "eval_every", "eval_views", "ckpt_every", "video_frames", "chunk", "wandb"),
@@ -43,6 +65,7 @@ FIELD_GROUPS = {
 def shown_default(name: str, base: ExperimentConfig, key: str) -> str:
     """Field key's default in experiment name on base, as its option takes it: a step count in the base's steps,
     with the experiment's own where its axis scales them (exp3)."""
+
     def text(value):
         if isinstance(value, bool):
             return "on" if value else "off"
@@ -69,16 +92,28 @@ def build_parser(name: str) -> OneLineParser:
     parser = OneLineParser(prog=f"{name}.py", description=f"Train {name}: {EXPERIMENT_HELP[name]}.")
     groups = {title: parser.add_argument_group(title) for title in FIELD_GROUPS}
     run = groups["run control"]
-    run.add_argument("--quick", action="store_true", help="the CPU preset (about 5 minutes on 2 cores)")
+    run.add_argument(
+        "--quick", action="store_true", help='the CPU preset, sized for 2 cores (docs/runs.md, "The presets")'
+    )
     run.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    run.add_argument("--seeds", type=parse_seeds, default=None, metavar="S,S,...",
-                     help="one run per seed, named NAME-seedS (the same seeds for every experiment pair them in"
-                          " the report)")
-    run.add_argument("--plan", nargs="?", const="", default=None, metavar="PROFILE",
-                     help="print the run's plan (device, precision, compile, int8 kernel, micro-batches, memory,"
-                          " time) without training; PROFILE plans for that GPU on any machine:"
-                          f" {', '.join(gpus.PROFILES)}")
+    run.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        default=None,
+        metavar="S,S,...",
+        help="one run per seed, named NAME-seedS (the same seeds for every experiment pair them in the report)",
+    )
+    run.add_argument(
+        "--plan",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PROFILE",
+        help="print the run's plan (device, precision, compile, int8 kernel, micro-batches, memory,"
+        " time) without training; PROFILE plans for that GPU on any machine:"
+        f" {', '.join(gpus.PROFILES)}",
+    )
     fields = {f.name: f for f in CLI_FIELDS}
     for title, keys in FIELD_GROUPS.items():
         for key in keys:
@@ -94,14 +129,25 @@ def build_parser(name: str) -> OneLineParser:
             else:
                 kwargs = dict(type=_option_type(f.type), metavar=key.upper())
             text = f"{f.metadata.get('help', '')} [{default_help(name, key)}]"
-            groups[title].add_argument("--" + key.replace("_", "-"), default=None, help=text.replace("%", "%%"),
-                                       **kwargs)
+            groups[title].add_argument(
+                "--" + key.replace("_", "-"), default=None, help=text.replace("%", "%%"), **kwargs
+            )
     ddp = groups["distributed"]
-    ddp.add_argument("--nproc", type=int, default=None, metavar="N",
-                     help="distributed runs: processes to launch [default: one per GPU, else 2 on the CPU]")
-    ddp.add_argument("--max-restarts", type=int, default=0, metavar="N",
-                     help="distributed runs: restart every process up to N times after one dies; each restart"
-                          " resumes from the last checkpoint [default: 0]")
+    ddp.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="distributed runs: processes to launch [default: one per GPU, else 2 on the CPU]",
+    )
+    ddp.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="distributed runs: restart every process up to N times after one dies; each restart"
+        " resumes from the last checkpoint [default: 0]",
+    )
     return parser
 
 
@@ -128,11 +174,16 @@ def parse_args(name: str, argv: list[str] | None = None) -> tuple[ExperimentConf
     if "steps" in step_counts:
         factor = experiment(name, base).batch_rays // base.batch_rays
         if step_counts["steps"] % factor:
-            raise UserError(f"--steps {step_counts['steps']}: {name} trains 1/{factor} of the steps at {factor}x the"
-                            f" batch (the rays of exp1 --steps N), so give a multiple of {factor}")
+            raise UserError(
+                f"--steps {step_counts['steps']}: {name} trains 1/{factor} of the steps at {factor}x the"
+                f" batch (the rays of exp1 --steps N), so give a multiple of {factor}"
+            )
         if factor > 1 and os.environ.get("RANK", "0") == "0":
-            print(f"{name}: --steps {step_counts['steps']} counts exp1's steps of {base.batch_rays} rays: {scaled.steps}"
-                  f" steps of {scaled.batch_rays} rays, the same rays", file=sys.stderr)
+            print(
+                f"{name}: --steps {step_counts['steps']} counts exp1's steps of {base.batch_rays} rays: {scaled.steps}"
+                f" steps of {scaled.batch_rays} rays, the same rays",
+                file=sys.stderr,
+            )
     return replace(scaled, **overrides), args
 
 
@@ -180,19 +231,30 @@ EXPERIMENT_HELP = {
 
 def flags_markdown() -> str:
     """docs/flags.md: expN.py's options group by group with exp1's defaults, and what each experiment changes."""
+
     def row(*cells):
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
     fields = {f.name: f for f in CLI_FIELDS}
-    lines = ["# expN.py's options", "",
-             ("Generated from configs.py's fields by `python command_line.py > docs/flags.md`; tests/test_configs.py fails when it"
-              " is stale. Defaults are exp1's, under `--quick` the quick preset's; `python expN.py --help` shows"
-              " expN's, and the last table what each experiment changes.")]
+    lines = [
+        "# expN.py's options",
+        "",
+        (
+            "Generated from configs.py's fields by `python command_line.py > docs/flags.md`; tests/test_configs.py"
+            " fails when it is stale. Defaults are exp1's, under `--quick` the quick preset's; `python expN.py --help`"
+            " shows expN's, and the last table what each experiment changes."
+        ),
+    ]
     for group in build_parser("exp1")._action_groups:
         if group.title not in FIELD_GROUPS:
             continue  # argparse's own, with --help alone
-        lines += ["", f"## {group.title}", "", row("option", "choices", "default", "--quick", "what it does"),
-                  row(*["---"] * 5)]
+        lines += [
+            "",
+            f"## {group.title}",
+            "",
+            row("option", "choices", "default", "--quick", "what it does"),
+            row(*["---"] * 5),
+        ]
         for action in group._group_actions:
             flags = ", ".join(f"`{s}`" for s in action.option_strings)
             choices = ", ".join(f"`{c}`" for c in action.choices or ())
@@ -203,12 +265,22 @@ def flags_markdown() -> str:
                 text, _, default = action.help.partition(" [default: ")  # a run-control flag's default in its help
                 default = default.removesuffix("]") or ("off" if action.default is False else "")
                 lines.append(row(flags, choices, default, default, text))
-    lines += ["", "## Each experiment's defaults", "", row("experiment", "what it trains", "defaults unlike exp1's",
-                                                          "under --quick"), row(*["---"] * 4)]
+    lines += [
+        "",
+        "## Each experiment's defaults",
+        "",
+        row("experiment", "what it trains", "defaults unlike exp1's", "under --quick"),
+        row(*["---"] * 4),
+    ]
     for name in AXES:
-        changed = [[f"`--{key.replace('_', '-')}` {shown_default(name, base, key)}" for key in fields
-                    if key != "name" and getattr(experiment(name, base), key) != getattr(base, key)]
-                   for base in (EXP1, QUICK)]
+        changed = [
+            [
+                f"`--{key.replace('_', '-')}` {shown_default(name, base, key)}"
+                for key in fields
+                if key != "name" and getattr(experiment(name, base), key) != getattr(base, key)
+            ]
+            for base in (EXP1, QUICK)
+        ]
         lines.append(row(name, EXPERIMENT_HELP[name], *(", ".join(c) or "none" for c in changed)))
     return "\n".join(lines) + "\n"
 

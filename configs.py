@@ -28,9 +28,24 @@ QUANTIZED_TRAINING = ("none", "int8", "fp8-tensorwise", "fp8-rowwise")
 GRAD_COMPRESSIONS = ("none", "bf16", "powersgd")
 PRESETS = ("full", "quick")
 # The fields with a fixed set of values: ExperimentConfig refuses any other, and expN.py offers these.
-CHOICES = {"precision": PRECISIONS, "amp_dtype": AMP_DTYPES, "compile": COMPILE_MODES, "model": MODELS,
-           "first_layer": FIRST_LAYERS, "device": DEVICES, "wandb": WANDB_MODES, "preset": PRESETS,
-           "int8_kernel": INT8_KERNELS, "quantized_training": QUANTIZED_TRAINING, "grad_compression": GRAD_COMPRESSIONS}
+CHOICES = {
+    "precision": PRECISIONS,
+    "amp_dtype": AMP_DTYPES,
+    "compile": COMPILE_MODES,
+    "model": MODELS,
+    "first_layer": FIRST_LAYERS,
+    "device": DEVICES,
+    "wandb": WANDB_MODES,
+    "preset": PRESETS,
+    "int8_kernel": INT8_KERNELS,
+    "quantized_training": QUANTIZED_TRAINING,
+    "grad_compression": GRAD_COMPRESSIONS,
+}
+
+
+def option(default, help_text: str):
+    """A configuration field with its help: the help of its `--field-name` option (command_line.py)."""
+    return field(default=default, metadata={"help": help_text})
 
 
 @dataclass(frozen=True)
@@ -38,160 +53,202 @@ class ExperimentConfig:
     """One run's configuration. Each field's help (its metadata) is the help of its `--field-name` option in
     `expN.py --help` and in docs/flags.md (`python command_line.py > docs/flags.md`)."""
 
-    name: str = field(default="exp1", metadata={"help": "the run's name: the run directory is OUT/NAME, and W&B and"
-                                                        " the report show the run under it"})
+    name: str = option(
+        "exp1", "the run's name: the run directory is OUT/NAME, and W&B and the report show the run under it"
+    )
     # Overrides on top keep it: a quick run with more steps is still a quick-preset run, and W&B tags it so.
-    preset: str = field(default="full", metadata={"help": "the preset the run started from: full, or quick with"
-                                                          " --quick (no option of its own); W&B tags the run with it"})
-    data: str | None = field(default=None, metadata={"help": "the scene: a tiny-nerf .npz file or a Blender scene"
-                                                             " folder; without it, the built-in scene"})
-    downscale: int = field(default=1, metadata={"help": "Blender folders only: load the images at 1/DOWNSCALE of"
-                                                        " their resolution"})
-    val_views: int = field(default=0, metadata={"help": "scenes without validation views (.npz, the built-in scene):"
-                                                        " hold out this many training views, evenly spaced, as"
-                                                        " validation views, on which settings are chosen, never on"
-                                                        " test views (0: none)"})
-    out: str = field(default="runs", metadata={"help": "the directory of the run directories: the run writes OUT/NAME"})
-    device: str = field(default="auto", metadata={"help": "where to train; auto: a CUDA GPU where PyTorch can use"
-                                                          " one, else the CPU"})
-    seed: int = field(default=0, metadata={"help": "the random seed of the initialisation, the ray batches, the"
-                                                   " sample jitter and the occupancy grid"})
-    group: str | None = field(default=None, metadata={"help": "the group the report and W&B average over, such as"
-                                                              " one experiment's runs on several seeds (--seeds sets"
-                                                              " it); without it, the run is a group of its own,"
-                                                              " named as the run"})
+    preset: str = option(
+        "full",
+        "the preset the run started from: full, or quick with --quick (no option of its own); W&B tags the run with it",
+    )
+    data: str | None = option(
+        None, "the scene: a tiny-nerf .npz file or a Blender scene folder; without it, the built-in scene"
+    )
+    downscale: int = option(1, "Blender folders only: load the images at 1/DOWNSCALE of their resolution")
+    val_views: int = option(
+        0,
+        "scenes without validation views (.npz, the built-in scene): hold out this many training views, evenly spaced,"
+        " as validation views, on which settings are chosen, never on test views (0: none)",
+    )
+    out: str = option("runs", "the directory of the run directories: the run writes OUT/NAME")
+    device: str = option("auto", "where to train; auto: a CUDA GPU where PyTorch can use one, else the CPU")
+    seed: int = option(
+        0, "the random seed of the initialisation, the ray batches, the sample jitter and the occupancy grid"
+    )
+    group: str | None = option(
+        None,
+        "the group the report and W&B average over, such as one experiment's runs on several seeds (--seeds sets it); "
+        "without it, the run is a group of its own, named as the run",
+    )
 
-    model: str = field(default="nerf", metadata={"help": "nerf: the NeRF of Mildenhall et al. (2020); bitnerf: its"
-                                                         " MLP with BitNet b1.58 ternary weights and int8"
-                                                         " activations (torchao)"})
+    model: str = option(
+        "nerf",
+        "nerf: the NeRF of Mildenhall et al. (2020); bitnerf: its MLP with BitNet b1.58 ternary weights and int8 "
+        "activations (torchao)",
+    )
     # Off: ternary heads cost test PSNR and would save only a few of the model's weights.
-    quantize_heads: bool = field(default=False, metadata={"help": "bitnerf only: quantize the density and colour"
-                                                                  " heads too; off, as in torchao's BitNet recipe, they"
-                                                                  " stay in high precision (docs/bitnerf.md,"
-                                                                  " \"Ternary heads\")"})
-    first_layer: str = field(default="ternary", metadata={"help": "bitnerf only: what each field's first layer, the"
-                                                                  " one that multiplies the positional encoding,"
-                                                                  " trains as: ternary like the hidden layers, int8"
-                                                                  " (int8 weights and inputs) or fp32; its bits count"
-                                                                  " in layers.json and in the model file"})
-    depth: int = field(default=8, metadata={"help": "layers of each radiance field's MLP (coarse and fine)"})
-    width: int = field(default=256, metadata={"help": "units in each layer of the MLP"})
-    skips: tuple[int, ...] = field(default=(4,), metadata={"help": "the layers (from 0, below DEPTH-1) after which"
-                                                                   " the encoded point is concatenated again; no"
-                                                                   " values: none"})
-    pos_freqs: int = field(default=10, metadata={"help": "frequencies of the positional encoding of points"})
-    dir_freqs: int = field(default=4, metadata={"help": "frequencies of the positional encoding of view directions"
-                                                        " (with --use-viewdirs)"})
-    use_viewdirs: bool = field(default=True, metadata={"help": "a colour head that also sees the encoded view"
-                                                               " direction (off: colour and density from the point"
-                                                               " alone)"})
+    quantize_heads: bool = option(
+        False,
+        "bitnerf only: quantize the density and colour heads too; off, as in torchao's BitNet recipe, they stay in "
+        'high precision (docs/bitnerf.md, "Ternary heads")',
+    )
+    first_layer: str = option(
+        "ternary",
+        "bitnerf only: what each field's first layer, the one that multiplies the positional encoding, trains as: "
+        "ternary like the hidden layers, int8 (int8 weights and inputs) or fp32; its bits count in layers.json and in "
+        "the model file",
+    )
+    depth: int = option(8, "layers of each radiance field's MLP (coarse and fine)")
+    width: int = option(256, "units in each layer of the MLP")
+    skips: tuple[int, ...] = option(
+        (4,), "the layers (from 0, below DEPTH-1) after which the encoded point is concatenated again; no values: none"
+    )
+    pos_freqs: int = option(10, "frequencies of the positional encoding of points")
+    dir_freqs: int = option(4, "frequencies of the positional encoding of view directions (with --use-viewdirs)")
+    use_viewdirs: bool = option(
+        True, "a colour head that also sees the encoded view direction (off: colour and density from the point alone)"
+    )
     # 64 coarse + 64 fine samples, as Mildenhall et al.: enough at 100x100.
-    n_coarse: int = field(default=64, metadata={"help": "stratified samples per ray for the coarse field (at least"
-                                                        " 2; 3 with a fine pass)"})
-    n_fine: int = field(default=64, metadata={"help": "samples per ray drawn from the coarse weights for the fine"
-                                                      " field, which evaluates the coarse samples again with them"
-                                                      " (0: no fine pass)"})
-    perturb: bool = field(default=True, metadata={"help": "jitter the training samples within their bins (off:"
-                                                          " deterministic samples)"})
+    n_coarse: int = option(64, "stratified samples per ray for the coarse field (at least 2; 3 with a fine pass)")
+    n_fine: int = option(
+        64,
+        "samples per ray drawn from the coarse weights for the fine field, which evaluates the coarse samples again "
+        "with them (0: no fine pass)",
+    )
+    perturb: bool = option(True, "jitter the training samples within their bins (off: deterministic samples)")
     # The same in every experiment, so that it changes no comparison.
-    occupancy_grid: bool = field(default=False, metadata={"help": "empty-space skipping (nerf.OccupancyGrid): samples"
-                                                                  " in empty cells of a grid over the scene's box skip"
-                                                                  " the MLP, and rendering stops rays that have become"
-                                                                  " opaque"})
-    occupancy_resolution: int = field(default=128, metadata={"help": "cells per side of the occupancy grid"
-                                                                     " (RESOLUTION^3 cells)"})
+    occupancy_grid: bool = option(
+        False,
+        "empty-space skipping (nerf.OccupancyGrid): samples in empty cells of a grid over the scene's box skip the "
+        "MLP, and rendering stops rays that have become opaque",
+    )
+    occupancy_resolution: int = option(128, "cells per side of the occupancy grid (RESOLUTION^3 cells)")
     # nerfacc's 0.95 lets a cell once opaque stay occupied for many updates, which a short run never outlives.
-    occupancy_decay: float = field(default=0.95, metadata={"help": "the factor by which a visited cell's running"
-                                                                   " opacity decays per grid update, unless its new"
-                                                                   " value is larger; in [0, 1)"})
-    occupancy_threshold: float = field(default=0.01, metadata={"help": "a cell is occupied while its running opacity"
-                                                                       " (alpha over a coarse sample's spacing) is"
-                                                                       " above this, or above the mean of the"
-                                                                       " positive ones if that is lower, as in"
-                                                                       " nerfacc; in (0, 1)"})
+    occupancy_decay: float = option(
+        0.95,
+        "the factor by which a visited cell's running opacity decays per grid update, unless its new value is larger; "
+        "in [0, 1)",
+    )
+    occupancy_threshold: float = option(
+        0.01,
+        "a cell is occupied while its running opacity (alpha over a coarse sample's spacing) is above this, or above "
+        "the mean of the positive ones if that is lower, as in nerfacc; in (0, 1)",
+    )
 
     # 11000 steps of 4096 rays are about 50 epochs of a 100x100 scene's ~90 training views.
-    steps: int = field(default=11000, metadata={"help": "optimizer steps, counted at exp1's batch: exp3, at 4x the"
-                                                        " batch, trains a quarter of them, the same rays"})
-    batch_rays: int = field(default=4096, metadata={"help": "rays per optimizer step; in a distributed run, the"
-                                                            " global batch over all processes"})
-    lr: float = field(default=5e-4, metadata={"help": "AdamW's learning rate at the start (after any warm-up),"
-                                                      " decaying exponentially to LR_FINAL"})
-    lr_final: float = field(default=5e-5, metadata={"help": "the learning rate at the last step (at most LR)"})
-    warmup_steps: int = field(default=0, metadata={"help": "the learning rate rises linearly over these first steps"
-                                                           " (0: no warm-up)"})
-    stage2_at: float = field(default=1.0, metadata={"help": "BitNet b1.58's two-stage schedule: from this fraction"
-                                                            " of the steps on, the learning rate is scaled by"
-                                                            " STAGE2_LR_SCALE and weight decay stops (1: a single"
-                                                            " stage, the plain schedule)"})
-    stage2_lr_scale: float = field(default=1.0, metadata={"help": "the factor on the learning rate in the second"
-                                                                  " stage (--stage2-at); in (0, 1]"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW's weight decay (in the first stage only when"
-                                                               " --stage2-at is below 1)"})
-    grad_clip: float = field(default=0.0, metadata={"help": "clip the gradients' global norm to this (0: no"
-                                                            " clipping; the norm is logged either way)"})
-    precision: str = field(default="fp32", metadata={"help": "fp32, or amp: automatic mixed precision (autocast to"
-                                                             " --amp-dtype)"})
-    amp_dtype: str = field(default="auto", metadata={"help": "--precision amp only: the autocast dtype; auto: fp16"
-                                                             " with gradient scaling on CUDA, bf16 on the CPU (no"
-                                                             " fast fp16 matmul there)"})
+    steps: int = option(
+        11000,
+        "optimizer steps, counted at exp1's batch: exp3, at 4x the batch, trains a quarter of them, the same rays",
+    )
+    batch_rays: int = option(4096, "rays per optimizer step; in a distributed run, the global batch over all processes")
+    lr: float = option(
+        5e-4, "AdamW's learning rate at the start (after any warm-up), decaying exponentially to LR_FINAL"
+    )
+    lr_final: float = option(5e-5, "the learning rate at the last step (at most LR)")
+    warmup_steps: int = option(0, "the learning rate rises linearly over these first steps (0: no warm-up)")
+    stage2_at: float = option(
+        1.0,
+        "BitNet b1.58's two-stage schedule: from this fraction of the steps on, the learning rate is scaled by "
+        "STAGE2_LR_SCALE and weight decay stops (1: a single stage, the plain schedule)",
+    )
+    stage2_lr_scale: float = option(1.0, "the factor on the learning rate in the second stage (--stage2-at); in (0, 1]")
+    weight_decay: float = option(0.0, "AdamW's weight decay (in the first stage only when --stage2-at is below 1)")
+    grad_clip: float = option(
+        0.0, "clip the gradients' global norm to this (0: no clipping; the norm is logged either way)"
+    )
+    precision: str = option("fp32", "fp32, or amp: automatic mixed precision (autocast to --amp-dtype)")
+    amp_dtype: str = option(
+        "auto",
+        "--precision amp only: the autocast dtype; auto: fp16 with gradient scaling on CUDA, bf16 on the CPU (no fast "
+        "fp16 matmul there)",
+    )
     # auto: NeRF's matmul-bound step ran slower compiled on the CPU (plan.compile_decision).
-    compile: str = field(default="auto", metadata={"help": "torch.compile the radiance fields; auto: BitNeRF's only,"
-                                                           " whose many small quantization ops inductor fuses, and"
-                                                           " only where inductor can compile (see --plan)"})
+    compile: str = option(
+        "auto",
+        "torch.compile the radiance fields; auto: BitNeRF's and fp8 training's, whose many small quantization ops "
+        "inductor fuses, and only where inductor can compile (see --plan)",
+    )
     # Off, so that exp1 is the strict baseline that AMP and BitNeRF are measured against.
-    tf32: bool = field(default=False, metadata={"help": "TF32 for fp32 matmuls and cuDNN on GPUs that have it, the"
-                                                        " fast fp32 baseline (off: IEEE fp32)"})
-    distributed: bool = field(default=False, metadata={"help": "DistributedDataParallel over torchrun processes,"
-                                                               " which expN.py launches itself (--nproc);"
-                                                               " BATCH_RAYS is the global batch"})
-    grad_compression: str = field(default="none", metadata={"help": "--distributed only: how the gradients travel"
-                                                                    " between the processes: none (fp32"
-                                                                    " all-reduce), bf16 (DDP's bf16 compression"
-                                                                    " hook) or powersgd (PowerSGD's low-rank"
-                                                                    " factors)"})
-    quantized_training: str = field(default="none", metadata={"help": "--model nerf only: what its Linear layers"
-                                                                      " train as: none (the model's own layers), int8"
-                                                                      " (int8 weights and activations in the forward"
-                                                                      " pass), or fp8 with torchao's tensorwise or"
-                                                                      " rowwise scaling"})
+    tf32: bool = option(
+        False, "TF32 for fp32 matmuls and cuDNN on GPUs that have it, the fast fp32 baseline (off: IEEE fp32)"
+    )
+    distributed: bool = option(
+        False,
+        "DistributedDataParallel over torchrun processes, which expN.py launches itself (--nproc); BATCH_RAYS is the "
+        "global batch",
+    )
+    grad_compression: str = option(
+        "none",
+        "--distributed only: how the gradients travel between the processes: none (fp32 all-reduce), bf16 (DDP's bf16 "
+        "compression hook) or powersgd (PowerSGD's low-rank factors)",
+    )
+    quantized_training: str = option(
+        "none",
+        "--model nerf only: what its Linear layers train as: none (the model's own layers), int8 (int8 weights and "
+        "activations in the forward pass), or fp8 with torchao's tensorwise or rowwise scaling",
+    )
     # Not an experiment axis: a step's update does not depend on it.
-    micro_batch_rays: int = field(default=0, metadata={"help": "split each process's share of a step's rays into"
-                                                               " micro-batches of at most N rays, whose gradients"
-                                                               " add up to the whole batch's; auto: the largest that"
-                                                               " fits the device (plan.py)"})
-    int8_kernel: str = field(default="auto", metadata={"help": "the int8 matmul of the layers that run in int8"
-                                                               " (BitNeRF's, --quantized-training int8's):"
-                                                               " torchao's Triton kernel, torch._int_mm, or"
-                                                               " torch._int_mm with K padded to a multiple of 8;"
-                                                               " auto: plan.py's rule for the device"
-                                                               " (docs/gpus.md)"})
+    micro_batch_rays: int = option(
+        0,
+        "split each process's share of a step's rays into micro-batches of at most N rays, whose gradients add up to "
+        "the whole batch's; auto: the largest that fits the device (plan.py)",
+    )
+    int8_kernel: str = option(
+        "auto",
+        "the int8 matmul of the layers that run in int8 (BitNeRF's, --quantized-training int8's): torchao's Triton "
+        "kernel, torch._int_mm, or torch._int_mm with K padded to a multiple of 8; auto: plan.py's rule for the device"
+        " (docs/gpus.md)",
+    )
 
-    log_every: int = field(default=100, metadata={"help": "log the training loss and PSNR every this many steps"
-                                                          " (and at the last)"})
-    eval_every: int = field(default=1000, metadata={"help": "evaluate on EVAL_VIEWS views every this many steps"})
-    eval_views: int = field(default=2, metadata={"help": "views rendered at each periodic evaluation (validation"
-                                                         " views where the scene has them, else test views); the"
-                                                         " final evaluation renders all"})
-    ckpt_every: int = field(default=1000, metadata={"help": "save a checkpoint, which --resume continues from,"
-                                                            " every this many steps (and at the last)"})
-    video_frames: int = field(default=120, metadata={"help": "frames of the 360-degree video rendered at the end"})
-    chunk: int = field(default=8192, metadata={"help": "rays per rendering chunk when evaluating (fewer: less"
-                                                       " memory)"})
-    wandb: str = field(default="auto", metadata={"help": "Weights & Biases logging; auto: WANDB_MODE if set, else"
-                                                         " online with W&B credentials here, else offline"})
+    log_every: int = option(100, "log the training loss and PSNR every this many steps (and at the last)")
+    eval_every: int = option(1000, "evaluate on EVAL_VIEWS views every this many steps")
+    eval_views: int = option(
+        2,
+        "views rendered at each periodic evaluation (validation views where the scene has them, else test views); the "
+        "final evaluation renders all",
+    )
+    ckpt_every: int = option(
+        1000, "save a checkpoint, which --resume continues from, every this many steps (and at the last)"
+    )
+    video_frames: int = option(120, "frames of the 360-degree video rendered at the end")
+    chunk: int = option(8192, "rays per rendering chunk when evaluating (fewer: less memory)")
+    wandb: str = option(
+        "auto", "Weights & Biases logging; auto: WANDB_MODE if set, else online with W&B credentials here, else offline"
+    )
 
     def __post_init__(self):
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
-        positive = ("steps", "batch_rays", "depth", "width", "n_coarse", "log_every", "eval_every",
-                    "eval_views", "ckpt_every", "video_frames", "chunk", "downscale", "occupancy_resolution")
+        positive = (
+            "steps",
+            "batch_rays",
+            "depth",
+            "width",
+            "n_coarse",
+            "log_every",
+            "eval_every",
+            "eval_views",
+            "ckpt_every",
+            "video_frames",
+            "chunk",
+            "downscale",
+            "occupancy_resolution",
+        )
         for key in positive:
             if getattr(self, key) < 1:
                 raise UserError(f"{key} must be at least 1, got {getattr(self, key)}")
-        for key in ("n_fine", "pos_freqs", "dir_freqs", "weight_decay", "grad_clip", "seed", "val_views",
-                    "warmup_steps", "micro_batch_rays"):
+        for key in (
+            "n_fine",
+            "pos_freqs",
+            "dir_freqs",
+            "weight_decay",
+            "grad_clip",
+            "seed",
+            "val_views",
+            "warmup_steps",
+            "micro_batch_rays",
+        ):
             if getattr(self, key) < 0:
                 raise UserError(f"{key} must not be negative, got {getattr(self, key)}")
         if self.n_coarse < 2:
@@ -202,22 +259,30 @@ class ExperimentConfig:
         if not 0 < self.lr_final <= self.lr:
             raise UserError(f"need 0 < lr_final <= lr, got lr={self.lr}, lr_final={self.lr_final}")
         if not 0 < self.occupancy_threshold < 1:
-            raise UserError(f"occupancy_threshold is an opacity: give a value in (0, 1), got {self.occupancy_threshold}")
+            raise UserError(
+                f"occupancy_threshold is an opacity: give a value in (0, 1), got {self.occupancy_threshold}"
+            )
         if not 0 <= self.occupancy_decay < 1:
             raise UserError(f"occupancy_decay must lie in [0, 1), got {self.occupancy_decay}")
         if not 0 < self.stage2_at <= 1:
-            raise UserError(f"stage2_at is the fraction of the steps where the second stage starts: give a value"
-                            f" in (0, 1] (1: one stage), got {self.stage2_at}")
+            raise UserError(
+                f"stage2_at is the fraction of the steps where the second stage starts: give a value"
+                f" in (0, 1] (1: one stage), got {self.stage2_at}"
+            )
         if not 0 < self.stage2_lr_scale <= 1:
             raise UserError(f"stage2_lr_scale must lie in (0, 1], got {self.stage2_lr_scale}")
         if any(not 0 <= s < self.depth - 1 for s in self.skips):
             raise UserError(f"skips must lie in [0, depth-1) = [0, {self.depth - 1}), got {list(self.skips)}")
         if self.grad_compression != "none" and not self.distributed:
-            raise UserError(f"--grad-compression {self.grad_compression} compresses what DDP's processes send each other:"
-                            f" add --distributed (exp9 is exp5 with it), or use --grad-compression none")
+            raise UserError(
+                f"--grad-compression {self.grad_compression} compresses what DDP's processes send each other:"
+                f" add --distributed (exp9 is exp5 with it), or use --grad-compression none"
+            )
         if self.model == "bitnerf" and self.quantized_training != "none":
-            raise UserError(f"--quantized-training {self.quantized_training} converts NeRF's layers, and BitNeRF"
-                            f" trains its own ternary ones: use --model nerf, or --quantized-training none")
+            raise UserError(
+                f"--quantized-training {self.quantized_training} converts NeRF's layers, and BitNeRF"
+                f" trains its own ternary ones: use --model nerf, or --quantized-training none"
+            )
         if not self.name or "/" in self.name:
             raise UserError(f"name must be a plain directory name, got {self.name!r}")
 
@@ -234,7 +299,7 @@ class ExperimentConfig:
 
 EXP1 = ExperimentConfig()
 
-# The CPU preset: the same code paths, sized to finish in about 5 minutes on 2 CPU cores. Chosen by
+# The CPU preset: the same code paths, sized to run on 2 CPU cores (docs/runs.md, "The presets"). Chosen by
 # test PSNR at equal compute on the 100x100 lego scene (docs/history/2026-11-23-quick-preset.md): a 4x128
 # MLP, far cheaper per sample than 8x256; 6 frequencies as in tiny-NeRF (faster
 # early convergence at 100x100); no view-dependent branch; 16 coarse + 32 fine samples; and many
@@ -242,13 +307,29 @@ EXP1 = ExperimentConfig()
 # 32^3 cells whose cells decay by 0.8 per update (docs/occupancy.md, "The quick preset's grid"): a 128^3 or
 # 64^3 grid costs more to update on 2 CPU cores than it saves, and nerfacc's 0.95 keeps cells that were
 # opaque early occupied for longer than this run lasts. The time the grid saves buys 3600 steps instead
-# of 2400; the step count and a 16-frame video keep all of `make suite` within its 25 minutes on 2 CPU cores.
+# of 2400; the step count and a 16-frame video keep all of `make suite` within its 25 minutes on 2 CPU cores
+# (docs/performance.md, "How long the commands take").
 QUICK = replace(
-    EXP1, preset="quick",
-    depth=4, width=128, skips=(), pos_freqs=6, use_viewdirs=False, n_coarse=16, n_fine=32,
-    occupancy_grid=True, occupancy_resolution=32, occupancy_decay=0.8,
-    steps=3600, batch_rays=256, lr=5e-3, lr_final=2.5e-4,
-    log_every=100, eval_every=900, ckpt_every=900, video_frames=16,
+    EXP1,
+    preset="quick",
+    depth=4,
+    width=128,
+    skips=(),
+    pos_freqs=6,
+    use_viewdirs=False,
+    n_coarse=16,
+    n_fine=32,
+    occupancy_grid=True,
+    occupancy_resolution=32,
+    occupancy_decay=0.8,
+    steps=3600,
+    batch_rays=256,
+    lr=5e-3,
+    lr_final=2.5e-4,
+    log_every=100,
+    eval_every=900,
+    ckpt_every=900,
+    video_frames=16,
     # On the CPU, rendering in chunks of 1024 rays is faster than 4096: smaller activations stay clear
     # of the allocator's page-faulting large-block path.
     chunk=1024,
@@ -276,8 +357,12 @@ AXES = {
     # exp2 with a 4x batch at an equal budget of rays (a quarter of the steps): what the batch size buys
     # in throughput and quality for the same data, in a quarter of the optimizer steps. Logging,
     # evaluation and checkpoints keep their spacing in rays, so the curves compare point by point.
-    "exp3": lambda base: replace(AXES["exp2"](base), batch_rays=4 * base.batch_rays, steps=base.steps // 4,
-                                 **{k: max(1, getattr(base, k) // 4) for k in STEP_INTERVALS}),
+    "exp3": lambda base: replace(
+        AXES["exp2"](base),
+        batch_rays=4 * base.batch_rays,
+        steps=base.steps // 4,
+        **{k: max(1, getattr(base, k) // 4) for k in STEP_INTERVALS},
+    ),
     # BitNet b1.58 training with its own recipe (BITNET_RECIPE).
     "exp4": lambda base: replace(base, model="bitnerf", **BITNET_RECIPE),
     # Data parallel: the global batch stays exp1's (exp4's), split across the processes.

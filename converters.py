@@ -90,8 +90,9 @@ class PaddedFloat8Linear(Float8Linear):
             input = input.to(torch.get_autocast_gpu_dtype())
         pad_k, pad_n = -self.in_features % FP8_MATMUL_MULTIPLE, -self.out_features % FP8_MATMUL_MULTIPLE
         weight = F.pad(self.weight, (0, pad_k, 0, pad_n))
-        output = matmul_with_hp_or_float8_args.apply(F.pad(input, (0, pad_k)), weight.t(), self.linear_mm_config,
-                                                     self.config)[..., : self.out_features]
+        output = matmul_with_hp_or_float8_args.apply(
+            F.pad(input, (0, pad_k)), weight.t(), self.linear_mm_config, self.config
+        )[..., : self.out_features]
         return output + self.bias.to(output.dtype) if self.bias is not None else output
 
 
@@ -113,8 +114,9 @@ def convert_fp8(model: nn.Module, config) -> nn.Module:
     fp8 = dataclasses.replace(recipe, emulate=fp8_emulated(device), pad_inner_dim=True)
     convert_to_float8_training(model, config=fp8, module_filter_fn=lambda module, name: not is_head(name))
     for module in model.modules():
-        if type(module) is Float8Linear and (module.in_features % FP8_MATMUL_MULTIPLE
-                                             or module.out_features % FP8_MATMUL_MULTIPLE):
+        if type(module) is Float8Linear and (
+            module.in_features % FP8_MATMUL_MULTIPLE or module.out_features % FP8_MATMUL_MULTIPLE
+        ):
             module.__class__ = PaddedFloat8Linear
     return model
 

@@ -35,6 +35,7 @@ DOWNLOAD_TIMEOUT_S = 30
 # Real data downloads
 # ---------------------------------------------------------------------------------------------
 
+
 def _one_line(error: BaseException) -> str:
     """An exception's message on one line (gdown's span several), for a one-line UserError."""
     return " ".join(str(error).split())
@@ -65,9 +66,11 @@ def download_tiny_nerf(dest_dir=DATA_DIR) -> Path:
     url = TINY_NERF_URL
 
     def failed(reason: str) -> UserError:
-        return UserError(f"could not download {url} ({reason}); download it by hand (e.g. in a browser) and "
-                         f"save it as {target}, or use the built-in scene, which needs no network "
-                         f"(python data_setup.py --scene builtin, or run the experiments without --data)")
+        return UserError(
+            f"could not download {url} ({reason}); download it by hand (e.g. in a browser) and "
+            f"save it as {target}, or use the built-in scene, which needs no network "
+            f"(python data_setup.py --scene builtin, or run the experiments without --data)"
+        )
 
     def fetch(temp_path):
         """Stream url into temp_path with a progress bar and check that it is the whole scene."""
@@ -108,8 +111,10 @@ def download_nerf_synthetic(dest_dir=DATA_DIR) -> Path:
     target = dest_dir / "nerf_synthetic"
     if target.is_dir():
         return target
-    by_hand = (f"download nerf_synthetic.zip by hand from {NERF_SYNTHETIC_DRIVE_LINK} and unzip it "
-               f"so that {target}/lego/transforms_train.json exists")
+    by_hand = (
+        f"download nerf_synthetic.zip by hand from {NERF_SYNTHETIC_DRIVE_LINK} and unzip it "
+        f"so that {target}/lego/transforms_train.json exists"
+    )
     try:
         import gdown
     except ImportError as e:
@@ -119,11 +124,13 @@ def download_nerf_synthetic(dest_dir=DATA_DIR) -> Path:
     try:
         zip_path = staging / "nerf_synthetic.zip"
         try:
-            result = gdown.download(id=NERF_SYNTHETIC_DRIVE_ID, output=str(zip_path), quiet=False,
-                                    timeout=DOWNLOAD_TIMEOUT_S)
+            result = gdown.download(
+                id=NERF_SYNTHETIC_DRIVE_ID, output=str(zip_path), quiet=False, timeout=DOWNLOAD_TIMEOUT_S
+            )
         except Exception as e:  # gdown raises requests', its own and OS errors alike: all mean "no file"
-            raise UserError(f"could not download nerf_synthetic.zip from Google Drive ({_one_line(e)}); "
-                            f"{by_hand}") from e
+            raise UserError(
+                f"could not download nerf_synthetic.zip from Google Drive ({_one_line(e)}); {by_hand}"
+            ) from e
         if result is None or not zip_path.is_file():
             raise UserError(f"could not download nerf_synthetic.zip from Google Drive; {by_hand}")
         try:
@@ -150,11 +157,16 @@ def download_nerf_synthetic(dest_dir=DATA_DIR) -> Path:
 # Command line
 # ---------------------------------------------------------------------------------------------
 
+
 def main(argv=None) -> None:
     parser = OneLineParser(description="Download the real NeRF data or write the built-in scene.")
-    parser.add_argument("--scene", default="tiny_nerf", choices=["builtin", "tiny_nerf", "nerf_synthetic", "all"],
-                        help="what to get: the built-in procedural scene (no network), tiny_nerf_data.npz "
-                             "(the default), the Blender nerf_synthetic scenes, or all three")
+    parser.add_argument(
+        "--scene",
+        default="tiny_nerf",
+        choices=["builtin", "tiny_nerf", "nerf_synthetic", "all"],
+        help="what to get: the built-in procedural scene (no network), tiny_nerf_data.npz "
+        "(the default), the Blender nerf_synthetic scenes, or all three",
+    )
     parser.add_argument("--out", type=Path, default=DATA_DIR, help=f"folder to write into (default {DATA_DIR})")
     args = parser.parse_args(argv)
     with exit_on_user_error():
@@ -167,8 +179,9 @@ def main(argv=None) -> None:
             if args.scene in ("nerf_synthetic", "all"):
                 print(f"ready: {download_nerf_synthetic(args.out)}")
         except OSError as e:  # the downloads report their own failures: this is writing into --out
-            raise UserError(f"could not write into {args.out} ({_one_line(e)}); "
-                            f"give --out a folder you can write to") from e
+            raise UserError(
+                f"could not write into {args.out} ({_one_line(e)}); give --out a folder you can write to"
+            ) from e
 
 
 if __name__ == "__main__":

@@ -66,8 +66,10 @@ def read_scene(path: str | None, downscale: int) -> Scene:
     if p.is_dir():
         return load_blender(p, downscale)
     if not p.exists():
-        raise UserError(f"no scene at {p}: give a tiny-nerf .npz or a Blender scene folder "
-                        f"(python data_setup.py --scene tiny_nerf fetches one)")
+        raise UserError(
+            f"no scene at {p}: give a tiny-nerf .npz or a Blender scene folder "
+            f"(python data_setup.py --scene tiny_nerf fetches one)"
+        )
     return load_npz(p)
 
 
@@ -78,11 +80,14 @@ def with_validation(scene: Scene, n: int) -> Scene:
     if n == 0:
         return scene
     if scene.i_val.size:
-        raise UserError(f"--val-views {n}: {scene.name} has {scene.i_val.size} validation views of its own;"
-                        f" leave --val-views at 0")
+        raise UserError(
+            f"--val-views {n}: {scene.name} has {scene.i_val.size} validation views of its own; leave --val-views at 0"
+        )
     if not 0 < n < len(scene.i_train):
-        raise UserError(f"--val-views {n}: {scene.name} has {len(scene.i_train)} training views; hold out"
-                        f" between 1 and {len(scene.i_train) - 1}")
+        raise UserError(
+            f"--val-views {n}: {scene.name} has {len(scene.i_train)} training views; hold out"
+            f" between 1 and {len(scene.i_train) - 1}"
+        )
     held_out = scene.i_train[np.linspace(0, len(scene.i_train) - 1, n).round().astype(np.int64)]
     return dataclasses.replace(scene, i_train=np.setdiff1d(scene.i_train, held_out), i_val=held_out)
 
@@ -103,8 +108,12 @@ def downscaled(scene: Scene, factor: int) -> Scene:
         return scene
     if scene.height // factor < 1 or scene.width // factor < 1:
         raise UserError(f"--downscale {factor} leaves no pixels of a {scene.width}x{scene.height} scene")
-    return dataclasses.replace(scene, images=area_pool(scene.images, factor), focal=scene.focal / factor,
-                               depths=None if scene.depths is None else area_pool(scene.depths, factor))
+    return dataclasses.replace(
+        scene,
+        images=area_pool(scene.images, factor),
+        focal=scene.focal / factor,
+        depths=None if scene.depths is None else area_pool(scene.depths, factor),
+    )
 
 
 def load_npz(path: Path) -> Scene:
@@ -209,8 +218,10 @@ def validate_scene(scene: Scene, source) -> None:
     if not np.isfinite(images).all() or not np.isfinite(poses).all():
         raise UserError(f"{source}: images or poses contain NaN or infinity")
     if images.min() < 0.0 or images.max() > 1.0:
-        raise UserError(f"{source}: image values must lie in [0, 1] (got [{images.min():.3g}, {images.max():.3g}]);"
-                        f" divide 8-bit images by 255")
+        raise UserError(
+            f"{source}: image values must lie in [0, 1] (got [{images.min():.3g}, {images.max():.3g}]);"
+            f" divide 8-bit images by 255"
+        )
     if not np.isfinite(scene.focal) or scene.focal <= 0:
         raise UserError(f"{source}: focal must be a positive number of pixels, got {scene.focal}")
     if not 0 <= scene.near < scene.far or not np.isfinite(scene.far):
@@ -225,8 +236,10 @@ def validate_scene(scene: Scene, source) -> None:
         shared = np.intersect1d(scene.i_train, getattr(scene, key))
         if shared.size:
             views = ", ".join(map(str, shared[:5])) + (", ..." if shared.size > 5 else "")
-            raise UserError(f"{source}: i_train and {key} share {shared.size} views ({views}): a"
-                            f" {key.removeprefix('i_')} view must not be trained on; give disjoint splits")
+            raise UserError(
+                f"{source}: i_train and {key} share {shared.size} views ({views}): a"
+                f" {key.removeprefix('i_')} view must not be trained on; give disjoint splits"
+            )
     if scene.depths is not None and scene.depths.shape != images.shape[:3]:
         raise UserError(f"{source}: depths must have shape {images.shape[:3]}, got {scene.depths.shape}")
 
@@ -248,8 +261,16 @@ class RaySampler:
     NeRF.forward (n_coarse + n_fine), or 0 for deterministic samples.
     """
 
-    def __init__(self, scene: Scene, device: torch.device, batch_rays: int, seed: int, jitter_samples: int = 0,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        scene: Scene,
+        device: torch.device,
+        batch_rays: int,
+        seed: int,
+        jitter_samples: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if batch_rays % world_size:
             raise UserError(f"batch_rays ({batch_rays}) must be divisible by the number of processes ({world_size})")
         poses = torch.from_numpy(scene.poses[scene.i_train]).to(device)

@@ -49,8 +49,12 @@ def nvidia_driver() -> str | None:
         return NVIDIA_DEVICE_FILE
     if shutil.which("nvidia-smi"):
         try:
-            result = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                    capture_output=True, text=True, timeout=10)
+            result = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
         except (OSError, subprocess.SubprocessError):
             return "nvidia-smi"
         versions = result.stdout.split()
@@ -66,8 +70,10 @@ def unusable_gpu() -> str | None:
     if driver is None:
         return None
     build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-    return (f"an NVIDIA GPU is visible ({driver}) but this PyTorch ({torch.__version__}, {build}) cannot use it:"
-            f" install a torch build for the driver's CUDA version (nvidia-smi shows it), e.g. {TORCH_CUDA_FIX}")
+    return (
+        f"an NVIDIA GPU is visible ({driver}) but this PyTorch ({torch.__version__}, {build}) cannot use it:"
+        f" install a torch build for the driver's CUDA version (nvidia-smi shows it), e.g. {TORCH_CUDA_FIX}"
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -130,8 +136,11 @@ def is_out_of_memory(error: BaseException) -> bool:
     RuntimeError of PyTorch's CPU allocator."""
     import torch
 
-    return (isinstance(error, (torch.OutOfMemoryError, MemoryError))
-            or isinstance(error, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(error))
+    return (
+        isinstance(error, (torch.OutOfMemoryError, MemoryError))
+        or isinstance(error, RuntimeError)
+        and "DefaultCPUAllocator: can't allocate memory" in str(error)
+    )
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -205,3 +214,14 @@ class Stopwatch:
         if self.blocks < 2:
             return 0.0
         return max(0.0, self.first_block_s - (self.blocks_s - self.first_block_s) / (self.blocks - 1))
+
+
+def device_identity(device: torch.device) -> dict:
+    """summary.json's device_name and capability: which GPU model trained (plan.py's time estimate matches
+    runs by it), or the CPU's, with no capability."""
+    import torch
+
+    if device.type != "cuda":
+        return {"device_name": "cpu", "capability": None}
+    major, minor = torch.cuda.get_device_capability(device)
+    return {"device_name": torch.cuda.get_device_name(device), "capability": f"{major}.{minor}"}

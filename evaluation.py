@@ -19,15 +19,21 @@ from torch import nn
 
 import bitnerf
 import bitnerf_ddp
+import measured
 import precision
 import rundir
 from camera import get_rays, pose_spherical
 from configs import ExperimentConfig
 from dataset import Scene
+from devices import device_identity
+from files import git_commit, write_json
 from image_metrics import depth_error, psnr, ssim
 from measured import MatmulCensus
 from media import colorize_depth, to_uint8, write_video
 from nerf import NeRF, render_image
+from runlog import RunLog
+
+CODE = Path(__file__).resolve().parent  # the checkout whose commit a run records
 
 
 @dataclass(frozen=True)
@@ -113,8 +119,9 @@ class Evaluation:
         def frame(theta: float) -> np.ndarray:
             c2w = torch.from_numpy(pose_spherical(theta, -elevation, radius)).to(self.device)
             rendered = self.render(model, *self.camera_rays(c2w))
-            return np.concatenate([to_uint8(rendered["rgb"]),
-                                   colorize_depth(rendered["depth"], self.scene.near, self.scene.far)], axis=1)
+            return np.concatenate(
+                [to_uint8(rendered["rgb"]), colorize_depth(rendered["depth"], self.scene.near, self.scene.far)], axis=1
+            )
 
         thetas = list(np.linspace(0.0, 360.0, self.config.video_frames, endpoint=False))
         frames = bitnerf_ddp.map_across_ranks(frame, thetas, self.device, desc="video")
@@ -139,9 +146,13 @@ class Evaluation:
         if model.occupancy is None:
             return nominal
         if results is None:
-            raise ValueError("a model with an occupancy grid evaluates what its renders measured: pass test_views' results")
-        return {name: torch.cat([r[f"samples_{name}"].reshape(-1) for r in results]).double().mean().item()
-                for name in nominal}
+            raise ValueError(
+                "a model with an occupancy grid evaluates what its renders measured: pass test_views' results"
+            )
+        return {
+            name: torch.cat([r[f"samples_{name}"].reshape(-1) for r in results]).double().mean().item()
+            for name in nominal
+        }
 
     def skipped_samples(self, model: NeRF, results: list[dict]) -> dict:
         """summary.json's fractions of the samples that skipped the MLP, per pass: in training (over the run's
@@ -199,16 +210,72 @@ class Evaluation:
             weight = bitnerf.ternarize(module.weight)[0] if quantized else module.weight.detach()
             nonzero_weights = (weight != 0).sum(dim=0, dtype=torch.float64)  # per input feature, over outputs
             samples = zeros[name][1] / module.in_features
-            layers.append({
-                "name": name, "in_features": module.in_features, "out_features": module.out_features,
-                **matmuls.layers[name].record(),
-                "input_sparsity": round(zeros[name][0] / zeros[name][1], 4),
-                "weight_density": round(nonzero_weights.sum().item() / weight.numel(), 4),
-                "joint_density": round((nonzero_inputs[name] @ nonzero_weights).item()
-                                       / (samples * module.in_features * module.out_features), 4),
-                "samples_per_frame": per_ray[name.split(".")[0]],
-                "samples_per_frame_all": per_ray_all[name.split(".")[0]],
-            })
-        return {"samples_per_frame": sum(per_ray.values()), "precision": matmuls.precision(),
-                "weight_bits": matmuls.weight_bits(), "int8_kernel": matmuls.int8_kernel(),
-                "emulated": matmuls.emulated(), "layers": layers}
+            layers.append(
+                {
+                    "name": name,
+                    "in_features": module.in_features,
+                    "out_features": module.out_features,
+                    **matmuls.layers[name].record(),
+                    "input_sparsity": round(zeros[name][0] / zeros[name][1], 4),
+                    "weight_density": round(nonzero_weights.sum().item() / weight.numel(), 4),
+                    "joint_density": round(
+                        (nonzero_inputs[name] @ nonzero_weights).item()
+                        / (samples * module.in_features * module.out_features),
+                        4,
+                    ),
+                    "samples_per_frame": per_ray[name.split(".")[0]],
+                    "samples_per_frame_all": per_ray_all[name.split(".")[0]],
+                }
+            )
+        return {
+            "samples_per_frame": sum(per_ray.values()),
+            "precision": matmuls.precision(),
+            "weight_bits": matmuls.weight_bits(),
+            "int8_kernel": matmuls.int8_kernel(),
+            "emulated": matmuls.emulated(),
+            "layers": layers,
+        }
+
+
+def evaluate_trained(evaluation: Evaluation, model, log: RunLog | None) -> dict:
+    """Every test view (metrics and renders) and validation view (metrics), the video, layers.json and the
+    model file; returns the summary's fields that describe the trained model, its precision and weight bits
+    as layers.json measured them. Under DDP every rank renders its share of the views and frames; rank 0 alone
+    writes the files (the census renders one chunk), and the others return {}."""
+    config, scene, run_dir = evaluation.config, evaluation.scene, evaluation.run_dir
+    results = evaluation.test_views(model)
+    validation = evaluation.test_views(model, scene.i_val) if scene.i_val.size else None
+    video = evaluation.video(model)
+    if results is None:
+        return {}
+    evaluation.write_test_views(results)
+    layers = evaluation.layers(model, results)
+    measured.check_layers(layers, config, evaluation.dtype, "the final evaluation")
+    write_json(run_dir / rundir.LAYERS, layers)
+    model_path = rundir.write_model_file(run_dir, model, config.model, evaluation.dtype)
+    log.video(video[-1])
+    return {
+        "experiment": config.group or config.name,
+        "seed": config.seed,
+        "model": config.model,
+        "precision": layers["precision"],
+        "global_batch_rays": config.batch_rays,
+        **evaluation.metrics(results),
+        **(
+            {**evaluation.metrics(validation, "val"), "val_views": [r["view"] for r in validation]}
+            if validation
+            else {}
+        ),
+        **evaluation.skipped_samples(model, results),
+        "weight_bits": layers["weight_bits"],
+        "int8_kernel": layers["int8_kernel"],
+        "emulated": layers["emulated"],
+        "compiled": measured.compiled(model),
+        "model_bytes": model_path.stat().st_size,
+        "scene": scene.name,
+        "device": str(evaluation.device),
+        **device_identity(evaluation.device),
+        "torch_version": torch.__version__,
+        "commit": git_commit(CODE),
+        **precision.float32_matmul_settings(evaluation.device),
+    }

@@ -1,5 +1,4 @@
-"""Experiment 7: NeRF trained in int8 (exp1 + int8 training). Options: python exp7.py --help.
-"""
+"""Experiment 7: NeRF trained in int8 (exp1 + int8 training). Options: python exp7.py --help."""
 
 import train
 

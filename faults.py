@@ -17,7 +17,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 OUT_OF_MEMORY_ADVICE = {
     # The step's rays are split to fit: a smaller split computes the same step, so the run can continue.
     "--micro-batch-rays": "continue with --resume and a lower --micro-batch-rays (the same steps, in smaller parts),"
-                          " or free memory",
+    " or free memory",
     "--chunk": "continue with --resume and a lower --chunk",
 }
 

@@ -65,25 +65,48 @@ def gpu_properties(device: str) -> dict:
 def parse(argv: list[str] | None) -> tuple[Plan, list[Check]]:
     """The plan and the checks of a command line; bad input is a UserError."""
     parser = OneLineParser(prog="gpu_check.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", choices=configs.DEVICES,
-                        help="cuda: the full configuration; cpu: the quick preset (auto: cuda if usable)")
-    parser.add_argument("--out", type=Path, default=Path("runs/gpu_check"),
-                        help="runs, logs and gpu_check.json (default: runs/gpu_check)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=configs.DEVICES,
+        help="cuda: the full configuration; cpu: the quick preset (auto: cuda if usable)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/gpu_check"),
+        help="runs, logs and gpu_check.json (default: runs/gpu_check)",
+    )
     parser.add_argument("--steps", type=int, help=f"training steps per experiment (default: {DEFAULT_STEPS})")
-    parser.add_argument("--only", nargs="+", choices=list(BY_NAME), metavar="CHECK",
-                        help=f"run these checks and those they need ({', '.join(BY_NAME)})")
-    parser.add_argument("--skip", nargs="+", choices=list(BY_NAME), default=[], metavar="CHECK",
-                        help="leave these checks out")
-    parser.add_argument("--hw-eval", action="store_true",
-                        help="on a GPU machine, also run hw_eval (CPU work, minutes per run, outside the budget;"
-                             " always on with --device cpu, and with --only hw_eval)")
-    parser.add_argument("--quantized", action="store_true",
-                        help=f"on a GPU machine, also run {' and '.join(QUANTIZED)} (int8 and fp8 training, outside"
-                             f" the budget; always on with --device cpu, and with --only naming one)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(BY_NAME),
+        metavar="CHECK",
+        help=f"run these checks and those they need ({', '.join(BY_NAME)})",
+    )
+    parser.add_argument(
+        "--skip", nargs="+", choices=list(BY_NAME), default=[], metavar="CHECK", help="leave these checks out"
+    )
+    parser.add_argument(
+        "--hw-eval",
+        action="store_true",
+        help="on a GPU machine, also run hw_eval (CPU work, minutes per run, outside the budget;"
+        " always on with --device cpu, and with --only hw_eval)",
+    )
+    parser.add_argument(
+        "--quantized",
+        action="store_true",
+        help=f"on a GPU machine, also run {' and '.join(QUANTIZED)} (int8 and fp8 training, outside"
+        f" the budget; always on with --device cpu, and with --only naming one)",
+    )
     parser.add_argument("--data", help="a scene .npz or Blender folder (default: the built-in scene)")
-    parser.add_argument("--timeout", type=float,
-                        help=f"seconds one command may take (default: on a GPU {TIMEOUT_FACTOR}x its check's"
-                             f" estimate, at least {MIN_TIMEOUT_S}; on the CPU {CPU_TIMEOUT_S})")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        help=f"seconds one command may take (default: on a GPU {TIMEOUT_FACTOR}x its check's"
+        f" estimate, at least {MIN_TIMEOUT_S}; on the CPU {CPU_TIMEOUT_S})",
+    )
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 2:
         raise UserError(f"--steps must be at least 2 (a resume continues from a finished run), got {args.steps}")
@@ -94,12 +117,19 @@ def parse(argv: list[str] | None) -> tuple[Plan, list[Check]]:
         raise UserError("--skip leaves no check to run")
     device = resolve_device(args.device).type
     out = args.out.resolve()  # the commands run in the project's folder
-    data = (str(Path(args.data).resolve()) if args.data
-            else small_builtin_scene(out) if device == "cpu" else None)
+    data = str(Path(args.data).resolve()) if args.data else small_builtin_scene(out) if device == "cpu" else None
     hw_eval = device == "cpu" or args.hw_eval or "hw_eval" in (args.only or [])
     quantized = device == "cpu" or args.quantized or bool(set(QUANTIZED) & set(args.only or []))
-    plan = Plan(device, out, args.steps or DEFAULT_STEPS[device], data, args.timeout, hw_eval=hw_eval,
-                quantized=quantized, **gpu_properties(device))
+    plan = Plan(
+        device,
+        out,
+        args.steps or DEFAULT_STEPS[device],
+        data,
+        args.timeout,
+        hw_eval=hw_eval,
+        quantized=quantized,
+        **gpu_properties(device),
+    )
     return plan, checks
 
 
@@ -108,9 +138,13 @@ def main(argv: list[str] | None = None) -> None:
         plan, checks = parse(argv)
     device = plan.device
     capability = capability_text(plan.capability) if plan.capability else None
-    print(f"gpu_check on {device} ({'full configuration' if device == 'cuda' else 'quick preset'}, {plan.steps} steps"
-          f"{f', capability {capability}, {plan.gpu_count} GPU(s)' if capability else ''}) into {plan.out}",
-          *describe(plan, checks), sep="\n", flush=True)
+    print(
+        f"gpu_check on {device} ({'full configuration' if device == 'cuda' else 'quick preset'}, {plan.steps} steps"
+        f"{f', capability {capability}, {plan.gpu_count} GPU(s)' if capability else ''}) into {plan.out}",
+        *describe(plan, checks),
+        sep="\n",
+        flush=True,
+    )
     try:
         results = run_checks(plan, checks)
     except KeyboardInterrupt:

@@ -59,6 +59,8 @@ OLD_GPU_TORCH = "pip install 'torch==2.14.*' --index-url https://download.pytorc
 
 def profile(name: str) -> GPU:
     if name not in PROFILES:
-        raise UserError(f"--plan {name}: unknown GPU profile; choose one of {', '.join(PROFILES)}"
-                        f" (or give no profile to plan for this machine's device)")
+        raise UserError(
+            f"--plan {name}: unknown GPU profile; choose one of {', '.join(PROFILES)}"
+            f" (or give no profile to plan for this machine's device)"
+        )
     return PROFILES[name]

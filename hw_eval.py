@@ -64,15 +64,17 @@ DEFAULT_TILE = 16384
 WANDB_VALUES = tuple(METRICS)  # per architecture and design
 
 
-def evaluate(runs_dir: Path, arch_names: list[str], out_dir: Path, tile: int = DEFAULT_TILE,
-             jobs: int = 1) -> list[dict]:
+def evaluate(
+    runs_dir: Path, arch_names: list[str], out_dir: Path, tile: int = DEFAULT_TILE, jobs: int = 1
+) -> list[dict]:
     """Evaluate every run (and its PTQ variants) on every architecture; the trained models' rows, one per run,
     architecture and design (evaluate_with_variants writes them all)."""
     return trained_rows(evaluate_with_variants(runs_dir, arch_names, out_dir, tile, jobs))
 
 
-def evaluate_with_variants(runs_dir: Path, arch_names: list[str], out_dir: Path, tile: int = DEFAULT_TILE,
-                           jobs: int = 1) -> list[dict]:
+def evaluate_with_variants(
+    runs_dir: Path, arch_names: list[str], out_dir: Path, tile: int = DEFAULT_TILE, jobs: int = 1
+) -> list[dict]:
     """Evaluate every run, and every PTQ variant its ptq.json measured, on every architecture (mapping `jobs`
     tiles at a time); write results.csv (the trained models' rows, then the variants') and <arch>.md (the trained
     models) into out_dir, and each run's own rows into its run directory. Returns every row. arch_names: keys of
@@ -98,10 +100,12 @@ def evaluate_with_variants(runs_dir: Path, arch_names: list[str], out_dir: Path,
         atomic_write(out_dir / f"{arch.name}.md", arch_table(arch, [r for r in rows if r["arch"] == arch.name]))
     mac_energy = mac_energy_table(arch_names)
     for run in runs:
-        ptq = ((variants[run.name][0].ptq_sha256, [row for row in variant_rows if row["run"] == run.name])
-               if variants[run.name] else None)
-        write_run_results(run.directory, run.identity, [row for row in rows if row["run"] == run.name], mac_energy,
-                          ptq)
+        ptq = (
+            (variants[run.name][0].ptq_sha256, [row for row in variant_rows if row["run"] == run.name])
+            if variants[run.name]
+            else None
+        )
+        write_run_results(run.directory, run.identity, [row for row in rows if row["run"] == run.name], mac_energy, ptq)
     return rows + variant_rows
 
 
@@ -120,12 +124,15 @@ def arch_table(arch, rows: list[dict]) -> str:
         return f"{row[key]:.4g}{ratio}"
 
     clock = f"{arch.clock_mhz:.4g} MHz" if arch.clock_hz else "not stated"
-    designs_text = ("Three designs: *dense* (AccelForge's mapping as it is), *gating* (a zero operand gates its MAC "
-                    "and the operand reads that feed it: energy saved, cycles not), *skipping* (activations "
-                    "compressed in memory, zero MACs skipped: energy and cycles saved, with the PE array's load "
-                    "imbalance)." if arch.sparse else
-                    "Dense only: this architecture has no documented zero handling here, so no gating or skipping "
-                    "design (docs/accelerators.md).")
+    designs_text = (
+        "Three designs: *dense* (AccelForge's mapping as it is), *gating* (a zero operand gates its MAC "
+        "and the operand reads that feed it: energy saved, cycles not), *skipping* (activations "
+        "compressed in memory, zero MACs skipped: energy and cycles saved, with the PE array's load "
+        "imbalance)."
+        if arch.sparse
+        else "Dense only: this architecture has no documented zero handling here, so no gating or skipping "
+        "design (docs/accelerators.md)."
+    )
     lines = [
         f"# {arch.title}",
         "",
@@ -134,31 +141,61 @@ def arch_table(arch, rows: list[dict]) -> str:
         f"Per {FRAME} frame; a model, not a silicon measurement (docs/hw_eval.md). "
         f"{designs_text} In brackets: the ratio to dense exp1" + ("" if reference else " (n/a: no exp1 run)") + ".",
     ]
-    for key, title in (("energy_per_frame_j", "Energy per frame (J)"), ("latency_per_frame_s", "Latency per frame (s)"),
-                       ("edp_j_s", "Energy-delay product (J·s)")):
-        table = [[run, designs["dense"]["experiment"], designs["dense"]["precision"],
-                  *(cell(designs[d], key) for d in titles)] for run, designs in by_run.items()]
-        lines += ["", f"## {title}", "",
-                  markdown_table(["run", "experiment", "precision", *titles.values()], table)]
-    if not arch.sparse:
-        return "\n".join(lines) + "\n"
+    for key, title in (
+        ("energy_per_frame_j", "Energy per frame (J)"),
+        ("latency_per_frame_s", "Latency per frame (s)"),
+        ("edp_j_s", "Energy-delay product (J·s)"),
+    ):
+        table = [
+            [
+                run,
+                designs["dense"]["experiment"],
+                designs["dense"]["precision"],
+                *(cell(designs[d], key) for d in titles),
+            ]
+            for run, designs in by_run.items()
+        ]
+        lines += ["", f"## {title}", "", markdown_table(["run", "experiment", "precision", *titles.values()], table)]
+    if arch.sparse:
+        lines += density_section(by_run)
+    return "\n".join(lines) + "\n"
+
+
+DENSITY_COLUMNS = [
+    "run",
+    "input",
+    "weight",
+    "effectual",
+    "joint (measured)",
+    "MAC time, skipping",
+    "MAC time, balanced",
+    "zero-gating (ideal)",
+    "weights",
+]
+
+
+def density_section(by_run: dict[str, dict[str, dict]]) -> list[str]:
+    """The densities each run's sparse designs used, as the lines of arch_table's last section."""
     densities = []
     for run, designs in by_run.items():
         r = designs["skipping"]
         joint = f"{r['joint_density_measured']:.3f}" if r["joint_density_measured"] != "" else "not measured"
-        densities.append([run, f"{r['input_density']:.3f}", f"{r['weight_density']:.3f}",
-                          f"{r['effectual_density']:.3f}", joint, f"{r['mac_time_frac']:.3f}",
-                          f"{r['mac_time_frac_balanced']:.3f}", f"{100 * r['zero_gating_saving_frac']:.1f} %",
-                          r["weight_density_source"]])
-    lines += ["", "## Densities the sparse designs used", "",
-              "MAC-weighted over the layers. *effectual*: input × weight density, the fraction of MACs with both "
-              "operands nonzero under independence; *joint (measured)*: the same fraction counted on the run's "
-              "test rays (layers.json), the check of independence. *MAC time*: skipping's MAC cycles against "
-              "dense, with the PE array's load imbalance and under perfect balance. *zero-gating (ideal)*: the "
-              "share of dense energy in MACs whose input is zero.", "",
-              markdown_table(["run", "input", "weight", "effectual", "joint (measured)", "MAC time, skipping",
-                              "MAC time, balanced", "zero-gating (ideal)", "weights"], densities)]
-    return "\n".join(lines) + "\n"
+        fractions = [f"{r[key]:.3f}" for key in ("input_density", "weight_density", "effectual_density")]
+        times = [f"{r[key]:.3f}" for key in ("mac_time_frac", "mac_time_frac_balanced")]
+        gating = f"{100 * r['zero_gating_saving_frac']:.1f} %"
+        densities.append([run, *fractions, joint, *times, gating, r["weight_density_source"]])
+    return [
+        "",
+        "## Densities the sparse designs used",
+        "",
+        "MAC-weighted over the layers. *effectual*: input × weight density, the fraction of MACs with both "
+        "operands nonzero under independence; *joint (measured)*: the same fraction counted on the run's "
+        "test rays (layers.json), the check of independence. *MAC time*: skipping's MAC cycles against "
+        "dense, with the PE array's load imbalance and under perfect balance. *zero-gating (ideal)*: the "
+        "share of dense energy in MACs whose input is zero.",
+        "",
+        markdown_table(DENSITY_COLUMNS, densities),
+    ]
 
 
 def add_to_wandb_runs(runs_dir: Path, rows: list[dict]) -> dict[str, str]:
@@ -173,21 +210,33 @@ def add_to_wandb_runs(runs_dir: Path, rows: list[dict]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(prog="hw_eval.py",
-                           description="Energy and latency per frame of each run on accelerator models.")
+    parser = OneLineParser(
+        prog="hw_eval.py", description="Energy and latency per frame of each run on accelerator models."
+    )
     parser.add_argument("--runs", default="runs", help="folder of run directories (default: runs)")
-    parser.add_argument("--arch", nargs="+", default=list(DEFAULT_ARCHS),
-                        help=f"architectures: names ({', '.join(ARCHITECTURES)}), all (every one of them), or "
-                             f"AccelForge architecture files (.yaml; docs/accelerators.md); default: "
-                             f"{' '.join(DEFAULT_ARCHS)}")
+    parser.add_argument(
+        "--arch",
+        nargs="+",
+        default=list(DEFAULT_ARCHS),
+        help=f"architectures: names ({', '.join(ARCHITECTURES)}), all (every one of them), or "
+        f"AccelForge architecture files (.yaml; docs/accelerators.md); default: "
+        f"{' '.join(DEFAULT_ARCHS)}",
+    )
     parser.add_argument("--out", default="hw_eval", help="output folder (default: hw_eval)")
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help="samples per mapped tile (default: %(default)s)")
-    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
-                        help="tiles mapped at once, one process each (default: the CPUs here, %(default)s)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="tiles mapped at once, one process each (default: the CPUs here, %(default)s)",
+    )
     parser.add_argument("--setup", action="store_true", help="check (and rebuild if needed) CACTI, check dot, and exit")
-    parser.add_argument("--validate-study", action="store_true",
-                        help="model the accelerating-NeRFs study's MLP on its Eyeriss and compare with its sparse "
-                             "results (writes <out>/study_validation.md), and exit")
+    parser.add_argument(
+        "--validate-study",
+        action="store_true",
+        help="model the accelerating-NeRFs study's MLP on its Eyeriss and compare with its sparse "
+        "results (writes <out>/study_validation.md), and exit",
+    )
     args = parser.parse_args(argv)
     with exit_on_user_error():
         arch_names = selected(args.arch)
@@ -206,12 +255,17 @@ def main(argv: list[str] | None = None) -> None:
         add_to_wandb_runs(Path(args.runs), rows)
     assumed = sorted({r["run"] for r in rows if r["weight_density_source"] != WEIGHTS_MEASURED})
     if assumed:
-        print(f"note: {', '.join(assumed)}: layers.json has no weight_density (trained before it was recorded); "
-              f"their weights are taken as dense (density 1) in the gating and skipping designs")
+        print(
+            f"note: {', '.join(assumed)}: layers.json has no weight_density (trained before it was recorded); "
+            f"their weights are taken as dense (density 1) in the gating and skipping designs"
+        )
     variant_rows = len(every_row) - len(rows)
-    print(f"{len(rows)} results" + (f" and {variant_rows} of PTQ variants" if variant_rows else "")
-          + f" -> {Path(args.out) / 'results.csv'} and each run's {RUN_RESULTS}, "
-          + ", ".join(str(Path(args.out) / f"{architecture(a).name}.md") for a in arch_names))
+    print(
+        f"{len(rows)} results"
+        + (f" and {variant_rows} of PTQ variants" if variant_rows else "")
+        + f" -> {Path(args.out) / 'results.csv'} and each run's {RUN_RESULTS}, "
+        + ", ".join(str(Path(args.out) / f"{architecture(a).name}.md") for a in arch_names)
+    )
     print(mac_energy_text(arch_names), end="")
 
 
@@ -222,10 +276,19 @@ def mac_energy_text(arch_names: list[str]) -> str:
         return ""
     formats = list(next(iter(table.values())))
     archs = [arch for arch in map(architecture, arch_names) if arch.name in table]
-    body = [[a.name, f"{a.tech_node_nm:g} nm", f"{a.clock_mhz:.4g} MHz" if a.clock_hz else "not stated",
-             *(f"{table[a.name][f]:.3g}" for f in formats)] for a in archs]
-    return ("\nEnergy per MAC (pJ; float formats accumulate in fp32, integer ones in an exact accumulator for a "
-            "256-wide layer):\n" + markdown_table(["architecture", "node", "clock", *formats], body) + "\n")
+    body = [
+        [
+            a.name,
+            f"{a.tech_node_nm:g} nm",
+            f"{a.clock_mhz:.4g} MHz" if a.clock_hz else "not stated",
+            *(f"{table[a.name][f]:.3g}" for f in formats),
+        ]
+        for a in archs
+    ]
+    return (
+        "\nEnergy per MAC (pJ; float formats accumulate in fp32, integer ones in an exact accumulator for a "
+        "256-wide layer):\n" + markdown_table(["architecture", "node", "clock", *formats], body) + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,13 @@ INT_MM_OP = "aten::_int_mm"
 # The fp8 matmul on fp8 tensor cores; torchao's emulation runs an fp32 aten::mm over the fp8 values instead.
 SCALED_MM_OP = "aten::_scaled_mm"
 # What a layer computes in (layers.json's format), by its operands' dtype; integer weights are ternary or int8.
-FLOAT_FORMATS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
-                 torch.float8_e4m3fn: "fp8", torch.float8_e5m2: "fp8"}
+FLOAT_FORMATS = {
+    torch.float32: "fp32",
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float8_e4m3fn: "fp8",
+    torch.float8_e5m2: "fp8",
+}
 # The formats of quantized layers, each with the precision summary.json gives a run that has such layers, the
 # narrowest first: ternary layers make a BitNeRF whatever else it has (its int8 first layers).
 QUANTIZED_PRECISIONS = {"ternary": "ternary-int8", "int8": "int8", "fp8": "fp8"}
@@ -85,8 +90,11 @@ class LayerMatmul:
     def bits(self) -> dict[str, int]:
         """layers.json's bits: an integer weight of three values is stored 2-bit packed, others as they ran."""
         weight_bits = precision.TERNARY_WEIGHT_BITS if self.ternary else dtype_bits(self.weight_dtype)
-        return {"weight_bits": weight_bits, "input_bits": dtype_bits(self.input_dtype),
-                "output_bits": dtype_bits(self.output_dtype)}
+        return {
+            "weight_bits": weight_bits,
+            "input_bits": dtype_bits(self.input_dtype),
+            "output_bits": dtype_bits(self.output_dtype),
+        }
 
     def record(self) -> dict:
         """layers.json's measured fields of the layer: its bits, its format (int8 and fp8 both have 8 bits), and
@@ -183,9 +191,15 @@ class MatmulCensus(TorchDispatchMode):
             out = func(*args, **(kwargs or {}))
         w_dtype = operand_dtype(w)
         values = None if w_dtype.is_floating_point else torch.unique(w).numel()
-        self.layers[self.current] = LayerMatmul(operand_dtype(x), w_dtype, values, op=op, k=x.shape[1],
-                                                in_features=self.model.get_submodule(self.current).in_features,
-                                                n=w.shape[1])
+        self.layers[self.current] = LayerMatmul(
+            operand_dtype(x),
+            w_dtype,
+            values,
+            op=op,
+            k=x.shape[1],
+            in_features=self.model.get_submodule(self.current).in_features,
+            n=w.shape[1],
+        )
         return out
 
     def precision(self) -> str:
@@ -196,8 +210,9 @@ class MatmulCensus(TorchDispatchMode):
         quantized = [name for layer_format, name in QUANTIZED_PRECISIONS.items() if layer_format in formats]
         if quantized:
             return quantized[0]
-        kinds = sorted({f"{layer_format}-amp" if layer_format in ("fp16", "bf16") else layer_format
-                        for layer_format in formats})
+        kinds = sorted(
+            {f"{layer_format}-amp" if layer_format in ("fp16", "bf16") else layer_format for layer_format in formats}
+        )
         return kinds[0] if len(kinds) == 1 else f"mixed ({', '.join(kinds)})"
 
     def emulated(self) -> bool | None:
@@ -212,8 +227,9 @@ class MatmulCensus(TorchDispatchMode):
         of gpus.INT_MM_MULTIPLE as it is, so a layer of such a K that ran int-mm does not contradict it."""
         layers = [layer for layer in self.layers.values() if layer.int8_kernel() is not None]
         kernels = {layer.int8_kernel() for layer in layers}
-        if "int-mm-padded" in kernels and all(layer.k % INT_MM_MULTIPLE == 0 for layer in layers
-                                              if layer.int8_kernel() == "int-mm"):
+        if "int-mm-padded" in kernels and all(
+            layer.k % INT_MM_MULTIPLE == 0 for layer in layers if layer.int8_kernel() == "int-mm"
+        ):
             kernels.discard("int-mm")
         if not kernels:
             return None
@@ -229,7 +245,9 @@ class MatmulCensus(TorchDispatchMode):
     def check(self, config, dtype: torch.dtype | None, what: str) -> None:
         """check_layers() of this record."""
         if not self.layers:
-            raise SystemExit(f"error: {what} ran no Linear layer's matrix multiply: nothing to measure its precision by")
+            raise SystemExit(
+                f"error: {what} ran no Linear layer's matrix multiply: nothing to measure its precision by"
+            )
         layers = [{"name": name, **layer.record()} for name, layer in self.layers.items()]
         check_layers({"precision": self.precision(), "layers": layers}, config, dtype, what)
 
@@ -241,18 +259,25 @@ def check_layers(layers: dict, config, dtype: torch.dtype | None, what: str) -> 
     that config's converter trains in it (converters.layer_format); a float NeRF has none."""
     names = [layer["name"] for layer in layers["layers"]]
     measured, expected = layers["precision"], precision.precision_name(config, dtype)
-    ran = {layer_format: sorted(layer["name"] for layer in layers["layers"] if layer["format"] == layer_format)
-           for layer_format in QUANTIZED_PRECISIONS}
-    asked = {layer_format: sorted(name for name in names if converters.layer_format(name, config) == layer_format)
-             for layer_format in QUANTIZED_PRECISIONS}
+    ran = {
+        layer_format: sorted(layer["name"] for layer in layers["layers"] if layer["format"] == layer_format)
+        for layer_format in QUANTIZED_PRECISIONS
+    }
+    asked = {
+        layer_format: sorted(name for name in names if converters.layer_format(name, config) == layer_format)
+        for layer_format in QUANTIZED_PRECISIONS
+    }
     if measured != expected or ran != asked:
         # fp8 layers are named only where a run has or wants them, so that other runs' message stays as it was.
-        fp8_ran, fp8_asked = (f", fp8 in {len(layers_in['fp8'])}" if ran["fp8"] or asked["fp8"] else ""
-                              for layers_in in (ran, asked))
-        raise SystemExit(f"error: {what} ran {measured} with ternary weights in {len(ran['ternary'])} and int8 weights"
-                         f" in {len(ran['int8'])} of {len(names)} layers{fp8_ran}, but {config.name} asks for"
-                         f" {expected} with {len(asked['ternary'])} and {len(asked['int8'])}{fp8_asked}: the run does"
-                         f" not compute what it would report (a bug in the training code)")
+        fp8_ran, fp8_asked = (
+            f", fp8 in {len(layers_in['fp8'])}" if ran["fp8"] or asked["fp8"] else "" for layers_in in (ran, asked)
+        )
+        raise SystemExit(
+            f"error: {what} ran {measured} with ternary weights in {len(ran['ternary'])} and int8 weights"
+            f" in {len(ran['int8'])} of {len(names)} layers{fp8_ran}, but {config.name} asks for"
+            f" {expected} with {len(asked['ternary'])} and {len(asked['int8'])}{fp8_asked}: the run does"
+            f" not compute what it would report (a bug in the training code)"
+        )
 
 
 def compiled(model: nn.Module) -> bool:
@@ -296,8 +321,10 @@ def stored_weight_record(values: torch.Tensor) -> dict:
         weight_format, bits = "ternary", precision.TERNARY_WEIGHT_BITS
     else:
         needed = signed_bits(values)
-        weight_format, bits = next(((name, width) for name, width in INTEGER_FORMATS.items() if needed <= width),
-                                   (str(values.dtype).removeprefix("torch."), dtype_bits(values.dtype)))
+        weight_format, bits = next(
+            ((name, width) for name, width in INTEGER_FORMATS.items() if needed <= width),
+            (str(values.dtype).removeprefix("torch."), dtype_bits(values.dtype)),
+        )
     density = (values != 0).sum().item() / values.numel()
     return {"format": weight_format, "weight_bits": bits, "weight_density": round(density, 4)}
 

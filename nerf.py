@@ -107,8 +107,9 @@ class RadianceField(nn.Module):
         return torch.sigmoid(raw_rgb), F.softplus(raw_density - 1.0)
 
 
-def sample_stratified(near: float, far: float, n_rays: int, n_samples: int, device,
-                      u: torch.Tensor | None = None) -> torch.Tensor:
+def sample_stratified(
+    near: float, far: float, n_rays: int, n_samples: int, device, u: torch.Tensor | None = None
+) -> torch.Tensor:
     """(n_rays, n_samples) sorted distances: one per equal bin of [near, far], at u in [0, 1) within
     its bin (u: (n_rays, n_samples)), or at the bin's middle when u is None."""
     edges = torch.linspace(near, far, n_samples + 1, device=device)
@@ -118,8 +119,9 @@ def sample_stratified(near: float, far: float, n_rays: int, n_samples: int, devi
     return lower + u * width
 
 
-def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n_samples: int,
-               u: torch.Tensor | None = None) -> torch.Tensor:
+def sample_pdf(
+    bins: torch.Tensor, weights: torch.Tensor, n_samples: int, u: torch.Tensor | None = None
+) -> torch.Tensor:
     """Inverse-transform sampling of the piecewise-constant PDF given by `weights` over `bins`.
 
     bins: (R, B+1) sorted edges, weights: (R, B) -> (R, n_samples) distances at the CDF values u
@@ -139,8 +141,9 @@ def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n_samples: int,
     return bins_below + (u - cdf_below) / span * (bins_above - bins_below)
 
 
-def composite(rgb: torch.Tensor, density: torch.Tensor, t: torch.Tensor, dirs: torch.Tensor,
-              far: float, white_bkgd: bool) -> dict[str, torch.Tensor]:
+def composite(
+    rgb: torch.Tensor, density: torch.Tensor, t: torch.Tensor, dirs: torch.Tensor, far: float, white_bkgd: bool
+) -> dict[str, torch.Tensor]:
     """Volume rendering quadrature: alpha_i = 1 - exp(-density_i * delta_i), w_i = T_i * alpha_i.
 
     rgb (R, N, 3), density (R, N), t (R, N) sorted, dirs (R, 3). The last sample's interval ends at
@@ -172,14 +175,20 @@ class OccupancyGrid(nn.Module):
     writes one of the two, in an order CUDA does not fix).
     """
 
-    def __init__(self, aabb: torch.Tensor, resolution: int = 128, seed: int = 0, decay: float = GRID_EMA_DECAY,
-                 threshold: float = GRID_OCCUPANCY_THRESHOLD):
+    def __init__(
+        self,
+        aabb: torch.Tensor,
+        resolution: int = 128,
+        seed: int = 0,
+        decay: float = GRID_EMA_DECAY,
+        threshold: float = GRID_OCCUPANCY_THRESHOLD,
+    ):
         super().__init__()
         self.resolution, self.seed, self.decay, self.threshold = resolution, seed, decay, threshold
         # Not saved: the box is the scene's (dataset.scene_box), and a model file in fp16 would round it.
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3), persistent=False)
-        self.register_buffer("ema", torch.zeros(resolution ** 3))
-        self.register_buffer("occupied", torch.ones(resolution ** 3, dtype=torch.bool))
+        self.register_buffer("ema", torch.zeros(resolution**3))
+        self.register_buffer("occupied", torch.ones(resolution**3, dtype=torch.bool))
         # Per field (coarse, fine): the samples of training rays evaluated, and all of them.
         self.register_buffer("trained_samples", torch.zeros(2, 2, dtype=torch.int64))
 
@@ -233,7 +242,9 @@ def deployable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     if PACKED_OCCUPANCY in state:
         flags = state[PACKED_OCCUPANCY].to(torch.uint8)
         flags = torch.cat([flags, flags.new_zeros((-flags.numel()) % 8)]).reshape(-1, 8)
-        state[PACKED_OCCUPANCY] = (flags << torch.arange(8, dtype=torch.uint8, device=flags.device)).sum(1).to(torch.uint8)
+        state[PACKED_OCCUPANCY] = (
+            (flags << torch.arange(8, dtype=torch.uint8, device=flags.device)).sum(1).to(torch.uint8)
+        )
     return state
 
 
@@ -256,8 +267,9 @@ def bucket_size(count: int, total: int) -> int:
     return min(total, max(1, -(-count // unit)) * unit)
 
 
-def evaluate_where(field: nn.Module, points: torch.Tensor, viewdirs: torch.Tensor,
-                   mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate_where(
+    field: nn.Module, points: torch.Tensor, viewdirs: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The field on the samples where mask (...) is true, padded to bucket_size with copies of the first of
     them (their outputs are dropped); rgb (..., 3) and density (...) in fp32, zero elsewhere."""
     index = mask.reshape(-1).nonzero().squeeze(-1)
@@ -350,8 +362,9 @@ class NeRF(nn.Module):
             transmittance = transmittance * torch.exp(-(density[:, run] * deltas[:, run]).sum(-1))
         return rgb, density, evaluated
 
-    def forward(self, origins: torch.Tensor, dirs: torch.Tensor,
-                jitter: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, origins: torch.Tensor, dirs: torch.Tensor, jitter: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """origins, dirs: (R, 3). Returns rgb, depth, acc (R, ...) of the finest pass, and rgb_coarse.
 
         jitter: (R, n_coarse + n_fine) uniforms in [0, 1) that place the training samples (stratified,
@@ -393,7 +406,7 @@ def render_image(model: nn.Module, origins: torch.Tensor, dirs: torch.Tensor, ch
     n = flat_origins.shape[0]
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, n, chunk):
-        o, d = flat_origins[start:start + chunk], flat_dirs[start:start + chunk]
+        o, d = flat_origins[start : start + chunk], flat_dirs[start : start + chunk]
         pad = chunk - o.shape[0]
         if pad:
             o = torch.cat([o, o[-1:].expand(pad, 3)])

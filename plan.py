@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import math
 import os
 import shutil
@@ -33,6 +32,7 @@ import configs
 import converters
 import gpus
 import precision
+import ray_memory
 from configs import ExperimentConfig
 from dataset import Scene, load_scene
 from devices import available_memory_bytes
@@ -42,8 +42,8 @@ from utils import OneLineParser, UserError, exit_on_user_error
 
 # A step's peak memory over what autograd saves for its backward pass: the gradients of the activations, the
 # temporaries of both passes and the allocator's rounding. Chosen above the ratios of the growth per ray of
-# train_step's memory, measured on the CPU, to the saved bytes per ray (NeRF, BitNeRF, AMP), and no higher,
-# so that batches that fit are not split.
+# train_step's memory, measured on the CPU, to the saved bytes per ray (NeRF, BitNeRF, AMP; docs/gpus.md, "Memory
+# and micro-batches"), and no higher, so that batches that fit are not split.
 MEMORY_MARGIN = 1.5
 # Bytes per training pixel that RaySampler keeps on the device: origin, direction and colour, 3 floats each.
 SAMPLER_BYTES_PER_PIXEL = 9 * 4
@@ -56,8 +56,6 @@ TRAINING_BYTES_PER_PARAM = 4 * 4
 CUDA_OVERHEAD_BYTES = GIB
 # The smallest micro-batch worth running: fewer rays per pass leave a GPU idle.
 MIN_MICRO_BATCH_RAYS = 16
-# The CUDA probe's two micro-batches: the growth of the peak between them, per ray, is what a ray costs.
-PROBE_RAYS = (32, 96)
 
 
 @dataclass(frozen=True)
@@ -126,8 +124,11 @@ class Plan:
         config, gib = self.config, lambda b: f"{b / GIB:.1f} GiB"
         dtype = precision.dtype_name(self.autocast_dtype) or "none (fp32)"
         available = "unknown" if self.available_bytes is None else gib(self.available_bytes)
-        split = (f"{self.micro_batches} micro-batches of {self.micro_batch_rays} rays" if self.micro_batches > 1
-                 else "one pass (no micro-batches)")
+        split = (
+            f"{self.micro_batches} micro-batches of {self.micro_batch_rays} rays"
+            if self.micro_batches > 1
+            else "one pass (no micro-batches)"
+        )
         lines = [
             f"{config.name} plan on {self.target.name}",
             f"  precision      {self.precision}, autocast {dtype}",
@@ -140,8 +141,12 @@ class Plan:
             + (f" to {self.sharing} processes" if self.sharing > 1 else ""),
             f"  steps          {config.steps}"
             f" ({config.steps * config.batch_rays * config.samples_per_ray:.3g} samples)",
-            "  time           " + (f"about {seconds / 60:.0f} min at {rate_source}" if seconds is not None
-                                   else "unknown: no measured rate for this device yet"),
+            "  time           "
+            + (
+                f"about {seconds / 60:.0f} min at {rate_source}"
+                if seconds is not None
+                else "unknown: no measured rate for this device yet"
+            ),
         ]
         return "\n".join(lines + [f"  warning: {w}" for w in self.warnings])
 
@@ -168,26 +173,33 @@ def check_device(config: ExperimentConfig, target: Target) -> list[str]:
     warnings = []
     if config.quantized_training.startswith("fp8") and (gpu is None or gpu.capability < gpus.FP8_MIN_CAPABILITY):
         where = "the CPU" if gpu is None else f"the {gpu.name} ({gpu.arch}, below capability 8.9)"
-        warnings.append(f"{config.quantized_training} training runs emulated on {where}, which has no fp8 matmul:"
-                        f" its quality is fp8's, its speed is not")
+        warnings.append(
+            f"{config.quantized_training} training runs emulated on {where}, which has no fp8 matmul:"
+            f" its quality is fp8's, its speed is not"
+        )
     if gpu is None:
         return warnings
     arch_list = torch.cuda.get_arch_list()
     if arch_list and not supports_arch(gpu.capability, arch_list):
-        raise UserError(f"the {gpu.name} ({gpu.arch}) has no kernels in this PyTorch ({torch.__version__}, built"
-                        f" for {' '.join(arch_list)}): install a build that has them, {gpus.OLD_GPU_TORCH}")
+        raise UserError(
+            f"the {gpu.name} ({gpu.arch}) has no kernels in this PyTorch ({torch.__version__}, built"
+            f" for {' '.join(arch_list)}): install a build that has them, {gpus.OLD_GPU_TORCH}"
+        )
     if config.amp_dtype == "bf16" and config.precision == "amp" and gpu.capability < gpus.BF16_MIN_CAPABILITY:
-        raise UserError(f"--amp-dtype bf16: the {gpu.name} ({gpu.arch}) has no native bf16 (autocast would"
-                        f" emulate it, slowly): use --amp-dtype fp16, which trains with gradient scaling")
+        raise UserError(
+            f"--amp-dtype bf16: the {gpu.name} ({gpu.arch}) has no native bf16 (autocast would"
+            f" emulate it, slowly): use --amp-dtype fp16, which trains with gradient scaling"
+        )
     if config.tf32 and gpu.capability < gpus.TF32_MIN_CAPABILITY:
         warnings.append(f"--tf32: the {gpu.name} has no TF32 tensor cores; fp32 matmuls stay IEEE fp32")
     return warnings
 
 
 def compile_decision(config: ExperimentConfig, target: Target) -> tuple[bool, str]:
-    """Whether to torch.compile the radiance fields, and why: --compile on/off, and auto compiles BitNeRF's,
-    whose many small quantization ops inductor fuses, while NeRF's matmul-bound step ran slower compiled on the
-    CPU (docs/performance.md, "torch.compile on the CPU"). Inductor needs a C++ compiler on the CPU and Triton
+    """Whether to torch.compile the radiance fields, and why: --compile on/off, and auto compiles BitNeRF's and
+    fp8 training's, whose many small quantization ops (scales, casts) inductor fuses, as torchao's float8 training
+    expects, while NeRF's matmul-bound step ran slower compiled on the CPU (docs/performance.md, "torch.compile on
+    the CPU"). Inductor needs a C++ compiler on the CPU and Triton
     (capability 7.0) on a GPU: where it has neither, auto stays eager and on is refused."""
     if target.gpu is not None and target.gpu.capability < gpus.TRITON_MIN_CAPABILITY:
         missing = f"the {target.gpu.name} ({target.gpu.arch}) is below Triton's minimum capability 7.0"
@@ -204,7 +216,11 @@ def compile_decision(config: ExperimentConfig, target: Target) -> tuple[bool, st
         return False, "--compile off"
     if missing:
         return False, f"auto, but {missing}"
-    return config.model == "bitnerf", f"auto: {'BitNeRF compiles' if config.model == 'bitnerf' else 'NeRF runs eager'}"
+    if config.model == "bitnerf":
+        return True, "auto: BitNeRF compiles"
+    if config.quantized_training.startswith("fp8"):
+        return True, "auto: fp8 training compiles (its scaling and casts are what inductor fuses)"
+    return False, "auto: NeRF runs eager"
 
 
 def int8_matmul_widths(config: ExperimentConfig) -> list[int]:
@@ -212,14 +228,18 @@ def int8_matmul_widths(config: ExperimentConfig) -> list[int]:
     meta = torch.device("meta")
     fake_scene = argparse.Namespace(near=2.0, far=6.0, white_bkgd=False)
     model = bitnerf.build_model(dataclasses.replace(config, occupancy_grid=False), fake_scene, meta, quantized=False)
-    return [m.in_features for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and converters.layer_format(name, config) in ("ternary", "int8")]
+    return [
+        m.in_features
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and converters.layer_format(name, config) in ("ternary", "int8")
+    ]
 
 
 def int8_kernel_decision(config: ExperimentConfig, target: Target) -> str | None:
-    """The int8 matmul kernel of a model with int8 or ternary layers (bitnerf.INT8_KERNELS): on the CPU torch._int_mm; on a GPU of capability 8.0
-    or more torchao's Triton kernel, which uses int8 tensor cores there; below it (Triton's int8 dot has no
-    tensor cores, or there is no Triton) cuBLAS's torch._int_mm, whose K must be a multiple of 8: padded."""
+    """The int8 matmul kernel of a model with int8 or ternary layers (bitnerf.INT8_KERNELS): on the CPU torch._int_mm;
+    on a GPU of capability 8.0 or more torchao's Triton kernel, which uses int8 tensor cores there; below it (Triton's
+    int8 dot has no tensor cores, or there is no Triton) cuBLAS's torch._int_mm, whose K must be a multiple of 8:
+    padded."""
     if not int8_matmul_widths(config):
         return None
     gpu = target.gpu
@@ -229,77 +249,28 @@ def int8_kernel_decision(config: ExperimentConfig, target: Target) -> str | None
         return "torchao-triton" if gpu.capability >= gpus.TRITON_INT8_TENSOR_CORES_MIN_CAPABILITY else "int-mm-padded"
     if config.int8_kernel == "torchao-triton" and (gpu is None or gpu.capability < gpus.TRITON_MIN_CAPABILITY):
         where = "the CPU" if gpu is None else f"the {gpu.name} ({gpu.arch}, below Triton's 7.0)"
-        raise UserError(f"--int8-kernel torchao-triton: torchao's Triton kernel does not run on {where}:"
-                        f" use --int8-kernel auto")
+        raise UserError(
+            f"--int8-kernel torchao-triton: torchao's Triton kernel does not run on {where}: use --int8-kernel auto"
+        )
     if config.int8_kernel == "int-mm" and gpu is not None:
         odd = sorted({k for k in int8_matmul_widths(config) if k % gpus.INT_MM_MULTIPLE})
         if odd:
-            raise UserError(f"--int8-kernel int-mm: cuBLAS's int8 matmul needs K in multiples of"
-                            f" {gpus.INT_MM_MULTIPLE}, and {config.name}'s layers have K = {', '.join(map(str, odd))}:"
-                            f" use --int8-kernel int-mm-padded (or auto)")
+            raise UserError(
+                f"--int8-kernel int-mm: cuBLAS's int8 matmul needs K in multiples of"
+                f" {gpus.INT_MM_MULTIPLE}, and {config.name}'s layers have K = {', '.join(map(str, odd))}:"
+                f" use --int8-kernel int-mm-padded (or auto)"
+            )
     return config.int8_kernel
 
 
-def counted_bytes_per_ray(config: ExperimentConfig, scene, dtype: torch.dtype | None) -> tuple[int, int]:
-    """(bytes that autograd saves for the backward pass of one training ray, parameters) of config's model under
-    autocast dtype (None: fp32), counted on the CPU: the saved tensors of a forward pass over two rays less
-    those over one ray (what does not grow with the rays, such as the weights and their casts, cancels).
-    Counted without an occupancy grid, whose skipping only saves. Of the scene only its bounds matter."""
-    return _counted_bytes_per_ray(dataclasses.replace(config, occupancy_grid=False), scene.near, scene.far,
-                                  scene.white_bkgd, dtype)
-
-
-@functools.lru_cache(maxsize=64)  # a table plans each experiment on several GPUs
-def _counted_bytes_per_ray(config: ExperimentConfig, near: float, far: float, white_bkgd: bool,
-                           dtype: torch.dtype | None) -> tuple[int, int]:
-    cpu = torch.device("cpu")
-    bounds = argparse.Namespace(near=near, far=far, white_bkgd=white_bkgd)
-    model = bitnerf.build_model(config, bounds, cpu)
-
-    def saved_bytes(rays: int) -> int:
-        storages, kept = {}, []
-
-        def note(tensor: torch.Tensor) -> torch.Tensor:
-            base = tensor if tensor._base is None else tensor._base  # a view counts as its base, once
-            storages[id(base)] = base.untyped_storage().nbytes()
-            kept.append(base)  # alive until counted, so that no id is reused
-            return tensor
-
-        origins, dirs = torch.zeros(rays, 3), torch.nn.functional.normalize(torch.ones(rays, 3), dim=-1)
-        jitter = torch.full((rays, config.jitter_per_ray), 0.5) if config.jitter_per_ray else None
-        with torch.autograd.graph.saved_tensors_hooks(note, lambda tensor: tensor), precision.autocast(cpu, dtype):
-            model(origins, dirs, jitter)
-        return sum(storages.values())
-
-    return saved_bytes(2) - saved_bytes(1), sum(p.numel() for p in model.parameters())
-
-
-def probed_bytes_per_ray(config: ExperimentConfig, scene, device: torch.device, dtype: torch.dtype | None) -> float:
-    """The growth of a training pass's peak CUDA memory per ray, measured on the device between two small
-    micro-batches (PROBE_RAYS): what the device's own kernels keep, with the temporaries of both passes."""
-    model = bitnerf.build_model(dataclasses.replace(config, occupancy_grid=False), scene, device)
-    peaks = []
-    for rays in PROBE_RAYS:
-        origins = torch.zeros(rays, 3, device=device)
-        dirs = torch.nn.functional.normalize(torch.ones(rays, 3, device=device), dim=-1)
-        jitter = torch.full((rays, config.jitter_per_ray), 0.5, device=device) if config.jitter_per_ray else None
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        with precision.autocast(device, dtype):
-            out = model(origins, dirs, jitter)
-        out["rgb"].float().sum().backward()
-        torch.cuda.synchronize(device)
-        peaks.append(torch.cuda.max_memory_allocated(device) - before)
-        model.zero_grad(set_to_none=True)
-    del model
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    return (peaks[1] - peaks[0]) / (PROBE_RAYS[1] - PROBE_RAYS[0])
-
-
-def plan_run(config: ExperimentConfig, scene: Scene, target: Target, world_size: int = 1, sharing: int = 1,
-             device: torch.device | None = None) -> Plan:
+def plan_run(
+    config: ExperimentConfig,
+    scene: Scene,
+    target: Target,
+    world_size: int = 1,
+    sharing: int = 1,
+    device: torch.device | None = None,
+) -> Plan:
     """The plan of config on target with world_size processes, `sharing` of which share its memory (CPU ranks
     of one machine). device: the real CUDA device to probe, where the plan is for this machine's GPU."""
     dtype = precision.amp_dtype(config, torch.device(target.kind))
@@ -309,10 +280,10 @@ def plan_run(config: ExperimentConfig, scene: Scene, target: Target, world_size:
     if device is not None and device.type == "cuda":
         if kernel:
             bitnerf.use_int8_kernel(kernel, device)  # the probe runs the matmuls the run will
-        per_ray = probed_bytes_per_ray(config, scene, device, dtype)
+        per_ray = ray_memory.probed_bytes_per_ray(config, scene, device, dtype)
         params = sum(p.numel() for p in bitnerf.build_model(config, scene, torch.device("meta")).parameters())
     else:
-        counted, params = counted_bytes_per_ray(config, scene, dtype)
+        counted, params = ray_memory.counted_bytes_per_ray(config, scene, dtype)
         per_ray = counted * MEMORY_MARGIN
     pixels = len(scene.i_train) * scene.height * scene.width
     rays = config.batch_rays // world_size
@@ -326,20 +297,41 @@ def plan_run(config: ExperimentConfig, scene: Scene, target: Target, world_size:
     if fits is not None:
         where = f"{target.name}" + (f" ({sharing} processes)" if sharing > 1 else "")
         if micro and micro > fits:
-            raise UserError(f"--micro-batch-rays {micro} needs about {(fixed + micro * per_ray) / GIB:.1f} GiB per"
-                            f" process on {where}, which has {available / GIB:.1f} GiB:"
-                            + (f" use --micro-batch-rays {fits} or auto" if fits >= MIN_MICRO_BATCH_RAYS
-                               else " free memory, or shrink the model (--width, --depth, --n-coarse, --n-fine)"))
+            raise UserError(
+                f"--micro-batch-rays {micro} needs about {(fixed + micro * per_ray) / GIB:.1f} GiB per"
+                f" process on {where}, which has {available / GIB:.1f} GiB:"
+                + (
+                    f" use --micro-batch-rays {fits} or auto"
+                    if fits >= MIN_MICRO_BATCH_RAYS
+                    else " free memory, or shrink the model (--width, --depth, --n-coarse, --n-fine)"
+                )
+            )
         if fits < MIN_MICRO_BATCH_RAYS and not micro:
-            raise UserError(f"not even {MIN_MICRO_BATCH_RAYS} rays per micro-batch fit on {where}: a micro-batch"
-                            f" of them needs about {(fixed + MIN_MICRO_BATCH_RAYS * per_ray) / GIB:.1f} GiB of the"
-                            f" {available / GIB:.1f} GiB available: free memory, or shrink the model"
-                            f" (--width, --depth, --n-coarse, --n-fine)")
+            raise UserError(
+                f"not even {MIN_MICRO_BATCH_RAYS} rays per micro-batch fit on {where}: a micro-batch"
+                f" of them needs about {(fixed + MIN_MICRO_BATCH_RAYS * per_ray) / GIB:.1f} GiB of the"
+                f" {available / GIB:.1f} GiB available: free memory, or shrink the model"
+                f" (--width, --depth, --n-coarse, --n-fine)"
+            )
     if not micro:
         parts = 1 if fits is None or rays <= fits else math.ceil(rays / fits)
         micro = math.ceil(rays / parts)
-    return Plan(config, target, world_size, sharing, dtype, compiled, compile_reason, kernel, rays, micro,
-                per_ray, fixed, available, tuple(warnings))
+    return Plan(
+        config,
+        target,
+        world_size,
+        sharing,
+        dtype,
+        compiled,
+        compile_reason,
+        kernel,
+        rays,
+        micro,
+        per_ray,
+        fixed,
+        available,
+        tuple(warnings),
+    )
 
 
 def known_rate(config: ExperimentConfig, target: Target) -> tuple[float, str] | None:
@@ -354,8 +346,9 @@ def known_rate(config: ExperimentConfig, target: Target) -> tuple[float, str] | 
         summary = read_json(summary_path)
     except UserError:
         return None
-    same_device = (summary.get("device", "").split(":")[0] == target.kind
-                   and summary.get("device_name") == (target.gpu.name if target.gpu else summary.get("device_name")))
+    same_device = summary.get("device", "").split(":")[0] == target.kind and summary.get("device_name") == (
+        target.gpu.name if target.gpu else summary.get("device_name")
+    )
     rate = summary.get("train_samples_per_s")
     if not same_device or not rate:
         return None
@@ -406,9 +399,12 @@ def requirements_table(scene: Scene) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(prog="plan.py", description="Print docs/gpus.md's table of what each experiment of the"
-                           " full configuration needs on each GPU profile (memory per process, micro-batches,"
-                           " int8 kernel).")
+    parser = OneLineParser(
+        prog="plan.py",
+        description="Print docs/gpus.md's table of what each experiment of the"
+        " full configuration needs on each GPU profile (memory per process, micro-batches,"
+        " int8 kernel).",
+    )
     parser.add_argument("--table", action="store_true", help="print the Markdown table (the default action)")
     parser.add_argument("--data", default=None, help="the scene the table plans for (default: the built-in scene)")
     with exit_on_user_error():

@@ -49,7 +49,9 @@ INT4_GROUP_SIZE = 32
 TORCHAO_CONFIGS = {  # each of torchao.quantization, given as ao
     "int8-weight": lambda ao: ao.Int8WeightOnlyConfig(),
     "int8-dynamic": lambda ao: ao.Int8DynamicActivationInt8WeightConfig(),
-    "int4-weight": lambda ao: ao.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=ao.PerGroup(INT4_GROUP_SIZE)),
+    "int4-weight": lambda ao: ao.IntxWeightOnlyConfig(
+        weight_dtype=torch.int4, granularity=ao.PerGroup(INT4_GROUP_SIZE)
+    ),
 }
 # cuBLAS's int8 matmul takes input widths in multiples of 8; torchao runs any other width as an int32 matmul
 # copied to the CPU (the encoded point's 39 or 63 columns, the skip layer's 319, the view layer's 283).
@@ -57,8 +59,14 @@ INT8_MATMUL_MULTIPLE = 8
 # The variants whose quantized layers take inputs zero-padded to a multiple of these many columns.
 PADDED_INPUTS = {"int8-dynamic": INT8_MATMUL_MULTIPLE, "int4-weight": INT4_GROUP_SIZE}
 # Each variant's width on the precision ladder: what its quantized layers store their weights in.
-WIDTHS = {"fp32": "fp32", "fp16": "fp16", "int8-weight": "int8", "int8-dynamic": "int8", "int4-weight": "int4",
-          "ternary": "ternary"}
+WIDTHS = {
+    "fp32": "fp32",
+    "fp16": "fp16",
+    "int8-weight": "int8",
+    "int8-dynamic": "int8",
+    "int4-weight": "int4",
+    "ternary": "ternary",
+}
 VARIANTS = tuple(WIDTHS)
 # The run whose layer formats the ternary variant takes: BitNeRF trained with its own recipe.
 BITNERF_TWIN = "exp4"
@@ -76,11 +84,16 @@ class ZeroPaddedLinear(nn.Module):
     def __init__(self, linear: nn.Linear, multiple: int = INT8_MATMUL_MULTIPLE):
         super().__init__()
         self.pad = -linear.in_features % multiple
-        self.linear = nn.Linear(linear.in_features + self.pad, linear.out_features, bias=linear.bias is not None,
-                                device=linear.weight.device, dtype=linear.weight.dtype)
+        self.linear = nn.Linear(
+            linear.in_features + self.pad,
+            linear.out_features,
+            bias=linear.bias is not None,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
         with torch.no_grad():
             self.linear.weight.zero_()
-            self.linear.weight[:, :linear.in_features] = linear.weight
+            self.linear.weight[:, : linear.in_features] = linear.weight
             if linear.bias is not None:
                 self.linear.bias.copy_(linear.bias)
 
@@ -117,8 +130,11 @@ def quantized_copy(model: nn.Module, variant: str) -> tuple[nn.Module, torch.dty
 
     if variant in PADDED_INPUTS:
         pad_quantized_inputs(model, PADDED_INPUTS[variant])
-    quantize_(model, TORCHAO_CONFIGS[variant](torchao.quantization),
-              filter_fn=lambda m, name: isinstance(m, nn.Linear) and bitnerf.is_ternary_layer(name))
+    quantize_(
+        model,
+        TORCHAO_CONFIGS[variant](torchao.quantization),
+        filter_fn=lambda m, name: isinstance(m, nn.Linear) and bitnerf.is_ternary_layer(name),
+    )
     return model, None
 
 
@@ -143,20 +159,28 @@ def measured_layers(model: nn.Module, census: measured.MatmulCensus) -> dict[str
     for name, matmul in census.layers.items():
         layer_name, pad = padded.get(name, (name, 0))
         values = measured.stored_weight(model.get_submodule(name))
-        record = measured.stored_weight_record(values[:, :values.shape[1] - pad])
-        layers[layer_name] = {"weight_bits": record["weight_bits"], "input_bits": matmul.bits()["input_bits"],
-                              "format": record["format"], "weight_density": record["weight_density"]}
+        record = measured.stored_weight_record(values[:, : values.shape[1] - pad])
+        layers[layer_name] = {
+            "weight_bits": record["weight_bits"],
+            "input_bits": matmul.bits()["input_bits"],
+            "format": record["format"],
+            "weight_density": record["weight_density"],
+        }
     return layers
 
 
 def evaluate_variants(run_dir: Path, variants, data: str | None, device: torch.device) -> list[dict]:
     config, scene, model = rundir.load_trained(run_dir, data, device)
     if config.model != "nerf":
-        raise UserError(f"{run_dir} is a {config.model} run: post-training quantization applies to NeRF runs"
-                        f" (exp1, exp2, exp3, exp5)")
+        raise UserError(
+            f"{run_dir} is a {config.model} run: post-training quantization applies to NeRF runs"
+            f" (exp1, exp2, exp3, exp5)"
+        )
     if config.quantized_training != "none":
-        raise UserError(f"{run_dir} trained with --quantized-training {config.quantized_training}, quantized already:"
-                        f" post-training quantization applies to NeRF runs trained in float (exp1, exp2, exp3, exp5)")
+        raise UserError(
+            f"{run_dir} trained with --quantized-training {config.quantized_training}, quantized already:"
+            f" post-training quantization applies to NeRF runs trained in float (exp1, exp2, exp3, exp5)"
+        )
     evaluation = Evaluation.of(config, scene, device)
     rows = []
     for variant in tqdm(variants, desc="ptq", disable=None):
@@ -168,13 +192,21 @@ def evaluate_variants(run_dir: Path, variants, data: str | None, device: torch.d
         eval_s = round(time.perf_counter() - start, 2)
         # Measured on the variant itself: the weights it stores, and the inputs its layers multiply.
         layers = measured_layers(quantized, variant_evaluation.matmul_census(quantized))
-        rows.append({
-            "variant": variant, "width": WIDTHS[variant], "weight_bits": measured.stored_weights_bits(layers.values()),
-            "input_bits": min(layer["input_bits"] for name, layer in layers.items() if bitnerf.is_ternary_layer(name)),
-            "model_bytes": saved_bytes(quantized),
-            "psnr_test": metrics["psnr_test"], "ssim_test": metrics["ssim_test"],
-            "eval_s": eval_s, "layers": layers,
-        })
+        rows.append(
+            {
+                "variant": variant,
+                "width": WIDTHS[variant],
+                "weight_bits": measured.stored_weights_bits(layers.values()),
+                "input_bits": min(
+                    layer["input_bits"] for name, layer in layers.items() if bitnerf.is_ternary_layer(name)
+                ),
+                "model_bytes": saved_bytes(quantized),
+                "psnr_test": metrics["psnr_test"],
+                "ssim_test": metrics["ssim_test"],
+                "eval_s": eval_s,
+                "layers": layers,
+            }
+        )
     return rows
 
 
@@ -191,8 +223,10 @@ def main(argv: list[str] | None = None) -> None:
         runlog.add_to_run(args.run_dir, "ptq", rows, ("variant",), WANDB_VALUES)
     print(f"{'variant':<14}{'width':>8}{'weight bits':>12}{'input bits':>11}{'model kB':>10}{'PSNR':>8}{'SSIM':>8}")
     for r in rows:
-        print(f"{r['variant']:<14}{r['width']:>8}{r['weight_bits']:>12g}{r['input_bits']:>11}"
-              f"{r['model_bytes'] / 1e3:>10.0f}{r['psnr_test']:>8.2f}{r['ssim_test']:>8.3f}")
+        print(
+            f"{r['variant']:<14}{r['width']:>8}{r['weight_bits']:>12g}{r['input_bits']:>11}"
+            f"{r['model_bytes'] / 1e3:>10.0f}{r['psnr_test']:>8.2f}{r['ssim_test']:>8.3f}"
+        )
 
 
 if __name__ == "__main__":

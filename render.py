@@ -33,14 +33,23 @@ def parse_views(text: str | None, scene: Scene) -> list[int]:
         views = []
     unknown = [v for v in views if v not in set(scene.i_test.tolist())]
     if not views or unknown:
-        raise UserError(f"--views takes a comma-separated list of the scene's test views "
-                        f"({', '.join(map(str, scene.i_test))}), got {text!r}")
+        raise UserError(
+            f"--views takes a comma-separated list of the scene's test views "
+            f"({', '.join(map(str, scene.i_test))}), got {text!r}"
+        )
     return views
 
 
-def render_run(run_dir: Path, out: Path, weights: str = "checkpoint", data: str | None = None,
-               device: torch.device = torch.device("cpu"), views: str | None = None, downscale: int = 1,
-               video_frames: int | None = None) -> dict:
+def render_run(
+    run_dir: Path,
+    out: Path,
+    weights: str = "checkpoint",
+    data: str | None = None,
+    device: torch.device = torch.device("cpu"),
+    views: str | None = None,
+    downscale: int = 1,
+    video_frames: int | None = None,
+) -> dict:
     """Render the run into out; returns the metrics it also writes to out/metrics.json."""
     config, scene, model = rundir.load_trained(run_dir, data, device)
     if weights == "model":
@@ -53,8 +62,14 @@ def render_run(run_dir: Path, out: Path, weights: str = "checkpoint", data: str 
     results = evaluation.test_views(model, parse_views(views, scene))
     evaluation.write_test_views(results)
     evaluation.video(model)
-    metrics = {"run": str(run_dir), "weights": weights, "views": [r["view"] for r in results],
-               "width": scene.width, "height": scene.height, **evaluation.metrics(results)}
+    metrics = {
+        "run": str(run_dir),
+        "weights": weights,
+        "views": [r["view"] for r in results],
+        "width": scene.width,
+        "height": scene.height,
+        **evaluation.metrics(results),
+    }
     write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -63,8 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog="render.py", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a finished run directory, e.g. runs/exp1")
     parser.add_argument("--out", type=Path, help="where the renders go (default: RUN_DIR/rerender)")
-    parser.add_argument("--weights", choices=WEIGHTS, default="checkpoint",
-                        help="render from checkpoint.pt or from the deployable model file (default: checkpoint)")
+    parser.add_argument(
+        "--weights",
+        choices=WEIGHTS,
+        default="checkpoint",
+        help="render from checkpoint.pt or from the deployable model file (default: checkpoint)",
+    )
     parser.add_argument("--data", help="the scene, if not where the run found it")
     parser.add_argument("--views", help="comma-separated test views (default: every test view)")
     parser.add_argument("--downscale", type=int, default=1, help="render at 1/N resolution (default 1)")
@@ -77,11 +96,21 @@ def main(argv: list[str] | None = None) -> None:
         if args.video_frames is not None and args.video_frames < 1:
             raise UserError(f"--video-frames must be at least 1, got {args.video_frames}")
         out = args.out or args.run_dir / "rerender"
-        metrics = render_run(args.run_dir, out, args.weights, args.data, resolve_device(args.device), args.views,
-                             args.downscale, args.video_frames)
+        metrics = render_run(
+            args.run_dir,
+            out,
+            args.weights,
+            args.data,
+            resolve_device(args.device),
+            args.views,
+            args.downscale,
+            args.video_frames,
+        )
     depth = f", depth error {metrics['depth_abs_error_test']:.4f}" if "depth_abs_error_test" in metrics else ""
-    print(f"{args.run_dir} ({args.weights}): test PSNR {metrics['psnr_test']:.2f} dB, SSIM {metrics['ssim_test']:.3f}"
-          f"{depth} over {len(metrics['views'])} views at {metrics['width']}x{metrics['height']} -> {out}")
+    print(
+        f"{args.run_dir} ({args.weights}): test PSNR {metrics['psnr_test']:.2f} dB, SSIM {metrics['ssim_test']:.3f}"
+        f"{depth} over {len(metrics['views'])} views at {metrics['width']}x{metrics['height']} -> {out}"
+    )
 
 
 if __name__ == "__main__":

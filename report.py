@@ -35,19 +35,29 @@ def write_report(runs_dir: Path, hw_dir: Path, out_dir: Path, command: str) -> P
     hw_rows, stale = hardware.read_results(runs)
     dense_rows = [row for row in hw_rows if row["design"] == "dense"]
     analyze_command = shlex.join(["python", "analyze.py", "--runs", str(runs_dir), "--out", str(out_dir)])
-    report_command = shlex.join(["python", "report.py", "--runs", str(runs_dir), "--hw", str(hw_dir),
-                                 "--out", str(out_dir)])
+    report_command = shlex.join(
+        ["python", "report.py", "--runs", str(runs_dir), "--hw", str(hw_dir), "--out", str(out_dir)]
+    )
     analyses = read_analyses(out_dir, analyze_command)
     missing = missing_experiments(runs_dir, runs)
     ladder = ladder_points(runs, dense_rows)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lines = ["# NeRF experiments: report", "",
-             f"Written by `{command}` from {len(runs)} runs in `{runs_dir}`, in experiment order.", ""]
+    lines = [
+        "# NeRF experiments: report",
+        "",
+        f"Written by `{command}` from {len(runs)} runs in `{runs_dir}`, in experiment order.",
+        "",
+    ]
     if missing:
-        lines += ["## Missing experiments", "",
-                  f"The experiments without a finished run ({rundir.SUMMARY}), and why: the line recorded when "
-                  f"the experiment failed (`{runs_dir / FAILED}`), else what its run directory holds.", "",
-                  *missing, ""]
+        lines += [
+            "## Missing experiments",
+            "",
+            f"The experiments without a finished run ({rundir.SUMMARY}), and why: the line recorded when "
+            f"the experiment failed (`{runs_dir / FAILED}`), else what its run directory holds.",
+            "",
+            *missing,
+            "",
+        ]
     sections = [
         ["## Results", "", results_table(runs, dense_rows, hardware.not_evaluated_note(runs_dir, stale))],
         ["## Seeds and intervals", "", *intervals_section(runs, dense_rows)],
@@ -72,10 +82,18 @@ def write_report(runs_dir: Path, hw_dir: Path, out_dir: Path, command: str) -> P
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog="report.py", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="the folder of run directories")
-    parser.add_argument("--hw", type=Path, default=Path("hw_eval"),
-                        help="hw_eval.py's output folder, whose tables the report links where they hold these runs")
-    parser.add_argument("--out", type=Path, default=Path("report"),
-                        help="where README.md and the plots go, and where analyze.py wrote analyses.json")
+    parser.add_argument(
+        "--hw",
+        type=Path,
+        default=Path("hw_eval"),
+        help="hw_eval.py's output folder, whose tables the report links where they hold these runs",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("report"),
+        help="where README.md and the plots go, and where analyze.py wrote analyses.json",
+    )
     start = time.perf_counter()
     with exit_on_user_error():
         args = parser.parse_args(argv)

@@ -18,14 +18,13 @@ import platform
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import rundir
 import stats
 from accel.results import NOT_EVALUATED, markdown_table, si
-from files import atomic_write
+from files import atomic_write, git_commit
 from reporting import hardware
 from reporting.intervals import by_seed, difference_cell, intervals_section, missing_cell, seed_measures
 from reporting.ladder import TRAINING_POINTS, ladder_points, ladder_section, wire_section
@@ -39,18 +38,6 @@ LADDER_PLOT = "ladder.png"  # report.py's precision ladder plot, copied beside d
 # The interval table's measures the main table leaves out (the wall time is the whole command's, evaluation included).
 LEFT_OUT = ("wall_s",)
 REPO = Path(__file__).resolve().parent  # the checkout whose commit the page is stamped with
-
-
-def git_commit(repo: Path) -> str:
-    """The commit checked out in repo (short hash), marked where tracked files differ from it; 'unknown' outside git."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                 capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{commit} with uncommitted changes" if changed else commit
 
 
 def cpu_model() -> str:
@@ -69,16 +56,28 @@ def machine(runs) -> str:
     return ", ".join(gpus) if gpus else f"{cpu_model()}, no GPU"
 
 
+def code_commits(runs, repo: Path) -> str:
+    """The commits that trained the runs (summary.json's commit); where a run predates recording it, repo's
+    checkout, which wrote the page, said to be that."""
+    recorded = [s.get("commit") for _, s in runs]
+    if None not in recorded:
+        return ", ".join(sorted(set(recorded)))
+    missing = recorded.count(None)
+    return f"{git_commit(repo)} (the checkout that wrote this page: {missing} of the runs predate recording theirs)"
+
+
 def stamp(runs, runs_dir: Path, repo: Path) -> str:
-    """One line: where the numbers come from (commit, date, scene, seeds, machine)."""
+    """One line: where the numbers come from (the commits that trained them, date, scene, seeds, machine)."""
     scenes = ", ".join(dict.fromkeys(str(s.get("scene", "unknown")) for _, s in runs))
     seeds = ", ".join(str(seed) for seed in sorted({s.get("seed", 0) for _, s in runs}))
     finished = max((run_dir / rundir.SUMMARY).stat().st_mtime for run_dir, _ in runs)
     trained = datetime.date.fromtimestamp(finished).isoformat()
     minutes = sum(s.get("wall_s", 0.0) for _, s in runs) / 60
-    return (f"**Commit {git_commit(repo)}, runs finished {trained}; scene {scenes}; seeds {seeds}; "
-            f"{machine(runs)}.** {len(runs)} runs in `{runs_dir}`; their training commands took {minutes:.0f} min "
-            f"together.")
+    return (
+        f"**Commit {code_commits(runs, repo)}, runs finished {trained}; scene {scenes}; seeds {seeds}; "
+        f"{machine(runs)}.** {len(runs)} runs in `{runs_dir}`; their training commands took {minutes:.0f} min "
+        f"together."
+    )
 
 
 def main_table(runs, dense_rows: list[dict]) -> str:
@@ -89,8 +88,16 @@ def main_table(runs, dense_rows: list[dict]) -> str:
     reference = groups.get("exp1")
     psnr = measures["psnr_test"][2]
     rest = [label for key, (label, _, _) in measures.items() if key not in ("psnr_test", "ssim_test")]
-    header = ["experiment", "precision", "seeds", "test PSNR (dB)", "test PSNR vs exp1", measures["ssim_test"][0],
-              "model size", *rest]
+    header = [
+        "experiment",
+        "precision",
+        "seeds",
+        "test PSNR (dB)",
+        "test PSNR vs exp1",
+        measures["ssim_test"][0],
+        "model size",
+        *rest,
+    ]
     rows = []
     for experiment, group in groups.items():
         cells = {}
@@ -104,9 +111,18 @@ def main_table(runs, dense_rows: list[dict]) -> str:
         else:
             versus = difference_cell(stats.paired_difference(by_seed(group, psnr), by_seed(reference, psnr)))
         sizes = [s["model_bytes"] for _, s in group if s.get("model_bytes") is not None]
-        rows.append([experiment, "/".join(dict.fromkeys(s["precision"] for _, s in group)),
-                     ", ".join(str(s.get("seed", 0)) for _, s in group), cells.pop("psnr_test"), versus,
-                     cells.pop("ssim_test"), si(sum(sizes) / len(sizes), "B") if sizes else "n/a", *cells.values()])
+        rows.append(
+            [
+                experiment,
+                "/".join(dict.fromkeys(s["precision"] for _, s in group)),
+                ", ".join(str(s.get("seed", 0)) for _, s in group),
+                cells.pop("psnr_test"),
+                versus,
+                cells.pop("ssim_test"),
+                si(sum(sizes) / len(sizes), "B") if sizes else "n/a",
+                *cells.values(),
+            ]
+        )
     return markdown_table(header, rows)
 
 
@@ -116,8 +132,9 @@ def in_db(difference: stats.Estimate | None) -> str:
         return "no common seed"
     if difference.half_width is None:
         return f"{difference.mean:+.2f} dB, one seed"
-    return f"{difference.mean:+.2f} ± {difference.half_width:.2f} dB" + (", not significant" if difference.covers_zero
-                                                                           else "")
+    return f"{difference.mean:+.2f} ± {difference.half_width:.2f} dB" + (
+        ", not significant" if difference.covers_zero else ""
+    )
 
 
 def reading(runs, dense_rows: list[dict]) -> list[str]:
@@ -141,38 +158,51 @@ def reading(runs, dense_rows: list[dict]) -> list[str]:
     measures = seed_measures(dense_rows)
     psnr = measures["psnr_test"][2]
     best = max(points, key=lambda name: mean(name, psnr))
-    significant = [f"{name} {in_db(d)}" for name in groups if name != "exp1"
-                   and (d := versus_exp1(name)) is not None and d.covers_zero is False]
-    lines = [f"- **Quality**: the precision with the highest mean test PSNR is {label(best)}, {mean(best, psnr):.2f} dB"
-             + ("." if best == "exp1" else f" (against exp1: {in_db(versus_exp1(best))}).")
-             + f" Different from exp1 beyond the seeds' spread: {', '.join(significant) or 'none'}."]
+    significant = [
+        f"{name} {in_db(d)}"
+        for name in groups
+        if name != "exp1" and (d := versus_exp1(name)) is not None and d.covers_zero is False
+    ]
+    lines = [
+        f"- **Quality**: the precision with the highest mean test PSNR is {label(best)}, {mean(best, psnr):.2f} dB"
+        + ("." if best == "exp1" else f" (against exp1: {in_db(versus_exp1(best))}).")
+        + f" Different from exp1 beyond the seeds' spread: {', '.join(significant) or 'none'}."
+    ]
 
     def size(name: str) -> float | None:
         return mean(name, lambda run_dir, summary: summary.get("model_bytes"))
 
     smallest = min((name for name in points if size(name)), key=size, default=None)
     if smallest is not None and size("exp1"):
-        lines.append(f"- **Model size**: the smallest is {label(smallest)}'s, {si(size(smallest), 'B')}, "
-                     f"{size('exp1') / size(smallest):.1f}× smaller than exp1's {si(size('exp1'), 'B')}.")
+        lines.append(
+            f"- **Model size**: the smallest is {label(smallest)}'s, {si(size(smallest), 'B')}, "
+            f"{size('exp1') / size(smallest):.1f}× smaller than exp1's {si(size('exp1'), 'B')}."
+        )
     energy = []
     for key, (_, digits, value) in measures.items():
         costed = [name for name in points if key.startswith("energy:") and mean(name, value) is not None]
         if costed and mean("exp1", value):
             least = min(costed, key=lambda name: mean(name, value))
-            energy.append(f"on {key.split(':', 1)[1]} {label(least)}, {mean(least, value):.{digits}f} J, "
-                          f"{mean(least, value) / mean('exp1', value):.2f}× exp1's")
+            energy.append(
+                f"on {key.split(':', 1)[1]} {label(least)}, {mean(least, value):.{digits}f} J, "
+                f"{mean(least, value) / mean('exp1', value):.2f}× exp1's"
+            )
     if energy:
-        lines.append(f"- **Energy per frame** (each run with its own occupancy grid; per sample without the grid: the "
-                     f"precision ladder): the least {'; '.join(energy)}.")
+        lines.append(
+            f"- **Energy per frame** (each run with its own occupancy grid; per sample without the grid: the "
+            f"precision ladder): the least {'; '.join(energy)}."
+        )
     return lines
 
 
 def table_notes(dense_rows: list[dict], plot: bool) -> list[str]:
-    notes = ["Mean ± the half-width of the 95% t interval over the seeds; *vs exp1*: the difference paired seed by "
-             "seed, *not significant* where its interval covers zero. Samples/s are this machine's (MLP queries per "
-             "second of training; a compiled run's compile time left out). Energy: `hw_eval.py`'s dense design per "
-             "800×800 frame, an AccelForge model, not a measurement"
-             + ("." if dense_rows else f" (*{NOT_EVALUATED}*: no run holds accelerator results of its own).")]
+    notes = [
+        "Mean ± the half-width of the 95% t interval over the seeds; *vs exp1*: the difference paired seed by "
+        "seed, *not significant* where its interval covers zero. Samples/s are this machine's (MLP queries per "
+        "second of training; a compiled run's compile time left out). Energy: `hw_eval.py`'s dense design per "
+        "800×800 frame, an AccelForge model, not a measurement"
+        + ("." if dense_rows else f" (*{NOT_EVALUATED}*: no run holds accelerator results of its own).")
+    ]
     if plot:
         notes += ["", f"![Test PSNR against energy per sample and model size, per precision]({LADDER_PLOT})"]
     return notes
@@ -187,16 +217,38 @@ def results_page(runs_dir: Path, report_dir: Path, out: Path, command: str, repo
     if plot:
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(report_dir / LADDER_PLOT, out.parent / LADDER_PLOT)
-    header = (f"Written by `{command}` from the runs of a suite and its report: do not edit by hand. `make suite` "
-              "(or `make suite SEEDS=3 DATA=...`), then `make results`, rewrites this page and the README's table "
-              "(the block between the markers below).")
-    lines = ["# Results", "", header, "",
-             RESULTS_BEGIN, stamp(runs, runs_dir, repo), "", main_table(runs, dense_rows), "",
-             *reading(runs, dense_rows), "", *table_notes(dense_rows, plot), RESULTS_END, "",
-             "## Seeds and intervals", "", *intervals_section(runs, dense_rows), "",
-             *ladder_section(runs, dense_rows, ladder_points(runs, dense_rows)), "",
-             *wire_section(runs), "",
-             "## Empty-space skipping", "", *skipping_section(runs, dense_rows)]
+    header = (
+        f"Written by `{command}` from the runs of a suite and its report: do not edit by hand. `make suite` "
+        "(or `make suite SEEDS=3 DATA=...`), then `make results`, rewrites this page and the README's table "
+        "(the block between the markers below)."
+    )
+    lines = [
+        "# Results",
+        "",
+        header,
+        "",
+        RESULTS_BEGIN,
+        stamp(runs, runs_dir, repo),
+        "",
+        main_table(runs, dense_rows),
+        "",
+        *reading(runs, dense_rows),
+        "",
+        *table_notes(dense_rows, plot),
+        RESULTS_END,
+        "",
+        "## Seeds and intervals",
+        "",
+        *intervals_section(runs, dense_rows),
+        "",
+        *ladder_section(runs, dense_rows, ladder_points(runs, dense_rows)),
+        "",
+        *wire_section(runs),
+        "",
+        "## Empty-space skipping",
+        "",
+        *skipping_section(runs, dense_rows),
+    ]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -205,14 +257,17 @@ def block(text: str, where: str) -> str:
     begin, end = text.find(RESULTS_BEGIN), text.find(RESULTS_END)
     if begin < 0 or end < begin:
         raise UserError(f"{where} has no block between {RESULTS_BEGIN} and {RESULTS_END}")
-    return text[begin + len(RESULTS_BEGIN):end].strip("\n")
+    return text[begin + len(RESULTS_BEGIN) : end].strip("\n")
 
 
 def readme_block(results_text: str, results_dir: str = "docs") -> str:
     """The README's block: docs/results.md's, its relative links made relative to the README (in results_dir's
     parent)."""
-    return re.sub(r"\]\((?![a-z]+:|#|/)([^)\s]+)\)", lambda m: f"]({results_dir}/{m.group(1)})",
-                  block(results_text, "docs/results.md"))
+    return re.sub(
+        r"\]\((?![a-z]+:|#|/)([^)\s]+)\)",
+        lambda m: f"]({results_dir}/{m.group(1)})",
+        block(results_text, "docs/results.md"),
+    )
 
 
 def replace_block(readme_text: str, new_block: str) -> str:
@@ -237,11 +292,19 @@ def write_results(runs_dir: Path, report_dir: Path, out: Path, readme: Path, com
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog="results.py", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="the suite's folder of run directories")
-    parser.add_argument("--report", type=Path, default=Path("report"),
-                        help="report.py's output folder, whose ladder plot the page shows")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=Path("report"),
+        help="report.py's output folder, whose ladder plot the page shows",
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/results.md"), help="the page to write")
-    parser.add_argument("--readme", type=Path, default=Path("README.md"),
-                        help="the README whose results block is replaced by the page's")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=Path("README.md"),
+        help="the README whose results block is replaced by the page's",
+    )
     with exit_on_user_error():
         args = parser.parse_args(argv)
         command = shlex.join(["python", "results.py", *(sys.argv[1:] if argv is None else argv)])

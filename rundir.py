@@ -31,16 +31,47 @@ MODEL_FILES = {"nerf": "model.pt", "bitnerf": "model_ternary.pt", "int8": "model
 FRAME_HEIGHT = FRAME_WIDTH = 800
 FRAME_PIXELS = FRAME_HEIGHT * FRAME_WIDTH
 # psnr_val where the scene has validation views (the periodic evaluation renders them), else psnr_test.
-METRIC_COLUMNS = ("step", "rays_seen", "wall_s", "loss", "psnr_train", "grad_norm", "lr", "samples_per_s", "psnr_test",
-                  "psnr_val")
-LAYER_FIELDS = ("name", "in_features", "out_features", "weight_bits", "input_bits", "output_bits", "input_sparsity",
-                "samples_per_frame")
+METRIC_COLUMNS = (
+    "step",
+    "rays_seen",
+    "wall_s",
+    "loss",
+    "psnr_train",
+    "grad_norm",
+    "lr",
+    "samples_per_s",
+    "psnr_test",
+    "psnr_val",
+)
+LAYER_FIELDS = (
+    "name",
+    "in_features",
+    "out_features",
+    "weight_bits",
+    "input_bits",
+    "output_bits",
+    "input_sparsity",
+    "samples_per_frame",
+)
 # Config fields that may change when a run is resumed; any other change would make it a different run.
 # amp_dtype may change as long as the autocast dtype it resolves to does not (load_checkpoint).
 # preset only labels where the settings came from (a quick checkpoint from before it was recorded has none).
-RESUMABLE_CHANGES = {"steps", "out", "device", "wandb", "log_every", "eval_every", "eval_views",
-                     "ckpt_every", "video_frames", "chunk", "amp_dtype", "preset", "micro_batch_rays",
-                     "int8_kernel"}
+RESUMABLE_CHANGES = {
+    "steps",
+    "out",
+    "device",
+    "wandb",
+    "log_every",
+    "eval_every",
+    "eval_views",
+    "ckpt_every",
+    "video_frames",
+    "chunk",
+    "amp_dtype",
+    "preset",
+    "micro_batch_rays",
+    "int8_kernel",
+}
 NO_RUNS_HINT = "train first (make suite, or python exp1.py --quick), or pass --runs"
 # What every checkpoint holds (train.py writes it); a file without these keys is not one.
 CHECKPOINT_KEYS = ("step", "wall_s", "train_s", "config", "model", "optimizer", "scheduler", "scaler")
@@ -60,8 +91,10 @@ def check(config, resume: bool, overwrite: bool) -> Path:
         if not (run_dir / CHECKPOINT).exists():
             raise UserError(f"--resume: no checkpoint at {run_dir / CHECKPOINT}; drop --resume to start afresh")
     elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise UserError(f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to replace it,"
-                        f" or --name for a new one")
+        raise UserError(
+            f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to replace it,"
+            f" or --name for a new one"
+        )
     return run_dir
 
 
@@ -106,8 +139,10 @@ class RunLock:
                 if holder and holder == os.environ.get(LOCK_HOLDER_ENV):
                     return
                 who = f"process {holder}" if holder else "a process starting up"
-                raise UserError(f"{self.run_dir} is in use by another run ({who}; lock {self.path}): wait for it to"
-                                f" end, or train into another --name") from None
+                raise UserError(
+                    f"{self.run_dir} is in use by another run ({who}; lock {self.path}): wait for it to"
+                    f" end, or train into another --name"
+                ) from None
             try:
                 current = os.stat(self.path)
             except FileNotFoundError:
@@ -144,7 +179,9 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, start_step: int):
         path = run_dir / METRICS
-        rows = [r for r in read_metrics(run_dir) if int(r["step"]) <= start_step] if start_step and path.exists() else []
+        rows = (
+            [r for r in read_metrics(run_dir) if int(r["step"]) <= start_step] if start_step and path.exists() else []
+        )
         self.file = open(path, "w", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=METRIC_COLUMNS)
         self.writer.writeheader()
@@ -201,22 +238,30 @@ def read_checkpoint(path: Path, map_location, advice: str) -> dict:
 def load_checkpoint(run_dir: Path, config, dtype) -> dict:
     """The run's training checkpoint (on the CPU), which must come from config's settings and have trained
     in the autocast dtype (None: fp32) that the resume would use."""
-    checkpoint = read_checkpoint(run_dir / CHECKPOINT, "cpu", "restore it from a copy, or start afresh with"
-                                 " --overwrite instead of --resume")
+    checkpoint = read_checkpoint(
+        run_dir / CHECKPOINT, "cpu", "restore it from a copy, or start afresh with --overwrite instead of --resume"
+    )
     saved = configs.saved_fields(checkpoint["config"])
     defaults = {f.name: f.default for f in dataclasses.fields(config)}  # for fields added since it was saved
-    changed = sorted(k for k, v in dataclasses.asdict(config).items()
-                     if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v)
+    changed = sorted(
+        k
+        for k, v in dataclasses.asdict(config).items()
+        if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v
+    )
     if changed:
-        raise UserError(f"--resume: the checkpoint was trained with other {', '.join(changed)};"
-                        f" resume with the same settings or start a new run with --name")
+        raise UserError(
+            f"--resume: the checkpoint was trained with other {', '.join(changed)};"
+            f" resume with the same settings or start a new run with --name"
+        )
     trained, resumed = trained_autocast_dtype(checkpoint), precision.dtype_name(dtype)
     if trained != resumed:
         # --amp-dtype auto resolves by device (fp16 on CUDA, bf16 on the CPU): a run moved between them would
         # change its arithmetic, and a bf16 run's disabled gradient scaler has no state for fp16's.
         flag = precision.AMP_DTYPE_FLAGS[trained]
-        raise UserError(f"--resume: the checkpoint was trained with {flag} autocast; this resume would use"
-                        f" {precision.AMP_DTYPE_FLAGS[resumed]}: add --amp-dtype {flag} to keep it")
+        raise UserError(
+            f"--resume: the checkpoint was trained with {flag} autocast; this resume would use"
+            f" {precision.AMP_DTYPE_FLAGS[resumed]}: add --amp-dtype {flag} to keep it"
+        )
     return checkpoint
 
 
@@ -255,8 +300,10 @@ def write_model_file(run_dir: Path, model, model_kind: str, dtype) -> Path:
     if file_format != "nerf":
         bitnerf.export_ternary(model, path)
     else:
-        weights = {k: v.to(dtype or torch.float32) if v.is_floating_point() else v
-                   for k, v in nerf.deployable_state(model).items()}
+        weights = {
+            k: v.to(dtype or torch.float32) if v.is_floating_point() else v
+            for k, v in nerf.deployable_state(model).items()
+        }
         atomic_write(path, lambda tmp: torch.save(weights, tmp))
     return path
 
@@ -273,8 +320,9 @@ def load_model_file(run_dir: Path, config, scene, device):
     file_format = model_format(config.model, config.quantized_training == "int8")
     path = Path(run_dir) / MODEL_FILES[file_format]
     if not path.is_file():
-        raise UserError(f"no {path.name} in {run_dir}: the run did not finish; use its checkpoint (render.py --weights"
-                        f" checkpoint)")
+        raise UserError(
+            f"no {path.name} in {run_dir}: the run did not finish; use its checkpoint (render.py --weights checkpoint)"
+        )
     try:
         if file_format != "nerf":
             model = bitnerf.load_ternary(path, bitnerf.build_model(config, scene, device, quantized=False))

@@ -23,11 +23,28 @@ PROJECT = "nerf-experiments"  # WANDB_PROJECT overrides it
 RAYS_SEEN = "rays_seen"  # global: step x global batch rays, whatever the world size
 LOGGED_AGAINST_RAYS = ("train/*", "val/*", "test/*")
 # WANDB_MODE's values as W&B reads them ("dryrun" and "run" are its older names).
-WANDB_MODE_VALUES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline",
-                     "disabled": "disabled"}
-DEFAULT_BASE_URL = "https://api.wandb.ai"  # where `wandb login` stores its key for, unless WANDB_BASE_URL says otherwise
-LAYER_TABLE_COLUMNS = ("name", "in_features", "out_features", "weight_bits", "input_bits", "output_bits",
-                       "input_sparsity", "weight_density", "joint_density", "samples_per_frame")
+WANDB_MODE_VALUES = {
+    "online": "online",
+    "run": "online",
+    "offline": "offline",
+    "dryrun": "offline",
+    "disabled": "disabled",
+}
+DEFAULT_BASE_URL = (
+    "https://api.wandb.ai"  # where `wandb login` stores its key for, unless WANDB_BASE_URL says otherwise
+)
+LAYER_TABLE_COLUMNS = (
+    "name",
+    "in_features",
+    "out_features",
+    "weight_bits",
+    "input_bits",
+    "output_bits",
+    "input_sparsity",
+    "weight_density",
+    "joint_density",
+    "samples_per_frame",
+)
 MAX_TAG_CHARS = 64  # W&B refuses longer tags
 
 
@@ -69,13 +86,19 @@ def run_group(config: ExperimentConfig) -> str:
 
 def run_tags(config: ExperimentConfig, fields: dict) -> list[str]:
     """Tags to filter and compare runs by; precision and world size as the run measured them (fields)."""
-    tags = {"preset": config.preset, "precision": fields["precision"], "model": config.model,
-            "world_size": fields["world_size"], "scene": fields["scene"]}
+    tags = {
+        "preset": config.preset,
+        "precision": fields["precision"],
+        "model": config.model,
+        "world_size": fields["world_size"],
+        "scene": fields["scene"],
+    }
     return [f"{key}:{value}"[:MAX_TAG_CHARS] for key, value in tags.items()]
 
 
 def wandb_key(column: str) -> str:
-    """A metrics.csv column as W&B names it: rays_seen as it is, test/psnr, val/psnr, and train/<column> for the rest."""
+    """A metrics.csv column as W&B names it: rays_seen as it is, test/psnr, val/psnr, and train/<column> for the
+    rest."""
     held_out = {"psnr_test": "test/psnr", "psnr_val": "val/psnr"}
     return column if column == RAYS_SEEN else held_out.get(column, f"train/{column}")
 
@@ -92,8 +115,11 @@ class RunLog:
             import wandb
 
             init = {
-                "project": os.environ.get("WANDB_PROJECT", PROJECT), "group": run_group(config), "name": config.name,
-                "tags": run_tags(config, fields), "config": {**dataclasses.asdict(config), **fields},
+                "project": os.environ.get("WANDB_PROJECT", PROJECT),
+                "group": run_group(config),
+                "name": config.name,
+                "tags": run_tags(config, fields),
+                "config": {**dataclasses.asdict(config), **fields},
                 "id": run_id,  # new for a new run, kept in the checkpoint so that --resume continues the same W&B run
             }
             self.wandb = wandb.init(**init, dir=str(run_dir), mode=mode, resume="allow")
@@ -118,10 +144,14 @@ class RunLog:
 
             view = result["view"]
             truth_and_render = np.concatenate([to_uint8(scene.images[view]), to_uint8(result["rgb"])], axis=1)
-            self.wandb.log({RAYS_SEEN: self.rays_seen(step),
-                            "test/render": wandb.Image(truth_and_render, caption=f"view {view}: ground truth | render"),
-                            "test/depth": wandb.Image(colorize_depth(result["depth"], scene.near, scene.far))},
-                           step=step)
+            self.wandb.log(
+                {
+                    RAYS_SEEN: self.rays_seen(step),
+                    "test/render": wandb.Image(truth_and_render, caption=f"view {view}: ground truth | render"),
+                    "test/depth": wandb.Image(colorize_depth(result["depth"], scene.near, scene.far)),
+                },
+                step=step,
+            )
 
     def video(self, path: str) -> None:
         if self.wandb:
@@ -146,7 +176,9 @@ def table(rows: list[dict], columns):
     return wandb.Table(columns=list(columns), data=[[row.get(c) for c in columns] for row in rows])
 
 
-def add_to_run(run_dir: Path, tool: str, rows: list[dict], keys: tuple[str, ...], values: tuple[str, ...]) -> str | None:
+def add_to_run(
+    run_dir: Path, tool: str, rows: list[dict], keys: tuple[str, ...], values: tuple[str, ...]
+) -> str | None:
     """Add a later tool's results on a trained run to that run's W&B run, in the mode it trained in
     (WANDB_MODE overrides it; disabled adds nothing): each row's values as summary entries
     `<tool>/<row's keys>/<value>`, to compare across runs, and the rows as the table `<tool>/results`.

@@ -48,8 +48,9 @@ def mean_interval(values: list[float], confidence: float = CONFIDENCE) -> Estima
     return Estimate(mean, float(t * sd / math.sqrt(n)), n)
 
 
-def paired_difference(values: dict[int, float], reference: dict[int, float],
-                      confidence: float = CONFIDENCE) -> Estimate | None:
+def paired_difference(
+    values: dict[int, float], reference: dict[int, float], confidence: float = CONFIDENCE
+) -> Estimate | None:
     """values − reference, paired by seed over the seeds both have; None when they share none."""
     seeds = sorted(values.keys() & reference.keys())
     if not seeds:
@@ -60,6 +61,9 @@ def paired_difference(values: dict[int, float], reference: dict[int, float],
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points (cost, quality) that no other point beats: none with cost <= and quality >=,
     one of them strictly. Ordered by cost."""
-    front = [i for i, (cost, quality) in enumerate(points)
-             if not any(c <= cost and q >= quality and (c, q) != (cost, quality) for c, q in points)]
+    front = [
+        i
+        for i, (cost, quality) in enumerate(points)
+        if not any(c <= cost and q >= quality and (c, q) != (cost, quality) for c, q in points)
+    ]
     return sorted(front, key=lambda i: points[i])

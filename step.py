@@ -45,14 +45,14 @@ class Optimization:
     stage2_step: int
 
     @classmethod
-    def build(cls, config: ExperimentConfig, model: nn.Module, device: torch.device,
-              dtype: torch.dtype | None) -> Optimization:
+    def build(
+        cls, config: ExperimentConfig, model: nn.Module, device: torch.device, dtype: torch.dtype | None
+    ) -> Optimization:
         # Fused: one kernel per parameter tensor instead of about a dozen small ops, the same update up
         # to rounding (docs/performance.md, "Fused AdamW").
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
-        return cls(optimizer, scheduler, precision.grad_scaler(device, dtype), config.weight_decay,
-                   stage2_step(config))
+        return cls(optimizer, scheduler, precision.grad_scaler(device, dtype), config.weight_decay, stage2_step(config))
 
     def schedule_weight_decay(self) -> None:
         """The weight decay of the step about to be taken: none in the second stage (BitNet b1.58's recipe).
@@ -62,8 +62,11 @@ class Optimization:
             group["weight_decay"] = decay
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict()}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
@@ -74,8 +77,14 @@ class Optimization:
         return self.scheduler.get_last_lr()[0]
 
 
-def train_step(step_model: nn.Module, batch: RayBatch, optimization: Optimization, config: ExperimentConfig,
-               autocast: Callable[[], contextlib.AbstractContextManager], micro_batch_rays: int = 0) -> dict[str, torch.Tensor]:
+def train_step(
+    step_model: nn.Module,
+    batch: RayBatch,
+    optimization: Optimization,
+    config: ExperimentConfig,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    micro_batch_rays: int = 0,
+) -> dict[str, torch.Tensor]:
     """One optimizer step on this rank's share of the batch; step_model is the DDP module when distributed
     (its forward is what makes DDP average the gradients), autocast makes the run's autocast context.
 
@@ -96,11 +105,13 @@ def train_step(step_model: nn.Module, batch: RayBatch, optimization: Optimizatio
         last = first + size >= rays
         with nullcontext() if last or not hasattr(step_model, "no_sync") else step_model.no_sync():
             with autocast():
-                out = step_model(batch.origins[part], batch.dirs[part],
-                                 None if batch.jitter is None else batch.jitter[part])
+                out = step_model(
+                    batch.origins[part], batch.dirs[part], None if batch.jitter is None else batch.jitter[part]
+                )
             part_fine_mse = F.mse_loss(out["rgb"], batch.rgb[part])
-            part_loss = (part_fine_mse + F.mse_loss(out["rgb_coarse"], batch.rgb[part]) if config.n_fine > 0
-                         else part_fine_mse)
+            part_loss = (
+                part_fine_mse + F.mse_loss(out["rgb_coarse"], batch.rgb[part]) if config.n_fine > 0 else part_fine_mse
+            )
             optimization.scaler.scale(part_loss * share).backward()
         loss, fine_mse = loss + part_loss.detach() * share, fine_mse + part_fine_mse.detach() * share
     optimization.scaler.unscale_(optimization.optimizer)

@@ -30,7 +30,7 @@ BUILTIN = "builtin"  # --data value of the built-in scene
 def parse_candidate(text: str) -> tuple[str, list[str]]:
     name, separator, flags = text.partition("=")
     if not separator or not name or "/" in name:
-        raise UserError(f"--candidate {text!r}: give NAME=FLAGS, such as \"lr2x=--lr 1e-2\" (FLAGS may be empty)")
+        raise UserError(f'--candidate {text!r}: give NAME=FLAGS, such as "lr2x=--lr 1e-2" (FLAGS may be empty)')
     return name, shlex.split(flags)
 
 
@@ -40,8 +40,24 @@ def scene_label(data: str) -> str:
 
 def run_command(experiment: str, data: str, val_views: int, flags: list[str], run_dir: Path) -> list[str]:
     scene = [] if data == BUILTIN else ["--data", str(Path(data).resolve())]
-    return [sys.executable, f"{experiment}.py", "--quick", *scene, "--val-views", str(val_views), "--wandb", "disabled",
-            "--video-frames", "1", "--out", str(run_dir.parent), "--name", run_dir.name, "--overwrite", *flags]
+    return [
+        sys.executable,
+        f"{experiment}.py",
+        "--quick",
+        *scene,
+        "--val-views",
+        str(val_views),
+        "--wandb",
+        "disabled",
+        "--video-frames",
+        "1",
+        "--out",
+        str(run_dir.parent),
+        "--name",
+        run_dir.name,
+        "--overwrite",
+        *flags,
+    ]
 
 
 def train(command: list[str], run_dir: Path, threads: int) -> dict:
@@ -49,8 +65,13 @@ def train(command: list[str], run_dir: Path, threads: int) -> dict:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         log = run_dir.parent / f"{run_dir.name}.log"
         with open(log, "w") as f:
-            done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=Path(__file__).parent,
-                                  env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+            done = subprocess.run(
+                command,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                cwd=Path(__file__).parent,
+                env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+            )
         if done.returncode:
             raise UserError(f"{shlex.join(command)} failed with exit code {done.returncode}; see {log}")
     return read_json(run_dir / "summary.json")
@@ -59,12 +80,28 @@ def train(command: list[str], run_dir: Path, threads: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog="sweep.py", description=__doc__.splitlines()[0])
     parser.add_argument("experiment", choices=[n for n in configs.AXES if not configs.experiment(n).distributed])
-    parser.add_argument("--data", action="append", required=True, metavar="SCENE",
-                        help=f"a scene (.npz or Blender folder), or {BUILTIN!r}; repeat for several")
-    parser.add_argument("--val-views", type=int, default=8, metavar="N",
-                        help="training views held out for validation in scenes without their own (default 8)")
-    parser.add_argument("--candidate", action="append", type=parse_candidate, required=True, metavar="NAME=FLAGS",
-                        help="a candidate: its name and the flags it adds to EXPERIMENT.py --quick; repeat")
+    parser.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="SCENE",
+        help=f"a scene (.npz or Blender folder), or {BUILTIN!r}; repeat for several",
+    )
+    parser.add_argument(
+        "--val-views",
+        type=int,
+        default=8,
+        metavar="N",
+        help="training views held out for validation in scenes without their own (default 8)",
+    )
+    parser.add_argument(
+        "--candidate",
+        action="append",
+        type=parse_candidate,
+        required=True,
+        metavar="NAME=FLAGS",
+        help="a candidate: its name and the flags it adds to EXPERIMENT.py --quick; repeat",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="trainings side by side, one thread each (default 1)")
     parser.add_argument("--out", default="runs/sweep", help="where the runs go (default runs/sweep)")
     args = parser.parse_args(argv)
@@ -75,10 +112,14 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"candidate names must differ, got {', '.join(names)}")
     out = Path(args.out) / args.experiment
     threads = 1 if args.jobs > 1 else (os.cpu_count() or 1)
-    tasks = [(name, flags, data, out / scene_label(data) / name) for name, flags in args.candidate for data in args.data]
+    tasks = [
+        (name, flags, data, out / scene_label(data) / name) for name, flags in args.candidate for data in args.data
+    ]
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(train, run_command(args.experiment, data, args.val_views, flags, run_dir), run_dir, threads)
-                   for _, flags, data, run_dir in tasks]
+        futures = [
+            pool.submit(train, run_command(args.experiment, data, args.val_views, flags, run_dir), run_dir, threads)
+            for _, flags, data, run_dir in tasks
+        ]
         summaries = [future.result() for future in tqdm(futures, desc="sweep", unit="run")]
     results = {(name, data): summary for (name, _, data, _), summary in zip(tasks, summaries)}
     mean_val = {name: sum(results[name, data]["psnr_val"] for data in args.data) / len(args.data) for name in names}

@@ -1,13 +1,12 @@
 """The one training loop behind every experiment, read top to bottom.
 
 `python expN.py [options]` calls `main("expN")`: parse the command line into an ExperimentConfig, then `run`:
-`setup` (plan.py's plan for the device, the run directory, the model, its optimizer, the rays), `train_loop`
-(a batch, `step.train_step`, then logging, evaluation and checkpoints) inside `stop_cleanly`, the one guard
-for the faults that end a run early (docs/faults.md: SIGINT and SIGTERM stop it between two
-steps with a checkpoint, running out of memory saves one and names the option to lower), and `finish` (the
-final evaluation and summary.json). Nothing imports this file for helpers: what the loop shares with other
-commands lives in step.py (the optimizer step), evaluation.py (rendering and metrics), rundir.py (the files)
-and runlog.py (metrics.csv and W&B).
+`setup` (plan.py's plan for the device, the run directory, the model, its optimizer, the rays), `train_loop` (a
+batch, `step.train_step`, then logging, evaluation and checkpoints) inside `stop_cleanly`, the one guard for the
+faults that end a run early (docs/faults.md: SIGINT and SIGTERM stop it between two steps with a checkpoint, running
+out of memory saves one and names the option to lower), and `finish` (the final evaluation and summary.json).
+Nothing imports this file for helpers: what the loop shares with other commands lives in step.py (the optimizer
+step), evaluation.py (rendering and metrics), rundir.py (the files) and runlog.py (metrics.csv and W&B).
 """
 
 import contextlib
@@ -37,7 +36,7 @@ import rundir
 from configs import ExperimentConfig
 from dataset import RaySampler, load_scene
 from devices import Stopwatch, peak_memory_bytes, peak_reserved_bytes, resolve_device
-from evaluation import Evaluation
+from evaluation import Evaluation, evaluate_trained
 from faults import OutOfMemory, StopSignals, sized_by
 from files import write_json
 from runlog import RunLog
@@ -88,8 +87,9 @@ def train_command(name: str, argv: list[str]) -> int:
         lock.share_with_children()
         code = bitnerf_ddp.launch(sys.argv[0], argv, nproc, config.device, args.max_restarts)
     if code not in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM):
-        raise SystemExit(f"error: {name} failed in one of its {nproc} processes (torchrun exit code {code});"
-                         f" its message is above")
+        raise SystemExit(
+            f"error: {name} failed in one of its {nproc} processes (torchrun exit code {code}); its message is above"
+        )
     return code
 
 
@@ -147,16 +147,25 @@ class Training:
         return self.prior_compile_s + (self.clock.first_block_excess() if self.run_plan.compiled else 0.0)
 
     def save_checkpoint(self) -> None:
-        rundir.save_checkpoint(self.run_dir, {
-            "step": self.applied, "wall_s": self.wall_s(), "train_s": self.clock.elapsed,
-            "compile_s": self.compile_s(), "wandb_id": self.run_id,
-            "autocast_dtype": precision.dtype_name(self.evaluation.dtype), "config": dataclasses.asdict(self.config),
-            "model": self.model.state_dict(), **self.optimization.state_dict(),
-        })
+        rundir.save_checkpoint(
+            self.run_dir,
+            {
+                "step": self.applied,
+                "wall_s": self.wall_s(),
+                "train_s": self.clock.elapsed,
+                "compile_s": self.compile_s(),
+                "wandb_id": self.run_id,
+                "autocast_dtype": precision.dtype_name(self.evaluation.dtype),
+                "config": dataclasses.asdict(self.config),
+                "model": self.model.state_dict(),
+                **self.optimization.state_dict(),
+            },
+        )
 
 
-def setup(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, overwrite: bool,
-          lock: rundir.RunLock) -> Training:
+def setup(
+    config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, overwrite: bool, lock: rundir.RunLock
+) -> Training:
     """The plan, the run directory, the model (restored on --resume), its optimizer, the rays and the log."""
     run_start, device = time.perf_counter(), ranks.device
     precision.set_float32_matmul(config.tf32)
@@ -167,13 +176,15 @@ def setup(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
         resume = (rundir.path_of(config) / rundir.CHECKPOINT).exists()
         overwrite = not resume
         if ranks.is_main:
-            print(f"{config.name}: restart {restarts} after a process died;"
-                  f" {'resuming from the last checkpoint' if resume else 'no checkpoint yet, starting again'}",
-                  file=sys.stderr)
+            print(
+                f"{config.name}: restart {restarts} after a process died;"
+                f" {'resuming from the last checkpoint' if resume else 'no checkpoint yet, starting again'}",
+                file=sys.stderr,
+            )
     # The device rules, the compile decision, the int8 kernel and the micro-batches, before the run directory is
     # touched; CPU ranks of one machine share its memory, GPU ranks have one each.
-    run_plan = plan.plan_run(config, scene, plan.local_target(device), ranks.world_size,
-                             int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1, device)
+    ranks_sharing_memory = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
+    run_plan = plan.plan_run(config, scene, plan.local_target(device), ranks.world_size, ranks_sharing_memory, device)
     if run_plan.int8_kernel:
         bitnerf.use_int8_kernel(run_plan.int8_kernel, device)  # process-wide: torchao keeps it in a module global
     for warning in run_plan.warnings if ranks.is_main else ():
@@ -185,33 +196,77 @@ def setup(config: ExperimentConfig, ranks: bitnerf_ddp.Ranks, resume: bool, over
     torch.manual_seed(config.seed)
     model = bitnerf.build_model(config, scene, device)
     optimization = Optimization.build(config, model, device, run_plan.autocast_dtype)
-    state = Training(config, ranks, run_plan, run_dir, evaluation, model, model, optimization,
-                     RaySampler(scene, device, config.batch_rays, config.seed, jitter_samples=config.jitter_per_ray,
-                                rank=ranks.rank, world_size=ranks.world_size),
-                     functools.partial(precision.autocast, device, run_plan.autocast_dtype), None, Stopwatch(device),
-                     f"{config.name}-{uuid.uuid4().hex[:8]}", 0, run_start=run_start)
+    rays = RaySampler(
+        scene,
+        device,
+        config.batch_rays,
+        config.seed,
+        jitter_samples=config.jitter_per_ray,
+        rank=ranks.rank,
+        world_size=ranks.world_size,
+    )
+    autocast = functools.partial(precision.autocast, device, run_plan.autocast_dtype)
+    run_id = f"{config.name}-{uuid.uuid4().hex[:8]}"
+    state = Training(
+        config,
+        ranks,
+        run_plan,
+        run_dir,
+        evaluation,
+        model,
+        model,
+        optimization,
+        rays,
+        autocast,
+        None,
+        Stopwatch(device),
+        run_id,
+        0,
+        run_start=run_start,
+    )
     if resume:
-        checkpoint = rundir.load_checkpoint(run_dir, config, run_plan.autocast_dtype)
-        model.load_state_dict(checkpoint["model"])
-        optimization.load_state_dict(checkpoint)
-        state.applied, state.prior_wall_s, state.clock.carried_s = (checkpoint["step"], checkpoint["wall_s"],
-                                                                    checkpoint["train_s"])
-        state.prior_compile_s, state.run_id = checkpoint.get("compile_s", 0.0), checkpoint.get("wandb_id", state.run_id)
+        restore(state, rundir.load_checkpoint(run_dir, config, run_plan.autocast_dtype))
     if run_plan.compiled:
         for field in (model.coarse, model.fine):
             if field is not None:
                 field.compile(fullgraph=True)
     state.step_model = bitnerf_ddp.wrap(model, ranks, config.grad_compression)
     if ranks.is_main:
-        state.log = RunLog(config, run_dir, state.run_id, state.applied, {
-            "precision": run_plan.precision, "params": n_params(model), "scene": scene.name,
-            "world_size": ranks.world_size})
-        print(f"{config.name}: {scene.name} {scene.width}x{scene.height}, {len(scene.i_train)} train /"
-              f" {len(scene.i_test)} test views, {n_params(model) / 1e6:.2f}M params, {run_plan.precision} on {device}"
-              + (f" x {ranks.world_size} processes" if ranks.world_size > 1 else "")
-              + (f", {run_plan.micro_batches} micro-batches of {run_plan.micro_batch_rays} rays"
-                 if run_plan.micro_batches > 1 else "") + f", run dir {run_dir}")
+        facts = run_facts(state, scene)
+        state.log = RunLog(config, run_dir, state.run_id, state.applied, facts)
+        print(
+            f"{config.name}: {scene.name} {scene.width}x{scene.height}, {len(scene.i_train)} train /"
+            f" {len(scene.i_test)} test views, {facts['params'] / 1e6:.2f}M params,"
+            f" {run_plan.precision} on {device}{run_shape(state)}, run dir {run_dir}"
+        )
     return state
+
+
+def restore(state: Training, checkpoint: dict) -> None:
+    """--resume: the model, the optimizer and the clocks where the checkpoint left them."""
+    state.model.load_state_dict(checkpoint["model"])
+    state.optimization.load_state_dict(checkpoint)
+    state.applied, state.prior_wall_s = checkpoint["step"], checkpoint["wall_s"]
+    state.clock.carried_s, state.prior_compile_s = checkpoint["train_s"], checkpoint.get("compile_s", 0.0)
+    state.run_id = checkpoint.get("wandb_id", state.run_id)
+
+
+def run_facts(state: Training, scene) -> dict:
+    """What the run log's config records beside the configuration: measured, not configured."""
+    return {
+        "precision": state.run_plan.precision,
+        "params": n_params(state.model),
+        "scene": scene.name,
+        "world_size": state.ranks.world_size,
+    }
+
+
+def run_shape(state: Training) -> str:
+    """The start line's processes and micro-batches, where there is more than one."""
+    processes = f" x {state.ranks.world_size} processes" if state.ranks.world_size > 1 else ""
+    plan_ = state.run_plan
+    micro = f", {plan_.micro_batches} micro-batches of {plan_.micro_batch_rays} rays" if plan_.micro_batches > 1 else ""
+    return processes + micro
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -223,8 +278,14 @@ def train_loop(state: Training, stop: StopSignals) -> None:
     config, ranks, model = state.config, state.ranks, state.model
     model.train()
     last_log = (state.clock.elapsed, state.applied)  # train time and step of the last logged row
-    progress = tqdm(range(state.applied, config.steps), initial=state.applied, total=config.steps, desc=config.name,
-                    dynamic_ncols=True, disable=None if ranks.is_main else True)
+    progress = tqdm(
+        range(state.applied, config.steps),
+        initial=state.applied,
+        total=config.steps,
+        desc=config.name,
+        dynamic_ncols=True,
+        disable=None if ranks.is_main else True,
+    )
     for step in progress:
         # Every rank asks between the same two steps whether any got a stop signal, so that all stop there.
         if bitnerf_ddp.max_across_ranks(stop.signum):
@@ -253,8 +314,14 @@ def train_one_step(state: Training, step: int) -> dict[str, torch.Tensor]:
     with state.clock, sized_by("--micro-batch-rays", micro_batch_rays):
         state.model.update_occupancy(step)  # outside the census: the grid's queries are not the step's matmuls
         with census:
-            stats = train_step(state.step_model, state.sampler.batch(step), state.optimization, state.config,
-                               state.autocast, micro_batch_rays if state.run_plan.micro_batches > 1 else 0)
+            stats = train_step(
+                state.step_model,
+                state.sampler.batch(step),
+                state.optimization,
+                state.config,
+                state.autocast,
+                micro_batch_rays if state.run_plan.micro_batches > 1 else 0,
+            )
     if census.enabled:
         census.check(state.config, state.run_plan.autocast_dtype, "the training step")
     return stats
@@ -266,9 +333,15 @@ def training_row(state: Training, stats: dict[str, torch.Tensor], last_log: tupl
     loss, fine_mse = bitnerf_ddp.mean_across_ranks(torch.stack([stats["loss"], stats["fine_mse"]])).tolist()
     (last_train_s, last_step), done = last_log, state.applied
     samples = state.config.batch_rays * state.config.samples_per_ray * (done - last_step)
-    return {"step": done, "wall_s": round(state.wall_s(), 3), "loss": loss,
-            "psnr_train": -10.0 * math.log10(max(fine_mse, 1e-10)), "grad_norm": stats["grad_norm"].item(),
-            "lr": state.optimization.lr(), "samples_per_s": samples / max(state.clock.elapsed - last_train_s, 1e-9)}
+    return {
+        "step": done,
+        "wall_s": round(state.wall_s(), 3),
+        "loss": loss,
+        "psnr_train": -10.0 * math.log10(max(fine_mse, 1e-10)),
+        "grad_norm": stats["grad_norm"].item(),
+        "lr": state.optimization.lr(),
+        "samples_per_s": samples / max(state.clock.elapsed - last_train_s, 1e-9),
+    }
 
 
 def periodic_evaluation(state: Training) -> dict:
@@ -281,8 +354,11 @@ def periodic_evaluation(state: Training) -> dict:
     if not state.ranks.is_main:
         return {}
     state.log.render(results[0], scene, step=state.applied)
-    return {"step": state.applied, "wall_s": round(state.wall_s(), 3),
-            f"psnr_{split}": float(np.mean([r["psnr"] for r in results]))}
+    return {
+        "step": state.applied,
+        "wall_s": round(state.wall_s(), 3),
+        f"psnr_{split}": float(np.mean([r["psnr"] for r in results])),
+    }
 
 
 @contextlib.contextmanager
@@ -306,8 +382,11 @@ def stop_cleanly(state: Training, stop: StopSignals):
         if is_main:
             state.save_checkpoint()
             state.log.close(exit_code=128 + signum)
-            print(f"\ninterrupted ({signal.Signals(signum).name}) at step {state.applied}; checkpoint saved, continue"
-                  f" with --resume", file=sys.stderr)
+            print(
+                f"\ninterrupted ({signal.Signals(signum).name}) at step {state.applied}; checkpoint saved, continue"
+                f" with --resume",
+                file=sys.stderr,
+            )
         sys.exit(128 + signum)
 
 
@@ -325,8 +404,11 @@ def finish(state: Training, stop: StopSignals) -> dict:
         signum = stop.signum or signal.SIGINT
         if ranks.is_main:
             state.log.close(exit_code=128 + signum)
-            print(f"\ninterrupted ({signal.Signals(signum).name}) in the final evaluation; the checkpoint holds"
-                  f" all {config.steps} steps, --resume evaluates it again", file=sys.stderr)
+            print(
+                f"\ninterrupted ({signal.Signals(signum).name}) in the final evaluation; the checkpoint holds"
+                f" all {config.steps} steps, --resume evaluates it again",
+                file=sys.stderr,
+            )
         sys.exit(128 + signum)
     except OutOfMemory as e:
         if ranks.is_main:
@@ -337,61 +419,32 @@ def finish(state: Training, stop: StopSignals) -> dict:
         bitnerf_ddp.barrier()  # wait for rank 0's summary.json: every rank leaves the run together
         return {}
     train_s, compile_s = state.clock.elapsed, state.compile_s()
-    summary.update({
-        "run_id": state.run_id, "world_size": ranks.world_size, "steps": config.steps,
-        "wall_s": round(state.wall_s(), 2), "train_s": round(train_s, 2), "compile_s": round(compile_s, 2),
-        "train_samples_per_s": round(config.batch_rays * config.samples_per_ray * config.steps
-                                     / max(train_s - compile_s, 1e-9)),
-        "peak_mem_bytes": peak_mem, "peak_reserved_bytes": peak_reserved,
-        "estimated_peak_bytes": state.run_plan.peak_bytes * ranks.world_size,
-        "micro_batch_rays": state.run_plan.micro_batch_rays, "micro_batches": state.run_plan.micro_batches,
-        "sent_bytes_per_step": bitnerf_ddp.sent_bytes_per_step(state.step_model),
-        "params": n_params(state.model), "checkpoint_bytes": (state.run_dir / rundir.CHECKPOINT).stat().st_size,
-    })
+    summary.update(
+        {
+            "run_id": state.run_id,
+            "world_size": ranks.world_size,
+            "steps": config.steps,
+            "wall_s": round(state.wall_s(), 2),
+            "train_s": round(train_s, 2),
+            "compile_s": round(compile_s, 2),
+            "train_samples_per_s": round(
+                config.batch_rays * config.samples_per_ray * config.steps / max(train_s - compile_s, 1e-9)
+            ),
+            "peak_mem_bytes": peak_mem,
+            "peak_reserved_bytes": peak_reserved,
+            "estimated_peak_bytes": state.run_plan.peak_bytes * ranks.world_size,
+            "micro_batch_rays": state.run_plan.micro_batch_rays,
+            "micro_batches": state.run_plan.micro_batches,
+            "sent_bytes_per_step": bitnerf_ddp.sent_bytes_per_step(state.step_model),
+            "params": n_params(state.model),
+            "checkpoint_bytes": (state.run_dir / rundir.CHECKPOINT).stat().st_size,
+        }
+    )
     write_json(state.run_dir / rundir.SUMMARY, summary)
     state.log.close(summary)
-    print(f"{config.name}: test PSNR {summary['psnr_test']:.2f} dB, SSIM {summary['ssim_test']:.3f}, "
-          f"{summary['train_samples_per_s']:,} samples/s, wall {summary['wall_s']:.0f} s -> {state.run_dir}")
+    print(
+        f"{config.name}: test PSNR {summary['psnr_test']:.2f} dB, SSIM {summary['ssim_test']:.3f}, "
+        f"{summary['train_samples_per_s']:,} samples/s, wall {summary['wall_s']:.0f} s -> {state.run_dir}"
+    )
     bitnerf_ddp.barrier()
     return summary
-
-
-def evaluate_trained(evaluation: Evaluation, model, log: RunLog | None) -> dict:
-    """Every test view (metrics and renders) and validation view (metrics), the video, layers.json and the
-    model file; returns the summary's fields that describe the trained model, its precision and weight bits
-    as layers.json measured them. Under DDP every rank renders its share of the views and frames; rank 0 alone writes the files
-    (the census renders one chunk), and the others return {}."""
-    config, scene, run_dir = evaluation.config, evaluation.scene, evaluation.run_dir
-    results = evaluation.test_views(model)
-    validation = evaluation.test_views(model, scene.i_val) if scene.i_val.size else None
-    video = evaluation.video(model)
-    if results is None:
-        return {}
-    evaluation.write_test_views(results)
-    layers = evaluation.layers(model, results)
-    measured.check_layers(layers, config, evaluation.dtype, "the final evaluation")
-    write_json(run_dir / rundir.LAYERS, layers)
-    model_path = rundir.write_model_file(run_dir, model, config.model, evaluation.dtype)
-    log.video(video[-1])
-    return {
-        "experiment": config.group or config.name, "seed": config.seed, "model": config.model,
-        "precision": layers["precision"],
-        "global_batch_rays": config.batch_rays, **evaluation.metrics(results),
-        **({**evaluation.metrics(validation, "val"), "val_views": [r["view"] for r in validation]} if validation else {}),
-        **evaluation.skipped_samples(model, results),
-        "weight_bits": layers["weight_bits"], "int8_kernel": layers["int8_kernel"], "emulated": layers["emulated"],
-        "compiled": measured.compiled(model),
-        "model_bytes": model_path.stat().st_size,
-        "scene": scene.name, "device": str(evaluation.device), **device_identity(evaluation.device),
-        "torch_version": torch.__version__,
-        **precision.float32_matmul_settings(evaluation.device),
-    }
-
-
-def device_identity(device: torch.device) -> dict:
-    """summary.json's device_name and capability: which GPU model trained (plan.py's time estimate matches
-    runs by it), or the CPU's, with no capability."""
-    if device.type != "cuda":
-        return {"device_name": "cpu", "capability": None}
-    major, minor = torch.cuda.get_device_capability(device)
-    return {"device_name": torch.cuda.get_device_name(device), "capability": f"{major}.{minor}"}

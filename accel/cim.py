@@ -57,8 +57,9 @@ def float_macs_frac(layers: list[dict]) -> float:
 def unscaled_adc_throughput(spec) -> None:
     """isaac_isca_2016.yaml's ADC throughput names a throughput_scale its ADC does not set (AccelForge cannot
     evaluate it); its ADC takes no weight-slice parallelism, so the scale is 1: 1.28 GS/s per 128 columns."""
-    spec.arch.nodes["ADC"].extra_attributes_for_component_model["throughput"] = \
+    spec.arch.nodes["ADC"].extra_attributes_for_component_model["throughput"] = (
         "1 / cycle_period * cols_active_at_once / 100"
+    )
 
 
 def adc_bits_named(spec) -> None:
@@ -90,5 +91,7 @@ def evaluated_variables(design: str) -> dict:
     for fix in FIXES.get(design, ()):
         fix(spec)
     evaluated = spec._spec_eval_expressions(einsum_name=spec.workload.einsums[0].name)
-    return {"tech_node": float(evaluated.variables["tech_node"]),
-            "cycle_period": float(evaluated.arch.variables["cycle_period"])}
+    return {
+        "tech_node": float(evaluated.variables["tech_node"]),
+        "cycle_period": float(evaluated.arch.variables["cycle_period"]),
+    }

@@ -30,8 +30,10 @@ FLOAT_ACCUMULATOR_BITS = 32  # fp8/fp16/bf16 products accumulate in fp32, as ten
 # Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC 2014, 45 nm:
 # (energy in J, area in m^2) of one floating-point operation by operand width.
 HOROWITZ_FLOAT_45NM = {
-    ("multiply", 16): (1.1e-12, 1640e-12), ("multiply", 32): (3.7e-12, 7700e-12),
-    ("add", 16): (0.4e-12, 1360e-12), ("add", 32): (0.9e-12, 4184e-12),
+    ("multiply", 16): (1.1e-12, 1640e-12),
+    ("multiply", 32): (3.7e-12, 7700e-12),
+    ("add", 16): (0.4e-12, 1360e-12),
+    ("add", 32): (0.9e-12, 4184e-12),
 }
 # Significand widths, the hidden bit included, of the float multipliers by operand width: fp32 (24), Horowitz's
 # 16-bit (IEEE fp16, 11) and fp8 E4M3 (4; the format torchao's float8 training runs the forward pass in, which
@@ -69,14 +71,22 @@ class FloatMAC(ComponentModel):
     def __init__(self, tech_node: float, multiplier_width: int, adder_width: int):
         if ("multiply", multiplier_width) not in HOROWITZ_FLOAT_45NM or ("add", adder_width) not in HOROWITZ_FLOAT_45NM:
             raise ValueError(f"no float MAC data for {multiplier_width}-bit products and {adder_width}-bit sums")
-        (multiply_j, multiply_m2), (add_j, add_m2) = (HOROWITZ_FLOAT_45NM["multiply", multiplier_width],
-                                                     HOROWITZ_FLOAT_45NM["add", adder_width])
+        (multiply_j, multiply_m2), (add_j, add_m2) = (
+            HOROWITZ_FLOAT_45NM["multiply", multiplier_width],
+            HOROWITZ_FLOAT_45NM["add", adder_width],
+        )
         super().__init__(leak_power=0.0, area=multiply_m2 + add_m2)
         self.energy_j = multiply_j + add_j
-        self.tech_node = self.scale("tech_node", tech_node, 45e-9, area_scale_function=tech_node_area,
-                                    energy_scale_function=tech_node_energy, latency_scale_function=tech_node_latency,
-                                    throughput_scale_function=tech_node_throughput,
-                                    leak_power_scale_function=tech_node_leak)
+        self.tech_node = self.scale(
+            "tech_node",
+            tech_node,
+            45e-9,
+            area_scale_function=tech_node_area,
+            energy_scale_function=tech_node_energy,
+            latency_scale_function=tech_node_latency,
+            throughput_scale_function=tech_node_throughput,
+            leak_power_scale_function=tech_node_leak,
+        )
 
     @action
     def compute(self) -> ActionCost:
@@ -99,8 +109,15 @@ class LayerMAC(ComponentModel):
     component_name = "LayerMAC"
     priority = 0.9
 
-    def __init__(self, tech_node: float, weight_bits: int, input_bits: int, accumulator_bits: int,
-                 float_operands: bool | None = None, pe: str = "multiplier"):
+    def __init__(
+        self,
+        tech_node: float,
+        weight_bits: int,
+        input_bits: int,
+        accumulator_bits: int,
+        float_operands: bool | None = None,
+        pe: str = "multiplier",
+    ):
         self.is_float = precision.is_float(input_bits) if float_operands is None else bool(float_operands)
         if pe not in ("multiplier", "ternary"):
             raise ValueError(f"unknown PE {pe!r}; expected multiplier or ternary")
@@ -110,8 +127,10 @@ class LayerMAC(ComponentModel):
         elif self.selects:
             self.parts = ternary_select_parts(tech_node, input_bits, accumulator_bits)
         else:
-            self.parts = [AladdinMultiplier(tech_node, width_a=weight_bits, width_b=input_bits),
-                          AladdinAdder(tech_node, accumulator_bits)]
+            self.parts = [
+                AladdinMultiplier(tech_node, width_a=weight_bits, width_b=input_bits),
+                AladdinAdder(tech_node, accumulator_bits),
+            ]
         for part in self.parts:
             part.scale_leak_power(0.0)
         super().__init__(subcomponents=self.parts)
@@ -150,15 +169,23 @@ def accumulator_bits_expression(int_accumulator_bits: int) -> str:
 def int_accumulator_bits(layers: list[dict]) -> int:
     """Bits that hold an exact sum of the widest integer layer's products: w + x - 1 bits per signed
     product, plus one bit per doubling of the terms summed."""
-    widths = [l["weight_bits"] + l["input_bits"] - 1 + math.ceil(math.log2(l["in_features"]))
-              for l in layers if not float_operands(l)]
+    widths = [
+        l["weight_bits"] + l["input_bits"] - 1 + math.ceil(math.log2(l["in_features"]))
+        for l in layers
+        if not float_operands(l)
+    ]
     return max(widths, default=FLOAT_ACCUMULATOR_BITS)
 
 
 # The operands of each format layers.json records, as the MAC takes them: (weight bits, input bits, float).
-FORMAT_OPERANDS = {"fp32": (32, 32, True), "bf16": (16, 16, True), "fp16": (16, 16, True), "fp8": (8, 8, True),
-                   "int8": (8, precision.INT8_INPUT_BITS, False),
-                   "ternary": (precision.TERNARY_WEIGHT_BITS, precision.INT8_INPUT_BITS, False)}
+FORMAT_OPERANDS = {
+    "fp32": (32, 32, True),
+    "bf16": (16, 16, True),
+    "fp16": (16, 16, True),
+    "fp8": (8, 8, True),
+    "int8": (8, precision.INT8_INPUT_BITS, False),
+    "ternary": (precision.TERNARY_WEIGHT_BITS, precision.INT8_INPUT_BITS, False),
+}
 # The layer width the integer accumulators of mac_energy_pj are sized for: NeRF's hidden layers' 256.
 REFERENCE_IN_FEATURES = 256
 
@@ -171,8 +198,13 @@ def mac_energy_pj(tech_node: float, pe: str = "multiplier") -> dict[str, float]:
     change the ternary entry only)."""
     energies = {}
     for layer_format, (weight_bits, input_bits, is_float) in FORMAT_OPERANDS.items():
-        reference = {"name": layer_format, "format": layer_format, "weight_bits": weight_bits,
-                     "input_bits": input_bits, "in_features": REFERENCE_IN_FEATURES}
+        reference = {
+            "name": layer_format,
+            "format": layer_format,
+            "weight_bits": weight_bits,
+            "input_bits": input_bits,
+            "in_features": REFERENCE_IN_FEATURES,
+        }
         accumulator = FLOAT_ACCUMULATOR_BITS if is_float else int_accumulator_bits([reference])
         mac = LayerMAC(tech_node, weight_bits, input_bits, accumulator, is_float, pe)
         energies[layer_format] = mac.compute().energy * 1e12

@@ -26,6 +26,7 @@ PTQ_LAYER_FIELDS = ("weight_bits", "input_bits", "format", "weight_density")
 class Run:
     """A finished run as it is costed: its layers, and the identity its results are tied to; for a PTQ variant of
     it, the variant's name and its layers (the trained model's, with the variant's measured bits and format)."""
+
     directory: Path
     summary: dict
     layers: list[dict]
@@ -71,26 +72,33 @@ def ptq_variants(run: Run) -> list[Run]:
     variants = []
     for row in (row for row in rows if "layers" in row):
         variant, measured = row.get("variant"), row["layers"]
-        if (not isinstance(variant, str) or not variant or not isinstance(measured, dict)
-                or not all(isinstance(v, dict) and set(PTQ_LAYER_FIELDS) <= v.keys() for v in measured.values())):
+        if (
+            not isinstance(variant, str)
+            or not variant
+            or not isinstance(measured, dict)
+            or not all(isinstance(v, dict) and set(PTQ_LAYER_FIELDS) <= v.keys() for v in measured.values())
+        ):
             raise UserError(f"{path}: each variant's layers need {', '.join(PTQ_LAYER_FIELDS)}; rerun ptq.py")
         if variant in (v.variant for v in variants):
             raise UserError(f"{path}: variant {variant} appears twice; rerun ptq.py")
         unknown = [name for name in measured if layer_key(name) not in index]
         if unknown:
-            raise UserError(f"{path}: variant {variant} has layers that {rundir.LAYERS} lacks: {', '.join(unknown)}; "
-                            f"rerun ptq.py")
+            raise UserError(
+                f"{path}: variant {variant} has layers that {rundir.LAYERS} lacks: {', '.join(unknown)}; rerun ptq.py"
+            )
         layers = [dict(layer) for layer in run.layers]
         for name, fields in measured.items():
             layers[index[layer_key(name)]].update({field: fields[field] for field in PTQ_LAYER_FIELDS})
-        variants.append(Run(run.directory, run.summary, layers, run.identity, variant,
-                            hashlib.sha256(data).hexdigest()))
+        variants.append(
+            Run(run.directory, run.summary, layers, run.identity, variant, hashlib.sha256(data).hexdigest())
+        )
     return variants
 
 
 @dataclass
 class FieldTile:
     """One field of a run on one architecture: its layers, and the cached mapping of a tile of `rows` samples."""
+
     layers: list[dict]
     rows: int
     cache: Path
@@ -117,7 +125,8 @@ def frame_rows(run: Run, arch_name: str, fields: list[FieldTile]) -> list[dict]:
     designs = arch.designs
     energy = {design: dict.fromkeys(ENERGY_GROUPS, 0.0) for design in designs}
     latency, mac_time, mac_balanced, energy_weights_dense, latency_weights_dense, energy_without_grid = (
-        dict.fromkeys(designs, 0.0) for _ in range(6))
+        dict.fromkeys(designs, 0.0) for _ in range(6)
+    )
     dense_mac_time = macs = gated = 0.0
     for field in fields:
         result = read_json(field.cache)
@@ -145,6 +154,51 @@ def frame_rows(run: Run, arch_name: str, fields: list[FieldTile]) -> list[dict]:
         for layer in field.layers:
             gated += scale * result["mac_energy_j"][einsum_name(layer)] * layer["input_sparsity"]
     layers = [layer for field in fields for layer in field.layers]
+    densities = density_columns(layers)
+    dense_total = sum(energy["dense"].values())
+    # The MLP's queries per frame, each field's once (coarse and fine), those that ran and those of every sample.
+    samples = sum(field.layers[0]["samples_per_frame"] for field in fields)
+    samples_all = sum(
+        field.layers[0].get("samples_per_frame_all", field.layers[0]["samples_per_frame"]) for field in fields
+    )
+    rows = []
+    for design in designs:
+        total = sum(energy[design].values())
+        rows.append(
+            {
+                "run": run.name,
+                "experiment": run.summary.get("experiment", run.name),
+                "arch": arch.name,
+                "design": design,
+                "precision": run.precision,
+                "variant": run.variant,
+                "energy_per_frame_j": total,
+                "latency_per_frame_s": latency[design],
+                "edp_j_s": total * latency[design],
+                **{f"energy_{group}_j": joules for group, joules in energy[design].items()},
+                "macs_per_frame": round(macs),
+                "zero_gating_saving_frac": gated / dense_total,
+                **densities,
+                "mac_time_frac": mac_time[design] / dense_mac_time if dense_mac_time else 1.0,
+                "mac_time_frac_balanced": mac_balanced[design] / dense_mac_time if dense_mac_time else 1.0,
+                "energy_weights_dense_j": energy_weights_dense[design],
+                "latency_weights_dense_s": latency_weights_dense[design],
+                "energy_without_grid_j": energy_without_grid[design],
+                **per_sample_columns(
+                    total, energy_without_grid[design], energy[design]["mac"], samples, samples_all, round(macs)
+                ),
+                "tech_node_nm": arch.tech_node_nm,
+                "clock_mhz": arch.clock_mhz,
+                "float_macs_as_int8_frac": cim.float_macs_frac(layers) if arch.cim else "",
+                **run.identity,
+            }
+        )
+    return rows
+
+
+def density_columns(layers: list[dict]) -> dict:
+    """results.csv's densities of a run's layers, MAC-weighted: input, weight, their product (effectual) and the
+    joint density measured on the test rays, with where the weight densities came from."""
     layer_macs = [layer["in_features"] * layer["out_features"] * layer["samples_per_frame"] for layer in layers]
 
     def mac_weighted(values):
@@ -154,49 +208,33 @@ def frame_rows(run: Run, arch_name: str, fields: list[FieldTile]) -> list[dict]:
     weight_density = [layer.get("weight_density", 1.0) for layer in layers]
     joint = [layer.get("joint_density") for layer in layers]
     measured = all("weight_density" in layer for layer in layers)
-    dense_total = sum(energy["dense"].values())
-    # The MLP's queries per frame, each field's once (coarse and fine), those that ran and those of every sample.
-    samples = sum(field.layers[0]["samples_per_frame"] for field in fields)
-    samples_all = sum(field.layers[0].get("samples_per_frame_all", field.layers[0]["samples_per_frame"])
-                      for field in fields)
-    rows = []
-    for design in designs:
-        total = sum(energy[design].values())
-        rows.append({
-            "run": run.name, "experiment": run.summary.get("experiment", run.name), "arch": arch.name,
-            "design": design, "precision": run.precision, "variant": run.variant, "energy_per_frame_j": total,
-            "latency_per_frame_s": latency[design], "edp_j_s": total * latency[design],
-            **{f"energy_{group}_j": joules for group, joules in energy[design].items()},
-            "macs_per_frame": round(macs), "zero_gating_saving_frac": gated / dense_total,
-            "input_density": mac_weighted(input_density), "weight_density": mac_weighted(weight_density),
-            "effectual_density": mac_weighted([i * w for i, w in zip(input_density, weight_density)]),
-            "joint_density_measured": mac_weighted(joint) if None not in joint else "",
-            "mac_time_frac": mac_time[design] / dense_mac_time if dense_mac_time else 1.0,
-            "mac_time_frac_balanced": mac_balanced[design] / dense_mac_time if dense_mac_time else 1.0,
-            "energy_weights_dense_j": energy_weights_dense[design],
-            "latency_weights_dense_s": latency_weights_dense[design],
-            "weight_density_source": WEIGHTS_MEASURED if measured else WEIGHTS_ASSUMED_DENSE,
-            "energy_without_grid_j": energy_without_grid[design],
-            **per_sample_columns(total, energy_without_grid[design], energy[design]["mac"], samples, samples_all,
-                                 round(macs)),
-            "tech_node_nm": arch.tech_node_nm, "clock_mhz": arch.clock_mhz,
-            "float_macs_as_int8_frac": cim.float_macs_frac(layers) if arch.cim else "", **run.identity,
-        })
-    return rows
+    return {
+        "input_density": mac_weighted(input_density),
+        "weight_density": mac_weighted(weight_density),
+        "effectual_density": mac_weighted([i * w for i, w in zip(input_density, weight_density)]),
+        "joint_density_measured": mac_weighted(joint) if None not in joint else "",
+        "weight_density_source": WEIGHTS_MEASURED if measured else WEIGHTS_ASSUMED_DENSE,
+    }
 
 
-def per_sample_columns(energy_j: float, energy_without_grid_j: float, mac_energy_j: float, samples: int,
-                       samples_all: int, macs: int) -> dict:
+def per_sample_columns(
+    energy_j: float, energy_without_grid_j: float, mac_energy_j: float, samples: int, samples_all: int, macs: int
+) -> dict:
     """A row's energy per MLP query (µJ: of the samples that ran, and without the grid of every sample) and per
     MAC (pJ: all of it, and the MACs' own), each MAC of the dense layers counted once whatever the design skips."""
-    return {"samples_per_frame": samples, "energy_per_sample_uj": energy_j / samples * 1e6,
-            "energy_per_sample_without_grid_uj": energy_without_grid_j / samples_all * 1e6,
-            "energy_per_mac_pj": energy_j / macs * 1e12, "mac_energy_per_mac_pj": mac_energy_j / macs * 1e12}
+    return {
+        "samples_per_frame": samples,
+        "energy_per_sample_uj": energy_j / samples * 1e6,
+        "energy_per_sample_without_grid_uj": energy_without_grid_j / samples_all * 1e6,
+        "energy_per_mac_pj": energy_j / macs * 1e12,
+        "mac_energy_per_mac_pj": mac_energy_j / macs * 1e12,
+    }
 
 
 def mac_energy_table(arch_names: list[str]) -> dict[str, dict[str, float]]:
     """What each architecture's LayerMAC charges for one MAC of each format, in pJ (components.mac_energy_pj at its
     node, with its PE), by architecture name: hw_eval.json's mac_energy_pj. A compute-in-memory design has no
     LayerMAC: what its macro charges per MAC is in its rows (mac_energy_per_mac_pj) and docs/accelerators.md."""
-    return {arch.name: mac_energy_pj(arch.mac_tech_node, arch.pe) for arch in map(architecture, arch_names)
-            if not arch.cim}
+    return {
+        arch.name: mac_energy_pj(arch.mac_tech_node, arch.pe) for arch in map(architecture, arch_names) if not arch.cim
+    }

@@ -30,36 +30,59 @@ NOT_EVALUATED = "not evaluated"  # the report's cell for a run without results o
 DESIGN_TITLES = dict(zip(DESIGNS, ("dense", "gating", "skipping + compressed activations")))
 FRAME = f"{rundir.FRAME_WIDTH}×{rundir.FRAME_HEIGHT}"  # the frame hw_eval.py costs
 # Where the energy goes: results.csv's column energy_<group>_j, and its title.
-ENERGY_GROUPS = {"dram": "DRAM", "global_buffer": "global buffer", "scratchpad": "scratchpad", "mac": "MAC",
-                 "other": "other"}
+ENERGY_GROUPS = {
+    "dram": "DRAM",
+    "global_buffer": "global buffer",
+    "scratchpad": "scratchpad",
+    "mac": "MAC",
+    "other": "other",
+}
 ENERGY_PARTS = {f"energy_{group}_j": title for group, title in ENERGY_GROUPS.items()}
 # results.csv's weight_density_source: the weights' densities measured (layers.json), or taken as 1.
 WEIGHTS_MEASURED = "measured"
 WEIGHTS_ASSUMED_DENSE = "assumed dense: layers.json has no weight_density"
 METRICS = {"energy_per_frame_j": ("energy", "J"), "latency_per_frame_s": ("latency", "s"), "edp_j_s": ("EDP", "J·s")}
-CSV_COLUMNS = ("run", "experiment", "arch", "design", "precision",
-               "variant",  # "" for the trained model, a PTQ variant's name (ptq.json) for its rows
-               *METRICS, *ENERGY_PARTS,
-               "macs_per_frame", "zero_gating_saving_frac",
-               # The densities the sparse designs used (MAC-weighted over the layers), and the check of independence.
-               "input_density", "weight_density", "effectual_density", "joint_density_measured",
-               # Skipping's MAC time against dense, with the PE array's load imbalance and under perfect balance.
-               "mac_time_frac", "mac_time_frac_balanced",
-               # The same design with every weight taken as dense: what the zero weights are worth.
-               "energy_weights_dense_j", "latency_weights_dense_s", "weight_density_source",
-               # The same design had every sample reached the MLP: what the occupancy grid's skipping saves.
-               "energy_without_grid_j",
-               # MLP queries per frame (every field's: coarse + fine), energy per query (µJ) of those that ran
-               # and of every sample (energy_without_grid_j / samples_per_frame_all), and per MAC (pJ): all of the
-               # energy, and the MACs' own (energy_mac_j); each per dense MAC, whatever the design skips.
-               "samples_per_frame", "energy_per_sample_uj", "energy_per_sample_without_grid_uj", "energy_per_mac_pj",
-               "mac_energy_per_mac_pj",
-               # The architecture model's node (its MACs') and clock.
-               "tech_node_nm", "clock_mhz",
-               # On a compute-in-memory design: the share of MACs computed in float, costed as int8 (accel/cim.py).
-               "float_macs_as_int8_frac",
-               # The run the row was computed for (run_identity).
-               *IDENTITY)
+CSV_COLUMNS = (
+    "run",
+    "experiment",
+    "arch",
+    "design",
+    "precision",
+    "variant",  # "" for the trained model, a PTQ variant's name (ptq.json) for its rows
+    *METRICS,
+    *ENERGY_PARTS,
+    "macs_per_frame",
+    "zero_gating_saving_frac",
+    # The densities the sparse designs used (MAC-weighted over the layers), and the check of independence.
+    "input_density",
+    "weight_density",
+    "effectual_density",
+    "joint_density_measured",
+    # Skipping's MAC time against dense, with the PE array's load imbalance and under perfect balance.
+    "mac_time_frac",
+    "mac_time_frac_balanced",
+    # The same design with every weight taken as dense: what the zero weights are worth.
+    "energy_weights_dense_j",
+    "latency_weights_dense_s",
+    "weight_density_source",
+    # The same design had every sample reached the MLP: what the occupancy grid's skipping saves.
+    "energy_without_grid_j",
+    # MLP queries per frame (every field's: coarse + fine), energy per query (µJ) of those that ran
+    # and of every sample (energy_without_grid_j / samples_per_frame_all), and per MAC (pJ): all of the
+    # energy, and the MACs' own (energy_mac_j); each per dense MAC, whatever the design skips.
+    "samples_per_frame",
+    "energy_per_sample_uj",
+    "energy_per_sample_without_grid_uj",
+    "energy_per_mac_pj",
+    "mac_energy_per_mac_pj",
+    # The architecture model's node (its MACs') and clock.
+    "tech_node_nm",
+    "clock_mhz",
+    # On a compute-in-memory design: the share of MACs computed in float, costed as int8 (accel/cim.py).
+    "float_macs_as_int8_frac",
+    # The run the row was computed for (run_identity).
+    *IDENTITY,
+)
 SI_PREFIXES = ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"), (1e-12, "p"))
 
 
@@ -87,8 +110,14 @@ def trained_rows(rows: list[dict]) -> list[dict]:
 
 def exp1_row(rows: list[dict], arch: str, design: str = "dense") -> dict | None:
     """exp1's row on the architecture under the design: what the tables compare every run with."""
-    return next((row for row in trained_rows(rows) if row["arch"] == arch and row["design"] == design
-                 and row["experiment"] == "exp1"), None)
+    return next(
+        (
+            row
+            for row in trained_rows(rows)
+            if row["arch"] == arch and row["design"] == design and row["experiment"] == "exp1"
+        ),
+        None,
+    )
 
 
 def run_identity(run_dir: Path, summary: dict) -> dict[str, str] | None:
@@ -102,8 +131,13 @@ def run_identity(run_dir: Path, summary: dict) -> dict[str, str] | None:
     return {"run_id": summary.get("run_id") or layers_sha256, "layers_sha256": layers_sha256}
 
 
-def write_run_results(run_dir: Path, identity: dict[str, str], rows: list[dict], mac_energy_pj: dict | None = None,
-                      ptq: tuple[str, list[dict]] | None = None) -> None:
+def write_run_results(
+    run_dir: Path,
+    identity: dict[str, str],
+    rows: list[dict],
+    mac_energy_pj: dict | None = None,
+    ptq: tuple[str, list[dict]] | None = None,
+) -> None:
     """The run's hw_eval.json: its trained model's rows, what each architecture charges per MAC of each format,
     and ptq: (ptq.json's sha256, its variants' rows) where it has variants with measured layers."""
     stored = {**identity, "rows": rows}
@@ -122,8 +156,11 @@ def read_stored(run_dir: Path, summary: dict) -> dict | None:
         return None
     stored = read_json(path)
     rows = stored.get("rows") if isinstance(stored, dict) else None
-    if (not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows)
-            or not all(isinstance(stored.get(key), str) for key in IDENTITY)):
+    if (
+        not isinstance(rows, list)
+        or not all(isinstance(row, dict) for row in rows)
+        or not all(isinstance(stored.get(key), str) for key in IDENTITY)
+    ):
         raise UserError(f"{path}: expected hw_eval.py's rows with the run's identity; rerun `python hw_eval.py`")
     if {key: stored[key] for key in IDENTITY} != run_identity(run_dir, summary):
         return None

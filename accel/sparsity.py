@@ -31,10 +31,12 @@ ROLES = ("input", "weight", "output")
 
 # --- Formats: the bits a tensor takes per element, metadata included ----------------------------
 
+
 @dataclass(frozen=True)
 class Format:
     """How a tensor is stored: dense (every value), a bitmask (one bit per element, then the nonzero
     values) or run-length (each nonzero value with the count of zeros before it, `run_bits` wide)."""
+
     name: str
     run_bits: int = 0
 
@@ -62,8 +64,8 @@ def bits_per_element(fmt: Format, density: float, bits: int) -> float:
         return density * bits + 1.0
     if fmt.run_bits > 0:
         if density == 0.0:  # all zeros: one padding entry per M elements
-            return (bits + fmt.run_bits) / 2 ** fmt.run_bits
-        q_m = (1.0 - density) ** (2 ** fmt.run_bits)
+            return (bits + fmt.run_bits) / 2**fmt.run_bits
+        q_m = (1.0 - density) ** (2**fmt.run_bits)
         return density * (bits + fmt.run_bits) * (1.0 + q_m / (1.0 - q_m))
     raise ValueError(f"unknown format {fmt.name}")
 
@@ -89,6 +91,7 @@ def stored_format(formats: tuple[Format, ...], density: float, bits: int) -> tup
 
 # --- Load imbalance ------------------------------------------------------------------------------
 
+
 def expected_max_binomial(window: int, p: float, lanes: int) -> float:
     """E[max of `lanes` independent Binomial(window, p)]: sum over k < window of P(max > k) = 1 - F(k)**lanes."""
     if lanes < 1 or window < 1:
@@ -96,7 +99,7 @@ def expected_max_binomial(window: int, p: float, lanes: int) -> float:
     p = min(max(p, 0.0), 1.0)
     total, cdf = 0.0, 0.0
     for k in range(window):
-        cdf += math.comb(window, k) * p ** k * (1.0 - p) ** (window - k)
+        cdf += math.comb(window, k) * p**k * (1.0 - p) ** (window - k)
         total += 1.0 - min(cdf, 1.0) ** lanes
     return total
 
@@ -116,6 +119,7 @@ def lane_time_fraction(p: float, lanes: int, window: int | None) -> float:
 
 # --- The hardware that exploits the zeros --------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class SparseHardware:
     """What an architecture adds to its dense AccelForge spec to exploit zeros, by component name.
@@ -128,6 +132,7 @@ class SparseHardware:
     buffer of a PE in bits (None: a single input register, so the PEs skip in lock-step, a window of one
     value); `clock_hz`: the MAC clock (to count the PEs a mapping uses from its MAC cycles).
     """
+
     input_port: str | None
     weight_port: str | None
     output_port: str | None
@@ -146,6 +151,7 @@ class SparseHardware:
 
 # --- Densities and the dense mapping of a tile ---------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Densities:
     """Fractions of nonzero values of one einsum's operands: input, weight and (stored) output.
@@ -153,6 +159,7 @@ class Densities:
     `effectual` is the fraction of MACs with both operands nonzero, the product of the two densities
     under independence (a measured joint density can be passed instead).
     """
+
     input: float = 1.0
     weight: float = 1.0
     output: float = 1.0
@@ -170,6 +177,7 @@ class Tile:
     s, and each einsum's input, weight and output tensor with the tensors' bits per value; to tell final
     outputs from partial sums, each einsum's output elements and each component's bits per action (an
     action moves that many bits: the counts above are in those units; missing: 1)."""
+
     actions: list[tuple[str, str, str | None, str, float, float]]
     latency_s: dict[tuple[str, str], float]
     roles: dict[str, dict[str, str]]
@@ -203,8 +211,16 @@ class Result:
         return sum(self.energy_j.values())
 
 
-def action_factor(design: str, hw: SparseHardware, component: str, role: str | None, action: str,
-                  d: Densities, input_ratio: float, output_ratio: float) -> float:
+def action_factor(
+    design: str,
+    hw: SparseHardware,
+    component: str,
+    role: str | None,
+    action: str,
+    d: Densities,
+    input_ratio: float,
+    output_ratio: float,
+) -> float:
     """The fraction of a dense action's count (and energy) that a design still performs.
 
     role: the tensor's role in the einsum (input, weight, output) or "compute" for the MAC.
@@ -233,8 +249,9 @@ def action_factor(design: str, hw: SparseHardware, component: str, role: str | N
     return 1.0
 
 
-def evaluate(design: str, hw: SparseHardware, tile: Tile, densities: dict[str, Densities],
-             balanced: bool = False) -> Result:
+def evaluate(
+    design: str, hw: SparseHardware, tile: Tile, densities: dict[str, Densities], balanced: bool = False
+) -> Result:
     """Energy by component and latency of a tile under a design, from its dense mapping and the densities
     of each einsum's operands (an einsum missing from densities is dense); balanced: assume perfect load
     balance (as Sparseloop's expected-value compute model does) instead of the PE array's imbalance.
@@ -263,8 +280,16 @@ def evaluate(design: str, hw: SparseHardware, tile: Tile, densities: dict[str, D
             continue
         d = densities.get(einsum, Densities())
         role = "compute" if component == hw.mac else role_of[einsum].get(tensor)
-        factor = action_factor(design, hw, component, role, action, d, ratios.get((einsum, "input"), 1.0),
-                               ratios.get((einsum, "output"), 1.0))
+        factor = action_factor(
+            design,
+            hw,
+            component,
+            role,
+            action,
+            d,
+            ratios.get((einsum, "input"), 1.0),
+            ratios.get((einsum, "output"), 1.0),
+        )
         if role == "output" and factor != 1.0 and component != hw.output_port and count > 0:
             final = tile.final_actions(einsum, component, action)
             if final is not None and final < count:  # partial sums moving through a compressed level stay dense

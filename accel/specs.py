@@ -37,8 +37,9 @@ class Structure:
 
     def groups(self) -> dict[str, str]:
         """Component -> results.ENERGY_GROUPS (components missing here: other); a macro's array is its MACs."""
-        groups = {m: GROUPS_BY_DEPTH[i] if i < len(GROUPS_BY_DEPTH) else "scratchpad"
-                  for i, m in enumerate(self.memories)}
+        groups = {
+            m: GROUPS_BY_DEPTH[i] if i < len(GROUPS_BY_DEPTH) else "scratchpad" for i, m in enumerate(self.memories)
+        }
         return groups | dict.fromkeys(self.array, "mac") | {self.compute: "mac"}
 
 
@@ -53,17 +54,24 @@ def structure(spec, source: str) -> Structure:
     computes = [n.name for n in nodes if type(n).__name__ == "Compute"]
     # A compute-in-memory macro computes in its array: the cells (component_class MemoryCell) and the !Toll nodes
     # (row and column drivers, ADCs, shift-and-add) between them and its buffers.
-    array = tuple(n.name for n in nodes if type(n).__name__ == "Toll" or getattr(n, "component_class", None)
-                  == "MemoryCell")
+    array = tuple(
+        n.name for n in nodes if type(n).__name__ == "Toll" or getattr(n, "component_class", None) == "MemoryCell"
+    )
     memories = tuple(n.name for n in nodes if type(n).__name__ == "Memory" and n.name not in array)
     if not computes:
-        raise UserError(f"{source}: no compute component (an AccelForge !Compute node, e.g. the MAC); "
-                        f"hw_eval.py needs one to charge each layer's MACs")
+        raise UserError(
+            f"{source}: no compute component (an AccelForge !Compute node, e.g. the MAC); "
+            f"hw_eval.py needs one to charge each layer's MACs"
+        )
     if not memories:
         raise UserError(f"{source}: no memory level (an AccelForge !Memory node) to hold the layers' tensors")
     holders = [n.name for n in nodes if n.name in memories and can_hold_output(getattr(n.tensors, "keep", None))]
-    return Structure(compute="MAC" if "MAC" in computes else computes[-1], memories=memories,
-                     partial_sums=(holders or memories)[-1], array=array)
+    return Structure(
+        compute="MAC" if "MAC" in computes else computes[-1],
+        memories=memories,
+        partial_sums=(holders or memories)[-1],
+        array=array,
+    )
 
 
 def yaml_path(arch: Architecture) -> Path:
@@ -109,12 +117,20 @@ def file_architecture(path: str) -> Architecture:
     node = number(spec.arch.extra_attributes_for_all_component_models.get("tech_node"))
     node = node or number((compute.extra_attributes_for_component_model or {}).get("tech_node"))
     if node is None:
-        raise UserError(f"{path}: no technology node; add `extra_attributes_for_all_component_models: "
-                        f"{{tech_node: 7e-9}}` (metres) to its arch")
+        raise UserError(
+            f"{path}: no technology node; add `extra_attributes_for_all_component_models: "
+            f"{{tech_node: 7e-9}}` (metres) to its arch"
+        )
     clock = file_clock_hz(compute)
-    return Architecture(name=Path(path).stem, title=f"{Path(path).stem} (from {path})", yaml=path,
-                        mac_tech_node=node, clock_hz=clock, node_source="the file",
-                        clock_source="the file" if clock else "not stated in the file")
+    return Architecture(
+        name=Path(path).stem,
+        title=f"{Path(path).stem} (from {path})",
+        yaml=path,
+        mac_tech_node=node,
+        clock_hz=clock,
+        node_source="the file",
+        clock_source="the file" if clock else "not stated in the file",
+    )
 
 
 def architecture(key: str) -> Architecture:
@@ -145,9 +161,13 @@ def build_spec(arch_key: str, workload: dict, int_accumulator: int):
     if arch.mac_latency_from_clock:
         mac.total_latency = f"sum(a.n_calls for a in actions) / {arch.clock_hz!r}"
     mac.extra_attributes_for_component_model = type(mac.extra_attributes_for_component_model)(
-        tech_node=arch.mac_tech_node, weight_bits="weight.bits_per_value", input_bits="input.bits_per_value",
-        accumulator_bits=accumulator, float_operands=f"len({FLOAT_TENSORS}) > 0",
-        pe=repr(arch.pe))  # quoted: a string, not an expression
+        tech_node=arch.mac_tech_node,
+        weight_bits="weight.bits_per_value",
+        input_bits="input.bits_per_value",
+        accumulator_bits=accumulator,
+        float_operands=f"len({FLOAT_TENSORS}) > 0",
+        pe=repr(arch.pe),
+    )  # quoted: a string, not an expression
     for component, action_name, joules in arch.memory_energy:
         node = spec.arch.nodes[component]
         node.component_class = None

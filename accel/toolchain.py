@@ -15,9 +15,11 @@ def toolchain_missing(error: ImportError) -> str:
     """What to do when AccelForge or hwcomponents cannot be imported, in one line."""
     version = ".".join(map(str, sys.version_info[:2]))
     if sys.version_info[:2] < (3, 12):
-        return (f"hw_eval.py needs Python >= 3.12 (AccelForge's hwcomponents require it; this is Python {version}):"
-                f" run it with Python 3.12+ after pip install {ACCELFORGE_REQUIREMENT}; training and report.py"
-                f" work here")
+        return (
+            f"hw_eval.py needs Python >= 3.12 (AccelForge's hwcomponents require it; this is Python {version}):"
+            f" run it with Python 3.12+ after pip install {ACCELFORGE_REQUIREMENT}; training and report.py"
+            f" work here"
+        )
     return f"hw_eval.py needs AccelForge and hwcomponents ({error}): pip install {ACCELFORGE_REQUIREMENT}"
 
 
@@ -68,8 +70,10 @@ def rebuild(name: str, directory: Path, command: str, runs) -> None:
 
 # NeuroSim's sources ship beside its binary: DNN_NeuroSim_V1.3's NeuroSIM with hwcomponents_neurosim's drop_in
 # files over them, built as the package's NeuroSim/main.
-NEUROSIM_BUILD = ("rm -rf NeuroSim/build && cp -r DNN_NeuroSim_V1.3/Inference_pytorch/NeuroSIM NeuroSim/build && "
-                  "cp drop_in/* NeuroSim/build/ && make -C NeuroSim/build main && cp NeuroSim/build/main NeuroSim/main")
+NEUROSIM_BUILD = (
+    "rm -rf NeuroSim/build && cp -r DNN_NeuroSim_V1.3/Inference_pytorch/NeuroSIM NeuroSim/build && "
+    "cp drop_in/* NeuroSim/build/ && make -C NeuroSim/build main && cp NeuroSim/build/main NeuroSim/main"
+)
 
 
 def setup() -> None:
@@ -82,8 +86,10 @@ def setup() -> None:
 
 def check_dot() -> None:
     if shutil.which("dot") is None:
-        raise UserError("the AccelForge mapper needs graphviz's `dot` on the PATH: install the graphviz package "
-                        "(make setup does, as root; else: sudo apt-get install graphviz)")
+        raise UserError(
+            "the AccelForge mapper needs graphviz's `dot` on the PATH: install the graphviz package "
+            "(make setup does, as root; else: sudo apt-get install graphviz)"
+        )
 
 
 def check_toolchain() -> None:

@@ -9,7 +9,7 @@ from utils import UserError
 # layers.json's `format` (measured.py: what the layer's matmul computed in) -> whether its MAC is a float one.
 # fp8 and int8 both have 8 bits, so the format, not the width, tells them apart.
 FLOAT_FORMATS = ("fp32", "tf32", "fp16", "bf16", "fp8")
-INTEGER_FORMATS = ("int8", "ternary")
+INTEGER_FORMATS = ("int8", "int4", "ternary")
 # The einsum's rename that carries it to the MAC (accel.specs.build_spec): every tensor of the einsum for
 # float operands, none for integer ones. AccelForge evaluates the MAC's attributes per einsum with its renames in
 # scope, and the workload, with this in it, keys the mapping cache (accel.mapping.cache_path): fp8 and int8
@@ -26,15 +26,21 @@ def split_fields(layers: list[dict]) -> dict[str, list[dict]]:
 
 
 def float_operands(layer: dict) -> bool:
-    """Whether the layer's MAC multiplies floats: its measured format where layers.json has one, else (a run
-    from before formats were recorded) its input's width (precision.is_float: 16 bits or more)."""
+    """Whether the layer's MAC multiplies floats: its measured format where layers.json has one (an integer weight
+    beside float inputs multiplies floats), else (a run from before formats were recorded) its input's width
+    (precision.is_float: 16 bits or more)."""
     layer_format = layer.get("format")
     if layer_format is None:
         return precision.is_float(layer["input_bits"])
     if layer_format not in FLOAT_FORMATS + INTEGER_FORMATS:
-        raise UserError(f"layer {layer['name']} computes in {layer_format!r}, which hw_eval.py has no MAC for "
-                        f"(known: {', '.join(FLOAT_FORMATS + INTEGER_FORMATS)})")
-    return layer_format in FLOAT_FORMATS
+        raise UserError(
+            f"layer {layer['name']} computes in {layer_format!r}, which hw_eval.py has no MAC for "
+            f"(known: {', '.join(FLOAT_FORMATS + INTEGER_FORMATS)})"
+        )
+    # Weight-only quantization (ptq.py's int8-weight, int4-weight): integer weights, float inputs. Its kernels
+    # dequantize the weights and multiply floats, so its MAC is the inputs' float MAC; the weights' bits still set
+    # what the memories hold and move.
+    return layer_format in FLOAT_FORMATS or precision.is_float(layer["input_bits"])
 
 
 def einsum_name(layer: dict) -> str:
@@ -58,8 +64,10 @@ def layer_inputs(layers: list[dict]) -> list[int]:
         same = [j for j in earlier if widths[j] == layer["in_features"]]
         narrower = [j for j in earlier if widths[j] < layer["in_features"]]
         if not same and not narrower:
-            raise UserError(f"layer {layer['name']} reads {layer['in_features']} features, but no earlier "
-                            f"output is that wide or narrower")
+            raise UserError(
+                f"layer {layer['name']} reads {layer['in_features']} features, but no earlier "
+                f"output is that wide or narrower"
+            )
         sources.append((same or narrower)[0] - 1)
     return sources
 
@@ -79,8 +87,10 @@ def field_workload(layers: list[dict], rows: int) -> dict:
     readers: dict[int, list[dict]] = {}
     for layer, source in zip(layers, sources):
         readers.setdefault(source, []).append(layer)
-    bits = {tensors[j + 1]: max((r["input_bits"] for r in readers.get(j, [])), default=layers[j]["output_bits"])
-            for j in range(len(layers))}
+    bits = {
+        tensors[j + 1]: max((r["input_bits"] for r in readers.get(j, [])), default=layers[j]["output_bits"])
+        for j in range(len(layers))
+    }
     bits["X"] = max(r["input_bits"] for r in readers[-1])
     shape = {"m": f"0 <= m < {rows}"}
     einsums = []
@@ -88,19 +98,35 @@ def field_workload(layers: list[dict], rows: int) -> dict:
         input_tensor, output_tensor, weight = tensors[source + 1], f"Y_{name}", f"W_{name}"
         shape[f"k_{name}"] = f"0 <= k_{name} < {layer['in_features']}"
         shape[f"n_{name}"] = f"0 <= n_{name} < {layer['out_features']}"
-        einsums.append({
-            "name": name,
-            "tensor_accesses": [
-                {"name": input_tensor, "projection": {"M": "m", f"C_{input_tensor}": f"k_{name}"},
-                 "bits_per_value": bits[input_tensor]},
-                {"name": weight, "projection": {f"K_{name}": f"k_{name}", f"N_{name}": f"n_{name}"},
-                 "bits_per_value": layer["weight_bits"]},
-                {"name": output_tensor, "projection": {"M": "m", f"C_{output_tensor}": f"n_{name}"},
-                 "output": True, "bits_per_value": bits[output_tensor]},
-            ],
-            "renames": {"input": input_tensor, "weight": weight, "output": output_tensor,
-                        FLOAT_TENSORS: "All" if float_operands(layer) else "Nothing"},
-        })
+        einsums.append(
+            {
+                "name": name,
+                "tensor_accesses": [
+                    {
+                        "name": input_tensor,
+                        "projection": {"M": "m", f"C_{input_tensor}": f"k_{name}"},
+                        "bits_per_value": bits[input_tensor],
+                    },
+                    {
+                        "name": weight,
+                        "projection": {f"K_{name}": f"k_{name}", f"N_{name}": f"n_{name}"},
+                        "bits_per_value": layer["weight_bits"],
+                    },
+                    {
+                        "name": output_tensor,
+                        "projection": {"M": "m", f"C_{output_tensor}": f"n_{name}"},
+                        "output": True,
+                        "bits_per_value": bits[output_tensor],
+                    },
+                ],
+                "renames": {
+                    "input": input_tensor,
+                    "weight": weight,
+                    "output": output_tensor,
+                    FLOAT_TENSORS: "All" if float_operands(layer) else "Nothing",
+                },
+            }
+        )
     return {"iteration_space_shape": shape, "einsums": einsums}
 
 
@@ -115,6 +141,8 @@ def field_densities(layers: list[dict]) -> dict[str, sparsity.Densities]:
         readers = [layers[i] for i, source in enumerate(sources) if source == j]
         readers.sort(key=lambda reader: reader["in_features"] != layer["out_features"])  # plain readers first
         densities[einsum_name(layer)] = sparsity.Densities(
-            input=1.0 - layer["input_sparsity"], weight=layer.get("weight_density", 1.0),
-            output=1.0 - readers[0]["input_sparsity"] if readers else 1.0)
+            input=1.0 - layer["input_sparsity"],
+            weight=layer.get("weight_density", 1.0),
+            output=1.0 - readers[0]["input_sparsity"] if readers else 1.0,
+        )
     return densities

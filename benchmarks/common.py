@@ -28,16 +28,21 @@ TINY = dict(depth=2, width=32, skips=(), pos_freqs=4, n_coarse=8, n_fine=8, batc
 def add_common_flags(parser: argparse.ArgumentParser, full: bool = False) -> None:
     """--data, the preset (--full, or --quick where the full configuration is the default: args.full either way)
     and --tiny, the same in every script."""
-    parser.add_argument("--data", default=None, help="the scene: a tiny-nerf .npz or a Blender folder"
-                        " (default: the built-in scene)")
+    parser.add_argument(
+        "--data", default=None, help="the scene: a tiny-nerf .npz or a Blender folder (default: the built-in scene)"
+    )
     if full:
-        parser.add_argument("--quick", dest="full", action="store_false", help="the quick preset (default: the full"
-                            " configuration)")
+        parser.add_argument(
+            "--quick", dest="full", action="store_false", help="the quick preset (default: the full configuration)"
+        )
         parser.set_defaults(full=True)
     else:
         parser.add_argument("--full", action="store_true", help="the full configuration (default: the quick preset)")
-    parser.add_argument("--tiny", action="store_true", help="a tiny model and few repeats: runs in seconds, measures"
-                        " nothing worth keeping (what the tests run)")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a tiny model and few repeats: runs in seconds, measures nothing worth keeping (what the tests run)",
+    )
 
 
 def config_of(name: str, full: bool = False, tiny: bool = False, **changes) -> configs.ExperimentConfig:
@@ -57,8 +62,9 @@ class Training:
     autocast: Callable
 
     def step(self, index: int, micro_batch_rays: int = 0) -> dict:
-        return train_step(self.model, self.sampler.batch(index), self.optimization, self.config, self.autocast,
-                          micro_batch_rays)
+        return train_step(
+            self.model, self.sampler.batch(index), self.optimization, self.config, self.autocast, micro_batch_rays
+        )
 
 
 def training(config: configs.ExperimentConfig, scene, model: torch.nn.Module | None = None) -> Training:
@@ -69,9 +75,13 @@ def training(config: configs.ExperimentConfig, scene, model: torch.nn.Module | N
         torch.manual_seed(config.seed)
         model = bitnerf.build_model(config, scene, CPU)
     model.train()
-    return Training(config, model, Optimization.build(config, model, CPU, dtype),
-                    RaySampler(scene, CPU, config.batch_rays, config.seed, config.jitter_per_ray),
-                    lambda: precision.autocast(CPU, dtype))
+    return Training(
+        config,
+        model,
+        Optimization.build(config, model, CPU, dtype),
+        RaySampler(scene, CPU, config.batch_rays, config.seed, config.jitter_per_ray),
+        lambda: precision.autocast(CPU, dtype),
+    )
 
 
 def add_counts(parser: argparse.ArgumentParser, counts: dict[str, tuple[int, int, str]]) -> None:

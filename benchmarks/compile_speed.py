@@ -1,7 +1,7 @@
 """What torch.compile buys a training step on this machine: samples/s of the eager step and of the step with its
 radiance fields compiled (as train.py compiles them: `field.compile(fullgraph=True)`), after warm-up steps whose
 time (the compilation) is printed apart. Its result is in docs/performance.md, "torch.compile on the CPU", and
-is why `--compile auto` compiles BitNeRF's fields only. Run it on a quiet machine:
+is why `--compile auto` compiles BitNeRF's fields and fp8 training's, not NeRF's. Run it on a quiet machine:
 
     .venv/bin/python benchmarks/compile_speed.py exp4 exp1 exp2 --data ../shared/data/lego_100.npz
 
@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_flags(parser)
     parser.add_argument("experiments", nargs="+", choices=list(configs.AXES))
-    add_counts(parser, {"warmup": (3, 1, "untimed steps first, the compilation's"),
-                        "steps": (40, 1, "timed steps")})
+    add_counts(parser, {"warmup": (3, 1, "untimed steps first, the compilation's"), "steps": (40, 1, "timed steps")})
     args = parse(parser, argv)
     results = {}
     with exit_on_user_error():
@@ -50,12 +49,16 @@ def main(argv: list[str] | None = None) -> dict:
         for name in args.experiments:
             config = config_of(name, args.full, args.tiny)
             samples = config.batch_rays * config.samples_per_ray
-            (_, eager), (compile_s, compiled) = (seconds_per_step(training(config, scene), compiled, args.warmup,
-                                                                  args.steps) for compiled in (False, True))
+            (_, eager), (compile_s, compiled) = (
+                seconds_per_step(training(config, scene), compiled, args.warmup, args.steps)
+                for compiled in (False, True)
+            )
             results[name] = {"eager_s": eager, "compiled_s": compiled, "compile_s": compile_s}
-            print(f"{name}: {config.batch_rays} rays per step, eager {1e3 * eager:.1f} ms ({samples / eager:,.0f}"
-                  f" samples/s), compiled {1e3 * compiled:.1f} ms ({samples / compiled:,.0f} samples/s) after"
-                  f" {args.warmup} warm-up steps of {compile_s:.0f} s")
+            print(
+                f"{name}: {config.batch_rays} rays per step, eager {1e3 * eager:.1f} ms ({samples / eager:,.0f}"
+                f" samples/s), compiled {1e3 * compiled:.1f} ms ({samples / compiled:,.0f} samples/s) after"
+                f" {args.warmup} warm-up steps of {compile_s:.0f} s"
+            )
     return results
 
 

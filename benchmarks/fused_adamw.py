@@ -25,8 +25,11 @@ from dataset import load_scene  # noqa: E402
 from utils import exit_on_user_error  # noqa: E402
 
 # The keyword arguments that force each AdamW implementation over step.Optimization.build's own.
-ADAMW = {"for-loop": {"fused": False, "foreach": False}, "foreach": {"fused": False, "foreach": True},
-         "fused": {"fused": True}}
+ADAMW = {
+    "for-loop": {"fused": False, "foreach": False},
+    "foreach": {"fused": False, "foreach": True},
+    "fused": {"fused": True},
+}
 
 
 def forced_training(config, scene, kind: str, model=None):
@@ -47,8 +50,9 @@ def max_difference(config, scene, steps: int) -> float:
         for i in range(steps):
             run.step(i)
         weights[kind] = run.model.state_dict()
-    return max((weights["fused"][k].float() - weights["for-loop"][k].float()).abs().max().item()
-               for k in weights["fused"])
+    return max(
+        (weights["fused"][k].float() - weights["for-loop"][k].float()).abs().max().item() for k in weights["fused"]
+    )
 
 
 def best_times(steps: dict, optimizers: dict, rounds: int, step_repeats: int, optimizer_repeats: int) -> dict:
@@ -71,26 +75,45 @@ def best_times(steps: dict, optimizers: dict, rounds: int, step_repeats: int, op
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_flags(parser)
-    parser.add_argument("--numerics", nargs="+", default=["exp1", "exp4"], help="experiments whose numerics to"
-                        " compare (default exp1 exp4)")
-    parser.add_argument("--speed", nargs="+", default=["exp1", "exp2"], help="experiments whose steps to time"
-                        " (default exp1 exp2)")
-    add_counts(parser, {"numerics-steps": (5, 2, "steps before comparing weights"),
-                        "rounds": (10, 1, "interleaved rounds"), "steps": (10, 1, "training steps per round"),
-                        "optimizer-steps": (50, 2, "AdamW steps per round")})
+    parser.add_argument(
+        "--numerics",
+        nargs="+",
+        default=["exp1", "exp4"],
+        help="experiments whose numerics to compare (default exp1 exp4)",
+    )
+    parser.add_argument(
+        "--speed", nargs="+", default=["exp1", "exp2"], help="experiments whose steps to time (default exp1 exp2)"
+    )
+    add_counts(
+        parser,
+        {
+            "numerics-steps": (5, 2, "steps before comparing weights"),
+            "rounds": (10, 1, "interleaved rounds"),
+            "steps": (10, 1, "training steps per round"),
+            "optimizer-steps": (50, 2, "AdamW steps per round"),
+        },
+    )
     args = parse(parser, argv)
     with exit_on_user_error():
         scene = load_scene(args.data)
         differences = {}
         for name in args.numerics:
             differences[name] = max_difference(config_of(name, args.full, args.tiny), scene, args.numerics_steps)
-            print(f"{name}: fused - for-loop after {args.numerics_steps} steps, max |difference| ="
-                  f" {differences[name]:.1e}")
-        steps = {f"{name} step, {kind}": forced_training(config_of(name, args.full, args.tiny), scene, kind).step
-                 for name in args.speed for kind in ADAMW}
-        optimizers = {f"AdamW.step alone, {kind}":
-                      forced_training(config_of(args.speed[0], args.full, args.tiny), scene, kind)
-                      .optimization.optimizer for kind in ADAMW}
+            print(
+                f"{name}: fused - for-loop after {args.numerics_steps} steps, max |difference| ="
+                f" {differences[name]:.1e}"
+            )
+        steps = {
+            f"{name} step, {kind}": forced_training(config_of(name, args.full, args.tiny), scene, kind).step
+            for name in args.speed
+            for kind in ADAMW
+        }
+        optimizers = {
+            f"AdamW.step alone, {kind}": forced_training(
+                config_of(args.speed[0], args.full, args.tiny), scene, kind
+            ).optimization.optimizer
+            for kind in ADAMW
+        }
         for optimizer in optimizers.values():
             for p in optimizer.param_groups[0]["params"]:
                 p.grad = torch.randn_like(p)

@@ -26,9 +26,17 @@ def cim_pj_per_mac(arch_name: str) -> dict[str, float]:
     """The design's array energy per MAC (pJ) of one LAYER x LAYER layer, by weight format."""
     energies = {}
     for layer_format, weight_bits in WEIGHT_FORMATS.items():
-        layer = {"name": "coarse.layers.1", "in_features": LAYER, "out_features": LAYER, "weight_bits": weight_bits,
-                 "input_bits": 8, "output_bits": 8, "format": layer_format, "input_sparsity": 0.0,
-                 "samples_per_frame": SAMPLES}
+        layer = {
+            "name": "coarse.layers.1",
+            "in_features": LAYER,
+            "out_features": LAYER,
+            "weight_bits": weight_bits,
+            "input_bits": 8,
+            "output_bits": 8,
+            "format": layer_format,
+            "input_sparsity": 0.0,
+            "samples_per_frame": SAMPLES,
+        }
         result = mapping.map_tile(arch_name, field_workload([layer], SAMPLES), 17)
         energies[layer_format] = result["mac_energy_j"]["layers_1"] / (LAYER * LAYER * SAMPLES) * 1e12
     return energies
@@ -44,8 +52,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\n{'design':<22}{'node':>6}{'int8 pJ/MAC':>14}{'ternary pJ/MAC':>16}{'ratio':>8}")
     for arch in designs:
         result[arch.name] = energies = cim_pj_per_mac(arch.name)
-        print(f"{arch.name:<22}{arch.tech_node_nm:>6g}{energies['int8']:>14.4f}{energies['ternary']:>16.4f}"
-              f"{energies['ternary'] / energies['int8']:>8.2f}", flush=True)
+        print(
+            f"{arch.name:<22}{arch.tech_node_nm:>6g}{energies['int8']:>14.4f}{energies['ternary']:>16.4f}"
+            f"{energies['ternary'] / energies['int8']:>8.2f}",
+            flush=True,
+        )
     return result
 
 

@@ -1,4 +1,4 @@
-"""How far the memory plan's count (plan.counted_bytes_per_ray: the bytes autograd saves per training ray) is
+"""How far the memory plan's count (ray_memory.counted_bytes_per_ray: the bytes autograd saves per training ray) is
 from what a training step really grows by per ray on the CPU: the peak resident set (`ru_maxrss`) of a fresh
 process after one training step of a few rays and of many, less each other, per ray. Memory, not a timing. Its
 result is the margin table in docs/gpus.md, "Memory and micro-batches":
@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import plan  # noqa: E402
 import precision  # noqa: E402
+import ray_memory  # noqa: E402
 from benchmarks.common import CPU, add_common_flags, config_of, training  # noqa: E402
 from dataset import load_scene  # noqa: E402
 from utils import exit_on_user_error  # noqa: E402
@@ -35,8 +35,16 @@ def case_config(case: str, full: bool, tiny: bool, rays: int):
 
 def peak_rss_after_one_step(case: str, rays: int, args: argparse.Namespace) -> int:
     """The peak resident set, in bytes, of a fresh process that trained one step of `rays` rays of case."""
-    command = [sys.executable, __file__, "--child", case, str(rays), *(["--data", args.data] if args.data else []),
-               *(["--quick"] if not args.full else []), *(["--tiny"] if args.tiny else [])]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        case,
+        str(rays),
+        *(["--data", args.data] if args.data else []),
+        *(["--quick"] if not args.full else []),
+        *(["--tiny"] if args.tiny else []),
+    ]
     return int(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
 
 
@@ -50,8 +58,12 @@ def child(case: str, rays: int, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_flags(parser, full=True)
-    parser.add_argument("--cases", nargs="+", default=list(CASES), help="experiment:dtype (fp32, bf16, fp16) pairs"
-                        f" (default {' '.join(CASES)})")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=list(CASES),
+        help=f"experiment:dtype (fp32, bf16, fp16) pairs (default {' '.join(CASES)})",
+    )
     parser.add_argument("--rays", nargs=2, type=int, default=[512, 2048], help="the two step sizes (default 512 2048)")
     parser.add_argument("--child", nargs=2, metavar=("CASE", "RAYS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -64,12 +76,14 @@ def main(argv: list[str] | None = None) -> dict:
         scene = load_scene(args.data)
         for case in args.cases:
             config = case_config(case, args.full, args.tiny, args.rays[0])
-            counted = plan.counted_bytes_per_ray(config, scene, precision.amp_dtype(config, CPU))[0]
+            counted = ray_memory.counted_bytes_per_ray(config, scene, precision.amp_dtype(config, CPU))[0]
             small, large = (peak_rss_after_one_step(case, rays, args) for rays in args.rays)
             measured = (large - small) / (args.rays[1] - args.rays[0])
             results[case] = {"counted": counted, "measured": measured, "ratio": measured / counted}
-            print(f"{case}: counted {counted / 1e6:.2f} MB saved per ray, measured growth {measured / 1e6:.2f} MB"
-                  f" per ray, ratio {measured / counted:.2f}")
+            print(
+                f"{case}: counted {counted / 1e6:.2f} MB saved per ray, measured growth {measured / 1e6:.2f} MB"
+                f" per ray, ratio {measured / counted:.2f}"
+            )
     return results
 
 

@@ -26,8 +26,9 @@ from step import Optimization, train_step  # noqa: E402
 from utils import exit_on_user_error
 
 
-def samples_per_s(config: configs.ExperimentConfig, scene, micro_batch_rays: int, steps: int, rounds: int
-                  ) -> list[float]:
+def samples_per_s(
+    config: configs.ExperimentConfig, scene, micro_batch_rays: int, steps: int, rounds: int
+) -> list[float]:
     """Per round, training samples/s of `steps` steps of config split into parts of micro_batch_rays (0: one pass)."""
     device = torch.device("cpu")
     dtype = precision.amp_dtype(config, device)
@@ -42,8 +43,14 @@ def samples_per_s(config: configs.ExperimentConfig, scene, micro_batch_rays: int
         clock = Stopwatch(device)
         with clock:
             for step in range(steps):
-                train_step(model, sampler.batch(1 + round_index * steps + step), optimization, config, autocast,
-                           micro_batch_rays)
+                train_step(
+                    model,
+                    sampler.batch(1 + round_index * steps + step),
+                    optimization,
+                    config,
+                    autocast,
+                    micro_batch_rays,
+                )
         rates.append(steps * config.batch_rays * config.samples_per_ray / clock.elapsed)
     return rates
 
@@ -68,9 +75,11 @@ def main(argv: list[str] | None = None) -> None:
                 whole += samples_per_s(config, scene, 0, args.steps, 1)
                 split += samples_per_s(config, scene, part, args.steps, 1)
             best_whole, best_split = max(whole), max(split)
-            print(f"{name}: {config.batch_rays} rays per step, {torch.get_num_threads()} threads: one pass"
-                  f" {best_whole:,.0f} samples/s, {args.micro_batches} micro-batches of {part} rays"
-                  f" {best_split:,.0f} samples/s, overhead {100 * (1 - best_split / best_whole):+.1f}%")
+            print(
+                f"{name}: {config.batch_rays} rays per step, {torch.get_num_threads()} threads: one pass"
+                f" {best_whole:,.0f} samples/s, {args.micro_batches} micro-batches of {part} rays"
+                f" {best_split:,.0f} samples/s, overhead {100 * (1 - best_split / best_whole):+.1f}%"
+            )
 
 
 if __name__ == "__main__":

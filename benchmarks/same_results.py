@@ -23,17 +23,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rundir  # noqa: E402
 
-# What differs between two runs of the same training on any machine: times, memory, the run's own id.
-UNCOMPARED = {"wall_s", "train_s", "train_samples_per_s", "compile_s", "peak_mem_bytes", "peak_reserved_bytes",
-              "run_id"}
+# What differs between two runs of the same training on any machine: times, memory, the run's own id, and the
+# commit of the code (two commits are what the script compares).
+UNCOMPARED = {
+    "commit",
+    "wall_s",
+    "train_s",
+    "train_samples_per_s",
+    "compile_s",
+    "peak_mem_bytes",
+    "peak_reserved_bytes",
+    "run_id",
+}
 
 
 def compare(base: Path, after: Path, ignored: set[str]) -> tuple[bool, list[str]]:
     """(whether run `after` has the results of run `base`, the lines that say how)."""
     a, b = (json.loads((d / rundir.SUMMARY).read_text()) for d in (base, after))
     differs = sorted(k for k in a.keys() & b.keys() if k not in ignored and a[k] != b[k])
-    lines = [f"summary.json differs in {differs or 'nothing'} | new keys {sorted(b.keys() - a.keys())}"
-             f" | keys gone {sorted(a.keys() - b.keys())}"]
+    lines = [
+        f"summary.json differs in {differs or 'nothing'} | new keys {sorted(b.keys() - a.keys())}"
+        f" | keys gone {sorted(a.keys() - b.keys())}"
+    ]
     same = not differs
     model_files = [f for f in rundir.MODEL_FILES.values() if (base / f).exists()]
     for name in (rundir.LAYERS, *model_files):
@@ -53,8 +64,12 @@ def main(argv: list[str] | None = None) -> bool:
     parser.add_argument("base", type=Path, help="the runs folder trained before the change")
     parser.add_argument("after", type=Path, help="the runs folder trained after it")
     parser.add_argument("runs", nargs="+", help="the run names to compare (e.g. exp1 exp4)")
-    parser.add_argument("--ignore", nargs="*", default=sorted(UNCOMPARED), help="summary.json fields not compared"
-                        f" (default: {' '.join(sorted(UNCOMPARED))})")
+    parser.add_argument(
+        "--ignore",
+        nargs="*",
+        default=sorted(UNCOMPARED),
+        help=f"summary.json fields not compared (default: {' '.join(sorted(UNCOMPARED))})",
+    )
     args = parser.parse_args(argv)
     all_same = True
     for name in args.runs:

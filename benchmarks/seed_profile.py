@@ -37,18 +37,26 @@ def cpu_per_sample(step, steps: int, samples_per_step: int, warmup: int, rows: i
             step(i)
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
     samples = steps * samples_per_step
-    return {"user_us": 1e6 * (after.ru_utime - before.ru_utime) / samples,
-            "system_us": 1e6 * (after.ru_stime - before.ru_stime) / samples, "wall_us": 1e6 * wall / samples,
-            "table": prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)}
+    return {
+        "user_us": 1e6 * (after.ru_utime - before.ru_utime) / samples,
+        "system_us": 1e6 * (after.ru_stime - before.ru_stime) / samples,
+        "wall_us": 1e6 * wall / samples,
+        "table": prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_flags(parser)
     parser.add_argument("--experiment", default="exp1", help="whose model and step (default exp1)")
-    add_counts(parser, {"steps": (20, 2, "our training steps profiled"),
-                        "seed-steps": (2, 1, "the seed pipeline's steps profiled"),
-                        "warmup": (3, 1, "untimed steps before each")})
+    add_counts(
+        parser,
+        {
+            "steps": (20, 2, "our training steps profiled"),
+            "seed-steps": (2, 1, "the seed pipeline's steps profiled"),
+            "warmup": (3, 1, "untimed steps before each"),
+        },
+    )
     parser.add_argument("--rows", type=int, default=8, help="ops in each profiler table (default 8)")
     args = parse(parser, argv)
     with exit_on_user_error():
@@ -60,15 +68,25 @@ def main(argv: list[str] | None = None) -> dict:
         items = [seed.views[i] for i in range(max(args.warmup, args.seed_steps))]  # what its worker does per image
         worker_ms = 1e3 * (time.process_time() - start) / len(items)
         print(f"seed worker: {worker_ms:.0f} ms CPU per image")
-        pipelines = {f"ours, {config.name} ({args.steps} steps)":
-                     (ours.step, args.steps, config.batch_rays * config.samples_per_ray),
-                     f"seed pipeline, main process ({args.seed_steps} steps)":
-                     (lambda i: seed.step(items[i % len(items)]), args.seed_steps, seed.samples_per_step)}
+        pipelines = {
+            f"ours, {config.name} ({args.steps} steps)": (
+                ours.step,
+                args.steps,
+                config.batch_rays * config.samples_per_ray,
+            ),
+            f"seed pipeline, main process ({args.seed_steps} steps)": (
+                lambda i: seed.step(items[i % len(items)]),
+                args.seed_steps,
+                seed.samples_per_step,
+            ),
+        }
         results = {}
         for name, (step, steps, samples) in pipelines.items():
             results[name] = cpu_per_sample(step, steps, samples, args.warmup, args.rows)
-            print(f"{name}: {results[name]['user_us']:.1f} µs user and {results[name]['system_us']:.1f} µs system"
-                  f" CPU time, {results[name]['wall_us']:.1f} µs wall per sample under the profiler")
+            print(
+                f"{name}: {results[name]['user_us']:.1f} µs user and {results[name]['system_us']:.1f} µs system"
+                f" CPU time, {results[name]['wall_us']:.1f} µs wall per sample under the profiler"
+            )
             print(results[name]["table"])
     return {"seed_worker_ms": worker_ms, **results}
 

@@ -14,9 +14,9 @@ from files import atomic_write
 
 # The experiments the check runs: exp1-exp9.
 EXPERIMENTS = ("exp1", "exp2", "exp3", "exp4", "exp5", "exp6", "exp7", "exp8", "exp9")
-# exp7 and exp8 (int8 and fp8 training) would take the default plan over its T4 budget (about 110 s more on a
-# T4, below): on a GPU machine they run with --quantized (or --only), as hw_eval runs with --hw-eval; on the CPU
-# always.
+# exp7 and exp8 (int8 and fp8 training) would take the default plan over its T4 budget at the estimates below
+# (docs/gpus.md, "What gpu_check.py runs on each GPU"): on a GPU machine they run with --quantized (or --only), as
+# hw_eval runs with --hw-eval; on the CPU always.
 QUANTIZED = ("exp7", "exp8")
 # A check whose run compresses its gradients, with the run it compresses and the most of that run's gradient
 # bytes per step (summary.json's sent_bytes_per_step, measured) it may send where that run passed: exp9's bf16
@@ -45,37 +45,26 @@ CPU_HW_TILE = 256
 MICRO_BATCHES = {"exp3": 4}
 # The default plan's target on the smallest GPU our users have: a T4 with 2 vCPUs (Colab's).
 BUDGET_S = 480
-# What each check costs on a T4 (about 8 TFLOP/s fp32, tensor cores for fp16 only) with 2 vCPUs, as (seconds,
-# seconds per step of --steps). Worked out, not measured: no GPU has run gpu_check.py yet, and
+# What each check costs on a T4 with 2 vCPUs, as (seconds, seconds per step of --steps): the budget's inputs,
+# worked out from FLOP counts and per-process costs, not measured (the working: docs/gpus.md, "The T4 estimates").
 # gpu_check.json keeps each check's estimate beside its seconds so that the first T4 run can correct them.
-# - Seconds: about 15 to start a process (torch, torchao, the CUDA context, cuBLAS) and 15 for the final
-#   evaluation in fp32 (10 test views and 8 video frames of 100x100 rays at 192 samples, 1.2 MFLOP each
-#   forward: 4e13 FLOP at about 4 TFLOP/s, plus the census and the files), half that under AMP;
-#   torch.compile on 2 vCPUs about 60 for BitNeRF and 40 for NeRF.
-# - Per step: exp1's 4096 rays x 192 samples x 3.6 MFLOP = 2.8e12 FLOP at about 4 TFLOP/s (0.7 s; the
-#   occupancy grid's savings not counted); fp16 on tensor cores about 3x faster, bounded by the non-matmul
-#   work; BitNeRF's int8 without int8 tensor cores in Triton below capability 8.0 about 1 s; under DDP each
-#   rank takes half the rays. Checks a T4 skips (TF32, bf16, DDP) are costed at a T4's speed: an upper bound.
-# - exp7 (int8 training): the forward matmuls in int8 through cuBLAS (a T4 has int8 tensor cores; a third of
-#   the FLOPs, almost free), the backward's two thirds exact in fp32 (0.47 s), and the rowwise absmax
-#   quantization of every hidden layer's input and weight, a few memory passes over 800 MB of activations per
-#   layer at 320 GB/s (about 0.2 s): exp1's 0.7 s per step and its 30 s.
-# - exp8 (fp8 training) is emulated on a T4 (capability 7.5, no fp8 matmul): all three matmuls in fp32 as in
-#   exp1 (0.7 s), plus torchao's tensorwise scaling (an absmax pass, a cast and the emulation's upcast of the
-#   input, weight and gradient of every hidden layer, both ways: about 0.3 s); 10 s more to import and
-#   convert, and for the final evaluation's emulated matmuls.
-# - exp9 is exp5 with DDP's bf16 hook: the same work per rank, the gradients (1.2 million parameters, 4.8 MB)
-#   cast to bf16 and back, half the bytes between the GPUs: exp5's.
-# - hw_eval maps on the CPU: about 3 minutes per distinct model and core: five distinct models (fp32, fp16,
-#   ternary, int8 and fp8 layers; exp3, exp5, exp6 and exp9 share theirs with exp2, exp1, exp4 and exp5) on
-#   the two architectures, ten mappings on 2 cores.
 T4_ESTIMATES = {
-    "exp1": (30, 0.7), "exp2": (25, 0.25), "exp3": (25, 0.3), "exp4": (90, 1.0), "exp5": (40, 0.4),
-    "exp6": (100, 0.6), "exp7": (30, 0.7), "exp8": (40, 1.0), "exp9": (40, 0.4),
-    "tf32": (30, 0.7), "bf16": (25, 0.25),
+    "exp1": (30, 0.7),
+    "exp2": (25, 0.25),
+    "exp3": (25, 0.3),
+    "exp4": (90, 1.0),
+    "exp5": (40, 0.4),
+    "exp6": (100, 0.6),
+    "exp7": (30, 0.7),
+    "exp8": (80, 1.0),
+    "exp9": (40, 0.4),
+    "tf32": (30, 0.7),
+    "bf16": (25, 0.25),
     "resume": (25, 0.125),  # exp2 for half the steps again
-    "compile": (100, 1.7),  # exp1 compiled (40 s of compilation) and exp4 eager
-    "ptq": (30, 0.0), "hw_eval": (900, 0.0), "mfu": (15, 0.0),
+    "compile": (100, 1.7),  # exp1 compiled (its compilation included) and exp4 eager
+    "ptq": (30, 0.0),
+    "hw_eval": (900, 0.0),
+    "mfu": (15, 0.0),
 }
 # Seconds one command may take unless --timeout says: on a GPU this many times its check's estimate, which is
 # not measured, and at least MIN_TIMEOUT_S; so a hung command ends within minutes rather than the whole
@@ -108,10 +97,22 @@ class Variant:
 
 
 VARIANTS = {
-    "tf32": Variant("exp1", ("--tf32",), gpus.TF32_MIN_CAPABILITY, "TF32 tensor cores",
-                    "TF32 is a GPU matmul mode", {"float32_matmul_precision": "high"}),
-    "bf16": Variant("exp2", ("--amp-dtype", "bf16"), gpus.BF16_MIN_CAPABILITY, "native bf16",
-                    "exp2 on the CPU runs bf16 already", {"precision": "bf16-amp"}),
+    "tf32": Variant(
+        "exp1",
+        ("--tf32",),
+        gpus.TF32_MIN_CAPABILITY,
+        "TF32 tensor cores",
+        "TF32 is a GPU matmul mode",
+        {"float32_matmul_precision": "high"},
+    ),
+    "bf16": Variant(
+        "exp2",
+        ("--amp-dtype", "bf16"),
+        gpus.BF16_MIN_CAPABILITY,
+        "native bf16",
+        "exp2 on the CPU runs bf16 already",
+        {"precision": "bf16-amp"},
+    ),
 }
 RUNS = (*EXPERIMENTS, *VARIANTS)  # the checks that train a run
 
@@ -167,8 +168,10 @@ class Plan:
             return f"on a GPU only: {VARIANTS[name].cpu_reason}" if name in VARIANTS else None
         if name in VARIANTS and self.capability < VARIANTS[name].min_capability:
             variant = VARIANTS[name]
-            return (f"needs compute capability {capability_text(variant.min_capability)} ({variant.feature});"
-                    f" this GPU is {capability_text(self.capability)}")
+            return (
+                f"needs compute capability {capability_text(variant.min_capability)} ({variant.feature});"
+                f" this GPU is {capability_text(self.capability)}"
+            )
         if name in EXPERIMENTS and configs.experiment(name).distributed and self.gpu_count < 2:
             return f"DDP needs 2 or more GPUs; this machine has {self.gpu_count}"
         return None
@@ -218,10 +221,27 @@ class Plan:
         # exp3 counts its step options in exp1's steps (configs.STEP_COUNTS) and trains a quarter of them.
         steps = (steps or self.experiment_steps(experiment)) * (config.batch_rays // configs.EXP1.batch_rays)
         argv = [] if self.device == "cuda" else ["--quick"]
-        argv += ["--device", self.device, "--out", str(out or self.run_out(name)), "--wandb", "disabled",
-                 "--steps", str(steps), "--log-every", str(max(1, steps // 4)), "--eval-every", str(max(1, steps // 2)),
-                 "--ckpt-every", str(max(1, steps // 2)), "--eval-views", "1",
-                 "--video-frames", str(VIDEO_FRAMES[self.device]), "--occupancy-grid"]
+        argv += [
+            "--device",
+            self.device,
+            "--out",
+            str(out or self.run_out(name)),
+            "--wandb",
+            "disabled",
+            "--steps",
+            str(steps),
+            "--log-every",
+            str(max(1, steps // 4)),
+            "--eval-every",
+            str(max(1, steps // 2)),
+            "--ckpt-every",
+            str(max(1, steps // 2)),
+            "--eval-views",
+            "1",
+            "--video-frames",
+            str(VIDEO_FRAMES[self.device]),
+            "--occupancy-grid",
+        ]
         if config.model == "bitnerf":
             argv += ["--compile", "on"]
         if micro := self.micro_batch_rays(experiment):
@@ -272,9 +292,11 @@ class Plan:
             return None
         import plan as run_plan  # the runs' own plan (plan.py), not this module
 
-        target = (run_plan.Target("cpu") if self.device == "cpu"
-                  else run_plan.Target("cuda", gpus.GPU(f"capability {capability_text(self.capability)}",
-                                                        self.capability, 0)))
+        target = (
+            run_plan.Target("cpu")
+            if self.device == "cpu"
+            else run_plan.Target("cuda", gpus.GPU(f"capability {capability_text(self.capability)}", self.capability, 0))
+        )
         return run_plan.int8_kernel_decision(config, target)
 
     def expectation(self, name: str) -> str:
@@ -312,13 +334,17 @@ def describe(plan: Plan, checks: list[Check]) -> list[str]:
             continue
         estimate = plan.estimate_s(check.name)
         expect = plan.expectation(check.name) if check.name in RUNS else ""
-        lines.append(f"  {check.name:<9}{f'~{estimate:.0f} s' if estimate is not None else 'run':<10}"
-                     f"{check.what}{f'; expects {expect}' if expect else ''}"
-                     f" (timeout {plan.command_timeout(check.name):.0f} s)")
+        lines.append(
+            f"  {check.name:<9}{f'~{estimate:.0f} s' if estimate is not None else 'run':<10}"
+            f"{check.what}{f'; expects {expect}' if expect else ''}"
+            f" (timeout {plan.command_timeout(check.name):.0f} s)"
+        )
     if plan.device == "cuda":
         total = estimated_total(plan, checks)
-        lines.append(f"estimated {total:.0f} s at a T4's speed with 2 vCPUs (worked out, not measured): "
-                     f"{'within' if total <= BUDGET_S else 'over'} the {BUDGET_S} s budget of the default plan on a T4")
+        lines.append(
+            f"estimated {total:.0f} s at a T4's speed with 2 vCPUs (worked out, not measured): "
+            f"{'within' if total <= BUDGET_S else 'over'} the {BUDGET_S} s budget of the default plan on a T4"
+        )
     return lines
 
 

@@ -74,8 +74,9 @@ def run_command(argv: list[str], result: Result, log: Path, timeout_s: float) ->
     """
     command = [sys.executable, *argv]
     result.commands.append(shlex.join(["python", *argv]))
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout_s)
     except (subprocess.TimeoutExpired, KeyboardInterrupt) as e:
@@ -97,8 +98,9 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
     return json.loads((run_dir / rundir.SUMMARY).read_text()), rundir.read_metrics(run_dir)
 
 
-def check_experiment(plan: Plan, name: str, result: Result, log: Path,
-                     results: dict[str, Result] | None = None) -> None:
+def check_experiment(
+    plan: Plan, name: str, result: Result, log: Path, results: dict[str, Result] | None = None
+) -> None:
     """Train the experiment (or variant), then hold its run directory to what was asked for. Fields that
     summary.json gained later (micro-batching, kernels, reserved memory) are recorded as None where a run lacks
     them, and only checked where present. An fp8 run must say whether it was emulated as the device implies
@@ -106,20 +108,26 @@ def check_experiment(plan: Plan, name: str, result: Result, log: Path,
     compresses its gradients must have sent at most its share of the uncompressed run's bytes where that one
     passed (results: the checks before it)."""
     experiment = plan.experiment(name)
-    run_command([f"{experiment}.py", *plan.experiment_argv(name), "--overwrite"], result, log,
-                plan.command_timeout(name))
+    run_command(
+        [f"{experiment}.py", *plan.experiment_argv(name), "--overwrite"], result, log, plan.command_timeout(name)
+    )
     summary_path = plan.run_out(name) / experiment / rundir.SUMMARY
     summary, metrics = read_run(summary_path.parent)
-    expected = {"device": plan.device, "precision": plan.expected_precision(experiment),
-                "world_size": plan.expected_world_size(experiment), "steps": plan.experiment_steps(experiment),
-                **(VARIANTS[name].expect if name in VARIANTS else {})}
+    expected = {
+        "device": plan.device,
+        "precision": plan.expected_precision(experiment),
+        "world_size": plan.expected_world_size(experiment),
+        "steps": plan.experiment_steps(experiment),
+        **(VARIANTS[name].expect if name in VARIANTS else {}),
+    }
     if (emulated := plan.expected_emulated(experiment)) is not None:
         expected["emulated"] = emulated
     if kernel := plan.expected_int8_kernel(experiment):
         expected["int8_kernel"] = kernel
     found = {**summary, "device": summary.get("device", "").split(":")[0]}
-    wrong = [f"{key} {found.get(key)!r} (expected {value!r})" for key, value in expected.items()
-             if found.get(key) != value]
+    wrong = [
+        f"{key} {found.get(key)!r} (expected {value!r})" for key, value in expected.items() if found.get(key) != value
+    ]
     micro_batch_rays = plan.micro_batch_rays(experiment)
     if micro_batch_rays and summary.get("micro_batch_rays") not in (None, micro_batch_rays):
         wrong.append(f"micro_batch_rays {summary['micro_batch_rays']!r} (expected {micro_batch_rays})")
@@ -136,17 +144,25 @@ def check_experiment(plan: Plan, name: str, result: Result, log: Path,
     if micro_batch_rays and summary.get("micro_batches") is None:
         result.note = f"micro-batching unknown: {rundir.SUMMARY} has no micro_batches"
     result.metrics = {
-        "precision": summary["precision"], "world_size": summary["world_size"], "steps": summary["steps"],
-        "train_samples_per_s": summary["train_samples_per_s"], "compile_s": summary.get("compile_s"),
+        "precision": summary["precision"],
+        "world_size": summary["world_size"],
+        "steps": summary["steps"],
+        "train_samples_per_s": summary["train_samples_per_s"],
+        "compile_s": summary.get("compile_s"),
         # The last logged interval, past the first steps' warm-up (and BitNeRF's compilation).
         "steady_samples_per_s": round(float(metrics[-1]["samples_per_s"])),
-        "peak_mem_bytes": summary["peak_mem_bytes"], "peak_reserved_bytes": summary.get("peak_reserved_bytes"),
-        "psnr_test": summary["psnr_test"], "wall_s": summary["wall_s"],
+        "peak_mem_bytes": summary["peak_mem_bytes"],
+        "peak_reserved_bytes": summary.get("peak_reserved_bytes"),
+        "psnr_test": summary["psnr_test"],
+        "wall_s": summary["wall_s"],
         # What ran: the kernels and the number formats, as the run measured them.
-        "compiled": summary.get("compiled"), "int8_kernel": summary.get("int8_kernel"),
+        "compiled": summary.get("compiled"),
+        "int8_kernel": summary.get("int8_kernel"),
         "float32_matmul_precision": summary.get("float32_matmul_precision"),
-        "micro_batch_rays": summary.get("micro_batch_rays"), "micro_batches": summary.get("micro_batches"),
-        "emulated": summary.get("emulated"), "sent_bytes_per_step": summary.get("sent_bytes_per_step"),
+        "micro_batch_rays": summary.get("micro_batch_rays"),
+        "micro_batches": summary.get("micro_batches"),
+        "emulated": summary.get("emulated"),
+        "sent_bytes_per_step": summary.get("sent_bytes_per_step"),
         **skipped,
     }
     notes = [result.note] if result.note else []
@@ -159,8 +175,7 @@ def check_experiment(plan: Plan, name: str, result: Result, log: Path,
     result.note = "; ".join(notes)
 
 
-def check_compression(name: str, summary_path: Path, summary: dict, results: dict[str, Result],
-                      result: Result) -> str:
+def check_compression(name: str, summary_path: Path, summary: dict, results: dict[str, Result], result: Result) -> str:
     """Hold a compressed run's measured gradient bytes per step to at most COMPRESSED's share of its
     uncompressed run's, where that run passed; returns the note that says how they compare."""
     reference, max_ratio = COMPRESSED[name]
@@ -169,14 +184,21 @@ def check_compression(name: str, summary_path: Path, summary: dict, results: dic
         raise CheckFailed(f"{summary_path} says sent_bytes_per_step {sent!r} (expected the bytes its hook sent)")
     other = results.get(reference)
     if other is None or other.status != "pass" or not other.metrics.get("sent_bytes_per_step"):
-        why = ("did not run" if other is None or other.status == "skip" else "failed" if other.status != "pass"
-               else "has no sent_bytes_per_step")
+        why = (
+            "did not run"
+            if other is None or other.status == "skip"
+            else "failed"
+            if other.status != "pass"
+            else "has no sent_bytes_per_step"
+        )
         return f"gradient bytes not compared: {reference} {why}"
     ratio = sent / other.metrics["sent_bytes_per_step"]
     result.metrics[f"sent_over_{reference}"] = round(ratio, 3)
     if ratio > max_ratio:
-        raise CheckFailed(f"{name} sent {sent} gradient bytes per step, {ratio:.2f}x {reference}'s"
-                          f" {other.metrics['sent_bytes_per_step']} (expected at most {max_ratio}x)")
+        raise CheckFailed(
+            f"{name} sent {sent} gradient bytes per step, {ratio:.2f}x {reference}'s"
+            f" {other.metrics['sent_bytes_per_step']} (expected at most {max_ratio}x)"
+        )
     return f"sent {ratio:.2f}x {reference}'s gradient bytes per step"
 
 
@@ -187,12 +209,18 @@ def check_resume(plan: Plan, result: Result, log: Path) -> None:
     shutil.copytree(plan.out / "exp2", resumed_out / "exp2")
     start = json.loads((resumed_out / "exp2" / rundir.SUMMARY).read_text())["steps"]
     steps = start + max(1, start // 2)
-    run_command(["exp2.py", *plan.experiment_argv("exp2", out=resumed_out, steps=steps), "--resume"], result, log,
-                plan.command_timeout("resume"))
+    run_command(
+        ["exp2.py", *plan.experiment_argv("exp2", out=resumed_out, steps=steps), "--resume"],
+        result,
+        log,
+        plan.command_timeout("resume"),
+    )
     summary, metrics = read_run(resumed_out / "exp2")
     if summary["steps"] != steps or int(metrics[-1]["step"]) != steps or summary["device"].split(":")[0] != plan.device:
-        raise CheckFailed(f"the resumed run ended at step {summary['steps']} on {summary['device']}, expected step "
-                          f"{steps} on {plan.device}")
+        raise CheckFailed(
+            f"the resumed run ended at step {summary['steps']} on {summary['device']}, expected step "
+            f"{steps} on {plan.device}"
+        )
     result.metrics = {"from_step": start, "to_step": steps, "psnr_test": summary["psnr_test"]}
 
 
@@ -200,8 +228,12 @@ def check_compile(plan: Plan, results: dict[str, Result], result: Result, log: P
     """Steady samples/s compiled over eager for NeRF (exp1) and BitNeRF (exp4), each against its own check's run:
     what --compile auto chose (BitNeRF's only), measured on the CPU, measured here."""
     for name, choice in FLIPPED_COMPILE.items():
-        run_command([f"{name}.py", *plan.experiment_argv(name, out=plan.out / FLIPPED), "--compile", choice,
-                     "--overwrite"], result, log, plan.command_timeout("compile"))
+        run_command(
+            [f"{name}.py", *plan.experiment_argv(name, out=plan.out / FLIPPED), "--compile", choice, "--overwrite"],
+            result,
+            log,
+            plan.command_timeout("compile"),
+        )
         _, metrics = read_run(plan.out / FLIPPED / name)
         flipped, own = float(metrics[-1]["samples_per_s"]), results[name].metrics["steady_samples_per_s"]
         result.metrics[f"{name}_compiled_over_eager"] = round(flipped / own if choice == "on" else own / flipped, 2)
@@ -250,8 +282,14 @@ def check_mfu(plan: Plan, results: dict[str, Result], result: Result) -> None:
 
     # int8 and fp8 training against fp32 too, as bench.py does (a run's autocast dtype, none for either): not
     # against an int8 or fp8 matmul rate.
-    dtypes = {"fp32": torch.float32, "ternary-int8": torch.float32, "int8": torch.float32, "fp8": torch.float32,
-              "fp16-amp": torch.float16, "bf16-amp": torch.bfloat16}
+    dtypes = {
+        "fp32": torch.float32,
+        "ternary-int8": torch.float32,
+        "int8": torch.float32,
+        "fp8": torch.float32,
+        "fp16-amp": torch.float16,
+        "bf16-amp": torch.bfloat16,
+    }
     device = torch.device(plan.device)
     scene = load_scene(plan.data)
     rates: dict = {}
@@ -264,22 +302,32 @@ def check_mfu(plan: Plan, results: dict[str, Result], result: Result) -> None:
         model = bitnerf.build_model(config, scene, device)
         # A micro-batched run's matmuls take a micro-batch's rays (where its summary says how many).
         rows_per_rank = run.metrics.get("micro_batch_rays") or config.batch_rays // world_size
-        shapes = [(min(rows, MATMUL_MAX_ROWS), n_in, n_out)
-                  for rows, n_in, n_out in bench.linear_shapes(model, rows_per_rank)]
+        shapes = [
+            (min(rows, MATMUL_MAX_ROWS), n_in, n_out) for rows, n_in, n_out in bench.linear_shapes(model, rows_per_rank)
+        ]
         key = (tuple(shapes), dtype)
         if key not in rates:
             seconds = min(bench.matmul_seconds(shapes, dtype, device, MATMUL_PASSES) for _ in range(MATMUL_ROUNDS))
             rates[key] = bench.FORWARD_BACKWARD * bench.forward_flops(shapes) * MATMUL_PASSES / seconds
         devices = world_size if plan.device == "cuda" else 1  # CPU ranks share this machine's cores
         model_flops = run.metrics["steady_samples_per_s"] * bench.flops_per_sample(model)
-        run.metrics.update({"matmul_dtype": str(dtype).removeprefix("torch."), "matmul_flops_per_s": round(rates[key]),
-                            "flops_per_sample": bench.flops_per_sample(model),
-                            "mfu": round(model_flops / (devices * rates[key]), 3)})
+        run.metrics.update(
+            {
+                "matmul_dtype": str(dtype).removeprefix("torch."),
+                "matmul_flops_per_s": round(rates[key]),
+                "flops_per_sample": bench.flops_per_sample(model),
+                "mfu": round(model_flops / (devices * rates[key]), 3),
+            }
+        )
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    result.metrics = {"matmul_flops_per_s": {f"{str(dtype).removeprefix('torch.')} {shapes[0][0]} rows": round(rate)
-                                             for (shapes, dtype), rate in rates.items()}}
+    result.metrics = {
+        "matmul_flops_per_s": {
+            f"{str(dtype).removeprefix('torch.')} {shapes[0][0]} rows": round(rate)
+            for (shapes, dtype), rate in rates.items()
+        }
+    }
 
 
 def run_checks(plan: Plan, checks: list[Check]) -> dict[str, Result]:

@@ -25,8 +25,11 @@ def plot_sparsity(activation: dict, weight: dict, near_zero_weight: float, runs,
     figure = Figure(figsize=(11, 6.5), layout="constrained")
     inputs_axes, weights_axes = figure.subplots(2, 1, sharex=True)
     colors = run_colors(runs)
-    layers = list(dict.fromkeys(layer_label(layer["name"]) for result in (*activation.values(), *weight.values())
-                                for layer in result))
+    layers = list(
+        dict.fromkeys(
+            layer_label(layer["name"]) for result in (*activation.values(), *weight.values()) for layer in result
+        )
+    )
     positions = {name: i for i, name in enumerate(layers)}
 
     def plot(axes, result, key, **style):
@@ -38,11 +41,18 @@ def plot_sparsity(activation: dict, weight: dict, near_zero_weight: float, runs,
         plot(inputs_axes, result, "input_sparsity", linestyle="-", color=colors[run_name], label=run_name)
     for run_name, result in weight.items():
         color = colors[run_name]
-        plot(weights_axes, result, "near_zero", linestyle="-", color=color,
-             label=f"{run_name}: |w| ≤ {near_zero_weight:g}·max|w|")
+        plot(
+            weights_axes,
+            result,
+            "near_zero",
+            linestyle="-",
+            color=color,
+            label=f"{run_name}: |w| ≤ {near_zero_weight:g}·max|w|",
+        )
         plot(weights_axes, result, "ternary_zero", linestyle="--", color=color, label=f"{run_name}: ternary zeros")
-    inputs_axes.set(title="Input activation sparsity per layer (fraction of exactly-zero inputs, test rays)",
-                    ylabel="zero inputs")
+    inputs_axes.set(
+        title="Input activation sparsity per layer (fraction of exactly-zero inputs, test rays)", ylabel="zero inputs"
+    )
     weights_axes.set(title="Weight sparsity per layer", ylabel="zero or near-zero weights")
     weights_axes.set_xticks(range(len(layers)), layers, rotation=35, ha="right")
     for axes in (inputs_axes, weights_axes):
@@ -62,20 +72,40 @@ def sparsity_tables(activation: dict, weight: dict) -> str:
         weights = {layer_label(layer["name"]): layer for layer in weight.get(run_name, [])}
         for name in dict.fromkeys([*inputs, *weights]):
             ternary = weights.get(name, {}).get("ternary_zero")
-            parts = [f"in {percent(inputs[name])}" if name in inputs else "",
-                     f"w {percent(weights[name]['near_zero'])}" if name in weights else "",
-                     f"ternary {percent(ternary)}" if ternary is not None else ""]
+            parts = [
+                f"in {percent(inputs[name])}" if name in inputs else "",
+                f"w {percent(weights[name]['near_zero'])}" if name in weights else "",
+                f"ternary {percent(ternary)}" if ternary is not None else "",
+            ]
             cells.setdefault(name, {})[run_name] = " · ".join(p for p in parts if p)
     rows = [[f"`{name}`", *(by_run.get(run_name, "") for run_name in runs)] for name, by_run in cells.items()]
     return markdown_table(["layer", *runs], rows)
 
 
 def render_sparsity_table(results: dict, skippable_weight: float) -> str:
-    rows = [[run_name, name, p["samples_per_ray"], percent(p["skippable"]), percent(p["empty_space"]),
-             percent(p["behind_surface"])]
-            for run_name, result in results.items() for name, p in result["passes"].items()]
-    return markdown_table(["experiment", "pass", "samples per ray", f"weight < {skippable_weight:g} (skippable)",
-                           "of which empty space", "of which behind the surface"], rows)
+    rows = [
+        [
+            run_name,
+            name,
+            p["samples_per_ray"],
+            percent(p["skippable"]),
+            percent(p["empty_space"]),
+            percent(p["behind_surface"]),
+        ]
+        for run_name, result in results.items()
+        for name, p in result["passes"].items()
+    ]
+    return markdown_table(
+        [
+            "experiment",
+            "pass",
+            "samples per ray",
+            f"weight < {skippable_weight:g} (skippable)",
+            "of which empty space",
+            "of which behind the surface",
+        ],
+        rows,
+    )
 
 
 def plot_time_breakdown(results: dict, stages: list[str], runs, path: Path) -> None:
@@ -90,17 +120,25 @@ def plot_time_breakdown(results: dict, stages: list[str], runs, path: Path) -> N
         left += shares
     for y, name in enumerate(names):
         axes.annotate(f" {1e3 * results[name]['total_s']:.0f} ms", (left[y], y), va="center", fontsize=8)
-    axes.set(title="Where the time of rendering one test image goes (torch.profiler)",
-             xlabel="share of the render time", xlim=(0, 1.15))
+    axes.set(
+        title="Where the time of rendering one test image goes (torch.profiler)",
+        xlabel="share of the render time",
+        xlim=(0, 1.15),
+    )
     axes.xaxis.set_major_formatter(PercentFormatter(1.0))
     figure.legend(*axes.get_legend_handles_labels(), loc="outside lower center", ncols=len(stages), fontsize=8)
     save_figure(figure, path)
 
 
 def time_table(results: dict, stages: list[str]) -> str:
-    rows = [[run_name, f"{1e3 * r['total_s']:.0f} ms",
-             *(f"{1e3 * r['stages_s'][s]:.0f} ms ({percent(r['stages_s'][s] / r['total_s'])})" for s in stages)]
-            for run_name, r in results.items()]
+    rows = [
+        [
+            run_name,
+            f"{1e3 * r['total_s']:.0f} ms",
+            *(f"{1e3 * r['stages_s'][s]:.0f} ms ({percent(r['stages_s'][s] / r['total_s'])})" for s in stages),
+        ]
+        for run_name, r in results.items()
+    ]
     return markdown_table(["experiment", "render (1 view)", *stages], rows)
 
 
@@ -111,69 +149,109 @@ def read_analyses(out_dir: Path, analyze_command: str) -> dict | None:
         return None
     analyses = read_json(path)
     if not isinstance(analyses, dict) or not isinstance(analyses.get("definitions"), dict):
-        raise UserError(f"{path} lacks the analyses' definitions (an older analyze.py wrote it):"
-                        f" rerun `{analyze_command}`")
+        raise UserError(
+            f"{path} lacks the analyses' definitions (an older analyze.py wrote it): rerun `{analyze_command}`"
+        )
     return analyses
 
 
-def analyses_section(analyses: dict | None, runs, out_dir: Path, analyze_command: str,
-                     report_command: str) -> list[str]:
+def analyses_section(
+    analyses: dict | None, runs, out_dir: Path, analyze_command: str, report_command: str
+) -> list[str]:
     """The analyses' Markdown (and plots) for the runs in this report, each saying how to rerun it; without
     analyses.json, the command that writes it."""
     if analyses is None:
-        return ["## Analyses", "", f"Not computed: run `{analyze_command}` (`make suite` does), then `{report_command}`."]
+        return [
+            "## Analyses",
+            "",
+            f"Not computed: run `{analyze_command}` (`make suite` does), then `{report_command}`.",
+        ]
     run_names = [run_dir.name for run_dir, _ in runs]
-    definitions = analyses["definitions"]
-    near_zero, skippable, stride = (definitions[k] for k in ("near_zero_weight", "skippable_weight", "pixel_stride"))
-    present = {name: {run: result[run] for run in run_names if run in result}
-               for name, result in analyses.items() if name != "definitions"}
+    present = {
+        name: {run: result[run] for run in run_names if run in result}
+        for name, result in analyses.items()
+        if name != "definitions"
+    }
 
-    def command(*names):
+    def reproduce(*names):
         return f"Reproduce: `{analyze_command} --only {' '.join(names)}`, then `{report_command}`."
 
-    def missing(*names):
-        return f"Not computed for these runs. {command(*names)}"
+    definitions = analyses["definitions"]
+    return [
+        "## Analyses",
+        "",
+        "What an accelerator could skip, and where rendering time goes (after the Accelerating-NeRFs seed).",
+        "",
+        *layer_sparsity_subsection(present, definitions, runs, out_dir, reproduce),
+        *render_sparsity_subsection(present, definitions, reproduce),
+        *time_subsection(present, definitions, runs, out_dir, reproduce),
+    ]
 
-    lines = ["## Analyses", "",
-             "What an accelerator could skip, and where rendering time goes (after the Accelerating-NeRFs seed).", ""]
+
+def not_computed(reproduce, *names) -> list[str]:
+    return [f"Not computed for these runs. {reproduce(*names)}", ""]
+
+
+def layer_sparsity_subsection(present: dict, definitions: dict, runs, out_dir: Path, reproduce) -> list[str]:
     activation, weight = present.get("activation_sparsity", {}), present.get("weight_sparsity", {})
-    lines += ["### Sparsity per layer: inputs and weights", ""]
-    if activation or weight:
-        plot_sparsity(activation, weight, near_zero, runs, out_dir / "sparsity.png")
-        lines += ["![Input activation and weight sparsity per layer](sparsity.png)", "",
-                  f"*in*: the fraction of exactly-zero inputs of the layer on test rays (layers.json; ReLU outputs "
-                  f"are what a zero-gating MAC array could skip); *w*: the fraction of weights with "
-                  f"|w| ≤ {near_zero:g}·max|w| of the layer (BitNeRF: of its latent fp32 weights); "
-                  f"*ternary*: BitNeRF's exact zeros among the ternary weights its forward pass uses.", "",
-                  sparsity_tables(activation, weight), "", command("activation_sparsity", "weight_sparsity"), ""]
-    else:
-        lines += [missing("activation_sparsity", "weight_sparsity"), ""]
+    lines = ["### Sparsity per layer: inputs and weights", ""]
+    if not (activation or weight):
+        return lines + not_computed(reproduce, "activation_sparsity", "weight_sparsity")
+    near_zero = definitions["near_zero_weight"]
+    plot_sparsity(activation, weight, near_zero, runs, out_dir / "sparsity.png")
+    return lines + [
+        "![Input activation and weight sparsity per layer](sparsity.png)",
+        "",
+        f"*in*: the fraction of exactly-zero inputs of the layer on test rays (layers.json; ReLU outputs "
+        f"are what a zero-gating MAC array could skip); *w*: the fraction of weights with "
+        f"|w| ≤ {near_zero:g}·max|w| of the layer (BitNeRF: of its latent fp32 weights); "
+        f"*ternary*: BitNeRF's exact zeros among the ternary weights its forward pass uses.",
+        "",
+        sparsity_tables(activation, weight),
+        "",
+        reproduce("activation_sparsity", "weight_sparsity"),
+        "",
+    ]
 
-    lines += ["### Volume-rendering weight sparsity", ""]
-    if present.get("render_weight_sparsity"):
-        views = sorted({v for result in present["render_weight_sparsity"].values() for v in result["views"]})
-        lines += [f"Samples whose compositing weight w = T·α is below {skippable:g} change no pixel "
-                  f"visibly: empty-space skipping and early ray termination exist to skip them. *Empty space*: the "
-                  f"ray is still transparent there (T ≥ {skippable:g}) but nothing is there; *behind "
-                  f"the surface*: the transmittance T has fallen below {skippable:g}, what early ray "
-                  f"termination skips. Test view(s) {', '.join(map(str, views))}, one pixel of "
-                  f"every {stride}×{stride} block.", "",
-                  render_sparsity_table(present["render_weight_sparsity"], skippable), "",
-                  command("render_weight_sparsity"), ""]
-    else:
-        lines += [missing("render_weight_sparsity"), ""]
 
-    lines += ["### Where the time of rendering an image goes", ""]
-    if present.get("time_breakdown"):
-        results = present["time_breakdown"]
-        plot_time_breakdown(results, definitions["time_stages"], runs, out_dir / "time_breakdown.png")
-        first = next(iter(results.values()))
-        lines += ["![Time breakdown of rendering one test image](time_breakdown.png)", "",
-                  f"One {first['pixels']}-pixel test view rendered in eval mode on `{first['device']}` under "
-                  f"torch.profiler, with ranges around nerf.py's stages: *MLP* is the radiance field less its "
-                  f"positional encoding; *other* is the rest (chunking, sorting the fine samples). Timings on a "
-                  f"shared machine are indicative.", "", time_table(results, definitions["time_stages"]), "",
-                  command("time_breakdown"), ""]
-    else:
-        lines += [missing("time_breakdown"), ""]
-    return lines
+def render_sparsity_subsection(present: dict, definitions: dict, reproduce) -> list[str]:
+    lines = ["### Volume-rendering weight sparsity", ""]
+    if not present.get("render_weight_sparsity"):
+        return lines + not_computed(reproduce, "render_weight_sparsity")
+    skippable, stride = definitions["skippable_weight"], definitions["pixel_stride"]
+    views = sorted({v for result in present["render_weight_sparsity"].values() for v in result["views"]})
+    return lines + [
+        f"Samples whose compositing weight w = T·α is below {skippable:g} change no pixel "
+        f"visibly: empty-space skipping and early ray termination exist to skip them. *Empty space*: the "
+        f"ray is still transparent there (T ≥ {skippable:g}) but nothing is there; *behind "
+        f"the surface*: the transmittance T has fallen below {skippable:g}, what early ray "
+        f"termination skips. Test view(s) {', '.join(map(str, views))}, one pixel of "
+        f"every {stride}×{stride} block.",
+        "",
+        render_sparsity_table(present["render_weight_sparsity"], skippable),
+        "",
+        reproduce("render_weight_sparsity"),
+        "",
+    ]
+
+
+def time_subsection(present: dict, definitions: dict, runs, out_dir: Path, reproduce) -> list[str]:
+    lines = ["### Where the time of rendering an image goes", ""]
+    if not present.get("time_breakdown"):
+        return lines + not_computed(reproduce, "time_breakdown")
+    results = present["time_breakdown"]
+    plot_time_breakdown(results, definitions["time_stages"], runs, out_dir / "time_breakdown.png")
+    first = next(iter(results.values()))
+    return lines + [
+        "![Time breakdown of rendering one test image](time_breakdown.png)",
+        "",
+        f"One {first['pixels']}-pixel test view rendered in eval mode on `{first['device']}` under "
+        f"torch.profiler, with ranges around nerf.py's stages: *MLP* is the radiance field less its "
+        f"positional encoding; *other* is the rest (chunking, sorting the fine samples). Timings on a "
+        f"shared machine are indicative.",
+        "",
+        time_table(results, definitions["time_stages"]),
+        "",
+        reproduce("time_breakdown"),
+        "",
+    ]

@@ -6,8 +6,12 @@ from accel.results import NOT_EVALUATED, markdown_table
 from reporting.runs import experiment_groups
 
 # What the interval tables and the Pareto plot compare: summary field -> (label, decimals).
-SEED_METRICS = {"psnr_test": ("test PSNR (dB)", 2), "ssim_test": ("test SSIM", 3),
-                "train_samples_per_s": ("train samples/s", 0), "wall_s": ("wall time (s)", 0)}
+SEED_METRICS = {
+    "psnr_test": ("test PSNR (dB)", 2),
+    "ssim_test": ("test SSIM", 3),
+    "train_samples_per_s": ("train samples/s", 0),
+    "wall_s": ("wall time (s)", 0),
+}
 
 
 def by_seed(group, value) -> dict[int, float]:
@@ -20,12 +24,16 @@ def seed_measures(dense_rows: list[dict]) -> dict[str, tuple[str, int, object]]:
     """Every measure of the interval tables: label, decimals and how to read it from a run (None: it has none);
     energy per frame on each architecture is an `energy:<arch>` measure."""
     hw = {(row["run"], row["arch"]): float(row["energy_per_frame_j"]) for row in dense_rows}
-    measures = {field: (label, digits, lambda run_dir, s, field=field: s[field])
-                for field, (label, digits) in SEED_METRICS.items()}
+    measures = {
+        field: (label, digits, lambda run_dir, s, field=field: s[field])
+        for field, (label, digits) in SEED_METRICS.items()
+    }
     for arch in dict.fromkeys(row["arch"] for row in dense_rows):
-        measures[f"energy:{arch}"] = (f"{arch} energy/frame (J)", 3,
-                                      lambda run_dir, s, arch=arch: hw[run_dir.name, arch]
-                                      if (run_dir.name, arch) in hw else None)
+        measures[f"energy:{arch}"] = (
+            f"{arch} energy/frame (J)",
+            3,
+            lambda run_dir, s, arch=arch: hw[run_dir.name, arch] if (run_dir.name, arch) in hw else None,
+        )
     return measures
 
 
@@ -78,9 +86,13 @@ def intervals_section(runs, dense_rows: list[dict]) -> list[str]:
         rows.append([experiment, *cells])
     lines += [markdown_table(["difference against exp1", *(label for label, _, _ in measures.values())], rows), ""]
     if most_seeds < 2:
-        lines.append("One seed per experiment: these differences carry no interval and may be noise. "
-                     "`make suite SEEDS=3` runs every experiment on seeds 0, 1 and 2 and gives intervals.")
+        lines.append(
+            "One seed per experiment: these differences carry no interval and may be noise. "
+            "`make suite SEEDS=3` runs every experiment on seeds 0, 1 and 2 and gives intervals."
+        )
     else:
-        lines.append("Mean ± the half-width of the 95% t interval over the seeds. Each difference pairs an "
-                     "experiment's run with exp1's run of the same seed; *not significant*: its interval covers zero.")
+        lines.append(
+            "Mean ± the half-width of the 95% t interval over the seeds. Each difference pairs an "
+            "experiment's run with exp1's run of the same seed; *not significant*: its interval covers zero."
+        )
     return lines

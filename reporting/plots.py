@@ -78,8 +78,16 @@ def plot_pareto(runs, dense_rows: list[dict], path: Path) -> None:
             if not cost:
                 continue
             x, y = stats.mean_interval(cost), stats.mean_interval([s["psnr_test"] for _, s in group])
-            axes.errorbar(x.mean, y.mean, xerr=x.half_width, yerr=y.half_width, fmt="o", color=f"C{i % 10}",
-                          label=experiment, capsize=3)
+            axes.errorbar(
+                x.mean,
+                y.mean,
+                xerr=x.half_width,
+                yerr=y.half_width,
+                fmt="o",
+                color=f"C{i % 10}",
+                label=experiment,
+                capsize=3,
+            )
             points.append((x.mean, y.mean))
         front = [points[i] for i in stats.pareto_front(points)]
         if front:
@@ -132,19 +140,25 @@ def figure_section(title: str, image: str, alt: str, text: str) -> list[str]:
 def pareto_section(runs, dense_rows: list[dict], out_dir: Path) -> list[str]:
     plot_pareto(runs, dense_rows, out_dir / "pareto.png")
     return figure_section(
-        "Quality against cost", "pareto.png", "Test PSNR against energy per frame, training time and model size",
+        "Quality against cost",
+        "pareto.png",
+        "Test PSNR against energy per frame, training time and model size",
         "Each experiment at its mean over seeds, with 95% intervals where it has several; the dashed line joins the "
         "experiments that no other beats on both cost and PSNR (the Pareto front). Energy is the dense design's "
-        "(`hw_eval.py`).")
+        "(`hw_eval.py`).",
+    )
 
 
 def psnr_section(runs, out_dir: Path) -> list[str]:
     plot_psnr(runs, out_dir / "psnr.png")
     return figure_section(
-        "Held-out PSNR during training", "psnr.png", "Held-out PSNR against steps, rays seen and wall time",
+        "Held-out PSNR during training",
+        "psnr.png",
+        "Held-out PSNR against steps, rays seen and wall time",
         "Periodic evaluations render the first validation views where the scene has them, else the first test "
         "views (`eval_views`); the last point of each run is the final evaluation on every one of those views "
-        "(validation or test). Against rays seen, experiments with other batch sizes (exp3) line up with the rest.")
+        "(validation or test). Against rays seen, experiments with other batch sizes (exp3) line up with the rest.",
+    )
 
 
 def renders_section(runs, out_dir: Path) -> list[str]:
@@ -152,7 +166,10 @@ def renders_section(runs, out_dir: Path) -> list[str]:
     if not views:
         return ["## Test renders and depth maps", "", "No test view was rendered by every run (`renders/rgb_*.png`)."]
     return figure_section(
-        "Test renders and depth maps", "renders.png", "Test renders and depth maps",
+        "Test renders and depth maps",
+        "renders.png",
+        "Test renders and depth maps",
         f"Test view(s) {', '.join(str(int(v)) for v in views)}: the ground truth on top, then each experiment's "
         f"render and depth map (turbo colour map, near red, far blue); each row gives the run's test PSNR on every "
-        f"test view.")
+        f"test view.",
+    )

@@ -11,8 +11,10 @@ def throughput_ratio(summary: dict, baseline: dict | None) -> str:
     if baseline is None:
         return "n/a (no exp1)"
     if summary.get("compiled") is None or summary.get("compiled") != baseline.get("compiled"):
-        return (f"not compared (compiled: {COMPILED.get(summary.get('compiled'), 'unknown')},"
-                f" exp1 {COMPILED.get(baseline.get('compiled'), 'unknown')})")
+        return (
+            f"not compared (compiled: {COMPILED.get(summary.get('compiled'), 'unknown')},"
+            f" exp1 {COMPILED.get(baseline.get('compiled'), 'unknown')})"
+        )
     return f"{summary['train_samples_per_s'] / baseline['train_samples_per_s']:.2f}×"
 
 
@@ -21,24 +23,53 @@ def results_table(runs, dense_rows: list[dict], not_evaluated: str) -> str:
     run without accelerator results of its own shows, and how to cost it."""
     archs = list(dict.fromkeys(row["arch"] for row in dense_rows))
     hw = {(row["run"], row["arch"]): row for row in dense_rows}
-    header = ["experiment", "precision", "world size", "global batch (rays)", "steps", "wall time",
-              "train samples/s", "compiled", "samples/s vs exp1", "peak memory", "test PSNR (dB)", "test SSIM",
-              "parameters", "weight bits", "model size"]
+    header = [
+        "experiment",
+        "precision",
+        "world size",
+        "global batch (rays)",
+        "steps",
+        "wall time",
+        "train samples/s",
+        "compiled",
+        "samples/s vs exp1",
+        "peak memory",
+        "test PSNR (dB)",
+        "test SSIM",
+        "parameters",
+        "weight bits",
+        "model size",
+    ]
     baseline = next((s for _, s in runs if s["experiment"] == "exp1"), None)
     for arch in archs or [None]:
         prefix = f"{arch} " if arch else ""
         header += [f"{prefix}energy/frame", f"{prefix}latency/frame"]
     rows = []
     for run_dir, s in runs:
-        row = [s["experiment"], s["precision"], s["world_size"], s["global_batch_rays"], s["steps"],
-               f"{s['wall_s']:.0f} s", si(s["train_samples_per_s"]), COMPILED.get(s.get("compiled"), "unknown"),
-               throughput_ratio(s, baseline), si(s["peak_mem_bytes"], "B"),
-               f"{s['psnr_test']:.2f}", f"{s['ssim_test']:.3f}", si(s["params"]), f"{s['weight_bits']:g}",
-               si(s["model_bytes"], "B")]
+        row = [
+            s["experiment"],
+            s["precision"],
+            s["world_size"],
+            s["global_batch_rays"],
+            s["steps"],
+            f"{s['wall_s']:.0f} s",
+            si(s["train_samples_per_s"]),
+            COMPILED.get(s.get("compiled"), "unknown"),
+            throughput_ratio(s, baseline),
+            si(s["peak_mem_bytes"], "B"),
+            f"{s['psnr_test']:.2f}",
+            f"{s['ssim_test']:.3f}",
+            si(s["params"]),
+            f"{s['weight_bits']:g}",
+            si(s["model_bytes"], "B"),
+        ]
         for arch in archs or [None]:
             hw_row = hw.get((run_dir.name, arch))
-            row += ([si(float(hw_row["energy_per_frame_j"]), "J"), si(float(hw_row["latency_per_frame_s"]), "s")]
-                    if hw_row else [NOT_EVALUATED, NOT_EVALUATED])
+            row += (
+                [si(float(hw_row["energy_per_frame_j"]), "J"), si(float(hw_row["latency_per_frame_s"]), "s")]
+                if hw_row
+                else [NOT_EVALUATED, NOT_EVALUATED]
+            )
         rows.append(row)
     notes = [
         "- *wall time*: the whole training command (evaluation and video included); *train samples/s*: MLP "
@@ -49,8 +80,10 @@ def results_table(runs, dense_rows: list[dict], not_evaluated: str) -> str:
         "setting: compiling changes throughput by itself, and would be credited to the experiment's axis.",
     ]
     if hw:
-        notes.append(f"- Energy and latency per {FRAME} frame on each architecture are AccelForge models of "
-                     "the run's layers (`hw_eval.py`), not silicon measurements.")
+        notes.append(
+            f"- Energy and latency per {FRAME} frame on each architecture are AccelForge models of "
+            "the run's layers (`hw_eval.py`), not silicon measurements."
+        )
     if not archs or any((run_dir.name, arch) not in hw for run_dir, _ in runs for arch in archs):
         notes.append(f"- {not_evaluated}")
     return markdown_table(header, rows) + "\n\n" + "\n".join(notes)

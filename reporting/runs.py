@@ -39,10 +39,14 @@ def missing_experiments(runs_dir: Path, runs) -> list[str]:
         elif not dirs:
             why = "no run directory"
         elif any((d / rundir.CHECKPOINT).is_file() for d in dirs):
-            why = (f"run directory {', '.join(d.name for d in dirs)} without {rundir.SUMMARY} (the run did not finish;"
-                   f" --resume continues it)")
+            why = (
+                f"run directory {', '.join(d.name for d in dirs)} without {rundir.SUMMARY} (the run did not finish;"
+                f" --resume continues it)"
+            )
         else:
-            why = (f"run directory {', '.join(d.name for d in dirs)} without {rundir.SUMMARY} or a checkpoint (the run"
-                   f" stopped before its first one; --overwrite trains it again)")
+            why = (
+                f"run directory {', '.join(d.name for d in dirs)} without {rundir.SUMMARY} or a checkpoint (the run"
+                f" stopped before its first one; --overwrite trains it again)"
+            )
         items.append(f"- {name}: {why}")
     return items

@@ -14,6 +14,8 @@ import configs  # noqa: E402
 from builtin_scene import write_builtin_scene  # noqa: E402
 
 torch.set_num_threads(2)
+# The command-line flags of a model small enough to train a step in milliseconds (the commands tests run).
+TINY_MODEL_FLAGS = ["--depth", "2", "--width", "32", "--n-coarse", "8", "--n-fine", "8"]
 
 
 @pytest.fixture(scope="session")
@@ -26,23 +28,53 @@ def builtin_scene(tmp_path_factory) -> Path:
 def tiny_config(builtin_scene, tmp_path):
     """A config small enough to train in seconds on the CPU, on the built-in scene, writing into tmp_path."""
     return replace(
-        configs.QUICK, data=str(builtin_scene), out=str(tmp_path / "runs"), wandb="disabled",
-        depth=2, width=64, pos_freqs=6, use_viewdirs=True, n_coarse=16, n_fine=16, steps=40, batch_rays=256, log_every=10, eval_every=20,
-        ckpt_every=20, video_frames=2, eval_views=1, compile="off",  # compiling costs ~30 s: one test does it
+        configs.QUICK,
+        data=str(builtin_scene),
+        out=str(tmp_path / "runs"),
+        wandb="disabled",
+        depth=2,
+        width=64,
+        pos_freqs=6,
+        use_viewdirs=True,
+        n_coarse=16,
+        n_fine=16,
+        steps=40,
+        batch_rays=256,
+        log_every=10,
+        eval_every=20,
+        ckpt_every=20,
+        video_frames=2,
+        eval_views=1,
+        compile="off",  # compiling costs ~30 s: one test does it
         occupancy_grid=False,  # the quick preset's grid has tests of its own (test_occupancy.py)
     )
 
 
 @pytest.fixture(scope="session")
 def trained_runs(tmp_path_factory) -> Path:
-    """A folder with a NeRF and a BitNeRF run, each trained for 10 steps on a small random scene (one 16x16 test view)."""
+    """A folder with a NeRF and a BitNeRF run, each trained for 10 steps on a small random scene (one 16x16 test
+    view)."""
     import train
 
     root = tmp_path_factory.mktemp("trained")
     config = replace(
-        configs.QUICK, data=str(write_scene(root / "scene.npz", n=6, size=16)), out=str(root / "runs"),
-        wandb="disabled", depth=2, width=32, n_coarse=8, n_fine=8, steps=10, batch_rays=64, log_every=5,
-        eval_every=5, ckpt_every=10, video_frames=1, eval_views=1, compile="off", occupancy_grid=False,
+        configs.QUICK,
+        data=str(write_scene(root / "scene.npz", n=6, size=16)),
+        out=str(root / "runs"),
+        wandb="disabled",
+        depth=2,
+        width=32,
+        n_coarse=8,
+        n_fine=8,
+        steps=10,
+        batch_rays=64,
+        log_every=5,
+        eval_every=5,
+        ckpt_every=10,
+        video_frames=1,
+        eval_views=1,
+        compile="off",
+        occupancy_grid=False,
     )
     train.run(replace(config, name="nerf"))
     train.run(replace(config, name="bitnerf", model="bitnerf"))
@@ -73,8 +105,9 @@ def ddp_rank(rank: int, port: int, config, grad_compression: str = "none"):
     from dataset import RaySampler, load_scene
     from step import Optimization
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     ranks = bitnerf_ddp.init("cpu", distributed=True)
     try:
@@ -82,8 +115,15 @@ def ddp_rank(rank: int, port: int, config, grad_compression: str = "none"):
         torch.manual_seed(config.seed)
         model = bitnerf.build_model(config, scene, ranks.device)
         optimization = Optimization.build(config, model, ranks.device, None)
-        sampler = RaySampler(scene, ranks.device, config.batch_rays, config.seed, config.jitter_per_ray,
-                             rank=ranks.rank, world_size=ranks.world_size)
+        sampler = RaySampler(
+            scene,
+            ranks.device,
+            config.batch_rays,
+            config.seed,
+            config.jitter_per_ray,
+            rank=ranks.rank,
+            world_size=ranks.world_size,
+        )
         yield model, optimization, sampler, bitnerf_ddp.wrap(model, ranks, grad_compression)
     finally:
         bitnerf_ddp.shutdown()

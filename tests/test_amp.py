@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_scene
+from conftest import TINY_MODEL_FLAGS, write_scene
 
 import bitnerf
 import configs
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 # A scale at which the scaled fp16 gradients overflow (fp16's largest value is 65504): the loss is about
 # 0.2, so the scaled gradients flowing back into the fp16 matmuls are about 1e11.
-OVERFLOWING_SCALE = 2.0 ** 40
+OVERFLOWING_SCALE = 2.0**40
 
 
 class Fp16Training:
@@ -36,17 +36,29 @@ class Fp16Training:
 
     def __init__(self, scene_path: Path):
         self.config = replace(
-            configs.experiment("exp2", configs.QUICK), amp_dtype="fp16", data=str(scene_path), depth=2, width=64,
-            pos_freqs=6, use_viewdirs=True, n_coarse=16, n_fine=16, steps=40, batch_rays=256, compile="off",
-            occupancy_grid=False)
+            configs.experiment("exp2", configs.QUICK),
+            amp_dtype="fp16",
+            data=str(scene_path),
+            depth=2,
+            width=64,
+            pos_freqs=6,
+            use_viewdirs=True,
+            n_coarse=16,
+            n_fine=16,
+            steps=40,
+            batch_rays=256,
+            compile="off",
+            occupancy_grid=False,
+        )
         scene = load_scene(self.config.data, self.config.downscale, self.config.val_views)
         self.dtype = precision.amp_dtype(self.config, CPU)
         torch.manual_seed(self.config.seed)
         self.model = bitnerf.build_model(self.config, scene, CPU)
         self.optimization = Optimization.build(self.config, self.model, CPU, self.dtype)
         self.scaler = self.optimization.scaler
-        self.sampler = RaySampler(scene, CPU, self.config.batch_rays, self.config.seed,
-                                  jitter_samples=self.config.jitter_per_ray)
+        self.sampler = RaySampler(
+            scene, CPU, self.config.batch_rays, self.config.seed, jitter_samples=self.config.jitter_per_ray
+        )
         self.autocast = functools.partial(precision.autocast, CPU, self.dtype)  # as evaluation.Evaluation.autocast
         self.steps = 0
 
@@ -93,7 +105,7 @@ def test_an_overflowing_fp16_step_is_skipped_and_the_scale_backs_off(fp16):
     assert fp16.scaler.get_scale() == OVERFLOWING_SCALE / 2
     assert fp16.scaler.state_dict()["_growth_tracker"] == 0
     # The next step at a scale that fits is applied, with finite weights.
-    fp16.set_scaler(scale=2.0 ** 10)
+    fp16.set_scaler(scale=2.0**10)
     stats = fp16.step()
     assert torch.isfinite(stats["grad_norm"]) and fp16.adam_steps() == {1.0}
     after = fp16.weights()
@@ -102,19 +114,19 @@ def test_an_overflowing_fp16_step_is_skipped_and_the_scale_backs_off(fp16):
 
 
 def test_the_scale_grows_after_growth_interval_good_steps_and_is_saved(fp16):
-    fp16.set_scaler(scale=2.0 ** 10, growth_interval=3, _growth_tracker=0)
+    fp16.set_scaler(scale=2.0**10, growth_interval=3, _growth_tracker=0)
     for good in (1, 2):
         assert torch.isfinite(fp16.step()["grad_norm"])
-        assert fp16.scaler.get_scale() == 2.0 ** 10, f"the scale changed after {good} of 3 good steps"
+        assert fp16.scaler.get_scale() == 2.0**10, f"the scale changed after {good} of 3 good steps"
         assert fp16.scaler.state_dict()["_growth_tracker"] == good
     fp16.step()
-    assert fp16.scaler.get_scale() == 2.0 ** 11  # growth_factor 2 after the third good step
+    assert fp16.scaler.get_scale() == 2.0**11  # growth_factor 2 after the third good step
     assert fp16.scaler.state_dict()["_growth_tracker"] == 0
     assert fp16.adam_steps() == {3.0}, "every good step is applied"
     # What a checkpoint saves (Optimization.state_dict) gives a resumed run the grown scale and its interval.
     resumed = Optimization.build(fp16.config, fp16.model, CPU, torch.float16)
     resumed.load_state_dict(fp16.optimization.state_dict())
-    assert resumed.scaler.get_scale() == 2.0 ** 11 and resumed.scaler.state_dict()["growth_interval"] == 3
+    assert resumed.scaler.get_scale() == 2.0**11 and resumed.scaler.state_dict()["growth_interval"] == 3
 
 
 def test_fp16_training_computes_in_fp16_and_lowers_the_loss(fp16):
@@ -124,7 +136,7 @@ def test_fp16_training_computes_in_fp16_and_lowers_the_loss(fp16):
     assert census.precision() == "fp16-amp", census.layers
     assert {layer.output_dtype for layer in census.layers.values()} == {torch.float16}
     # The loss on a held batch (fixed rays and sample positions, fp32, no gradients) falls over 30 steps.
-    held = fp16.sampler.batch(10 ** 6)
+    held = fp16.sampler.batch(10**6)
 
     def held_loss() -> float:
         with torch.no_grad():
@@ -142,11 +154,40 @@ def test_exp2_with_fp16_records_fp16_amp_and_saves_an_enabled_scaler(tmp_path):
     scene = write_scene(tmp_path / "scene.npz", n=6, size=16)
     out = tmp_path / "runs"
     result = subprocess.run(
-        [sys.executable, str(REPO / "exp2.py"), "--quick", "--amp-dtype", "fp16", "--data", str(scene), "--out",
-         str(out), "--depth", "2", "--width", "32", "--n-coarse", "8", "--n-fine", "8", "--batch-rays", "64",
-         "--steps", "4", "--log-every", "2", "--eval-every", "4", "--ckpt-every", "4", "--video-frames", "1",
-         "--eval-views", "1", "--compile", "off", "--wandb", "disabled"],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(REPO / "exp2.py"),
+            "--quick",
+            "--amp-dtype",
+            "fp16",
+            "--data",
+            str(scene),
+            "--out",
+            str(out),
+            *TINY_MODEL_FLAGS,
+            "--batch-rays",
+            "64",
+            "--steps",
+            "4",
+            "--log-every",
+            "2",
+            "--eval-every",
+            "4",
+            "--ckpt-every",
+            "4",
+            "--video-frames",
+            "1",
+            "--eval-views",
+            "1",
+            "--compile",
+            "off",
+            "--wandb",
+            "disabled",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = out / "exp2"
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -87,10 +87,29 @@ def test_micro_batches_runs_tiny(scene, monkeypatch, capsys):
 
 def test_mac_energies_runs_tiny(capsys):
     pytest.importorskip("accelforge")
+    from accel import architectures
+
     result = script("mac_energies").main(["--tiny"])
     [(design, energies)] = result.items()
-    assert 0 < energies["ternary"] <= energies["int8"], design  # fewer weight bits to slice, never more energy
-    assert "fp8" in capsys.readouterr().out
+    assert design == architectures.CIM[0].name  # --tiny: the first compute-in-memory design alone
+    # Fewer weight bits to slice: less energy. A MAC of a compute-in-memory array costs a fraction of a pJ to a
+    # few pJ, so a slip of units (per sample instead of per MAC, joules instead of pJ) is out of bounds.
+    assert 0.01 < energies["ternary"] < energies["int8"] < 10, design
+    out = capsys.readouterr().out
+    # The digital table: a row per shipped architecture, a column per number format.
+    assert "| architecture | node | clock |" in out and all(
+        f" {f} |" in out for f in ("fp32", "fp8", "int8", "ternary")
+    )
+    assert all(f"\n| {arch.name} | " in out for arch in architectures.SHIPPED)
+    # The design's row prints the energies returned, and their ratio.
+    [row] = [line.split() for line in out.splitlines() if line.startswith(design + " ")]
+    assert row == [
+        design,
+        f"{architectures.CIM[0].tech_node_nm:g}",
+        f"{energies['int8']:.4f}",
+        f"{energies['ternary']:.4f}",
+        f"{energies['ternary'] / energies['int8']:.2f}",
+    ]
 
 
 def fake_run(root: Path, loss: str = "0.5", wall_s: float = 1.0) -> Path:
@@ -116,18 +135,26 @@ def snippets(text: str, one_liners: bool = True) -> list[str]:
     """The measurement snippets of a page: ```python blocks (but ```python example), `python - <<` heredocs,
     and (one_liners) `python -c "..."` one-liners."""
     blocks = re.findall(r"^```python(?! example)\b.*?^```", text, re.MULTILINE | re.DOTALL)
-    return [*blocks, *re.findall(r"python3? - <<.*", text),
-            *(re.findall(r"python3? -c ['\"].*", text) if one_liners else [])]
+    return [
+        *blocks,
+        *re.findall(r"python3? - <<.*", text),
+        *(re.findall(r"python3? -c ['\"].*", text) if one_liners else []),
+    ]
 
 
 def test_docs_quote_no_measurement_code_but_the_scripts_command():
-    found = {page.name: snippets(page.read_text(), page.name not in UNCONVERTED_ONE_LINERS)
-             for page in (ROOT / "docs").glob("*.md")}  # not docs/history/: it quotes the code of its commits
+    found = {
+        page.name: snippets(page.read_text(), page.name not in UNCONVERTED_ONE_LINERS)
+        for page in (ROOT / "docs").glob("*.md")
+    }  # not docs/history/: it quotes the code of its commits
     assert not {name: code for name, code in found.items() if code}, (
         "a measurement belongs in benchmarks/ as a script, with its command line in the docs (or mark an"
-        " illustration ```python example)")
+        " illustration ```python example)"
+    )
     assert snippets("```python\nimport torch\n```\n```python example\nx = 1\n```\npython -c 'print(1)'") == [
-        "```python\nimport torch\n```", "python -c 'print(1)'"]
+        "```python\nimport torch\n```",
+        "python -c 'print(1)'",
+    ]
     assert snippets("python - <<'PY'\npython -c 'print(1)'", one_liners=False) == ["python - <<'PY'"]
 
 

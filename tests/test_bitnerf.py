@@ -15,8 +15,9 @@ import train
 from nerf import NeRF
 from utils import UserError
 
-FIELD = dict(near=2.0, far=6.0, white_bkgd=True, n_coarse=8, n_fine=8, depth=3, width=32, pos_freqs=4,
-             dir_freqs=2, skips=(0,))
+FIELD = dict(
+    near=2.0, far=6.0, white_bkgd=True, n_coarse=8, n_fine=8, depth=3, width=32, pos_freqs=4, dir_freqs=2, skips=(0,)
+)
 
 
 def make_bitnerf(seed=0):
@@ -39,8 +40,11 @@ FIELD_LINEARS = ["layers.0", "layers.1", "layers.2", "density_head", "feature", 
 def test_only_hidden_layers_are_quantized():
     quantized = bitnerf.quantized_linears(make_bitnerf())
     # FIELD's 3 hidden layers, feature and view layers in each field; the density and colour heads stay.
-    assert sorted(quantized) == sorted(f"{field}.{layer}.linear" for field in ("coarse", "fine")
-                                       for layer in ("layers.0", "layers.1", "layers.2", "feature", "view_layer"))
+    assert sorted(quantized) == sorted(
+        f"{field}.{layer}.linear"
+        for field in ("coarse", "fine")
+        for layer in ("layers.0", "layers.1", "layers.2", "feature", "view_layer")
+    )
     every = bitnerf.quantized_linears(bitnerf.to_bitnet(bitnerf.bitnerf(**FIELD), quantize_heads=True))
     assert sorted(every) == sorted(f"{field}.{layer}.linear" for field in ("coarse", "fine") for layer in FIELD_LINEARS)
 
@@ -49,7 +53,10 @@ def test_only_hidden_layers_are_quantized():
 def test_the_first_layer_can_train_in_int8_or_fp32(first_layer):
     model = bitnerf.to_bitnet(bitnerf.bitnerf(**FIELD), first_layer=first_layer)
     assert sorted(bitnerf.quantized_linears(model)) == sorted(
-        f"{field}.{layer}.linear" for field in ("coarse", "fine") for layer in ("layers.1", "layers.2", "feature", "view_layer"))
+        f"{field}.{layer}.linear"
+        for field in ("coarse", "fine")
+        for layer in ("layers.1", "layers.2", "feature", "view_layer")
+    )
     firsts = ["coarse.layers.0.linear", "fine.layers.0.linear"]
     assert sorted(bitnerf.int8_linears(model)) == (firsts if first_layer == "int8" else [])
     assert bitnerf.is_ternary_layer("coarse.layers.10.linear", first_layer=first_layer)
@@ -173,19 +180,25 @@ def test_bitnerf_run_learns_and_reports_ternary_bits(tiny_config):
     assert layers["fine.rgb_head.linear"]["weight_bits"] == 32
     # Every Linear of both fields (depth 2, view directions) in execution order, also when compiled fields
     # run their layers past the hooks.
-    assert list(layers) == [f"{field}.{layer}.linear" for field in ("coarse", "fine")
-                            for layer in ("layers.0", "layers.1", "density_head", "feature", "view_layer", "rgb_head")]
+    assert list(layers) == [
+        f"{field}.{layer}.linear"
+        for field in ("coarse", "fine")
+        for layer in ("layers.0", "layers.1", "density_head", "feature", "view_layer", "rgb_head")
+    ]
 
 
-@pytest.mark.parametrize("first_layer, weight_bits, input_bits, bytes_per_weight",
-                         [("fp32", 32, 32, 4), ("int8", 8, 8, 1 + 4 / 39)])  # int8: a 4-byte scale per 39 weights
-def test_a_first_layer_in_int8_or_fp32_is_measured_and_counted_in_the_model_file(tiny_config, first_layer, weight_bits,
-                                                                                  input_bits, bytes_per_weight):
+@pytest.mark.parametrize(
+    "first_layer, weight_bits, input_bits, bytes_per_weight", [("fp32", 32, 32, 4), ("int8", 8, 8, 1 + 4 / 39)]
+)  # int8: a 4-byte scale per 39 weights
+def test_a_first_layer_in_int8_or_fp32_is_measured_and_counted_in_the_model_file(
+    tiny_config, first_layer, weight_bits, input_bits, bytes_per_weight
+):
     base = replace(tiny_config, model="bitnerf", steps=10, eval_every=10, ckpt_every=10, video_frames=1)
     kept = train.run(replace(base, name="kept", first_layer=first_layer))
     plain = train.run(replace(base, name="plain"))
-    layers = {layer["name"]: layer for layer in
-              json.loads((Path(base.out) / "kept" / "layers.json").read_text())["layers"]}
+    layers = {
+        layer["name"]: layer for layer in json.loads((Path(base.out) / "kept" / "layers.json").read_text())["layers"]
+    }
     first, second = layers["coarse.layers.0.linear"], layers["coarse.layers.1.linear"]
     assert (first["weight_bits"], first["input_bits"], second["weight_bits"]) == (weight_bits, input_bits, 2)
     # Its weights (39 inputs x 64 outputs in each field) replace 2-bit packed ones.
@@ -193,12 +206,16 @@ def test_a_first_layer_in_int8_or_fp32_is_measured_and_counted_in_the_model_file
     assert kept["model_bytes"] - plain["model_bytes"] == pytest.approx(extra, rel=0.1)
 
 
-def test_compile_auto_compiles_bitnerf_only(tiny_config, monkeypatch):
+def test_compile_auto_compiles_bitnerf_and_fp8_training_only(tiny_config, monkeypatch):
     cpu = plan.Target("cpu")
     compiles = lambda **changes: plan.compile_decision(replace(tiny_config, **changes), cpu)[0]  # noqa: E731
     monkeypatch.setattr(plan.shutil, "which", lambda name: "/usr/bin/" + name)
     assert compiles(model="bitnerf", compile="auto")
     assert not compiles(model="nerf", compile="auto")
+    assert compiles(quantized_training="fp8-tensorwise", compile="auto")
+    assert compiles(quantized_training="fp8-rowwise", compile="auto")
+    assert not compiles(quantized_training="int8", compile="auto")
+    assert not compiles(quantized_training="fp8-rowwise", compile="off")
     assert compiles(model="nerf", compile="on")
     assert not compiles(model="bitnerf", compile="off")
     monkeypatch.setattr(plan.shutil, "which", lambda name: None)  # no C++ compiler for inductor on the CPU
@@ -221,8 +238,11 @@ def test_padded_int_mm_runs_shapes_cublas_accepts_and_equals_int_mm_bit_for_bit(
     torch.manual_seed(0)
     # BitNeRF's unaligned K (63 encoded inputs, 256 + 63 after the skip, 256 + 27 into the view layer); 5 rows
     # are fewer than cuBLAS takes, 13 columns no multiple of 8; one scale per column, or one in all (BitNet's).
-    for (M, K, N), col_scale in [((5, 63, 256), torch.rand(256)), ((40, 319, 13), torch.rand(())),
-                                 ((17, 283, 128), torch.rand(128))]:
+    for (M, K, N), col_scale in [
+        ((5, 63, 256), torch.rand(256)),
+        ((40, 319, 13), torch.rand(())),
+        ((17, 283, 128), torch.rand(128)),
+    ]:
         A = torch.randint(-128, 128, (M, K), dtype=torch.int8)
         B = torch.randint(-128, 128, (N, K), dtype=torch.int8).T  # column-major, as torchao passes it
         row_scale = torch.rand(M)
@@ -247,8 +267,9 @@ def int8_first_bitnerf() -> NeRF:
 INT8_MATMUL_KS = sorted([27, 59, 32, 32, 47] * 2)
 
 
-def test_the_chosen_kernel_runs_every_int8_matmul_in_training_and_exported_layers(tmp_path, monkeypatch,
-                                                                                 int8_kernel_restored):
+def test_the_chosen_kernel_runs_every_int8_matmul_in_training_and_exported_layers(
+    tmp_path, monkeypatch, int8_kernel_restored
+):
     ks = []
 
     def counting_int_mm(A, B, row_scale, col_scale):
@@ -301,9 +322,13 @@ def test_the_census_calls_layers_that_ran_different_kernels_mixed():
     padded, unaligned = int_matmul("aten::_int_mm", 64, 63), int_matmul("aten::_int_mm", 63, 63)
     aligned, triton = int_matmul("aten::_int_mm", 32, 32), int_matmul("torchao::scaled_int8_mm", 63, 63)
     float_layer = measured.LayerMatmul(torch.float32, torch.float32, None, op="aten::addmm", k=63, in_features=63)
-    for layers, kernel in [((padded, aligned, float_layer), "int-mm-padded"), ((unaligned, aligned), "int-mm"),
-                           ((padded, unaligned), "mixed (int-mm, int-mm-padded)"),
-                           ((triton, aligned), "mixed (int-mm, torchao-triton)"), ((triton,), "torchao-triton")]:
+    for layers, kernel in [
+        ((padded, aligned, float_layer), "int-mm-padded"),
+        ((unaligned, aligned), "int-mm"),
+        ((padded, unaligned), "mixed (int-mm, int-mm-padded)"),
+        ((triton, aligned), "mixed (int-mm, torchao-triton)"),
+        ((triton,), "torchao-triton"),
+    ]:
         census.layers = {str(i): layer for i, layer in enumerate(layers)}
         assert census.int8_kernel() == kernel
 

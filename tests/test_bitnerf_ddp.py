@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import ddp_rank, write_scene
+from conftest import TINY_MODEL_FLAGS, ddp_rank, write_scene
 
 import bitnerf
 import bitnerf_ddp
@@ -54,9 +54,20 @@ def step_setup(config, ranks):
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    sampler = RaySampler(scene, ranks.device, config.batch_rays, config.seed, config.jitter_per_ray,
-                         rank=ranks.rank, world_size=ranks.world_size)
-    return model, Optimization(optimizer, scheduler, scaler, weight_decay=0.0, stage2_step=config.steps), sampler.batch(0)
+    sampler = RaySampler(
+        scene,
+        ranks.device,
+        config.batch_rays,
+        config.seed,
+        config.jitter_per_ray,
+        rank=ranks.rank,
+        world_size=ranks.world_size,
+    )
+    return (
+        model,
+        Optimization(optimizer, scheduler, scaler, weight_decay=0.0, stage2_step=config.steps),
+        sampler.batch(0),
+    )
 
 
 def quantized_state(model) -> dict:
@@ -65,8 +76,9 @@ def quantized_state(model) -> dict:
 
 
 def one_ddp_step(rank: int, world_size: int, port: int, config, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     ranks = bitnerf_ddp.init("cpu", distributed=True)
     try:
@@ -74,10 +86,17 @@ def one_ddp_step(rank: int, world_size: int, port: int, config, out_dir: str) ->
         step_model = bitnerf_ddp.wrap(model, ranks, config.grad_compression)
         stats = train_step(step_model, batch, optimization, config, contextlib.nullcontext, config.micro_batch_rays)
         loss = bitnerf_ddp.mean_across_ranks(stats["loss"])
-        torch.save({"params": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                    "quantized": quantized_state(model) if config.model == "bitnerf" else {},
-                    "loss": loss, "grad_norm": stats["grad_norm"], "rounds": step_model.gradient_traffic.rounds,
-                    "sent_bytes_per_step": bitnerf_ddp.sent_bytes_per_step(step_model)}, f"{out_dir}/rank{rank}.pt")
+        torch.save(
+            {
+                "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                "quantized": quantized_state(model) if config.model == "bitnerf" else {},
+                "loss": loss,
+                "grad_norm": stats["grad_norm"],
+                "rounds": step_model.gradient_traffic.rounds,
+                "sent_bytes_per_step": bitnerf_ddp.sent_bytes_per_step(step_model),
+            },
+            f"{out_dir}/rank{rank}.pt",
+        )
     finally:
         bitnerf_ddp.shutdown()
 
@@ -100,16 +119,26 @@ def single_process_step(config, ranks=bitnerf_ddp.Ranks()) -> tuple[dict, dict, 
 GRADIENT_BYTES = {"none": 4, "bf16": 2}
 
 
-@pytest.mark.parametrize("model_name, micro_batch_rays, grad_compression",
-                         [("nerf", 0, "none"), ("bitnerf", 0, "none"), ("nerf", 8, "none"), ("nerf", 0, "bf16")],
-                         ids=["nerf", "bitnerf", "nerf-4-micro-batches", "nerf-bf16"])
-def test_a_ddp_step_equals_a_single_process_step_on_the_union_of_the_rays(tiny_config, tmp_path, model_name,
-                                                                          micro_batch_rays, grad_compression):
+@pytest.mark.parametrize(
+    "model_name, micro_batch_rays, grad_compression",
+    [("nerf", 0, "none"), ("bitnerf", 0, "none"), ("nerf", 8, "none"), ("nerf", 0, "bf16")],
+    ids=["nerf", "bitnerf", "nerf-4-micro-batches", "nerf-bf16"],
+)
+def test_a_ddp_step_equals_a_single_process_step_on_the_union_of_the_rays(
+    tiny_config, tmp_path, model_name, micro_batch_rays, grad_compression
+):
     """Also with each rank's 32 rays in 4 micro-batches: the same update, and one round of bucket reductions per
     step (no_sync on all but the last micro-batch). Each rank sends every gradient once, in fp32 (4 bytes an
     element), or in bf16 (2 bytes) with the bf16 hook, whose update is the fp32 one up to bf16 rounding."""
-    config = replace(tiny_config, model=model_name, batch_rays=64, perturb=True, micro_batch_rays=micro_batch_rays,
-                     distributed=True, grad_compression=grad_compression)
+    config = replace(
+        tiny_config,
+        model=model_name,
+        batch_rays=64,
+        perturb=True,
+        micro_batch_rays=micro_batch_rays,
+        distributed=True,
+        grad_compression=grad_compression,
+    )
     mp.spawn(one_ddp_step, args=(2, free_port(), config, str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
@@ -137,7 +166,8 @@ def test_a_ddp_step_equals_a_single_process_step_on_the_union_of_the_rays(tiny_c
     # Compressed, the update is off the fp32 one by more than fp32's rounding: the gradients did travel in bf16.
     assert (grad_compression == "bf16") == any(
         not torch.allclose(plain(ranks[0]["params"][name]) - before[name], u, rtol=1e-5, atol=1e-6)
-        for name, u in update.items())
+        for name, u in update.items()
+    )
     if model_name == "bitnerf":
         # Every rank quantizes identically: same ternary weights, same absmean scale.
         assert ranks[0]["quantized"].keys() == ranks[1]["quantized"].keys() and ranks[0]["quantized"]
@@ -152,13 +182,21 @@ def powersgd_steps(rank: int, port: int, config, steps: int, out_dir: str) -> No
     with ddp_rank(rank, port, config, "powersgd") as (model, optimization, sampler, step_model):
         sent, losses = [], []
         for step in range(steps):
-            losses.append(train_step(step_model, sampler.batch(step), optimization, config,
-                                     contextlib.nullcontext)["loss"])
+            losses.append(
+                train_step(step_model, sampler.batch(step), optimization, config, contextlib.nullcontext)["loss"]
+            )
             sent.append(step_model.gradient_traffic.group.sent_bytes)
         [(_, powersgd_state)] = step_model._comm_hooks  # DDP keeps the registered hook and its state here
-        torch.save({"sent": sent, "losses": losses, "sent_bytes_per_step": bitnerf_ddp.sent_bytes_per_step(step_model),
-                    "numel_sent_compressed": powersgd_state.compression_stats()[2], "weights": model.state_dict()},
-                   f"{out_dir}/rank{rank}.pt")
+        torch.save(
+            {
+                "sent": sent,
+                "losses": losses,
+                "sent_bytes_per_step": bitnerf_ddp.sent_bytes_per_step(step_model),
+                "numel_sent_compressed": powersgd_state.compression_stats()[2],
+                "weights": model.state_dict(),
+            },
+            f"{out_dir}/rank{rank}.pt",
+        )
 
 
 def test_powersgd_trains_alike_on_every_rank_and_sends_fewer_bytes_than_fp32(tiny_config, tmp_path):
@@ -185,19 +223,42 @@ def test_powersgd_trains_alike_on_every_rank_and_sends_fewer_bytes_than_fp32(tin
 
 def exp5_command(config, *extra: str, script: str = "exp5.py") -> list[str]:
     """A small run of exp5, or of another distributed experiment's script, on config's scene and --out."""
-    return [sys.executable, str(REPO / script), "--quick", "--data", config.data, "--out", config.out,
-            "--depth", "2", "--width", "32", "--n-coarse", "8", "--n-fine", "8", "--batch-rays", "64",
-            "--video-frames", "1", "--eval-views", "1", "--wandb", "disabled", *extra]
+    return [
+        sys.executable,
+        str(REPO / script),
+        "--quick",
+        "--data",
+        config.data,
+        "--out",
+        config.out,
+        *TINY_MODEL_FLAGS,
+        "--batch-rays",
+        "64",
+        "--video-frames",
+        "1",
+        "--eval-views",
+        "1",
+        "--wandb",
+        "disabled",
+        *extra,
+    ]
 
 
 def run_exp5(config, *extra: str, timeout: float = 240, script: str = "exp5.py") -> subprocess.CompletedProcess:
-    return subprocess.run(exp5_command(config, *extra, script=script), capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        exp5_command(config, *extra, script=script),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_exp5_trains_on_two_processes_and_resumes_on_one(tiny_config):
     # Each rank's 32 rays in 2 micro-batches: exp5 with micro-batches trains what exp1 trains without them.
-    first = run_exp5(tiny_config, "--steps", "20", "--ckpt-every", "10", "--eval-every", "10", "--micro-batch-rays", "16")
+    first = run_exp5(
+        tiny_config, "--steps", "20", "--ckpt-every", "10", "--eval-every", "10", "--micro-batch-rays", "16"
+    )
     assert first.returncode == 0, first.stderr[-2000:]
     run_dir = Path(tiny_config.out) / "exp5"
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -206,15 +267,17 @@ def test_exp5_trains_on_two_processes_and_resumes_on_one(tiny_config):
 
     # The path real runs take, end to end: 20 steps on 2 ranks train what one process trains on all the rays
     # (exp1, the same options). Ranks that trained alone on their halves (a forward past DDP) end far off.
-    single, _ = command_line.parse_args("exp1", exp5_command(tiny_config, "--steps", "20", "--ckpt-every", "10",
-                                                        "--eval-every", "10")[2:])
+    single, _ = command_line.parse_args(
+        "exp1", exp5_command(tiny_config, "--steps", "20", "--ckpt-every", "10", "--eval-every", "10")[2:]
+    )
     train.run(replace(single, name="single"))
     distributed = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
     reference = torch.load(Path(tiny_config.out) / "single" / "checkpoint.pt", weights_only=False)["model"]
     # Floating-point state: the weights and the grid's opacities (its flags follow them; its sample counts are
     # rank 0's rays alone).
-    difference = max((distributed[k] - reference[k]).abs().max().item() for k in reference
-                     if reference[k].is_floating_point())
+    difference = max(
+        (distributed[k] - reference[k]).abs().max().item() for k in reference if reference[k].is_floating_point()
+    )
     # Averaging in another order leaves float rounding; an AdamW step of a rank alone moves weights by up to lr.
     assert difference < 1e-4
 
@@ -235,6 +298,7 @@ def running(processes: list[int], grace_s: float = 15.0) -> list[int]:
 
     When torchrun exits, a worker that got the same signal may still be on its way out; it is
     orphaned and reaped by init, so the check allows it a few seconds to end."""
+
     def alive(pid: int) -> bool:
         try:
             return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -247,15 +311,21 @@ def running(processes: list[int], grace_s: float = 15.0) -> list[int]:
     return [p for p in processes if alive(p)]
 
 
-def start_training_workers(config, *options: str, started: str = "metrics.csv"
-                           ) -> tuple[subprocess.Popen, list[int], list[int]]:
+def start_training_workers(
+    config, *options: str, started: str = "metrics.csv"
+) -> tuple[subprocess.Popen, list[int], list[int]]:
     """An exp5 job (options: by default a million steps) in its own process group, once both ranks train and
     its run directory holds `started`: (job, all its processes, the ranks)."""
     # Ctrl-C handling as in a terminal, even where this test runs with SIGINT ignored (a background job).
-    job = subprocess.Popen(exp5_command(config, *(options or ("--steps", "1000000", "--eval-every", "1000000"))),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"},
-                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    job = subprocess.Popen(
+        exp5_command(config, *(options or ("--steps", "1000000", "--eval-every", "1000000"))),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     marker = Path(config.out) / "exp5" / started
     deadline = time.monotonic() + 180
     while not marker.exists() and time.monotonic() < deadline:
@@ -309,7 +379,8 @@ def assert_weights_equal(weights: dict, run_dir: Path, steps: int = 1000) -> Non
 
 
 def test_sigterm_to_the_launcher_stops_every_rank_after_one_step_and_resume_matches_an_uninterrupted_run(
-        tiny_config, uninterrupted_weights):
+    tiny_config, uninterrupted_weights
+):
     job, processes, _ = start_training_workers(tiny_config, *FAULT_RUN)
     job.send_signal(signal.SIGTERM)  # to the launcher alone, as a scheduler or a notebook host sends it
     _, stderr = job.communicate(timeout=90)
@@ -327,9 +398,11 @@ def test_sigterm_to_the_launcher_stops_every_rank_after_one_step_and_resume_matc
 
 
 def test_with_max_restarts_a_killed_rank_is_restarted_and_the_run_ends_as_if_never_stopped(
-        tiny_config, uninterrupted_weights):
-    job, processes, workers = start_training_workers(tiny_config, *FAULT_RUN, "--max-restarts", "1",
-                                                     started="checkpoint.pt")
+    tiny_config, uninterrupted_weights
+):
+    job, processes, workers = start_training_workers(
+        tiny_config, *FAULT_RUN, "--max-restarts", "1", started="checkpoint.pt"
+    )
     os.kill(max(workers), signal.SIGKILL)
     _, stderr = job.communicate(timeout=240)
     assert job.returncode == 0, stderr[-3000:]
@@ -342,8 +415,9 @@ def train_on_two_ranks(rank: int, port: int, config, signalled_rank: int | None,
     """train.run of config as one of 2 ranks, resuming where no rank is signalled and the run directory exists;
     signalled_rank gets SIGTERM right after its 17th optimizer step. The exit code (0 when the run ends) goes
     to out_dir/exit<rank>."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     real_train_step = train.train_step
 
@@ -364,13 +438,31 @@ def train_on_two_ranks(rank: int, port: int, config, signalled_rank: int | None,
 
 def test_sigterm_to_one_rank_alone_stops_both_after_the_same_step_and_resume_is_bit_identical(tmp_path):
     scene = write_scene(tmp_path / "scene.npz", n=6, size=16)
-    config = replace(configs.QUICK, data=str(scene), out=str(tmp_path / "runs"), wandb="disabled", distributed=True,
-                     device="cpu", depth=2, width=32, n_coarse=8, n_fine=8, steps=30, batch_rays=64, log_every=10,
-                     eval_every=1000, ckpt_every=10, video_frames=1, eval_views=1, compile="off")
+    config = replace(
+        configs.QUICK,
+        data=str(scene),
+        out=str(tmp_path / "runs"),
+        wandb="disabled",
+        distributed=True,
+        device="cpu",
+        depth=2,
+        width=32,
+        n_coarse=8,
+        n_fine=8,
+        steps=30,
+        batch_rays=64,
+        log_every=10,
+        eval_every=1000,
+        ckpt_every=10,
+        video_frames=1,
+        eval_views=1,
+        compile="off",
+    )
 
     def two_ranks(name: str, signalled_rank: int | None) -> list[int]:
-        mp.spawn(train_on_two_ranks, args=(free_port(), replace(config, name=name), signalled_rank, str(tmp_path)),
-                 nprocs=2)
+        mp.spawn(
+            train_on_two_ranks, args=(free_port(), replace(config, name=name), signalled_rank, str(tmp_path)), nprocs=2
+        )
         return [int((tmp_path / f"exit{rank}").read_text()) for rank in range(2)]
 
     assert two_ranks("straight", None) == [0, 0]
@@ -390,7 +482,8 @@ def test_the_launcher_refuses_a_busy_run_directory_or_a_bad_checkpoint_in_one_li
         busy = run_exp5(tiny_config, "--overwrite", "--steps", "5")
     assert busy.returncode == 2 and busy.stderr.strip().splitlines() == [
         f"error: {run_dir} is in use by another run (process {os.getpid()}; lock {lock.path}): wait for it to end,"
-        f" or train into another --name"]
+        f" or train into another --name"
+    ]
     damaged = run_exp5(tiny_config, "--resume", "--steps", "5")
     assert damaged.returncode == 2 and len(damaged.stderr.strip().splitlines()) == 1
     assert damaged.stderr.startswith(f"error: {run_dir / 'checkpoint.pt'} is not a readable checkpoint")
@@ -399,8 +492,9 @@ def test_the_launcher_refuses_a_busy_run_directory_or_a_bad_checkpoint_in_one_li
 
 def map_on_two_ranks(rank: int, port: int, out_dir: str) -> None:
     """bitnerf_ddp.map_across_ranks of 5 items on 2 ranks; what each rank returns goes to out_dir/map<rank>.pt."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     bitnerf_ddp.init("cpu", distributed=True)
     try:
         work = lambda item: {"item": item, "rank": rank, "values": torch.full((2,), float(item))}  # noqa: E731
@@ -455,8 +549,10 @@ def test_exp9_trains_on_two_processes_sending_bf16_gradients_half_the_bytes_of_e
     exp5's 4, measured from what the hooks handed to all-reduce."""
     result = run_exp5(uneven_config, *UNEVEN_RUN, script="exp9.py")
     assert result.returncode == 0, result.stderr[-2000:]
-    exp5, exp9 = (json.loads((run_dir / "summary.json").read_text())
-                  for run_dir in (two_process_run, two_process_run.parent / "exp9"))
+    exp5, exp9 = (
+        json.loads((run_dir / "summary.json").read_text())
+        for run_dir in (two_process_run, two_process_run.parent / "exp9")
+    )
     assert exp9["world_size"] == 2 and exp9["steps"] == exp5["steps"] and exp9["params"] == exp5["params"]
     assert exp5["sent_bytes_per_step"] == 4 * exp5["params"]
     assert exp9["sent_bytes_per_step"] == 2 * exp9["params"]
@@ -472,16 +568,32 @@ RENDEZVOUS = {
 
 
 @pytest.mark.parametrize("rendezvous", RENDEZVOUS)
-def test_two_nodes_of_one_process_each_run_as_two_processes_on_one_node(uneven_config, two_process_run, tmp_path,
-                                                                        rendezvous):
+def test_two_nodes_of_one_process_each_run_as_two_processes_on_one_node(
+    uneven_config, two_process_run, tmp_path, rendezvous
+):
     """Two torchrun launchers, as on two machines, that share the --out folder (a shared file system)."""
     config = replace(uneven_config, out=str(tmp_path / "runs"))
     port = free_port()
-    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-                               *RENDEZVOUS[rendezvous](node, port),
-                               *exp5_command(config, *UNEVEN_RUN)[1:]],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for node in (0, 1)]
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                *RENDEZVOUS[rendezvous](node, port),
+                *exp5_command(config, *UNEVEN_RUN)[1:],
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for node in (0, 1)
+    ]
     outputs = []
     try:
         for node in nodes:
@@ -511,9 +623,12 @@ def test_a_distributed_run_on_cuda_without_a_gpu_is_one_line_not_a_cpu_run(tiny_
     monkeypatch.setattr(devices, "unusable_gpu", lambda: None)  # no NVIDIA GPU on this machine at all
     monkeypatch.setattr(bitnerf_ddp, "launch", lambda *args: pytest.fail("torchrun was launched"))
     with pytest.raises(SystemExit) as refused:
-        train.main("exp5", ["--device", "cuda", "--data", tiny_config.data, "--out", tiny_config.out, "--wandb", "disabled"])
+        train.main(
+            "exp5", ["--device", "cuda", "--data", tiny_config.data, "--out", tiny_config.out, "--wandb", "disabled"]
+        )
     assert refused.value.code == 2 and capsys.readouterr().err == (
-        "error: --device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu\n")
+        "error: --device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu\n"
+    )
     assert not Path(tiny_config.out).exists()
 
 
@@ -522,13 +637,31 @@ def test_more_processes_than_visible_gpus_is_one_line_before_anything_starts(tin
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(bitnerf_ddp, "launch", lambda *args: pytest.fail("torchrun was launched"))
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert [bitnerf_ddp.launch_nproc(None, cuda), bitnerf_ddp.launch_nproc(1, cuda),
-            bitnerf_ddp.launch_nproc(3, cpu), bitnerf_ddp.launch_nproc(None, cpu)] == [2, 1, 3, 2]
+    assert [
+        bitnerf_ddp.launch_nproc(None, cuda),
+        bitnerf_ddp.launch_nproc(1, cuda),
+        bitnerf_ddp.launch_nproc(3, cpu),
+        bitnerf_ddp.launch_nproc(None, cpu),
+    ] == [2, 1, 3, 2]
     for device in ("cuda", "auto"):
         with pytest.raises(SystemExit) as refused:
-            train.main("exp5", ["--nproc", "3", "--device", device, "--data", tiny_config.data,
-                                "--out", tiny_config.out, "--wandb", "disabled"])
+            train.main(
+                "exp5",
+                [
+                    "--nproc",
+                    "3",
+                    "--device",
+                    device,
+                    "--data",
+                    tiny_config.data,
+                    "--out",
+                    tiny_config.out,
+                    "--wandb",
+                    "disabled",
+                ],
+            )
         assert refused.value.code == 2 and capsys.readouterr().err == (
             "error: --nproc 3 is more processes than the 2 visible GPUs (one process per GPU): use --nproc 2 or"
-            " fewer, or --device cpu\n")
+            " fewer, or --device cpu\n"
+        )
     assert not Path(tiny_config.out).exists()

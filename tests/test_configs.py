@@ -13,11 +13,17 @@ from nerf import NeRF
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-AXIS_FIELDS = {"exp1": set(), "exp2": {"precision"},
-               "exp3": {"precision", "batch_rays", "steps", "log_every", "eval_every", "ckpt_every"},
-               "exp4": {"model", *configs.BITNET_RECIPE}, "exp5": {"distributed"},
-               "exp6": {"model", *configs.BITNET_RECIPE, "distributed"}, "exp7": {"quantized_training"},
-               "exp8": {"quantized_training"}, "exp9": {"distributed", "grad_compression"}}
+AXIS_FIELDS = {
+    "exp1": set(),
+    "exp2": {"precision"},
+    "exp3": {"precision", "batch_rays", "steps", "log_every", "eval_every", "ckpt_every"},
+    "exp4": {"model", *configs.BITNET_RECIPE},
+    "exp5": {"distributed"},
+    "exp6": {"model", *configs.BITNET_RECIPE, "distributed"},
+    "exp7": {"quantized_training"},
+    "exp8": {"quantized_training"},
+    "exp9": {"distributed", "grad_compression"},
+}
 
 
 def changed_fields(a: ExperimentConfig, b: ExperimentConfig) -> set[str]:
@@ -38,14 +44,20 @@ def test_the_ddp_experiments_add_only_ddp_to_their_single_process_twins(base):
     assert changed_fields(experiment("exp9", base), experiment("exp5", base)) == {"grad_compression"}
 
 
-@pytest.mark.parametrize("base, expected", [
-    # 4096 rays x 11000 steps = 16384 x 2750; eval and checkpoints every 1000 x 4096 rays = 250 x 16384.
-    (EXP1, dict(batch_rays=16384, steps=2750, log_every=25, eval_every=250, ckpt_every=250)),
-    (QUICK, dict(batch_rays=1024, steps=900, log_every=25, eval_every=225, ckpt_every=225)),
-    # Spacing below 4 steps stays 1: never 0 (which would log, evaluate or save never, or divide by zero).
-    (dataclasses.replace(QUICK, steps=8, log_every=2, eval_every=3, ckpt_every=5),
-     dict(batch_rays=1024, steps=2, log_every=1, eval_every=1, ckpt_every=1)),
-], ids=["full", "quick", "short"])
+@pytest.mark.parametrize(
+    "base, expected",
+    [
+        # 4096 rays x 11000 steps = 16384 x 2750; eval and checkpoints every 1000 x 4096 rays = 250 x 16384.
+        (EXP1, dict(batch_rays=16384, steps=2750, log_every=25, eval_every=250, ckpt_every=250)),
+        (QUICK, dict(batch_rays=1024, steps=900, log_every=25, eval_every=225, ckpt_every=225)),
+        # Spacing below 4 steps stays 1: never 0 (which would log, evaluate or save never, or divide by zero).
+        (
+            dataclasses.replace(QUICK, steps=8, log_every=2, eval_every=3, ckpt_every=5),
+            dict(batch_rays=1024, steps=2, log_every=1, eval_every=1, ckpt_every=1),
+        ),
+    ],
+    ids=["full", "quick", "short"],
+)
 def test_exp3_is_four_times_the_batch_at_the_same_rays_by_hand(base, expected):
     exp3 = experiment("exp3", base)
     assert {k: getattr(exp3, k) for k in expected} == expected and exp3.precision == "amp"
@@ -69,7 +81,13 @@ def test_command_line_overrides_apply_on_top_of_the_preset():
     config, args = command_line.parse_args("exp3", ["--quick", "--steps", "28", "--skips", "1", "--no-perturb"])
     assert config.steps == 7 and config.skips == (1,) and not config.perturb  # exp1's 28 steps of a 4x smaller batch
     # The rest is the quick exp3: 4 x 256 rays, AMP, the quick 4x128 MLP.
-    assert (config.batch_rays, config.precision, config.name, config.width, config.lr) == (1024, "amp", "exp3", 128, 5e-3)
+    assert (config.batch_rays, config.precision, config.name, config.width, config.lr) == (
+        1024,
+        "amp",
+        "exp3",
+        128,
+        5e-3,
+    )
     assert args.quick and not args.resume
     assert command_line.parse_args("exp1", [])[0] == EXP1  # no flag: every field at its default
     full4, _ = command_line.parse_args("exp4", [])
@@ -78,8 +96,14 @@ def test_command_line_overrides_apply_on_top_of_the_preset():
     assert (config.preset, full4.preset, dataclasses.replace(QUICK, steps=3).preset) == ("quick", "full", "quick")
 
 
-@pytest.mark.parametrize("argv", [["--quick"], ["--quick", "--steps", "300", "--log-every", "20", "--eval-every", "100",
-                                   "--ckpt-every", "2"], ["--steps", "40"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--quick"],
+        ["--quick", "--steps", "300", "--log-every", "20", "--eval-every", "100", "--ckpt-every", "2"],
+        ["--steps", "40"],
+    ],
+)
 def test_exp3_given_steps_keeps_the_rays_of_exp1_and_exp2_given_the_same(argv, capsys):
     exp1, exp2, exp3 = (command_line.parse_args(name, argv)[0] for name in ("exp1", "exp2", "exp3"))
     assert exp3.steps * exp3.batch_rays == exp2.steps * exp2.batch_rays == exp1.steps * exp1.batch_rays
@@ -92,42 +116,66 @@ def test_exp3_given_steps_keeps_the_rays_of_exp1_and_exp2_given_the_same(argv, c
 
 
 def test_exp3_refuses_steps_that_no_equal_budget_of_rays_has(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "exp3.py"), "--quick", "--steps", "301", "--out", str(tmp_path)],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "exp3.py"), "--quick", "--steps", "301", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         "error: --steps 301: exp3 trains 1/4 of the steps at 4x the batch (the rays of exp1 --steps N), so give a"
-        " multiple of 4"]
+        " multiple of 4"
+    ]
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"steps": 0}, "steps must be at least 1"),
-    ({"precision": "fp8"}, "precision must be one of"),
-    ({"lr_final": 1.0}, "lr_final <= lr"),
-    ({"skips": (9,)}, "skips must lie in"),
-    ({"n_fine": -1}, "n_fine must not be negative"),
-    ({"n_coarse": 2, "n_fine": 4}, "needs n_coarse of at least 3"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"steps": 0}, "steps must be at least 1"),
+        ({"precision": "fp8"}, "precision must be one of"),
+        ({"lr_final": 1.0}, "lr_final <= lr"),
+        ({"skips": (9,)}, "skips must lie in"),
+        ({"n_fine": -1}, "n_fine must not be negative"),
+        ({"n_coarse": 2, "n_fine": 4}, "needs n_coarse of at least 3"),
+        ({"grad_compression": "bf16"}, "compresses what DDP's processes send each other: add --distributed"),
+        ({"model": "bitnerf", "quantized_training": "int8"}, "BitNeRF trains its own ternary ones"),
+    ],
+)
 def test_bad_values_raise_user_errors(overrides, message):
     with pytest.raises(UserError, match=message):
         dataclasses.replace(EXP1, **overrides)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
-    (["--steps", "many"], "invalid int value"),
-    (["--steps", "-3"], "steps must be at least 1"),
-    (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
-    (["--seeds", "0,a"], "expected comma-separated seeds"),
-    (["--seeds", "1,1"], "seeds must be distinct"),
-    (["--seeds", "0,1", "--seed", "3"], "give --seed or --seeds, not both"),
-    (["--preset", "quick"], "unrecognized arguments: --preset"),
-    (["--grad-compression", "bf16"], "--grad-compression bf16 compresses what DDP's processes send each other: add"),
-    (["--model", "bitnerf", "--quantized-training", "fp8-rowwise"], "BitNeRF trains its own ternary ones"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["--steps", "many"], "invalid int value"),
+        (["--steps", "-3"], "steps must be at least 1"),
+        (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+        (["--seeds", "0,a"], "expected comma-separated seeds"),
+        (["--seeds", "1,1"], "seeds must be distinct"),
+        (["--seeds", "0,1", "--seed", "3"], "give --seed or --seeds, not both"),
+        (["--preset", "quick"], "unrecognized arguments: --preset"),
+        # --quick --steps 1: should the refusal go, the test fails after a short run rather than a whole training.
+        (
+            ["--quick", "--steps", "1", "--grad-compression", "bf16"],
+            "--grad-compression bf16 compresses what DDP's processes send each other: add",
+        ),
+        (
+            ["--quick", "--steps", "1", "--model", "bitnerf", "--quantized-training", "fp8-rowwise"],
+            "BitNeRF trains its own ternary ones",
+        ),
+    ],
+)
 def test_command_line_errors_are_one_line_with_exit_code_2(argv, message, tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "exp1.py"), *argv, "--out", str(tmp_path)],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "exp1.py"), *argv, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -146,13 +194,25 @@ def test_each_seed_of_seeds_is_a_run_of_its_own_named_for_it_in_the_experiments_
     argv = ["--quick", "--seeds", "0,2", "--steps", "8", "--name", "lr"]
     runs = [command_line.parse_args("exp3", a)[0] for a in command_line.seed_argvs(argv, [0, 2], "lr")]
     assert [(c.name, c.seed, c.group) for c in runs] == [("lr-seed0", 0, "lr"), ("lr-seed2", 2, "lr")]
-    assert all(dataclasses.replace(c, name="x", seed=0, group=None)
-               == dataclasses.replace(command_line.parse_args("exp3", ["--quick", "--steps", "8"])[0], name="x")
-               for c in runs)
+    assert all(
+        dataclasses.replace(c, name="x", seed=0, group=None)
+        == dataclasses.replace(command_line.parse_args("exp3", ["--quick", "--steps", "8"])[0], name="x")
+        for c in runs
+    )
 
 
-PLAIN_RECIPE = ["--first-layer", "ternary", "--warmup-steps", "0", "--stage2-at", "1", "--stage2-lr-scale", "1",
-                "--weight-decay", "0"]
+PLAIN_RECIPE = [
+    "--first-layer",
+    "ternary",
+    "--warmup-steps",
+    "0",
+    "--stage2-at",
+    "1",
+    "--stage2-lr-scale",
+    "1",
+    "--weight-decay",
+    "0",
+]
 
 
 def test_bitnerf_s_recipe_is_part_of_its_axis_and_flags_give_exp1_s_recipe_back():
@@ -200,17 +260,21 @@ def test_help_shows_the_defaults_of_its_own_experiment_and_of_the_quick_preset()
 
     assert help_of("exp1", "--steps").endswith("[default: 11000; --quick: 3600]")
     assert help_of("exp3", "--steps").endswith(
-        "[default: 11000 (2750 of exp3's steps); --quick: 3600 (900 of exp3's steps)]")
+        "[default: 11000 (2750 of exp3's steps); --quick: 3600 (900 of exp3's steps)]"
+    )
     assert help_of("exp1", "--first-layer").endswith("[default: ternary]")
     assert help_of("exp4", "--first-layer").endswith("[default: int8]")
     assert help_of("exp1", "--skips").endswith("[default: 4; --quick: none]")
     assert help_of("exp1", "--micro-batch-rays").endswith("[default: auto]")
     assert help_of("exp5", "--distributed").endswith("[default: on]")
-    result = subprocess.run([sys.executable, str(REPO / "exp4.py"), "--help"], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "exp4.py"), "--help"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0 and "--model {nerf,bitnerf}" in result.stdout
     assert "[default: bitnerf]" in " ".join(result.stdout.split())
 
 
 def test_docs_flags_md_is_what_configs_py_writes_now():
-    assert (REPO / "docs" / "flags.md").read_text() == command_line.flags_markdown(), \
+    assert (REPO / "docs" / "flags.md").read_text() == command_line.flags_markdown(), (
         "docs/flags.md is stale: run `python command_line.py > docs/flags.md`"
+    )

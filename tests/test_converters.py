@@ -30,9 +30,25 @@ def small_config(tmp_path):
     """exp1 on a 16x16 scene with one test view, a 2x32 MLP with view directions: a run of a few seconds. Its K are
     39 (the encoded point), 32 and 59 (the view layer): two that torch._scaled_mm cannot take."""
     return replace(
-        configs.QUICK, data=str(write_scene(tmp_path / "scene.npz", n=6, size=16)), out=str(tmp_path / "runs"),
-        wandb="disabled", depth=2, width=32, use_viewdirs=True, n_coarse=8, n_fine=8, steps=3, batch_rays=64,
-        log_every=3, eval_every=3, ckpt_every=3, video_frames=1, eval_views=1, compile="off", occupancy_grid=False)
+        configs.QUICK,
+        data=str(write_scene(tmp_path / "scene.npz", n=6, size=16)),
+        out=str(tmp_path / "runs"),
+        wandb="disabled",
+        depth=2,
+        width=32,
+        use_viewdirs=True,
+        n_coarse=8,
+        n_fine=8,
+        steps=3,
+        batch_rays=64,
+        log_every=3,
+        eval_every=3,
+        ckpt_every=3,
+        video_frames=1,
+        eval_views=1,
+        compile="off",
+        occupancy_grid=False,
+    )
 
 
 def linears(model: nn.Module) -> dict[str, nn.Linear]:
@@ -45,8 +61,7 @@ def is_head(name: str) -> bool:
 
 def test_each_quantized_training_is_one_converter_that_build_model_applies_to_the_hidden_layers():
     assert set(converters.CONVERTERS) == {"bitnet", *configs.QUANTIZED_TRAINING} - {"none"}
-    layer_class = {"int8": bitnerf.Int8TrainingLinear, "fp8-tensorwise": Float8Linear,
-                   "fp8-rowwise": Float8Linear}
+    layer_class = {"int8": bitnerf.Int8TrainingLinear, "fp8-tensorwise": Float8Linear, "fp8-rowwise": Float8Linear}
     for quantized_training, cls in layer_class.items():
         config = replace(configs.QUICK, quantized_training=quantized_training, occupancy_grid=False, use_viewdirs=True)
         layers = linears(bitnerf.build_model(config, BOUNDS, torch.device("cpu")))
@@ -111,8 +126,12 @@ def test_exp7_trains_every_hidden_layer_in_int8_and_its_int8_model_file_renders_
     config = configs.experiment("exp7", small_config)
     summary = train.run(config)
     run_dir = Path(config.out) / config.name
-    assert (summary["precision"], summary["weight_bits"], summary["int8_kernel"], summary["emulated"]) == \
-        ("int8", 8, "int-mm", None)
+    assert (summary["precision"], summary["weight_bits"], summary["int8_kernel"], summary["emulated"]) == (
+        "int8",
+        8,
+        "int-mm",
+        None,
+    )
     layers = read_layers(run_dir)
     assert (layers["precision"], layers["emulated"]) == ("int8", None)
     hidden = []
@@ -141,8 +160,12 @@ def test_exp8_trains_the_hidden_layers_in_fp8_emulated_on_the_cpu_and_stores_fp3
     summary = train.run(config)
     run_dir = Path(config.out) / config.name
     # The CPU has no fp8 matmul: the census saw fp8 operands multiplied by an fp32 matmul, torchao's emulation.
-    assert (summary["precision"], summary["weight_bits"], summary["int8_kernel"], summary["emulated"]) == \
-        ("fp8", 8, None, True)
+    assert (summary["precision"], summary["weight_bits"], summary["int8_kernel"], summary["emulated"]) == (
+        "fp8",
+        8,
+        None,
+        True,
+    )
     layers = read_layers(run_dir)
     assert (layers["precision"], layers["emulated"]) == ("fp8", True)
     for layer in layers["layers"]:
@@ -168,13 +191,23 @@ def test_fp8_on_tensor_cores_runs_scaled_mm_on_shapes_it_takes_and_the_census_sa
     # rule, which the recorded calls are checked against: K and N multiples of 16).
     calls = []
     scaled_mm = torch._scaled_mm
-    monkeypatch.setattr(torch, "_scaled_mm", lambda a, b, **kwargs: calls.append((*a.shape, *b.shape))
-                        or scaled_mm(a, b, **kwargs))
+    monkeypatch.setattr(
+        torch, "_scaled_mm", lambda a, b, **kwargs: calls.append((*a.shape, *b.shape)) or scaled_mm(a, b, **kwargs)
+    )
     monkeypatch.setattr(converters, "fp8_emulated", lambda device: False)
     # Width 40: out_features 40 and 20 (the view layer) need padding too. The fine pass's 7 rays x 12 samples are
     # no multiple of 16: the inner dimension of its weight gradient's matmul.
-    config = replace(configs.QUICK, quantized_training=f"fp8-{recipe}", occupancy_grid=False, use_viewdirs=True,
-                     depth=2, width=40, n_coarse=8, n_fine=4, perturb=False)
+    config = replace(
+        configs.QUICK,
+        quantized_training=f"fp8-{recipe}",
+        occupancy_grid=False,
+        use_viewdirs=True,
+        depth=2,
+        width=40,
+        n_coarse=8,
+        n_fine=4,
+        perturb=False,
+    )
     torch.manual_seed(0)
     model = bitnerf.build_model(config, BOUNDS, torch.device("cpu"))
     origins, dirs = torch.randn(7, 3), nn.functional.normalize(torch.randn(7, 3), dim=-1)
@@ -212,8 +245,11 @@ def test_an_int8_layer_that_computes_in_fp32_stops_the_run(small_config, monkeyp
 
     with monkeypatch.context() as patch:  # every int8 layer multiplies fp32
         patch.setattr(bitnerf.Int8Matmul, "forward", staticmethod(fp32_forward))
-        with pytest.raises(SystemExit, match=r"^error: the training step ran fp32 with ternary weights in 0 and int8"
-                                             r" weights in 0 of 12 layers, but exp7 asks for int8 with 0 and 8: "):
+        with pytest.raises(
+            SystemExit,
+            match=r"^error: the training step ran fp32 with ternary weights in 0 and int8"
+            r" weights in 0 of 12 layers, but exp7 asks for int8 with 0 and 8: ",
+        ):
             train.run(config)
     convert = converters.CONVERTERS["int8"].convert
 
@@ -221,17 +257,27 @@ def test_an_int8_layer_that_computes_in_fp32_stops_the_run(small_config, monkeyp
         convert(model, config).coarse.layers[0].__class__ = nn.Linear
         return model
 
-    monkeypatch.setitem(converters.CONVERTERS, "int8",
-                        replace(converters.CONVERTERS["int8"], convert=all_but_the_first_layer))
-    with pytest.raises(SystemExit, match=r"ran int8 with ternary weights in 0 and int8 weights in 7 of 12 layers, but"
-                                         r" one_layer asks for int8 with 0 and 8"):
+    monkeypatch.setitem(
+        converters.CONVERTERS, "int8", replace(converters.CONVERTERS["int8"], convert=all_but_the_first_layer)
+    )
+    with pytest.raises(
+        SystemExit,
+        match=r"ran int8 with ternary weights in 0 and int8 weights in 7 of 12 layers, but"
+        r" one_layer asks for int8 with 0 and 8",
+    ):
         train.run(replace(config, name="one_layer"))
 
 
 def test_an_fp8_run_whose_converter_was_not_applied_stops(small_config, monkeypatch):
-    monkeypatch.setitem(converters.CONVERTERS, "fp8-tensorwise",
-                        replace(converters.CONVERTERS["fp8-tensorwise"], convert=lambda model, config: model))
-    with pytest.raises(SystemExit, match=r"^error: the training step ran fp32 with ternary weights in 0 and int8"
-                                         r" weights in 0 of 12 layers, fp8 in 0, but exp8 asks for fp8 with 0 and 0,"
-                                         r" fp8 in 8: "):
+    monkeypatch.setitem(
+        converters.CONVERTERS,
+        "fp8-tensorwise",
+        replace(converters.CONVERTERS["fp8-tensorwise"], convert=lambda model, config: model),
+    )
+    with pytest.raises(
+        SystemExit,
+        match=r"^error: the training step ran fp32 with ternary weights in 0 and int8"
+        r" weights in 0 of 12 layers, fp8 in 0, but exp8 asks for fp8 with 0 and 0,"
+        r" fp8 in 8: ",
+    ):
         train.run(configs.experiment("exp8", small_config))

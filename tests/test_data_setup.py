@@ -83,11 +83,14 @@ def test_tiny_nerf_download_broken_midway_leaves_no_partial_file(tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
-@pytest.mark.parametrize("body, content_length, reason", [
-    (b"x" * 1000, 2000, "got 1000 of 2000 bytes"),  # the connection closed early
-    (b"<html>proxy error</html>", None, "pickled"),  # not an npz at all
-    (npz_bytes(images=np.zeros(1)), None, "lacks ['focal', 'poses']"),
-])
+@pytest.mark.parametrize(
+    "body, content_length, reason",
+    [
+        (b"x" * 1000, 2000, "got 1000 of 2000 bytes"),  # the connection closed early
+        (b"<html>proxy error</html>", None, "pickled"),  # not an npz at all
+        (npz_bytes(images=np.zeros(1)), None, "lacks ['focal', 'poses']"),
+    ],
+)
 def test_tiny_nerf_download_that_is_not_the_scene_leaves_no_file(tmp_path, monkeypatch, body, content_length, reason):
     serve(monkeypatch, FakeResponse(body, content_length))
     (tmp_path / "keep.txt").write_text("the user's file")
@@ -171,8 +174,9 @@ def one_error_line(capsys, main_args) -> str:
 
 
 def test_cli_reports_a_bad_scene_in_one_line():
-    result = subprocess.run([sys.executable, "data_setup.py", "--scene", "nope"], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "data_setup.py", "--scene", "nope"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--scene" in lines[0]

@@ -27,8 +27,10 @@ def test_rays_of_a_camera_at_the_world_origin_by_hand():
     # ((i - 2) / 2, -(j - 1) / 2, -1).
     origins, dirs = get_rays(2, 4, 2.0, torch.eye(4))
     assert torch.equal(origins, torch.zeros(2, 4, 3))
-    assert dirs.tolist() == [[[-1.0, 0.5, -1.0], [-0.5, 0.5, -1.0], [0.0, 0.5, -1.0], [0.5, 0.5, -1.0]],
-                             [[-1.0, 0.0, -1.0], [-0.5, 0.0, -1.0], [0.0, 0.0, -1.0], [0.5, 0.0, -1.0]]]
+    assert dirs.tolist() == [
+        [[-1.0, 0.5, -1.0], [-0.5, 0.5, -1.0], [0.0, 0.5, -1.0], [0.5, 0.5, -1.0]],
+        [[-1.0, 0.0, -1.0], [-0.5, 0.0, -1.0], [0.0, 0.0, -1.0], [0.5, 0.0, -1.0]],
+    ]
     # A camera moved to (1, 2, 3) and turned 90 degrees about z: x -> y, y -> -x.
     c2w = torch.tensor([[0.0, -1.0, 0.0, 1.0], [1.0, 0.0, 0.0, 2.0], [0.0, 0.0, 1.0, 3.0], [0.0, 0.0, 0.0, 1.0]])
     origins, dirs = get_rays(2, 4, 2.0, c2w)
@@ -41,8 +43,19 @@ def test_npz_defaults_and_optional_keys(tmp_path):
     assert list(scene.i_train) == list(range(9)) and list(scene.i_test) == [9]
     assert scene.i_val.size == 0 and scene.monitored_views()[0] == "test"  # no val split: monitor test views
     assert (scene.near, scene.far, scene.white_bkgd, scene.depths) == (2.0, 6.0, False, None)
-    scene = load_scene(str(write_scene(tmp_path / "full.npz", n=4, i_test=np.array([0, 2]), near=np.float32(1.0),
-                                       far=np.float32(3.0), white_bkgd=True, depths=np.ones((4, 8, 8)))))
+    scene = load_scene(
+        str(
+            write_scene(
+                tmp_path / "full.npz",
+                n=4,
+                i_test=np.array([0, 2]),
+                near=np.float32(1.0),
+                far=np.float32(3.0),
+                white_bkgd=True,
+                depths=np.ones((4, 8, 8)),
+            )
+        )
+    )
     assert list(scene.i_train) == [1, 3] and list(scene.i_test) == [0, 2]
     assert (scene.near, scene.far, scene.white_bkgd, scene.depths.shape) == (1.0, 3.0, True, (4, 8, 8))
     # i_val: left out of the default training views, and what the periodic evaluation renders.
@@ -81,7 +94,9 @@ def write_blender_scene(folder, size=8):
             rgba[..., 0] = 255
             rgba[: size // 2, :, 3] = 255  # top half opaque red, bottom half transparent
             iio.imwrite(folder / split / f"r_{i}.png", rgba)
-            frames.append({"file_path": f"./{split}/r_{i}", "transform_matrix": pose_spherical(40.0 * i, -30, 4).tolist()})
+            frames.append(
+                {"file_path": f"./{split}/r_{i}", "transform_matrix": pose_spherical(40.0 * i, -30, 4).tolist()}
+            )
         (folder / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": 0.69, "frames": frames}))
 
 
@@ -106,8 +121,10 @@ BAD_SCENES = [
     ({"near": 5.0, "far": 2.0}, "near < far"),
     ({"i_test": np.array([17])}, "i_test must be"),
     ({"i_val": np.array([17])}, "i_val must be"),
-    ({"i_train": np.array([0, 1, 2]), "i_test": np.array([5]), "i_val": np.array([2, 3])},
-     "i_train and i_val share 1 views \\(2\\): a val view must not be trained on"),
+    (
+        {"i_train": np.array([0, 1, 2]), "i_test": np.array([5]), "i_val": np.array([2, 3])},
+        "i_train and i_val share 1 views \\(2\\): a val view must not be trained on",
+    ),
     ({"depths": np.zeros((6, 4, 4))}, "depths must have shape"),
 ]
 
@@ -135,8 +152,9 @@ def test_missing_corrupt_and_incomplete_files(tmp_path):
 def test_ray_batches_are_deterministic_and_shard_the_global_batch(tmp_path):
     scene = load_scene(str(write_scene(tmp_path / "s.npz", n=10)))
     whole = RaySampler(scene, torch.device("cpu"), 64, seed=3, jitter_samples=5)
-    shards = [RaySampler(scene, torch.device("cpu"), 64, seed=3, jitter_samples=5, rank=r, world_size=2)
-              for r in range(2)]
+    shards = [
+        RaySampler(scene, torch.device("cpu"), 64, seed=3, jitter_samples=5, rank=r, world_size=2) for r in range(2)
+    ]
     for step in (0, 5):
         batch = whole.batch(step)
         assert torch.equal(batch.rgb, whole.batch(step).rgb)

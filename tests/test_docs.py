@@ -10,6 +10,7 @@ never imported.
 
 import ast
 import io
+import json
 import re
 import subprocess
 import sys
@@ -27,8 +28,32 @@ PACKAGES = sorted(d.name for d in ROOT.iterdir() if (d / "__init__.py").is_file(
 README = ROOT / "README.md"
 README_MAX_LINES = 220  # the issue's hard limit (the aim: about 200)
 # File names that a module.name pattern would otherwise read as an attribute: train.py, summary.json, ...
-EXTENSIONS = {"py", "md", "json", "csv", "png", "npz", "pt", "gif", "mp4", "ipynb", "txt", "yaml", "yml", "lock",
-              "sh", "toml", "cfg", "html", "log", "whl", "gz", "zip", "svg", "jpg"}
+EXTENSIONS = {
+    "py",
+    "md",
+    "json",
+    "csv",
+    "png",
+    "npz",
+    "pt",
+    "gif",
+    "mp4",
+    "ipynb",
+    "txt",
+    "yaml",
+    "yml",
+    "lock",
+    "sh",
+    "toml",
+    "cfg",
+    "html",
+    "log",
+    "whl",
+    "gz",
+    "zip",
+    "svg",
+    "jpg",
+}
 DIRECTORIES = ("docs", "tests", "benchmarks", "notebooks", *PACKAGES)
 
 SECTION = re.compile(r"(?P<file>(?<![\w/.-])(?:docs/[\w/.-]+\.md|[\w-]+\.md|README))\s*,?\s+\"(?P<title>[^\"]+)\"")
@@ -74,8 +99,12 @@ def class_names(node: ast.ClassDef) -> set[str]:
     """A class's attributes: its body's names and what its methods assign to self."""
     names = set(bound_names(node.body))
     for child in ast.walk(node):
-        if isinstance(child, ast.Attribute) and isinstance(child.ctx, ast.Store) and \
-                isinstance(child.value, ast.Name) and child.value.id == "self":
+        if (
+            isinstance(child, ast.Attribute)
+            and isinstance(child.ctx, ast.Store)
+            and isinstance(child.value, ast.Name)
+            and child.value.id == "self"
+        ):
             names.add(child.attr)
     return names
 
@@ -141,7 +170,7 @@ def page(name: str, source: Path) -> Path | None:
     """The page a reference names: the README and BENCHMARKS.md are the repository's; another page is relative to the
     referring file, else to the repository."""
     name = "README.md" if name == "README" else name
-    for base in ((ROOT,) if name in ("README.md", "BENCHMARKS.md") else (source.parent, ROOT)):
+    for base in (ROOT,) if name in ("README.md", "BENCHMARKS.md") else (source.parent, ROOT):
         if (base / name).is_file():
             return base / name
     return None
@@ -150,7 +179,7 @@ def page(name: str, source: Path) -> Path | None:
 def has_section(path: Path, title: str) -> bool:
     """Whether a heading of path starts with title (a reference may shorten a heading), ending at a word's end."""
     title = " ".join(title.replace("`", "").split())
-    return any(t.startswith(title) and not t[len(title):len(title) + 1].isalnum() for t in heading_titles(path))
+    return any(t.startswith(title) and not t[len(title) : len(title) + 1].isalnum() for t in heading_titles(path))
 
 
 def problems_in(text: str, source: Path, first_line: int = 1, functions: bool = True, links: bool = True) -> list[str]:
@@ -158,8 +187,10 @@ def problems_in(text: str, source: Path, first_line: int = 1, functions: bool = 
     found = []
 
     def report(start: int, why: str) -> None:
-        found.append(f"{source.relative_to(ROOT) if source.is_relative_to(ROOT) else source}:"
-                     f"{first_line + text.count(chr(10), 0, start)}: {why}")
+        found.append(
+            f"{source.relative_to(ROOT) if source.is_relative_to(ROOT) else source}:"
+            f"{first_line + text.count(chr(10), 0, start)}: {why}"
+        )
 
     sections = list(SECTION.finditer(text))
     for match in sections:
@@ -167,7 +198,7 @@ def problems_in(text: str, source: Path, first_line: int = 1, functions: bool = 
         if target is None:
             report(match.start(), f"no page {match['file']}")
         elif not has_section(target, title):
-            report(match.start(), f"{match['file']} has no section \"{title}\"")
+            report(match.start(), f'{match["file"]} has no section "{title}"')
     if links:
         for match in LINK.finditer(text):
             target = match["target"]
@@ -252,17 +283,21 @@ def test_every_reference_to_a_section_file_or_function_resolves():
 def test_a_renamed_section_function_or_page_is_caught():
     """The checker itself, on text planted in a scratch page beside the docs: each broken reference is found."""
     source = ROOT / "docs" / "planted.md"  # never written: only its folder matters, for relative pages
-    good = ('docs/gpus.md, "Memory and micro-batches"; [flags](flags.md); [rules](gpus.md#memory-and-micro-batches);'
-            ' `step.train_step`, `accel.results.si`, `measured.MatmulCensus.int8_kernel`, train.py, tests/test_docs.py,'
-            ' scipy.stats.t, README.md, "Two commands"')
+    good = (
+        'docs/gpus.md, "Memory and micro-batches"; [flags](flags.md); [rules](gpus.md#memory-and-micro-batches);'
+        " `step.train_step`, `accel.results.si`, `measured.MatmulCensus.int8_kernel`, train.py, tests/test_docs.py,"
+        ' scipy.stats.t, README.md, "Two commands"'
+    )
     assert problems_in(good, source) == []
-    bad = {'docs/gpus.md, "Memory and macro-batches"': "has no section",
-           'docs/nowhere.md, "Anything"': "no page",
-           "[gone](gpus.md#no-such-heading)": "no heading",
-           "[gone](nowhere.md)": "missing file",
-           "`train.build_optimizer`": "train has no build_optimizer",
-           "`measured.MatmulCensus.no_such_thing`": "MatmulCensus has no no_such_thing",
-           "tests/test_nothing.py": "no file"}
+    bad = {
+        'docs/gpus.md, "Memory and macro-batches"': "has no section",
+        'docs/nowhere.md, "Anything"': "no page",
+        "[gone](gpus.md#no-such-heading)": "no heading",
+        "[gone](nowhere.md)": "missing file",
+        "`train.build_optimizer`": "train has no build_optimizer",
+        "`measured.MatmulCensus.no_such_thing`": "MatmulCensus has no no_such_thing",
+        "tests/test_nothing.py": "no file",
+    }
     for text, why in bad.items():
         found = problems_in(text, source)
         assert len(found) == 1 and why in found[0], (text, found)
@@ -272,8 +307,10 @@ def test_a_renamed_section_function_or_page_is_caught():
 
 def test_python_comments_and_strings_are_read_with_their_lines(tmp_path):
     path = tmp_path / "m.py"
-    path.write_text('"""Doc: `step.train_step`."""\nx = 1  # first line\n# (BENCHMARKS.md, "A split\n# title")\n'
-                    'HELP = ("a help text (README.md, \\"Two"\n        " commands\\")")\n')
+    path.write_text(
+        '"""Doc: `step.train_step`."""\nx = 1  # first line\n# (BENCHMARKS.md, "A split\n# title")\n'
+        'HELP = ("a help text (README.md, \\"Two"\n        " commands\\")")\n'
+    )
     texts = list(python_texts(path))
     assert (2, ' first line\n (BENCHMARKS.md, "A split\n title")') in texts  # consecutive comment lines: one block
     assert (5, 'a help text (README.md, "Two commands")') in texts  # adjacent literals: one string
@@ -304,8 +341,14 @@ def suite(tmp_path) -> Path:
     psnr = {"exp1": (20.0, 22.0), "exp2": (21.0, 22.5), "exp4": (19.0, 21.4), "exp5": (20.2, 21.9)}
     for experiment, values in psnr.items():
         for seed, value in enumerate(values):
-            run_dir = suite_run(runs_dir, experiment, seed, value, model_bytes=65_000 if experiment == "exp4"
-                                else 452_000, sent_bytes_per_step=441_376 if experiment == "exp5" else None)
+            run_dir = suite_run(
+                runs_dir,
+                experiment,
+                seed,
+                value,
+                model_bytes=65_000 if experiment == "exp4" else 452_000,
+                sent_bytes_per_step=441_376 if experiment == "exp5" else None,
+            )
             energy = {"eyeriss": 9.0 if experiment == "exp4" else 36.0, "tpu_v4i": 2.0 if experiment == "exp4" else 3.3}
             write_own_results(run_dir, dense_with(hw_rows(run_dir, energy)))
     (tmp_path / "report").mkdir()
@@ -315,15 +358,20 @@ def suite(tmp_path) -> Path:
 
 def run_results(tmp_path: Path, runs_dir: Path, readme: str) -> subprocess.CompletedProcess:
     (tmp_path / "README.md").write_text(readme)
-    code = (f"import sys, results; results.main(['--runs', {str(runs_dir)!r}, '--report', "
-            f"{str(tmp_path / 'report')!r}, '--out', {str(tmp_path / 'docs' / 'results.md')!r}, '--readme', "
-            f"{str(tmp_path / 'README.md')!r}]); assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        f"import sys, results; results.main(['--runs', {str(runs_dir)!r}, '--report', "
+        f"{str(tmp_path / 'report')!r}, '--out', {str(tmp_path / 'docs' / 'results.md')!r}, '--readme', "
+        f"{str(tmp_path / 'README.md')!r}]); assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
 
 
 def test_results_writes_the_page_and_the_readme_block_from_the_runs_without_torch(suite, tmp_path):
-    result = run_results(tmp_path, suite, "# Title\n\nbefore\n" + results.RESULTS_BEGIN + "\nold table\n"
-                         + results.RESULTS_END + "\nafter\n")
+    result = run_results(
+        tmp_path,
+        suite,
+        "# Title\n\nbefore\n" + results.RESULTS_BEGIN + "\nold table\n" + results.RESULTS_END + "\nafter\n",
+    )
     assert result.returncode == 0, result.stderr
     page_text = (tmp_path / "docs" / "results.md").read_text()
     readme = (tmp_path / "README.md").read_text()
@@ -334,15 +382,18 @@ def test_results_writes_the_page_and_the_readme_block_from_the_runs_without_torc
     assert (tmp_path / "docs" / "ladder.png").read_bytes() == b"\x89PNG made up"
     # The stamp: commit, scene, seeds, machine (no GPU in these summaries: this machine's CPU).
     stamp = block_lines(page_text).splitlines()[0]
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                          check=False).stdout
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout
     assert f"Commit {head.strip() or 'unknown'}" in stamp  # outside a git checkout: unknown
     assert "scene builtin; seeds 0, 1;" in stamp and "no GPU" in stamp
     # The main table: every experiment, PSNR over the seeds and against exp1, model size, energy per architecture.
     lines = [line for line in block_lines(page_text).splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    rows = {cells[0]: dict(zip(header, cells)) for cells in
-            ([cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:])}
+    rows = {
+        cells[0]: dict(zip(header, cells))
+        for cells in ([cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:])
+    }
     assert list(rows) == ["exp1", "exp2", "exp4", "exp5"]
     assert rows["exp1"]["test PSNR (dB)"] == "21.00 ± 12.71" and rows["exp1"]["test PSNR vs exp1"] == "—"
     # exp4 - exp1 by seed: -1.0 and -0.6, mean -0.8 ± 12.706 * 0.2828 / sqrt(2) = 2.54
@@ -356,6 +407,23 @@ def test_results_writes_the_page_and_the_readme_block_from_the_runs_without_torc
         assert f"\n## {title}\n" in page_text
 
 
+def test_the_stamp_names_the_commits_that_trained_the_runs_and_says_where_runs_do_not_record_theirs(suite, tmp_path):
+    summaries = sorted(suite.glob("*/summary.json"))
+    for index, path in enumerate(summaries):
+        summary = json.loads(path.read_text())
+        path.write_text(json.dumps({**summary, "commit": "abc1234" if index % 2 else "def5678"}))
+    readme = "# Title\n" + results.RESULTS_BEGIN + "\n" + results.RESULTS_END + "\n"
+    assert run_results(tmp_path, suite, readme).returncode == 0
+    stamp = block_lines((tmp_path / "docs" / "results.md").read_text()).splitlines()[0]
+    assert stamp.startswith("**Commit abc1234, def5678, runs finished"), stamp
+    summary = json.loads(summaries[0].read_text())
+    del summary["commit"]
+    summaries[0].write_text(json.dumps(summary))
+    assert run_results(tmp_path, suite, readme).returncode == 0
+    stamp = block_lines((tmp_path / "docs" / "results.md").read_text()).splitlines()[0]
+    assert "(the checkout that wrote this page: 1 of the runs predate recording theirs)" in stamp, stamp
+
+
 def test_results_without_a_readme_block_is_one_line(suite, tmp_path):
     result = run_results(tmp_path, suite, "# A README without markers\n")
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
@@ -365,4 +433,3 @@ def test_results_without_a_readme_block_is_one_line(suite, tmp_path):
 def test_docs_results_md_is_stamped_with_its_commit_scene_and_seeds():
     stamp = block_lines((ROOT / "docs" / "results.md").read_text()).splitlines()[0]
     assert re.match(r"\*\*Commit [0-9a-f]{7}", stamp) and "scene " in stamp and "seeds " in stamp, stamp
-

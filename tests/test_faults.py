@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_scene
+from conftest import TINY_MODEL_FLAGS, write_scene
 
 import command_line
 import configs
@@ -32,16 +32,49 @@ def small_config(tmp_path):
     """The quick preset with a small model on a scene of 6 views of 16x16 pixels (one test view), so that a
     whole run, its final evaluation included, is quick; it writes into tmp_path."""
     scene = write_scene(tmp_path / "scene.npz", n=6, size=16)
-    return replace(configs.QUICK, data=str(scene), out=str(tmp_path / "runs"), wandb="disabled", depth=2, width=32,
-                   n_coarse=8, n_fine=8, steps=40, batch_rays=64, log_every=10, eval_every=20, ckpt_every=20,
-                   video_frames=1, eval_views=1, compile="off")
+    return replace(
+        configs.QUICK,
+        data=str(scene),
+        out=str(tmp_path / "runs"),
+        wandb="disabled",
+        depth=2,
+        width=32,
+        n_coarse=8,
+        n_fine=8,
+        steps=40,
+        batch_rays=64,
+        log_every=10,
+        eval_every=20,
+        ckpt_every=20,
+        video_frames=1,
+        eval_views=1,
+        compile="off",
+    )
 
 
 def exp1_command(config, *extra: str) -> list[str]:
     """exp1.py on a model small enough to take a few milliseconds a step, into config's data and out."""
-    return [sys.executable, str(REPO / "exp1.py"), "--quick", "--data", config.data, "--out", config.out,
-            "--depth", "2", "--width", "32", "--n-coarse", "8", "--n-fine", "8", "--batch-rays", "64",
-            "--video-frames", "1", "--eval-views", "1", "--eval-every", "1000000", "--wandb", "disabled", *extra]
+    return [
+        sys.executable,
+        str(REPO / "exp1.py"),
+        "--quick",
+        "--data",
+        config.data,
+        "--out",
+        config.out,
+        *TINY_MODEL_FLAGS,
+        "--batch-rays",
+        "64",
+        "--video-frames",
+        "1",
+        "--eval-views",
+        "1",
+        "--eval-every",
+        "1000000",
+        "--wandb",
+        "disabled",
+        *extra,
+    ]
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -66,7 +99,8 @@ def assert_bit_identical(a: dict, b: dict) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_right_after_an_optimizer_step_saves_that_step_and_resume_is_bit_identical(
-        small_config, monkeypatch, capsys, signum):
+    small_config, monkeypatch, capsys, signum
+):
     config = replace(small_config, steps=30, ckpt_every=10)
     train.run(replace(config, name="straight"))
 
@@ -83,7 +117,8 @@ def test_a_stop_signal_right_after_an_optimizer_step_saves_that_step_and_resume_
         train.run(replace(config, name="resumed"))
     assert stop.value.code == 128 + signum  # 143 for SIGTERM, 130 for SIGINT
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"interrupted ({signal.Signals(signum).name}) at step 17; checkpoint saved, continue with --resume")
+        f"interrupted ({signal.Signals(signum).name}) at step 17; checkpoint saved, continue with --resume"
+    )
     run_dir = Path(config.out) / "resumed"
     assert torch.load(run_dir / rundir.CHECKPOINT, weights_only=False)["step"] == 17
     assert not rundir.RunLock(run_dir).path.exists()
@@ -94,8 +129,9 @@ def test_a_stop_signal_right_after_an_optimizer_step_saves_that_step_and_resume_
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run put the handlers back
 
 
-def test_a_stop_signal_in_the_final_evaluation_stops_it_at_once_and_resume_evaluates_again(small_config, monkeypatch,
-                                                                                            capsys):
+def test_a_stop_signal_in_the_final_evaluation_stops_it_at_once_and_resume_evaluates_again(
+    small_config, monkeypatch, capsys
+):
     config = replace(small_config, steps=10)
 
     def signalled(*args):
@@ -108,7 +144,8 @@ def test_a_stop_signal_in_the_final_evaluation_stops_it_at_once_and_resume_evalu
         train.run(config)
     assert stop.value.code == 143
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "interrupted (SIGTERM) in the final evaluation; the checkpoint holds all 10 steps, --resume evaluates it again")
+        "interrupted (SIGTERM) in the final evaluation; the checkpoint holds all 10 steps, --resume evaluates it again"
+    )
     monkeypatch.undo()
     summary = train.run(config, resume=True)
     assert summary["steps"] == 10 and (Path(config.out) / "exp1" / rundir.SUMMARY).exists()
@@ -150,16 +187,19 @@ def test_a_file_that_loads_but_is_not_a_checkpoint_is_a_user_error(tmp_path):
         rundir.load_checkpoint(tmp_path, configs.QUICK, None)
 
 
-def test_a_resume_that_would_change_the_autocast_dtype_is_one_line_naming_the_flag_that_keeps_it(small_config,
-                                                                                                  monkeypatch):
+def test_a_resume_that_would_change_the_autocast_dtype_is_one_line_naming_the_flag_that_keeps_it(
+    small_config, monkeypatch
+):
     config = replace(small_config, precision="amp", steps=4)
     train.run(config)  # bf16 autocast on the CPU, its gradient scaler disabled
     path = Path(config.out) / config.name / rundir.CHECKPOINT
     # The same run resumed where --amp-dtype auto means fp16, as on CUDA: the device is all that changed.
     resolve = precision.amp_dtype
     monkeypatch.setattr(precision, "amp_dtype", lambda config, device: resolve(config, torch.device("cuda")))
-    refusal = ("--resume: the checkpoint was trained with bf16 autocast; this resume would use fp16:"
-               " add --amp-dtype bf16 to keep it")
+    refusal = (
+        "--resume: the checkpoint was trained with bf16 autocast; this resume would use fp16:"
+        " add --amp-dtype bf16 to keep it"
+    )
     with pytest.raises(UserError, match=f"^{re.escape(refusal)}$"):
         train.run(replace(config, steps=6), resume=True)
     checkpoint = torch.load(path, weights_only=False)
@@ -172,12 +212,15 @@ def test_a_resume_that_would_change_the_autocast_dtype_is_one_line_naming_the_fl
     assert (summary["steps"], summary["precision"]) == (6, "bf16-amp")
 
 
-@pytest.mark.parametrize("checkpoint, dtype", [
-    ({"config": {"precision": "fp32"}, "scaler": {}}, None),
-    ({"config": {"precision": "amp"}, "scaler": {}}, "bfloat16"),
-    ({"config": {"precision": "amp"}, "scaler": torch.amp.GradScaler("cpu").state_dict()}, "float16"),
-    ({"config": {"precision": "amp"}, "scaler": {}, "autocast_dtype": "float16"}, "float16"),
-])
+@pytest.mark.parametrize(
+    "checkpoint, dtype",
+    [
+        ({"config": {"precision": "fp32"}, "scaler": {}}, None),
+        ({"config": {"precision": "amp"}, "scaler": {}}, "bfloat16"),
+        ({"config": {"precision": "amp"}, "scaler": torch.amp.GradScaler("cpu").state_dict()}, "float16"),
+        ({"config": {"precision": "amp"}, "scaler": {}, "autocast_dtype": "float16"}, "float16"),
+    ],
+)
 def test_the_autocast_dtype_of_a_checkpoint_without_its_record_follows_from_its_gradient_scaler(checkpoint, dtype):
     assert rundir.trained_autocast_dtype(checkpoint) == dtype
 
@@ -192,8 +235,10 @@ def test_resuming_a_cuda_fp16_checkpoint_on_the_cpu_is_one_line_with_exit_code_2
     checkpoint.update(autocast_dtype="float16", scaler=torch.amp.GradScaler("cpu").state_dict())
     torch.save(checkpoint, path)
     result = subprocess.run(argv[:-1] + ["3", "--resume"], capture_output=True, text=True)
-    assert one_line_error(result) == ("error: --resume: the checkpoint was trained with fp16 autocast; this resume"
-                                      " would use bf16: add --amp-dtype fp16 to keep it")
+    assert one_line_error(result) == (
+        "error: --resume: the checkpoint was trained with fp16 autocast; this resume"
+        " would use bf16: add --amp-dtype fp16 to keep it"
+    )
 
 
 def wait_for(path: Path, job: subprocess.Popen, timeout: float = 120) -> None:
@@ -216,11 +261,13 @@ def test_a_second_run_into_a_busy_run_directory_is_refused_in_one_line_and_the_f
     try:
         wait_for(run_dir / rundir.CHECKPOINT, first)
         files, metrics = run_files(run_dir), (run_dir / rundir.METRICS).read_text()
-        second = subprocess.run(exp1_command(small_config, "--overwrite", "--steps", "5"), capture_output=True,
-                                text=True)
+        second = subprocess.run(
+            exp1_command(small_config, "--overwrite", "--steps", "5"), capture_output=True, text=True
+        )
         assert one_line_error(second) == (
             f"error: {run_dir} is in use by another run (process {first.pid}; lock {run_dir.parent / '.exp1.lock'}):"
-            f" wait for it to end, or train into another --name")
+            f" wait for it to end, or train into another --name"
+        )
         assert first.poll() is None and files <= run_files(run_dir)
         assert (run_dir / rundir.METRICS).read_text().startswith(metrics)  # appended to, never replaced
     finally:
@@ -228,8 +275,9 @@ def test_a_second_run_into_a_busy_run_directory_is_refused_in_one_line_and_the_f
         _, stderr = first.communicate(timeout=60)
     assert first.returncode == 143 and "Traceback" not in stderr, stderr[-2000:]
     last = stderr.strip().splitlines()[-1]
-    stopped_at = int(re.fullmatch(r"interrupted \(SIGTERM\) at step (\d+); checkpoint saved, continue with --resume",
-                                  last).group(1))
+    stopped_at = int(
+        re.fullmatch(r"interrupted \(SIGTERM\) at step (\d+); checkpoint saved, continue with --resume", last).group(1)
+    )
     assert torch.load(run_dir / rundir.CHECKPOINT, weights_only=False)["step"] == stopped_at > 0
     assert not (run_dir.parent / ".exp1.lock").exists()
 
@@ -250,9 +298,18 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_and_released_on_every_exit(
 
 def test_a_live_holder_is_named_and_a_launcher_shares_its_lock_with_its_children(tmp_path, monkeypatch):
     run_dir = tmp_path / "runs" / "exp5"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, rundir; lock = rundir.RunLock(sys.argv[1]);"
-                               " lock.acquire(); print('held', flush=True); time.sleep(60)", str(run_dir)],
-                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, rundir; lock = rundir.RunLock(sys.argv[1]);"
+            " lock.acquire(); print('held', flush=True); time.sleep(60)",
+            str(run_dir),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline() == "held\n"
         with pytest.raises(UserError, match=f"is in use by another run \\(process {holder.pid};"):
@@ -267,10 +324,18 @@ def test_a_live_holder_is_named_and_a_launcher_shares_its_lock_with_its_children
         holder.wait()
 
 
-@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
-                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1"),
-                                   MemoryError()], ids=["cuda", "cpu-allocator", "python"])
-def test_running_out_of_memory_in_a_step_saves_the_steps_applied_and_names_micro_batch_rays(small_config, monkeypatch, error):
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1"),
+        MemoryError(),
+    ],
+    ids=["cuda", "cpu-allocator", "python"],
+)
+def test_running_out_of_memory_in_a_step_saves_the_steps_applied_and_names_micro_batch_rays(
+    small_config, monkeypatch, error
+):
     real_train_step = train.train_step
 
     def out_of_memory_at_step_8(step_model, batch, optimization, *args):
@@ -281,9 +346,11 @@ def test_running_out_of_memory_in_a_step_saves_the_steps_applied_and_names_micro
     monkeypatch.setattr(train, "train_step", out_of_memory_at_step_8)
     with pytest.raises(UserError) as stop:
         train.run(small_config)
-    assert str(stop.value) == ("out of memory with --micro-batch-rays 64; checkpoint saved at step 7: continue with"
-                               " --resume and a lower --micro-batch-rays (the same steps, in smaller parts), or free"
-                               " memory")
+    assert str(stop.value) == (
+        "out of memory with --micro-batch-rays 64; checkpoint saved at step 7: continue with"
+        " --resume and a lower --micro-batch-rays (the same steps, in smaller parts), or free"
+        " memory"
+    )
     run_dir = Path(small_config.out) / small_config.name
     assert torch.load(run_dir / rundir.CHECKPOINT, weights_only=False)["step"] == 7
     assert not rundir.RunLock(run_dir).path.exists()
@@ -318,10 +385,27 @@ def test_running_out_of_memory_rendering_test_views_names_chunk(small_config, mo
 
 def test_a_scene_whose_test_views_are_also_training_views_is_refused_in_one_line(tmp_path):
     scene = write_scene(tmp_path / "overlap.npz", n=6, i_train=np.array([0, 1, 2, 3]), i_test=np.array([3, 4, 1]))
-    result = subprocess.run([sys.executable, str(REPO / "exp1.py"), "--quick", "--steps", "1", "--data", str(scene),
-                             "--out", str(tmp_path / "runs"), "--wandb", "disabled"], capture_output=True, text=True)
-    assert one_line_error(result) == (f"error: {scene}: i_train and i_test share 2 views (1, 3): a test view must not"
-                                      f" be trained on; give disjoint splits")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "exp1.py"),
+            "--quick",
+            "--steps",
+            "1",
+            "--data",
+            str(scene),
+            "--out",
+            str(tmp_path / "runs"),
+            "--wandb",
+            "disabled",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert one_line_error(result) == (
+        f"error: {scene}: i_train and i_test share 2 views (1, 3): a test view must not"
+        f" be trained on; give disjoint splits"
+    )
     assert not (tmp_path / "runs").exists()
 
 

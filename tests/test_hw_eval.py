@@ -24,6 +24,7 @@ from accel.results import (
     si,
 )
 from reporting.hardware import HW_COLUMNS
+from utils import UserError
 
 FP32, AMP, TERNARY = (32, 32, 32), (16, 16, 16), (2, 8, 8)  # (weight, input, output) bits
 EIGHT_BIT = (8, 8, 32)  # int8 and fp8 layers: 8-bit operands, the output written wide
@@ -33,18 +34,30 @@ REPO = Path(__file__).resolve().parents[1]
 
 def layer(name: str, in_features: int, out_features: int, bits=FP32, sparsity=0.0, samples=1024) -> dict:
     weight_bits, input_bits, output_bits = bits
-    return {"name": name, "in_features": in_features, "out_features": out_features, "weight_bits": weight_bits,
-            "input_bits": input_bits, "output_bits": output_bits, "input_sparsity": sparsity,
-            "samples_per_frame": samples}
+    return {
+        "name": name,
+        "in_features": in_features,
+        "out_features": out_features,
+        "weight_bits": weight_bits,
+        "input_bits": input_bits,
+        "output_bits": output_bits,
+        "input_sparsity": sparsity,
+        "samples_per_frame": samples,
+    }
 
 
 def nerf_field(bits=FP32, head_bits=FP32) -> list[dict]:
     """The full NeRF topology at toy sizes: 3 layers with the encoded point (15) concatenated before the
     third, the density head, and the colour branch with the encoded view direction (9) concatenated."""
-    return [layer("coarse.layers.0", 15, 16, bits), layer("coarse.layers.1", 16, 16, bits),
-            layer("coarse.layers.2", 16 + 15, 16, bits), layer("coarse.density_head", 16, 1, head_bits),
-            layer("coarse.feature", 16, 16, bits), layer("coarse.view_layer", 16 + 9, 8, bits),
-            layer("coarse.rgb_head", 8, 3, head_bits)]
+    return [
+        layer("coarse.layers.0", 15, 16, bits),
+        layer("coarse.layers.1", 16, 16, bits),
+        layer("coarse.layers.2", 16 + 15, 16, bits),
+        layer("coarse.density_head", 16, 1, head_bits),
+        layer("coarse.feature", 16, 16, bits),
+        layer("coarse.view_layer", 16 + 9, 8, bits),
+        layer("coarse.rgb_head", 8, 3, head_bits),
+    ]
 
 
 def test_each_layer_reads_its_source_through_the_skip_and_the_colour_branch():
@@ -110,21 +123,40 @@ def test_an_fp8_mac_is_a_float_mac_cheaper_than_fp16_and_not_an_int8_one():
     assert components.int_accumulator_bits(int8_field) == 8 + 8 - 1 + 3
 
 
+def test_a_weight_only_layer_is_a_float_mac_and_a_format_without_a_mac_is_one_line():
+    # ptq.py's weight-only variants store int8 or int4 weights and multiply fp32 inputs: a float MAC.
+    for weight_format, bits in (("int8", 8), ("int4", 4)):
+        weight_only = {**layer("coarse.a", 8, 8, (bits, 32, 32)), "format": weight_format}
+        assert workloads.float_operands(weight_only)
+        mac = components.LayerMAC(45e-9, bits, 32, 32, workloads.float_operands(weight_only))
+        assert mac.compute().energy == components.LayerMAC(45e-9, 32, 32, 32, True).compute().energy
+    assert not workloads.float_operands({**layer("coarse.a", 8, 8, (4, 8, 32)), "format": "int4"})
+    with pytest.raises(UserError, match="'int3', which hw_eval.py has no MAC for"):
+        workloads.float_operands({**layer("coarse.a", 8, 8, (3, 8, 32)), "format": "int3"})
+
+
 def test_each_einsum_s_mac_is_costed_as_its_format():
     # AccelForge evaluates the MAC per einsum: an fp8 einsum gets the float MAC, an int8 one of the same widths
     # (in the same workload) the integer MAC, each with its own accumulator.
-    field = [{**layer("coarse.layers.0", 6, 16, EIGHT_BIT), "format": "fp8"},
-             {**layer("coarse.layers.1", 16, 4, EIGHT_BIT), "format": "int8"}]
+    field = [
+        {**layer("coarse.layers.0", 6, 16, EIGHT_BIT), "format": "fp8"},
+        {**layer("coarse.layers.1", 16, 4, EIGHT_BIT), "format": "int8"},
+    ]
     spec = specs.build_spec("tpu_v4i", workloads.field_workload(field, 64), 19)
-    charged_pj = {name: 1e12 * spec.calculate_component_costs(einsum_name=name).arch.find("MAC").actions["compute"]
-                  .energy for name in ("layers_0", "layers_1")}
+    charged_pj = {
+        name: 1e12 * spec.calculate_component_costs(einsum_name=name).arch.find("MAC").actions["compute"].energy
+        for name in ("layers_0", "layers_1")
+    }
     assert charged_pj["layers_0"] == pytest.approx(1e12 * components.LayerMAC(7e-9, 8, 8, 32, True).compute().energy)
     assert charged_pj["layers_1"] == pytest.approx(1e12 * components.LayerMAC(7e-9, 8, 8, 19, False).compute().energy)
 
 
 def test_mac_energy_table_charges_each_format_at_the_architecture_s_node():
-    table = {arch: components.mac_energy_pj(a.mac_tech_node) for arch, a in architectures.ARCHITECTURES.items()
-             if a.pe == architectures.MULTIPLIER_PE}
+    table = {
+        arch: components.mac_energy_pj(a.mac_tech_node)
+        for arch, a in architectures.ARCHITECTURES.items()
+        if a.pe == architectures.MULTIPLIER_PE
+    }
     for energies in table.values():
         assert list(energies) == ["fp32", "bf16", "fp16", "fp8", "int8", "ternary"]
         assert energies["fp32"] > energies["fp16"] == energies["bf16"] > energies["fp8"] > energies["int8"]
@@ -146,8 +178,10 @@ def write_run(runs_dir, name: str, experiment: str, precision: str, layers: list
 
 def one_layer_fields(bits, sparsity: float) -> list[dict]:
     """A coarse and a fine field of one layer each: the smallest model the mapper can take quickly."""
-    return [layer("coarse.layers.0", 6, 64, bits, sparsity, samples=4096),
-            layer("fine.layers.0", 6, 64, bits, sparsity, samples=12288)]
+    return [
+        layer("coarse.layers.0", 6, 64, bits, sparsity, samples=4096),
+        layer("fine.layers.0", 6, 64, bits, sparsity, samples=12288),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -162,25 +196,50 @@ def evaluated(tmp_path_factory):
     write_run(runs, "exp2", "exp2", "bf16-amp", one_layer_fields(AMP, 0.25))
     write_run(runs, "exp3", "exp3", "bf16-amp", one_layer_fields(AMP, 0.5))
     # BitNeRF with measured ternary zeros (70 % of its weights nonzero) and joint density.
-    write_run(runs, "exp4", "exp4", "ternary-int8",
-              [{**l, "weight_density": 0.7, "joint_density": 0.5} for l in one_layer_fields(TERNARY, 0.25)],
-              run_id="exp4-run-id")  # the others' summaries are from before run_id was recorded
+    write_run(
+        runs,
+        "exp4",
+        "exp4",
+        "ternary-int8",
+        [{**l, "weight_density": 0.7, "joint_density": 0.5} for l in one_layer_fields(TERNARY, 0.25)],
+        run_id="exp4-run-id",
+    )  # the others' summaries are from before run_id was recorded
     # exp1's layers on frames of twice the samples: the same tiles (no more mapping), scaled twice as far.
-    write_run(runs, "exp1_double", "exp1_double", "fp32",
-              [{**l, "samples_per_frame": 2 * l["samples_per_frame"]} for l in one_layer_fields(FP32, 0.25)])
+    write_run(
+        runs,
+        "exp1_double",
+        "exp1_double",
+        "fp32",
+        [{**l, "samples_per_frame": 2 * l["samples_per_frame"]} for l in one_layer_fields(FP32, 0.25)],
+    )
     # exp1's frame as a run with an occupancy grid measures it: half of the frame's samples reached the MLP.
-    write_run(runs, "exp1_grid", "exp1_grid", "fp32",
-              [{**l, "samples_per_frame_all": 2 * l["samples_per_frame"]} for l in one_layer_fields(FP32, 0.25)])
+    write_run(
+        runs,
+        "exp1_grid",
+        "exp1_grid",
+        "fp32",
+        [{**l, "samples_per_frame_all": 2 * l["samples_per_frame"]} for l in one_layer_fields(FP32, 0.25)],
+    )
     # exp1's workload with no zeros anywhere, weights measured dense.
-    write_run(runs, "exp1_dense", "exp1_dense", "fp32",
-              [{**l, "weight_density": 1.0} for l in one_layer_fields(FP32, 0.0)])
+    write_run(
+        runs, "exp1_dense", "exp1_dense", "fp32", [{**l, "weight_density": 1.0} for l in one_layer_fields(FP32, 0.0)]
+    )
     # int8 and fp8 training: the same widths, told apart by the format layers.json measured.
     for name, layer_format in (("exp7", "int8"), ("exp8", "fp8")):
-        write_run(runs, name, name, layer_format, [{**l, "format": layer_format, "weight_density": 1.0}
-                                                   for l in one_layer_fields(EIGHT_BIT, 0.25)])
+        write_run(
+            runs,
+            name,
+            name,
+            layer_format,
+            [{**l, "format": layer_format, "weight_density": 1.0} for l in one_layer_fields(EIGHT_BIT, 0.25)],
+        )
     rows = hw_eval.evaluate(runs, list(architectures.DEFAULT_ARCHS), tmp / "out", tile=TILE, jobs=2)  # a process pool
-    return (runs, tmp / "out", {(r["run"], r["arch"]): r for r in rows if r["design"] == "dense"},
-            {(r["run"], r["arch"], r["design"]): r for r in rows})
+    return (
+        runs,
+        tmp / "out",
+        {(r["run"], r["arch"]): r for r in rows if r["design"] == "dense"},
+        {(r["run"], r["arch"], r["design"]): r for r in rows},
+    )
 
 
 def test_concatenated_inputs_are_mapped_with_all_their_macs():
@@ -257,16 +316,27 @@ def test_results_csv_and_tables(evaluated):
     assert written.keys() == designs.keys()  # a row per run x architecture x design
     assert {design for _, _, design in written} == {"dense", "gating", "skipping"}
     for key, row in designs.items():
-        for column in ("energy_per_frame_j", "latency_per_frame_s", "energy_mac_j", "zero_gating_saving_frac",
-                       "input_density", "weight_density", "effectual_density", "mac_time_frac",
-                       "energy_weights_dense_j"):
+        for column in (
+            "energy_per_frame_j",
+            "latency_per_frame_s",
+            "energy_mac_j",
+            "zero_gating_saving_frac",
+            "input_density",
+            "weight_density",
+            "effectual_density",
+            "mac_time_frac",
+            "energy_weights_dense_j",
+        ):
             assert float(written[key][column]) == pytest.approx(row[column], rel=1e-5)
     for arch in architectures.DEFAULT_ARCHS:
         text = (out / f"{arch}.md").read_text()
         assert "Per 800×800 frame" in text
         energy = text.split("## Energy per frame (J)")[1].split("##")[0]
-        cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[4:7]]
-                 for line in energy.splitlines() if line.startswith("| exp")}
+        cells = {
+            line.split("|")[1].strip(): [c.strip() for c in line.split("|")[4:7]]
+            for line in energy.splitlines()
+            if line.startswith("| exp")
+        }
         ratios = {run: [float(c.split("(")[1].rstrip("×)")) for c in row] for run, row in cells.items()}
         for run, row in cells.items():  # dense, gating, skipping side by side, each against dense exp1
             for design, cell in zip(("dense", "gating", "skipping"), row):
@@ -294,7 +364,8 @@ def test_each_run_directory_gets_its_own_rows_tied_to_the_run(evaluated):
         assert (owned["run_id"], owned["layers_sha256"]) == (run_id, layers_sha256)
         assert owned["rows"] == [row for key, row in designs.items() if key[0] == run_dir.name]
         assert {(r["run_id"], r["layers_sha256"]) for r in aggregate if r["run"] == run_dir.name} == {
-            (run_id, layers_sha256)}
+            (run_id, layers_sha256)
+        }
 
 
 def test_the_report_shows_a_run_s_results_until_its_layers_change(evaluated, tmp_path, monkeypatch):
@@ -306,8 +377,11 @@ def test_the_report_shows_a_run_s_results_until_its_layers_change(evaluated, tmp
         shutil.copy(runs / name / "layers.json", write_trained_run(copy, name) / "layers.json")
     shutil.copytree(out / ".cache", hw / ".cache")
     monkeypatch.setattr(mapping, "map_tile", None)  # every tile is cached: the mapper must not run
-    rows = {(r["run"], r["arch"]): r for r in hw_eval.evaluate(copy, list(architectures.DEFAULT_ARCHS), hw, tile=TILE)
-            if r["design"] == "dense"}
+    rows = {
+        (r["run"], r["arch"]): r
+        for r in hw_eval.evaluate(copy, list(architectures.DEFAULT_ARCHS), hw, tile=TILE)
+        if r["design"] == "dense"
+    }
     readme = report.write_report(copy, hw, tmp_path / "report", "report.py").read_text()
     exp1 = next(line for line in readme.splitlines() if line.startswith("| exp1 |"))
     assert si(rows["exp1", "eyeriss"]["energy_per_frame_j"], "J") in exp1
@@ -317,8 +391,9 @@ def test_the_report_shows_a_run_s_results_until_its_layers_change(evaluated, tmp
     layers["layers"][0]["input_sparsity"] = 0.3
     (copy / "exp1" / "layers.json").write_text(json.dumps(layers))
     readme = report.write_report(copy, hw, tmp_path / "report", "report.py").read_text()
-    exp1, exp2 = (next(line for line in readme.splitlines() if line.startswith(f"| {name} |"))
-                  for name in ("exp1", "exp2"))
+    exp1, exp2 = (
+        next(line for line in readme.splitlines() if line.startswith(f"| {name} |")) for name in ("exp1", "exp2")
+    )
     assert exp1.endswith("| not evaluated | not evaluated | not evaluated | not evaluated |")
     assert si(rows["exp2", "tpu_v4i"]["energy_per_frame_j"], "J") in exp2
     assert "Results left out as stale or another run's (computed for another layers.json or run_id): exp1." in readme
@@ -327,14 +402,19 @@ def test_the_report_shows_a_run_s_results_until_its_layers_change(evaluated, tmp
 
 # --- The sparse designs on the real mapper ------------------------------------------------------------
 
+
 def test_with_every_density_one_the_designs_equal_dense_exactly(evaluated):
     _, _, _, designs = evaluated
     for arch in architectures.DEFAULT_ARCHS:
         dense = designs["exp1_dense", arch, "dense"]
         for design in ("gating", "skipping"):
             row = designs["exp1_dense", arch, design]
-            for column in ("energy_per_frame_j", "latency_per_frame_s", "edp_j_s", *(f"energy_{g}_j" for g in
-                                                                                    ENERGY_GROUPS)):
+            for column in (
+                "energy_per_frame_j",
+                "latency_per_frame_s",
+                "edp_j_s",
+                *(f"energy_{g}_j" for g in ENERGY_GROUPS),
+            ):
                 assert row[column] == dense[column], (arch, design, column)  # exactly
         # ... and dense is AccelForge's own mapping: exp1's dense row is exp1_dense's.
         assert designs["exp1", arch, "dense"]["energy_per_frame_j"] == dense["energy_per_frame_j"]
@@ -352,7 +432,8 @@ def test_gating_saves_energy_not_cycles_and_skipping_saves_both(evaluated):
         assert 0.75 <= skipping["mac_time_frac"] <= 1.0  # the PE array waits for its slowest PE
     # The TPU model's MAC costs no leakage: gating 25 % of the MACs saves exactly 25 % of MAC energy.
     assert designs["exp2", "tpu_v4i", "gating"]["energy_mac_j"] == pytest.approx(
-        0.75 * designs["exp2", "tpu_v4i", "dense"]["energy_mac_j"])
+        0.75 * designs["exp2", "tpu_v4i", "dense"]["energy_mac_j"]
+    )
     assert designs["exp2", "tpu_v4i", "skipping"]["mac_time_frac"] == pytest.approx(1.0)  # lock-step systolic array
 
 
@@ -370,7 +451,8 @@ def test_bitnerf_zero_weights_are_credited_and_measured_separately(evaluated):
         assert designs["exp2", arch, "gating"]["weight_density"] == 1.0
         assert designs["exp2", arch, "gating"]["weight_density_source"] == WEIGHTS_ASSUMED_DENSE
     assert designs["exp4", "tpu_v4i", "gating"]["energy_mac_j"] == pytest.approx(
-        0.75 * 0.7 * designs["exp4", "tpu_v4i", "dense"]["energy_mac_j"])
+        0.75 * 0.7 * designs["exp4", "tpu_v4i", "dense"]["energy_mac_j"]
+    )
 
 
 @pytest.mark.parametrize("arch", list(architectures.DEFAULT_ARCHS))
@@ -397,7 +479,8 @@ def test_per_sample_and_per_mac_columns_are_the_frame_s_energy_divided(evaluated
         assert row["energy_per_sample_uj"] * 1e-6 * samples == pytest.approx(row["energy_per_frame_j"])
         samples_all = 2 * samples if run == "exp1_grid" else samples
         assert row["energy_per_sample_without_grid_uj"] * 1e-6 * samples_all == pytest.approx(
-            row["energy_without_grid_j"])
+            row["energy_without_grid_j"]
+        )
         assert row["energy_per_mac_pj"] * 1e-12 * row["macs_per_frame"] == pytest.approx(row["energy_per_frame_j"])
         assert row["mac_energy_per_mac_pj"] * 1e-12 * row["macs_per_frame"] == pytest.approx(row["energy_mac_j"])
         assert (row["tech_node_nm"], row["clock_mhz"]) == {"eyeriss": (65, 200), "tpu_v4i": (7, 1050)}[arch]
@@ -405,8 +488,15 @@ def test_per_sample_and_per_mac_columns_are_the_frame_s_energy_divided(evaluated
     with open(out / "results.csv") as f:
         written = {(r["run"], r["arch"], r["design"]): r for r in csv.DictReader(f)}
     for key, row in designs.items():
-        for column in ("samples_per_frame", "energy_per_sample_uj", "energy_per_sample_without_grid_uj",
-                       "energy_per_mac_pj", "mac_energy_per_mac_pj", "tech_node_nm", "clock_mhz"):
+        for column in (
+            "samples_per_frame",
+            "energy_per_sample_uj",
+            "energy_per_sample_without_grid_uj",
+            "energy_per_mac_pj",
+            "mac_energy_per_mac_pj",
+            "tech_node_nm",
+            "clock_mhz",
+        ):
             assert float(written[key][column]) == pytest.approx(row[column], rel=1e-5), column
 
 
@@ -414,8 +504,10 @@ def test_each_run_s_hw_eval_json_says_what_each_architecture_charges_per_mac(eva
     runs, _, _, _ = evaluated
     summary = json.loads((runs / "exp8" / "summary.json").read_text())
     table = read_mac_energy(runs / "exp8", summary)
-    assert table == {arch: pytest.approx(components.mac_energy_pj(architectures.ARCHITECTURES[arch].mac_tech_node))
-                     for arch in architectures.DEFAULT_ARCHS}
+    assert table == {
+        arch: pytest.approx(components.mac_energy_pj(architectures.ARCHITECTURES[arch].mac_tech_node))
+        for arch in architectures.DEFAULT_ARCHS
+    }
     assert json.loads((runs / "exp8" / RUN_RESULTS).read_text())["mac_energy_pj"] == table
     assert read_mac_energy(runs / "exp8", {**summary, "run_id": "another run"}) is None  # not this run's
 
@@ -433,8 +525,10 @@ def test_a_run_without_weight_densities_is_said_to_be_taken_as_dense(evaluated, 
 def write_ptq(run_dir: Path, variants: dict[str, dict]) -> None:
     """A ptq.json as ptq.py writes it: per variant its measured layers (and a row from before it measured them)."""
     rows = [{"variant": "fp32-old", "weight_bits": 32, "psnr_test": 20.0}]
-    rows += [{"variant": name, "width": 64, "weight_bits": 8, "psnr_test": 19.0, "layers": layers}
-             for name, layers in variants.items()]
+    rows += [
+        {"variant": name, "width": 64, "weight_bits": 8, "psnr_test": 19.0, "layers": layers}
+        for name, layers in variants.items()
+    ]
     (run_dir / "ptq.json").write_text(json.dumps(rows))
 
 
@@ -445,9 +539,13 @@ def test_ptq_variants_are_costed_with_their_measured_bits_until_ptq_json_changes
     shutil.copytree(out / ".cache", hw / ".cache")
     # exp1's fp32 layers quantized after training: int8 (weights 90 % nonzero) and fp8; the fine layer named as
     # ptq.py's ZeroPaddedLinear wraps it.
-    measured = {f: {"coarse.layers.0": {"weight_bits": 8, "input_bits": 8, "format": f, "weight_density": density},
-                    "fine.layers.0.linear": {"weight_bits": 8, "input_bits": 8, "format": f, "weight_density": density}}
-                for f, density in (("int8", 0.9), ("fp8", 1.0))}
+    measured = {
+        f: {
+            "coarse.layers.0": {"weight_bits": 8, "input_bits": 8, "format": f, "weight_density": density},
+            "fine.layers.0.linear": {"weight_bits": 8, "input_bits": 8, "format": f, "weight_density": density},
+        }
+        for f, density in (("int8", 0.9), ("fp8", 1.0))
+    }
     write_ptq(copy / "exp1", {"int8-dynamic": measured["int8"], "fp8": measured["fp8"]})
     monkeypatch.setattr(mapping, "map_tile", None)  # exp7's and exp8's workloads: every tile is cached
     every_row = hw_eval.evaluate_with_variants(copy, list(architectures.DEFAULT_ARCHS), hw, tile=TILE)
@@ -491,7 +589,16 @@ def test_partial_sums_are_told_from_final_outputs_by_the_spec_s_access_width():
 def test_the_study_s_workload_is_its_mlp_with_the_skip_and_the_view_branch():
     layers = study.study_layers()
     assert [(l["in_features"], l["out_features"]) for l in layers] == [
-        (63, 256), *[(256, 256)] * 4, (319, 256), (256, 256), (256, 256), (256, 1), (256, 256), (283, 128), (128, 3)]
+        (63, 256),
+        *[(256, 256)] * 4,
+        (319, 256),
+        (256, 256),
+        (256, 256),
+        (256, 1),
+        (256, 256),
+        (283, 128),
+        (128, 3),
+    ]
     # fc_6 reads fc_5 widened by the encoded point; the density head and fc_10 read fc_8; fc_11 reads fc_10.
     assert workloads.layer_inputs(layers) == [-1, 0, 1, 2, 3, 4, 5, 6, 7, 7, 9, 10]
     densities = workloads.field_densities(layers)
@@ -503,8 +610,10 @@ def test_the_study_s_workload_is_its_mlp_with_the_skip_and_the_view_branch():
     assert {l["weight_bits"] for l in layers} == {16} and {l["weight_density"] for l in layers} == {1.0}
 
 
-@pytest.mark.parametrize("problem", ["no finished runs", "no layers.json", "a layer without its bits",
-                                     "a PTQ variant of a layer the run lacks"])
+@pytest.mark.parametrize(
+    "problem",
+    ["no finished runs", "no layers.json", "a layer without its bits", "a PTQ variant of a layer the run lacks"],
+)
 def test_bad_runs_are_a_one_line_error_before_mapping(tmp_path, capsys, problem):
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -517,17 +626,21 @@ def test_bad_runs_are_a_one_line_error_before_mapping(tmp_path, capsys, problem)
         write_run(runs, "exp1", "exp1", "fp32", bad)
     elif problem == "a PTQ variant of a layer the run lacks":
         write_run(runs, "exp1", "exp1", "fp32", one_layer_fields(FP32, 0.0))
-        write_ptq(runs / "exp1", {"int8": {"coarse.layers.9": {"weight_bits": 8, "input_bits": 8, "format": "int8",
-                                                               "weight_density": 1.0}}})
+        write_ptq(
+            runs / "exp1",
+            {"int8": {"coarse.layers.9": {"weight_bits": 8, "input_bits": 8, "format": "int8", "weight_density": 1.0}}},
+        )
     with pytest.raises(SystemExit) as exit_info:
         hw_eval.main(["--runs", str(runs), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    expected = {"no finished runs": f"error: no finished runs in {runs}",
-                "no layers.json": f"error: {runs / 'exp1'} has a summary.json but no layers.json",
-                "a layer without its bits": f"error: {runs / 'exp1' / 'layers.json'}: every layer needs",
-                "a PTQ variant of a layer the run lacks": f"error: {runs / 'exp1' / 'ptq.json'}: variant int8 has "
-                                                          f"layers that layers.json lacks: coarse.layers.9"}[problem]
+    expected = {
+        "no finished runs": f"error: no finished runs in {runs}",
+        "no layers.json": f"error: {runs / 'exp1'} has a summary.json but no layers.json",
+        "a layer without its bits": f"error: {runs / 'exp1' / 'layers.json'}: every layer needs",
+        "a PTQ variant of a layer the run lacks": f"error: {runs / 'exp1' / 'ptq.json'}: variant int8 has "
+        f"layers that layers.json lacks: coarse.layers.9",
+    }[problem]
     assert err.startswith(expected) and err.count("\n") == 1
     if problem == "a layer without its bits":
         assert err.rstrip().endswith("missing: input_bits")
@@ -563,10 +676,13 @@ def run_without_hwcomponents(code: str, python_version: tuple[int, int] | None =
     return subprocess.run([sys.executable, "-c", prelude + code], cwd=REPO, capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("python_version, expected", [
-    ((3, 11), "error: hw_eval.py needs Python >= 3.12 (AccelForge's hwcomponents require it; this is Python 3.11)"),
-    (None, "error: hw_eval.py needs AccelForge and hwcomponents ("),
-])
+@pytest.mark.parametrize(
+    "python_version, expected",
+    [
+        ((3, 11), "error: hw_eval.py needs Python >= 3.12 (AccelForge's hwcomponents require it; this is Python 3.11)"),
+        (None, "error: hw_eval.py needs AccelForge and hwcomponents ("),
+    ],
+)
 def test_without_its_toolchain_the_command_says_what_it_needs_in_one_line(python_version, expected):
     command = "import runpy; sys.argv = ['hw_eval.py', '--runs', 'nowhere']; "
     command += "runpy.run_path('hw_eval.py', run_name='__main__')"
@@ -602,8 +718,13 @@ def every_arch(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("every_arch")
     runs = tmp / "runs"
     write_run(runs, "exp1", "exp1", "fp32", one_layer_fields(FP32, 0.25))
-    write_run(runs, "exp4", "exp4", "ternary-int8", [{**l, "format": "ternary", "weight_density": 0.7}
-                                                     for l in one_layer_fields(TERNARY, 0.25)])
+    write_run(
+        runs,
+        "exp4",
+        "exp4",
+        "ternary-int8",
+        [{**l, "format": "ternary", "weight_density": 0.7} for l in one_layer_fields(TERNARY, 0.25)],
+    )
     copy = tmp / "my_eyeriss.yaml"
     shutil.copy(Path(af.examples.arches.eyeriss), copy)
     keys = architectures.selected([*OTHER_ARCHS, "eyeriss", str(copy)])
@@ -637,16 +758,23 @@ def test_an_architecture_file_costs_as_the_architecture_by_name_and_takes_the_fi
         assert by_file["tech_node_nm"] == by_name["tech_node_nm"] and by_file["clock_mhz"] == by_name["clock_mhz"]
 
 
-@pytest.mark.parametrize("problem, message", [
-    ("no compute", "no compute component"), ("no node", "no technology node"), ("not yaml", "not an AccelForge"),
-    ("missing", "no such architecture file"), ("unknown name", "unknown architecture")])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("no compute", "no compute component"),
+        ("no node", "no technology node"),
+        ("not yaml", "not an AccelForge"),
+        ("missing", "no such architecture file"),
+        ("unknown name", "unknown architecture"),
+    ],
+)
 def test_a_bad_architecture_is_one_line_and_exit_2(tmp_path, capsys, problem, message):
     import accelforge as af
 
     text = Path(af.examples.arches.eyeriss).read_text()
     path = tmp_path / "arch.yaml"
     if problem == "no compute":
-        path.write_text(text[:text.index("  - !Compute")])
+        path.write_text(text[: text.index("  - !Compute")])
     elif problem == "no node":
         path.write_text(Path(af.examples.arches.tpu_v4i).read_text())
     elif problem == "not yaml":
@@ -664,7 +792,8 @@ def test_a_bad_architecture_is_one_line_and_exit_2(tmp_path, capsys, problem, me
 def test_all_selects_every_built_in_architecture_and_the_default_is_the_suite_s():
     assert architectures.selected(["all"]) == list(architectures.ARCHITECTURES)
     assert {"eyeriss", "tpu_v4i", "simba", "nvdla", "snowcat", "simple", "eyeriss_ternary"} <= set(
-        architectures.ARCHITECTURES)
+        architectures.ARCHITECTURES
+    )
     assert architectures.DEFAULT_ARCHS == ("eyeriss", "tpu_v4i")
 
 
@@ -675,13 +804,22 @@ def test_a_ternary_native_pe_selects_and_adds_where_the_multiplier_pe_multiplies
     # Only ternary layers: int8 and float MACs are the multiplier PE's.
     for operands in ((8, 8, 23, False), (32, 32, 32, True), (8, 8, 32, True)):
         assert components.LayerMAC(45e-9, *operands, "ternary").compute().energy == pytest.approx(
-            components.LayerMAC(45e-9, *operands).compute().energy)
+            components.LayerMAC(45e-9, *operands).compute().energy
+        )
     # The spec's MAC takes the variant's PE: a ternary einsum is charged less, an fp32 one the same.
     field = [{**layer("coarse.layers.0", 6, 16, TERNARY), "format": "ternary"}, layer("coarse.layers.1", 16, 4)]
     workload = workloads.field_workload(field, 64)
-    charged = {arch: {name: specs.build_spec(arch, workload, 14).calculate_component_costs(einsum_name=name)
-                      .arch.find("MAC").actions["compute"].energy for name in ("layers_0", "layers_1")}
-               for arch in ("tpu_v4i", "tpu_v4i_ternary")}
+    charged = {
+        arch: {
+            name: specs.build_spec(arch, workload, 14)
+            .calculate_component_costs(einsum_name=name)
+            .arch.find("MAC")
+            .actions["compute"]
+            .energy
+            for name in ("layers_0", "layers_1")
+        }
+        for arch in ("tpu_v4i", "tpu_v4i_ternary")
+    }
     assert charged["tpu_v4i_ternary"]["layers_0"] < charged["tpu_v4i"]["layers_0"]
     assert charged["tpu_v4i_ternary"]["layers_1"] == pytest.approx(charged["tpu_v4i"]["layers_1"])
 
@@ -693,27 +831,35 @@ def test_on_a_ternary_native_variant_exp4_s_macs_cost_less_and_exp1_s_the_same(e
         assert ternary["mac_energy_per_mac_pj"] < plain["mac_energy_per_mac_pj"]
         assert ternary["energy_dram_j"] == pytest.approx(plain["energy_dram_j"])  # the same 2-bit weights move
         assert rows["exp1", "tpu_v4i_ternary", design]["energy_per_frame_j"] == pytest.approx(
-            rows["exp1", "tpu_v4i", design]["energy_per_frame_j"])
+            rows["exp1", "tpu_v4i", design]["energy_per_frame_j"]
+        )
     table = components.mac_energy_pj(7e-9, "ternary")
     assert table["ternary"] < components.mac_energy_pj(7e-9)["ternary"] and table["int8"] == pytest.approx(
-        components.mac_energy_pj(7e-9)["int8"])
+        components.mac_energy_pj(7e-9)["int8"]
+    )
 
 
 def test_no_integer_mac_leaks_as_no_float_one_does():
-    for mac in (components.LayerMAC(65e-9, 8, 8, 23, False), components.LayerMAC(65e-9, 2, 8, 17, False, "ternary"),
-                components.LayerMAC(65e-9, 8, 8, 32, True)):
+    for mac in (
+        components.LayerMAC(65e-9, 8, 8, 23, False),
+        components.LayerMAC(65e-9, 2, 8, 17, False, "ternary"),
+        components.LayerMAC(65e-9, 8, 8, 32, True),
+    ):
         assert mac.leak_power == 0
 
 
 # --- Compute-in-memory ------------------------------------------------------------------------------------------
 
+
 def three_layer_fields(bits=FP32, first_bits=None, head_bits=FP32, formats=("fp32", "fp32", "fp32")) -> list[dict]:
     """A coarse and a fine field of three layers each (first, hidden, head), each layer with its format."""
     fields = []
     for field, samples in (("coarse", 1024), ("fine", 2048)):
-        layers = [layer(f"{field}.layers.0", 6, 64, first_bits or bits, 0.25, samples),
-                  layer(f"{field}.layers.1", 64, 64, bits, 0.25, samples),
-                  layer(f"{field}.output_head", 64, 4, head_bits, 0.25, samples)]
+        layers = [
+            layer(f"{field}.layers.0", 6, 64, first_bits or bits, 0.25, samples),
+            layer(f"{field}.layers.1", 64, 64, bits, 0.25, samples),
+            layer(f"{field}.output_head", 64, 4, head_bits, 0.25, samples),
+        ]
         fields += [{**l, "format": f} for l, f in zip(layers, formats)]
     return fields
 
@@ -728,8 +874,9 @@ def on_cim(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cim")
     runs = tmp / "runs"
     write_run(runs, "exp1", "exp1", "fp32", three_layer_fields())
-    write_run(runs, "exp4", "exp4", "ternary-int8",
-              three_layer_fields(TERNARY, EIGHT_BIT, FP32, ("int8", "ternary", "fp32")))
+    write_run(
+        runs, "exp4", "exp4", "ternary-int8", three_layer_fields(TERNARY, EIGHT_BIT, FP32, ("int8", "ternary", "fp32"))
+    )
     rows = hw_eval.evaluate(runs, [CIM_TEST_ARCH], tmp / "out", tile=TILE, jobs=1)
     return tmp, {(r["run"], r["arch"], r["design"]): r for r in rows}
 

@@ -16,8 +16,7 @@ from conftest import write_scene
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "colab.ipynb"
-PARAMETERS = {"QUICK", "STEPS", "DATA", "RUNS", "HW", "REPORT", "WANDB", "RESUME", "REPO_URL", "GPU_CHECK",
-              "TEST_MODE"}
+PARAMETERS = {"QUICK", "STEPS", "DATA", "RUNS", "HW", "REPORT", "WANDB", "RESUME", "REPO_URL", "GPU_CHECK", "TEST_MODE"}
 
 
 def code_cells() -> list[str]:
@@ -42,8 +41,9 @@ def setup(monkeypatch) -> dict:
 
 def test_the_first_cell_holds_the_parameters_and_every_cell_is_plain_python():
     cells = code_cells()
-    assigned = {target.id for node in ast.parse(cells[0]).body if isinstance(node, ast.Assign)
-                for target in node.targets}
+    assigned = {
+        target.id for node in ast.parse(cells[0]).body if isinstance(node, ast.Assign) for target in node.targets
+    }
     assert assigned == PARAMETERS
     for cell in cells:
         ast.parse(cell)  # no shell escapes or magics, which only IPython runs
@@ -51,7 +51,8 @@ def test_the_first_cell_holds_the_parameters_and_every_cell_is_plain_python():
 
 
 def test_the_notebook_goes_on_past_a_failed_experiment_quantizes_analyzes_and_shows_the_report(
-        tmp_path, monkeypatch, capsys):
+    tmp_path, monkeypatch, capsys
+):
     scene = write_scene(tmp_path / "scene.npz", n=8, size=16)
     shown = []
     display = types.ModuleType("IPython.display")
@@ -69,8 +70,16 @@ def test_the_notebook_goes_on_past_a_failed_experiment_quantizes_analyzes_and_sh
     runs = out / "runs"
     # 22 steps: exp3, between exp1 and exp4 in TEST_MODE, refuses a --steps that is not a multiple of 4 (exit 2,
     # one error line), as an experiment this GPU cannot run is refused.
-    namespace.update(QUICK=True, STEPS=22, DATA=str(scene), RUNS=str(runs), HW=str(out / "hw_eval"),
-                     REPORT=str(out / "report"), WANDB="disabled", TEST_MODE=True)
+    namespace.update(
+        QUICK=True,
+        STEPS=22,
+        DATA=str(scene),
+        RUNS=str(runs),
+        HW=str(out / "hw_eval"),
+        REPORT=str(out / "report"),
+        WANDB="disabled",
+        TEST_MODE=True,
+    )
     for number, cell in enumerate(cells, start=2):
         exec(compile(cell, f"{NOTEBOOK.name}, code cell {number}", "exec"), namespace)
 
@@ -111,8 +120,10 @@ def test_the_notebook_goes_on_past_a_failed_experiment_quantizes_analyzes_and_sh
 
 def test_a_failed_command_gives_its_last_stderr_line_and_attempt_records_it(monkeypatch):
     namespace = setup(monkeypatch)
-    fails = ("import sys; print('warning: not the reason', file=sys.stderr);"
-             " print('error: the reason', file=sys.stderr, flush=True); print('stdout after it'); sys.exit(2)")
+    fails = (
+        "import sys; print('warning: not the reason', file=sys.stderr);"
+        " print('error: the reason', file=sys.stderr, flush=True); print('stdout after it'); sys.exit(2)"
+    )
     with pytest.raises(namespace["Failed"]) as failure:
         namespace["sh"](sys.executable, "-c", fails)
     assert failure.value.reason == "error: the reason"
@@ -144,7 +155,8 @@ for step in range(2000):  # 100 s: far longer than a loaded machine takes to sen
 
 
 def test_interrupting_a_cell_stops_the_command_with_sigint_waits_for_it_and_stops_the_notebook(
-        tmp_path, monkeypatch, capsys, request):
+    tmp_path, monkeypatch, capsys, request
+):
     namespace = setup(monkeypatch)
     # Ctrl-C raises KeyboardInterrupt in a notebook's kernel: Python's own handler, whatever a test before set.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -165,12 +177,22 @@ def test_interrupting_a_cell_stops_the_command_with_sigint_waits_for_it_and_stop
         os.kill(pid, 0)
 
 
-@pytest.mark.parametrize("after, line", [
-    ({"numpy": "2.1.0"}, "pip replaced numpy 2.0.2 -> 2.1.0: restart the runtime (Runtime -> Restart session),"
-                         " then run the cells again"),
-    ({"torch": "2.6.0"}, "pip replaced torch 2.5.1 -> 2.6.0: restart the runtime (Runtime -> Restart session),"
-                         " then run the cells again"),
-    ({}, None)])
+@pytest.mark.parametrize(
+    "after, line",
+    [
+        (
+            {"numpy": "2.1.0"},
+            "pip replaced numpy 2.0.2 -> 2.1.0: restart the runtime (Runtime -> Restart session),"
+            " then run the cells again",
+        ),
+        (
+            {"torch": "2.6.0"},
+            "pip replaced torch 2.5.1 -> 2.6.0: restart the runtime (Runtime -> Restart session),"
+            " then run the cells again",
+        ),
+        ({}, None),
+    ],
+)
 def test_the_install_cell_says_to_restart_when_pip_replaced_numpy_or_torch(monkeypatch, capsys, after, line):
     namespace = setup(monkeypatch)
     versions = {"numpy": "2.0.2", "torch": "2.5.1"}

@@ -69,9 +69,22 @@ def wall_model(**kwargs) -> tuple[NeRF, torch.Tensor, torch.Tensor]:
     occupied = torch.zeros(4, 4, 4, dtype=torch.bool)
     occupied[:2] = True  # cells with x index 0, 1: x in [-2, 0)
     grid.occupied.copy_(occupied.reshape(-1))
-    model = NeRF(2.0, 6.0, False, n_coarse=8, n_fine=8, depth=2, width=16, pos_freqs=2, use_viewdirs=False,
-                 occupancy=grid, **kwargs).eval()
-    origins = torch.tensor([[-5.0, 0.1, -0.3]]).repeat(6, 1) + torch.linspace(0, 0.5, 6)[:, None] * torch.tensor([0, 1, 1.0])
+    model = NeRF(
+        2.0,
+        6.0,
+        False,
+        n_coarse=8,
+        n_fine=8,
+        depth=2,
+        width=16,
+        pos_freqs=2,
+        use_viewdirs=False,
+        occupancy=grid,
+        **kwargs,
+    ).eval()
+    origins = torch.tensor([[-5.0, 0.1, -0.3]]).repeat(6, 1) + torch.linspace(0, 0.5, 6)[:, None] * torch.tensor(
+        [0, 1, 1.0]
+    )
     dirs = torch.tensor([[1.0, 0.0, 0.0]]).repeat(6, 1)
     return model, origins, dirs
 
@@ -148,8 +161,11 @@ def test_layers_json_and_the_summary_count_the_samples_the_grid_let_through(tmp_
     assert census["fine.output_head"]["samples_per_frame"] == round(640_000 * fine_per_ray)
     model.occupancy.trained_samples.copy_(torch.tensor([[300, 400], [100, 800]]))
     assert evaluation.skipped_samples(model, results) == {
-        "skipped_train_coarse": 0.25, "skipped_render_coarse": 0.5,
-        "skipped_train_fine": 0.875, "skipped_render_fine": round(1 - fine_per_ray / 16, 4)}
+        "skipped_train_coarse": 0.25,
+        "skipped_render_coarse": 0.5,
+        "skipped_train_fine": 0.875,
+        "skipped_render_fine": round(1 - fine_per_ray / 16, 4),
+    }
     with pytest.raises(ValueError):
         evaluation.layers(model)  # a grid's samples are measured, never assumed
 
@@ -167,7 +183,9 @@ def test_rendering_stops_a_ray_once_it_is_opaque_and_barely_changes_the_render()
     # The first of the 4 runs along the ray (2 coarse samples of 0.5 at density 19) leaves T = e^-19 < 1e-4.
     assert (stopped["samples_coarse"] == 2).all() and (full["samples_coarse"] == 8).all()
     assert (stopped["samples_fine"] < full["samples_fine"]).all()
-    assert torch.allclose(stopped["rgb"], full["rgb"], atol=1e-4) and torch.allclose(stopped["depth"], full["depth"], atol=1e-3)
+    assert torch.allclose(stopped["rgb"], full["rgb"], atol=1e-4) and torch.allclose(
+        stopped["depth"], full["depth"], atol=1e-3
+    )
 
 
 def test_an_update_follows_nerfaccs_rule_by_hand():
@@ -246,7 +264,9 @@ def test_resume_with_a_grid_is_bit_identical_and_the_run_reports_its_skipping(ti
 
     with monkeypatch.context() as patch:  # Ctrl-C right before step 17 (its grid update is a no-op)
         update = NeRF.update_occupancy
-        patch.setattr(NeRF, "update_occupancy", lambda model, step: update(model, step) if step != 17 else exit_on(step))
+        patch.setattr(
+            NeRF, "update_occupancy", lambda model, step: update(model, step) if step != 17 else exit_on(step)
+        )
         with pytest.raises(SystemExit):
             train.run(replace(config, name="resumed"))
     train.run(replace(config, name="resumed"), resume=True)
@@ -286,6 +306,7 @@ def test_the_decay_of_a_visited_cell_is_a_setting():
 
 def test_the_occupancy_threshold_is_a_setting_and_the_mean_still_caps_it():
     box = torch.tensor([[0.0] * 3, [4.0] * 3])
+
     # Two slabs of cells: alpha 1 - exp(-0.1) = 0.095 where x < 1, 1 - exp(-1) = 0.63 where 1 <= x < 2.
     def density(points):
         return torch.where(points[:, 0] < 1.0, 0.2, torch.where(points[:, 0] < 2.0, 2.0, 0.0))

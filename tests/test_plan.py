@@ -20,6 +20,7 @@ import gpus
 import nerf
 import plan
 import precision
+import ray_memory
 import train
 from dataset import RaySampler, load_scene
 from step import Optimization, train_step
@@ -75,11 +76,20 @@ def test_uneven_micro_batches_weigh_each_ray_once(tiny_config):
 def test_twenty_steps_with_micro_batches_train_what_twenty_whole_steps_train(tiny_config, tmp_path, monkeypatch):
     updates = []
     update_occupancy = nerf.NeRF.update_occupancy
-    monkeypatch.setattr(nerf.NeRF, "update_occupancy", lambda self, step: updates.append(step) or
-                        update_occupancy(self, step))
-    config = replace(tiny_config, data=str(write_scene(tmp_path / "scene.npz", n=6, size=16)), steps=20,
-                     batch_rays=128, occupancy_grid=True, occupancy_resolution=16, eval_every=20, ckpt_every=20,
-                     log_every=10)
+    monkeypatch.setattr(
+        nerf.NeRF, "update_occupancy", lambda self, step: updates.append(step) or update_occupancy(self, step)
+    )
+    config = replace(
+        tiny_config,
+        data=str(write_scene(tmp_path / "scene.npz", n=6, size=16)),
+        steps=20,
+        batch_rays=128,
+        occupancy_grid=True,
+        occupancy_resolution=16,
+        eval_every=20,
+        ckpt_every=20,
+        log_every=10,
+    )
     whole = train.run(replace(config, name="whole"))
     split = train.run(replace(config, name="split", micro_batch_rays=32))
     assert (whole["micro_batches"], split["micro_batches"], split["micro_batch_rays"]) == (1, 4, 32)
@@ -102,20 +112,46 @@ def test_the_gradient_scaler_sees_one_step_per_step(tiny_config):
     torch.manual_seed(0)
     model = bitnerf.build_model(config, scene, torch.device("cpu"))
     optimization = Optimization.build(config, model, torch.device("cpu"), torch.float16)
-    optimization.scaler.load_state_dict({**optimization.scaler.state_dict(), "scale": 2.0 ** 8})
+    optimization.scaler.load_state_dict({**optimization.scaler.state_dict(), "scale": 2.0**8})
     sampler = RaySampler(scene, torch.device("cpu"), config.batch_rays, config.seed, config.jitter_per_ray)
     for step in range(3):
-        train_step(model, sampler.batch(step), optimization, config,
-                   lambda: precision.autocast(torch.device("cpu"), torch.float16), 16)
+        train_step(
+            model,
+            sampler.batch(step),
+            optimization,
+            config,
+            lambda: precision.autocast(torch.device("cpu"), torch.float16),
+            16,
+        )
         assert optimization.scaler.state_dict()["_growth_tracker"] == step + 1
         assert optimization.scheduler.last_epoch == step + 1
 
 
 def test_exp1_quick_with_micro_batch_rays_64_as_a_user_types_it(tmp_path):
     scene = write_scene(tmp_path / "scene.npz", n=6, size=16)
-    result = subprocess.run([sys.executable, str(REPO / "exp1.py"), "--quick", "--micro-batch-rays", "64",
-                             "--steps", "4", "--data", str(scene), "--out", str(tmp_path / "runs"), "--video-frames",
-                             "1", "--eval-views", "1", "--wandb", "disabled"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "exp1.py"),
+            "--quick",
+            "--micro-batch-rays",
+            "64",
+            "--steps",
+            "4",
+            "--data",
+            str(scene),
+            "--out",
+            str(tmp_path / "runs"),
+            "--video-frames",
+            "1",
+            "--eval-views",
+            "1",
+            "--wandb",
+            "disabled",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "runs" / "exp1" / "summary.json").read_text())
     assert (summary["micro_batch_rays"], summary["micro_batches"]) == (64, 4)  # the quick preset's 256 rays
@@ -126,19 +162,23 @@ def test_exp1_quick_with_micro_batch_rays_64_as_a_user_types_it(tmp_path):
 def plan_of(name: str, profile: str, world_size: int | None = None, scene=None, **overrides):
     config = replace(configs.experiment(name), **overrides)
     scene = scene or load_scene(None)
-    return plan.plan_run(config, scene, plan.profile_target(profile),
-                         world_size or (2 if config.distributed else 1))
+    return plan.plan_run(config, scene, plan.profile_target(profile), world_size or (2 if config.distributed else 1))
 
 
 def run_plan_command(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=REPO)
 
 
-@pytest.mark.parametrize("profile, extra, split", [
-    ("t4", [], True),
-    # Counted in fp16, exp3's 16384 rays fit a 40 GB A100 in one pass; counted in fp32 (the old estimate's 50 GiB)
-    # they do not, and the same plan splits them.
-    ("a100-40", [], False), ("a100-40", ["--precision", "fp32"], True)])
+@pytest.mark.parametrize(
+    "profile, extra, split",
+    [
+        ("t4", [], True),
+        # Counted in fp16, exp3's 16384 rays fit a 40 GB A100 in one pass; counted in fp32 (the old estimate's 50 GiB)
+        # they do not, and the same plan splits them.
+        ("a100-40", [], False),
+        ("a100-40", ["--precision", "fp32"], True),
+    ],
+)
 def test_exp3_plans_micro_batches_where_its_step_does_not_fit(profile, extra, split, builtin_scene):
     result = run_plan_command("exp3.py", "--plan", profile, "--data", str(builtin_scene), *extra)
     assert result.returncode == 0, result.stderr
@@ -171,17 +211,19 @@ def test_every_experiment_of_the_full_configuration_fits_a_t4_and_one_rank_of_tw
 def test_the_estimate_counts_the_autocast_dtype(builtin_scene):
     """AMP saves its activations in 16 bits: about half of fp32's bytes per ray (the rendering stays fp32)."""
     scene = load_scene(str(builtin_scene))
-    fp32, _ = plan.counted_bytes_per_ray(configs.EXP1, scene, None)
-    fp16, _ = plan.counted_bytes_per_ray(configs.experiment("exp2"), scene, torch.float16)
+    fp32, _ = ray_memory.counted_bytes_per_ray(configs.EXP1, scene, None)
+    fp16, _ = ray_memory.counted_bytes_per_ray(configs.experiment("exp2"), scene, torch.float16)
     assert 0.4 < fp16 / fp32 < 0.7
 
 
 def test_a_p100_plan_is_the_one_line_torch_build_error(builtin_scene):
     result = run_plan_command("exp1.py", "--plan", "p100", "--data", str(builtin_scene))
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == (f"error: the Tesla P100-PCIE-16GB (sm_60) has no kernels in this PyTorch"
-                             f" ({torch.__version__}, built for {' '.join(torch.cuda.get_arch_list())}): install a"
-                             f" build that has them, {gpus.OLD_GPU_TORCH}\n")
+    assert result.stderr == (
+        f"error: the Tesla P100-PCIE-16GB (sm_60) has no kernels in this PyTorch"
+        f" ({torch.__version__}, built for {' '.join(torch.cuda.get_arch_list())}): install a"
+        f" build that has them, {gpus.OLD_GPU_TORCH}\n"
+    )
 
 
 def test_the_arch_rule_knows_binary_and_ptx_compatibility():
@@ -200,15 +242,25 @@ def test_compile_below_capability_7_stays_eager_on_auto_and_is_refused_on_on(pas
     p100 = plan.profile_target("p100")
     compiled, reason = plan.compile_decision(configs.experiment("exp4"), p100)
     assert not compiled and "below Triton's minimum capability 7.0" in reason
-    with pytest.raises(configs.UserError, match="^--compile on cannot compile here: the Tesla P100-PCIE-16GB"
-                                                " \\(sm_60\\) is below Triton's minimum capability 7.0; use"):
+    with pytest.raises(
+        configs.UserError,
+        match="^--compile on cannot compile here: the Tesla P100-PCIE-16GB"
+        " \\(sm_60\\) is below Triton's minimum capability 7.0; use",
+    ):
         plan.compile_decision(replace(configs.experiment("exp1"), compile="on"), p100)
     assert plan.compile_decision(configs.experiment("exp4"), plan.profile_target("t4"))[0]
 
 
-@pytest.mark.parametrize("profile, kernel", [("p100", "int-mm-padded"), ("t4", "int-mm-padded"),
-                                             ("a100-40", "torchao-triton"), ("l4", "torchao-triton"),
-                                             ("h100", "torchao-triton")])
+@pytest.mark.parametrize(
+    "profile, kernel",
+    [
+        ("p100", "int-mm-padded"),
+        ("t4", "int-mm-padded"),
+        ("a100-40", "torchao-triton"),
+        ("l4", "torchao-triton"),
+        ("h100", "torchao-triton"),
+    ],
+)
 def test_the_int8_kernel_follows_the_capability(pascal_wheels, profile, kernel, builtin_scene):
     assert plan_of("exp4", profile, scene=load_scene(str(builtin_scene))).int8_kernel == kernel
     assert plan_of("exp1", profile, scene=load_scene(str(builtin_scene))).int8_kernel is None
@@ -217,19 +269,24 @@ def test_the_int8_kernel_follows_the_capability(pascal_wheels, profile, kernel, 
 def test_the_int8_kernel_rules_refuse_what_cannot_run():
     cpu = plan.Target("cpu")
     assert plan.int8_kernel_decision(configs.experiment("exp4"), cpu) == "int-mm"
-    with pytest.raises(configs.UserError, match="^--int8-kernel torchao-triton: torchao's Triton kernel does not"
-                                                " run on the CPU: use --int8-kernel auto$"):
+    with pytest.raises(
+        configs.UserError,
+        match="^--int8-kernel torchao-triton: torchao's Triton kernel does not run on the CPU: use --int8-kernel auto$",
+    ):
         plan.int8_kernel_decision(replace(configs.experiment("exp4"), int8_kernel="torchao-triton"), cpu)
     with pytest.raises(configs.UserError, match="K = 63, 283, 319: use --int8-kernel int-mm-padded"):
-        plan.int8_kernel_decision(replace(configs.experiment("exp4"), int8_kernel="int-mm"),
-                                  plan.profile_target("a100-40"))
+        plan.int8_kernel_decision(
+            replace(configs.experiment("exp4"), int8_kernel="int-mm"), plan.profile_target("a100-40")
+        )
     assert plan.int8_matmul_widths(configs.experiment("exp4")) == [63, 256, 256, 256, 256, 319, 256, 256, 256, 283] * 2
 
 
 def test_bf16_is_refused_without_native_bf16_and_tf32_warns(builtin_scene):
     scene = load_scene(str(builtin_scene))
-    with pytest.raises(configs.UserError, match="^--amp-dtype bf16: the Tesla T4 \\(sm_75\\) has no native bf16"
-                                                " .*: use --amp-dtype fp16"):
+    with pytest.raises(
+        configs.UserError,
+        match="^--amp-dtype bf16: the Tesla T4 \\(sm_75\\) has no native bf16 .*: use --amp-dtype fp16",
+    ):
         plan_of("exp2", "t4", scene=scene, amp_dtype="bf16")
     assert plan_of("exp2", "a100-40", scene=scene, amp_dtype="bf16").autocast_dtype == torch.bfloat16
     assert plan_of("exp2", "t4", scene=scene).autocast_dtype == torch.float16  # auto: fp16 with scaling
@@ -240,24 +297,40 @@ def test_bf16_is_refused_without_native_bf16_and_tf32_warns(builtin_scene):
 def test_only_what_cannot_fit_a_few_rays_is_refused_and_an_explicit_split_must_fit(tiny_config):
     scene = load_scene(tiny_config.data)
     config = replace(tiny_config, batch_rays=4096)
-    per_ray = plan.counted_bytes_per_ray(config, scene, None)[0] * plan.MEMORY_MARGIN
+    per_ray = ray_memory.counted_bytes_per_ray(config, scene, None)[0] * plan.MEMORY_MARGIN
     fixed = plan.plan_run(config, scene, plan.Target("cpu", available_bytes=2**40)).fixed_bytes
     room = int(fixed + 1000 * per_ray)  # 1000 rays fit
     planned = plan.plan_run(config, scene, plan.Target("cpu", available_bytes=room))
     assert planned.micro_batches == 5 and planned.micro_batch_rays == 820  # 4096 rays in the fewest parts of <= 1000
-    with pytest.raises(configs.UserError, match="^--micro-batch-rays 2000 needs about .* use --micro-batch-rays 1000"
-                                                " or auto$"):
+    with pytest.raises(
+        configs.UserError, match="^--micro-batch-rays 2000 needs about .* use --micro-batch-rays 1000 or auto$"
+    ):
         plan.plan_run(replace(config, micro_batch_rays=2000), scene, plan.Target("cpu", available_bytes=room))
-    with pytest.raises(configs.UserError, match=f"^not even {plan.MIN_MICRO_BATCH_RAYS} rays per micro-batch fit on"
-                                                " cpu: "):
+    with pytest.raises(
+        configs.UserError, match=f"^not even {plan.MIN_MICRO_BATCH_RAYS} rays per micro-batch fit on cpu: "
+    ):
         plan.plan_run(config, scene, plan.Target("cpu", available_bytes=int(fixed + 10 * per_ray)))
 
 
 def test_an_impossible_run_is_refused_in_one_line_before_the_run_directory_is_touched(tmp_path):
     scene = write_scene(tmp_path / "scene.npz", n=6, size=16)
-    result = subprocess.run([sys.executable, str(REPO / "exp1.py"), "--quick", "--data", str(scene), "--out",
-                             str(tmp_path / "runs"), "--batch-rays", "10000000000", "--wandb", "disabled"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "exp1.py"),
+            "--quick",
+            "--data",
+            str(scene),
+            "--out",
+            str(tmp_path / "runs"),
+            "--batch-rays",
+            "10000000000",
+            "--wandb",
+            "disabled",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
     assert result.stderr.startswith(f"error: not even {plan.MIN_MICRO_BATCH_RAYS} rays per micro-batch fit on cpu")
     assert not (tmp_path / "runs").exists()
@@ -274,8 +347,9 @@ def test_the_time_estimate_comes_from_a_finished_run_on_the_same_device(tiny_con
     assert "time           unknown: no measured rate for this device yet" in capsys.readouterr().out
     run_dir = Path(config.out) / config.name
     run_dir.mkdir(parents=True)
-    (run_dir / "summary.json").write_text(json.dumps({"device": "cpu", "device_name": "cpu",
-                                                      "train_samples_per_s": 36864}))
+    (run_dir / "summary.json").write_text(
+        json.dumps({"device": "cpu", "device_name": "cpu", "train_samples_per_s": 36864})
+    )
     plan.print_plan(config, "", None)
     assert f"time           about 17 min at 36,864 samples/s, measured by {run_dir}" in capsys.readouterr().out
     plan.print_plan(config, "t4", None)  # a CPU run's rate says nothing of a T4

@@ -24,10 +24,22 @@ from utils import UserError
 REPO = Path(__file__).resolve().parents[1]
 # Each variant's measured weight bits and the input bits of its quantized layers: on the CPU torchao's weight-only
 # layers dequantize and multiply in fp32; ternary weights count log2(3) bits, as BitNeRF's summary gives them.
-MEASURED_BITS = {"fp32": (32, 32), "fp16": (16, 16), "int8-weight": (8, 32), "int8-dynamic": (8, 8),
-                 "int4-weight": (4, 32), "ternary": (1.58, 8)}
-WIDTHS = {"fp32": "fp32", "fp16": "fp16", "int8-weight": "int8", "int8-dynamic": "int8", "int4-weight": "int4",
-          "ternary": "ternary"}
+MEASURED_BITS = {
+    "fp32": (32, 32),
+    "fp16": (16, 16),
+    "int8-weight": (8, 32),
+    "int8-dynamic": (8, 8),
+    "int4-weight": (4, 32),
+    "ternary": (1.58, 8),
+}
+WIDTHS = {
+    "fp32": "fp32",
+    "fp16": "fp16",
+    "int8-weight": "int8",
+    "int8-dynamic": "int8",
+    "int4-weight": "int4",
+    "ternary": "ternary",
+}
 
 
 def expected_layer(variant: str, name: str) -> tuple[str, int, int]:
@@ -69,8 +81,10 @@ def test_post_training_quantization_keeps_quality_and_shrinks_the_weights(tiny_c
         assert list(row["layers"]) == names, variant
         for name, layer in row["layers"].items():
             assert list(layer) == ["weight_bits", "input_bits", "format", "weight_density"]
-            assert (layer["format"], layer["weight_bits"], layer["input_bits"]) == expected_layer(variant, name), \
-                (variant, name)
+            assert (layer["format"], layer["weight_bits"], layer["input_bits"]) == expected_layer(variant, name), (
+                variant,
+                name,
+            )
             assert 0 < layer["weight_density"] <= 1
     # Ternary weights are zero where |w| is under half the absmean: a third or so of them, none of the others'.
     ternary = rows["ternary"]["layers"]
@@ -94,8 +108,19 @@ def test_post_training_quantization_keeps_quality_and_shrinks_the_weights(tiny_c
 def small_nerf(width: int = 64) -> NeRF:
     """The full topology (63-wide encoded point, the skip's 319 inputs, the view layer's 283 at width 256), narrower."""
     torch.manual_seed(0)
-    return NeRF(2.0, 6.0, False, n_coarse=8, n_fine=8, depth=8, width=width, pos_freqs=10, dir_freqs=4,
-                skips=(4,), use_viewdirs=True).eval()
+    return NeRF(
+        2.0,
+        6.0,
+        False,
+        n_coarse=8,
+        n_fine=8,
+        depth=8,
+        width=width,
+        pos_freqs=10,
+        dir_freqs=4,
+        skips=(4,),
+        use_viewdirs=True,
+    ).eval()
 
 
 def effective_weights(layer: nn.Module) -> torch.Tensor:
@@ -144,16 +169,17 @@ def test_int4_variant_stores_each_group_of_32_weights_in_16_levels():
         assert -8 <= layer.weight.qdata.min() and layer.weight.qdata.max() <= 7, name
         weight = layer.weight.dequantize()
         assert all(len(group.unique()) <= 16 for group in weight.reshape(-1, ptq.INT4_GROUP_SIZE)), name
-        assert not weight[:, module.in_features:].any(), name
-        error = (weight[:, :module.in_features] - module.weight).abs()
+        assert not weight[:, module.in_features :].any(), name
+        error = (weight[:, : module.in_features] - module.weight).abs()
         assert 0 < error.max() <= module.weight.abs().max() / 7, name
 
 
 def briefly_trained(tiny_config, tmp_path, **overrides):
     """A run of 2 steps on 16x16 views (its final evaluation quick), with overrides; its config."""
     scene = write_scene(tmp_path / "small.npz", n=6, size=16)
-    config = replace(tiny_config, data=str(scene), steps=2, eval_every=1000, ckpt_every=1000, video_frames=1,
-                     **overrides)
+    config = replace(
+        tiny_config, data=str(scene), steps=2, eval_every=1000, ckpt_every=1000, video_frames=1, **overrides
+    )
     train.run(config)
     return config
 
@@ -162,8 +188,9 @@ def test_bitnerf_runs_and_missing_runs_are_refused(tiny_config, tmp_path):
     config = briefly_trained(tiny_config, tmp_path, model="bitnerf")
     with pytest.raises(UserError, match="bitnerf run"):
         ptq.evaluate_variants(Path(config.out) / config.name, ["fp32"], None, torch.device("cpu"))
-    result = subprocess.run([sys.executable, str(REPO / "ptq.py"), str(tmp_path / "nothing")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "ptq.py"), str(tmp_path / "nothing")], capture_output=True, text=True
+    )
     assert result.returncode == 2 and result.stderr.startswith("error: no checkpoint at")
     assert "Traceback" not in result.stderr
 
@@ -182,8 +209,11 @@ def test_runs_trained_quantized_are_refused_in_one_line(tiny_config, tmp_path, c
 def int8_dynamic(module: nn.Module) -> nn.Module:
     import torchao.quantization
 
-    bitnerf.quantize_(module, torchao.quantization.Int8DynamicActivationInt8WeightConfig(),
-                      filter_fn=lambda m, name: isinstance(m, nn.Linear))
+    bitnerf.quantize_(
+        module,
+        torchao.quantization.Int8DynamicActivationInt8WeightConfig(),
+        filter_fn=lambda m, name: isinstance(m, nn.Linear),
+    )
     return module
 
 
@@ -206,8 +236,11 @@ def test_int8_dynamic_variant_runs_every_quantized_matmul_at_widths_of_multiples
     matmul needs (torchao falls back to an int32 matmul on the CPU otherwise), and the renders do not change."""
     model = small_nerf()
     quantized, _ = ptq.quantized_copy(model, "int8-dynamic")
-    widths = {name: m.weight.shape for name, m in quantized.named_modules()
-              if isinstance(m, nn.Linear) and bitnerf.is_ternary_layer(name)}
+    widths = {
+        name: m.weight.shape
+        for name, m in quantized.named_modules()
+        if isinstance(m, nn.Linear) and bitnerf.is_ternary_layer(name)
+    }
     assert {"coarse.layers.0.linear", "coarse.layers.5.linear", "coarse.view_layer.linear"} <= widths.keys()
     assert all(rows % 8 == 0 and columns % 8 == 0 for rows, columns in widths.values()), widths
     monkeypatch.setattr(ptq, "pad_quantized_inputs", lambda model, multiple: None)
@@ -221,9 +254,20 @@ def test_int8_dynamic_variant_runs_every_quantized_matmul_at_widths_of_multiples
 
 def ptq_rows(psnr: dict[str, float]) -> list[dict]:
     """ptq.json's rows with the given test PSNR per variant (its other fields made up)."""
-    return [{"variant": variant, "width": WIDTHS[variant], "weight_bits": MEASURED_BITS[variant][0],
-             "input_bits": MEASURED_BITS[variant][1], "model_bytes": 100_000, "psnr_test": value, "ssim_test": 0.8,
-             "eval_s": 1.0, "layers": {}} for variant, value in psnr.items()]
+    return [
+        {
+            "variant": variant,
+            "width": WIDTHS[variant],
+            "weight_bits": MEASURED_BITS[variant][0],
+            "input_bits": MEASURED_BITS[variant][1],
+            "model_bytes": 100_000,
+            "psnr_test": value,
+            "ssim_test": 0.8,
+            "eval_s": 1.0,
+            "layers": {},
+        }
+        for variant, value in psnr.items()
+    ]
 
 
 def test_report_puts_each_ptq_point_beside_its_twin_trained_quantized_over_the_seeds(tmp_path):
@@ -234,21 +278,60 @@ def test_report_puts_each_ptq_point_beside_its_twin_trained_quantized_over_the_s
     bitnerf_psnr, int8_training = [22.0, 24.0, 23.0], [25.0, 25.0, 25.0]
     for seed in range(3):
         run_dir = write_run(runs_dir, f"exp1-seed{seed}", experiment="exp1", seed=seed, psnr=25.0)
-        write_json(run_dir / rundir.PTQ, ptq_rows({"fp32": 25.0, "fp16": fp16[seed], "int8-weight": 24.9,
-                                                   "int8-dynamic": int8_dynamic[seed], "ternary": ternary[seed]}))
-        write_run(runs_dir, f"exp4-seed{seed}", experiment="exp4", seed=seed, model="bitnerf",
-                  precision="ternary-int8", psnr=bitnerf_psnr[seed])
-        write_run(runs_dir, f"exp7-seed{seed}", experiment="exp7", seed=seed, precision="int8",
-                  psnr=int8_training[seed])
+        write_json(
+            run_dir / rundir.PTQ,
+            ptq_rows(
+                {
+                    "fp32": 25.0,
+                    "fp16": fp16[seed],
+                    "int8-weight": 24.9,
+                    "int8-dynamic": int8_dynamic[seed],
+                    "ternary": ternary[seed],
+                }
+            ),
+        )
+        write_run(
+            runs_dir,
+            f"exp4-seed{seed}",
+            experiment="exp4",
+            seed=seed,
+            model="bitnerf",
+            precision="ternary-int8",
+            psnr=bitnerf_psnr[seed],
+        )
+        write_run(
+            runs_dir, f"exp7-seed{seed}", experiment="exp7", seed=seed, precision="int8", psnr=int8_training[seed]
+        )
     section = "\n".join(ptq_section(rundir.find_runs(runs_dir)))
-    rows = {cells[1]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
-                                          for line in section.splitlines() if line.startswith("| ")) if len(cells) == 8}
+    rows = {
+        cells[1]: cells
+        for cells in (
+            [c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| ")
+        )
+        if len(cells) == 8
+    }
     # Ternary: PTQ 21 ± t·1/√3 = 21 ± 2.48; BitNeRF 23 ± 2.48; PTQ − QAT per seed -2, -3, -1: -2 ± 2.48.
-    assert rows["exp1 + ternary"] == ["ternary", "exp1 + ternary", "0, 1, 2", "21.00 ± 2.48", "exp4 (ternary-int8)",
-                                      "0, 1, 2", "23.00 ± 2.48", "-2.00 ± 2.48 (not significant)"]
+    assert rows["exp1 + ternary"] == [
+        "ternary",
+        "exp1 + ternary",
+        "0, 1, 2",
+        "21.00 ± 2.48",
+        "exp4 (ternary-int8)",
+        "0, 1, 2",
+        "23.00 ± 2.48",
+        "-2.00 ± 2.48 (not significant)",
+    ]
     # int8: PTQ 24.67 ± 1.90, QAT 25 ± 0; per seed -1, -0.5, +0.5: -0.33 ± 1.90.
-    assert rows["exp1 + int8-dynamic"] == ["int8", "exp1 + int8-dynamic", "0, 1, 2", "24.67 ± 1.90", "exp7 (int8)",
-                                           "0, 1, 2", "25.00 ± 0.00", "-0.33 ± 1.90 (not significant)"]
+    assert rows["exp1 + int8-dynamic"] == [
+        "int8",
+        "exp1 + int8-dynamic",
+        "0, 1, 2",
+        "24.67 ± 1.90",
+        "exp7 (int8)",
+        "0, 1, 2",
+        "25.00 ± 0.00",
+        "-0.33 ± 1.90 (not significant)",
+    ]
     assert rows["exp1 + fp16"][4:] == ["no exp2 run", "—", "n/a", "n/a"]
     assert "exp1 + int8-weight" not in rows  # int8 weights alone have no twin trained quantized
     assert "95% t interval" in section and "One seed" not in section

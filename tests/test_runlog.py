@@ -34,10 +34,10 @@ def wandb_records(path: Path):
         if BLOCK - pos % BLOCK < HEADER:  # too little room for a chunk header: the block's padding
             pos += BLOCK - pos % BLOCK
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
         if kind == 0:
             break
-        pending += data[pos + HEADER:pos + HEADER + length]
+        pending += data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind in (FULL, LAST):
             record = wandb_internal_pb2.Record()
@@ -122,12 +122,28 @@ def test_auto_follows_wandb_mode_then_a_key_in_the_environment_or_netrc(no_wandb
     assert "\n" not in str(error.value)
 
 
-def test_an_offline_run_logs_against_rays_seen_and_ptq_and_hw_eval_join_its_wandb_run(no_wandb_env, monkeypatch,
-                                                                                     tmp_path):
+# A run small enough to train in seconds that still logs twice, evaluates, checkpoints and renders a frame.
+TINY_LOGGED = dict(
+    depth=2,
+    width=32,
+    n_coarse=8,
+    n_fine=8,
+    steps=20,
+    batch_rays=64,
+    log_every=10,
+    eval_every=10,
+    ckpt_every=20,
+    video_frames=1,
+    eval_views=1,
+    compile="off",
+)
+
+
+def test_an_offline_run_logs_against_rays_seen_and_ptq_and_hw_eval_join_its_wandb_run(
+    no_wandb_env, monkeypatch, tmp_path
+):
     scene = write_scene(tmp_path / "scene.npz", n=6, size=16)
-    config = replace(configs.QUICK, data=str(scene), out=str(tmp_path / "runs"), wandb="offline", depth=2, width=32,
-                     n_coarse=8, n_fine=8, steps=20, batch_rays=64, log_every=10, eval_every=10, ckpt_every=20,
-                     video_frames=1, eval_views=1, compile="off")
+    config = replace(configs.QUICK, data=str(scene), out=str(tmp_path / "runs"), wandb="offline", **TINY_LOGGED)
     train.run(config)
     run_dir = Path(config.out) / config.name
     wandb_id = torch.load(run_dir / "checkpoint.pt", weights_only=False)["wandb_id"]
@@ -158,16 +174,23 @@ def test_an_offline_run_logs_against_rays_seen_and_ptq_and_hw_eval_join_its_wand
     layers = json.loads((run_dir / "layers.json").read_text())["layers"]
     table = read_table(folder, summary, "layers")
     assert [r["name"] for r in table] == [layer["name"] for layer in layers]
-    assert [(r["in_features"], r["out_features"], r["weight_bits"], r["input_bits"], r["input_sparsity"],
-             r["weight_density"]) for r in table] == [(layer["in_features"], layer["out_features"], layer["weight_bits"],
-                                                       layer["input_bits"], layer["input_sparsity"],
-                                                       layer["weight_density"]) for layer in layers]
+    columns = ("in_features", "out_features", "weight_bits", "input_bits", "input_sparsity", "weight_density")
+    assert [[r[c] for c in columns] for r in table] == [[layer[c] for c in columns] for layer in layers]
 
     # ptq.py and hw_eval.py add their results to the same W&B run, each in an offline piece of its own.
     ptq.main([str(run_dir), "--variants", "fp32", "fp16", "--device", "cpu"])
-    hw_rows = [{"run": config.name, "arch": arch, "design": design, "energy_per_frame_j": 1e-3 * i,
-                "latency_per_frame_s": 1e-2 * i, "edp_j_s": 1e-5 * i * i, "macs_per_frame": 7}
-               for i, (arch, design) in enumerate([("eyeriss", "dense"), ("eyeriss", "skipping"), ("tpu_v4i", "dense")])]
+    hw_rows = [
+        {
+            "run": config.name,
+            "arch": arch,
+            "design": design,
+            "energy_per_frame_j": 1e-3 * i,
+            "latency_per_frame_s": 1e-2 * i,
+            "edp_j_s": 1e-5 * i * i,
+            "macs_per_frame": 7,
+        }
+        for i, (arch, design) in enumerate([("eyeriss", "dense"), ("eyeriss", "skipping"), ("tpu_v4i", "dense")])
+    ]
     assert hw_eval.add_to_wandb_runs(Path(config.out), hw_rows) == {config.name: wandb_id}
     pieces = offline_pieces(run_dir)
     assert [[run.run_id for run in of_type(records, "run")] for _, records in pieces] == [[wandb_id]] * 3
@@ -180,8 +203,9 @@ def test_an_offline_run_logs_against_rays_seen_and_ptq_and_hw_eval_join_its_wand
     hw_summary = summary_of(hw_records)
     assert hw_summary["hw_eval/eyeriss/skipping/energy_per_frame_j"] == 1e-3
     assert hw_summary["hw_eval/tpu_v4i/dense/latency_per_frame_s"] == 2e-2
-    assert [(r["arch"], r["design"], r["edp_j_s"]) for r in read_table(hw_folder, hw_summary, "hw_eval/results")] \
-        == [(r["arch"], r["design"], r["edp_j_s"]) for r in hw_rows]
+    assert [(r["arch"], r["design"], r["edp_j_s"]) for r in read_table(hw_folder, hw_summary, "hw_eval/results")] == [
+        (r["arch"], r["design"], r["edp_j_s"]) for r in hw_rows
+    ]
 
     # WANDB_MODE=disabled now: nothing is added.
     monkeypatch.setenv("WANDB_MODE", "disabled")
@@ -191,11 +215,19 @@ def test_an_offline_run_logs_against_rays_seen_and_ptq_and_hw_eval_join_its_wand
 
 def test_a_run_without_wandb_records_none_and_gets_nothing_added(trained_runs):
     assert not (trained_runs / "nerf" / "wandb_run.json").exists() and not (trained_runs / "nerf" / "wandb").exists()
-    assert runlog.add_to_run(trained_runs / "nerf", "ptq", [{"variant": "fp32", "psnr_test": 1.0}], ("variant",),
-                             ("psnr_test",)) is None
+    assert (
+        runlog.add_to_run(
+            trained_runs / "nerf", "ptq", [{"variant": "fp32", "psnr_test": 1.0}], ("variant",), ("psnr_test",)
+        )
+        is None
+    )
 
 
 def test_metrics_csv_columns_have_their_w_and_b_names():
     assert [runlog.wandb_key(c) for c in ("rays_seen", "psnr_test", "psnr_val", "loss")] == [
-        "rays_seen", "test/psnr", "val/psnr", "train/loss"]
+        "rays_seen",
+        "test/psnr",
+        "val/psnr",
+        "train/loss",
+    ]
     assert "val/*" in runlog.LOGGED_AGAINST_RAYS  # validation PSNR against rays seen too

@@ -29,9 +29,16 @@ CPU = torch.device("cpu")
 BITS = 16
 # A PE holds 2 inputs (32 bits of 16-bit values); the MAC clock makes 1000 MACs in 20 s two PEs (lanes).
 HW = sparsity.SparseHardware(
-    input_port="InSpad", weight_port="WSpad", output_port="OSpad", compressed=("DRAM", "GLB"),
-    partial_sum_levels=("OSpad",), lane_components=("InSpad", "WSpad", "OSpad", "MAC"), window_bits=2 * BITS,
-    clock_hz=25.0, formats=(sparsity.BITMASK,))
+    input_port="InSpad",
+    weight_port="WSpad",
+    output_port="OSpad",
+    compressed=("DRAM", "GLB"),
+    partial_sum_levels=("OSpad",),
+    lane_components=("InSpad", "WSpad", "OSpad", "MAC"),
+    window_bits=2 * BITS,
+    clock_hz=25.0,
+    formats=(sparsity.BITMASK,),
+)
 DENSE_ENERGY = {"DRAM": 250.0, "GLB": 26.0, "InSpad": 11.0, "WSpad": 11.0, "OSpad": 20.0, "MAC": 55.0}
 DENSE_LATENCY = 20.0  # the MAC's: the slowest component
 
@@ -39,20 +46,39 @@ DENSE_LATENCY = 20.0  # the MAC's: the slowest component
 def tile() -> sparsity.Tile:
     """One einsum: X (input) times W (weight) into Y (output), 1000 MACs, 20 output elements."""
     actions = [
-        ("fc", "DRAM", "X", "read", 100, 100.0), ("fc", "DRAM", "W", "read", 100, 100.0),
+        ("fc", "DRAM", "X", "read", 100, 100.0),
+        ("fc", "DRAM", "W", "read", 100, 100.0),
         ("fc", "DRAM", "Y", "write", 50, 50.0),
-        # 20 final outputs of 16 bits, 16 bits per access: 20 final writes and reads; the other 20 writes are partial sums.
-        ("fc", "GLB", "X", "read", 200, 20.0), ("fc", "GLB", "Y", "read", 20, 2.0), ("fc", "GLB", "Y", "write", 40, 4.0),
-        ("fc", "InSpad", "X", "read", 1000, 10.0), ("fc", "InSpad", "X", "write", 100, 1.0),
-        ("fc", "WSpad", "W", "read", 1000, 10.0), ("fc", "WSpad", "W", "write", 100, 1.0),
-        ("fc", "OSpad", "Y", "read", 1000, 10.0), ("fc", "OSpad", "Y", "write", 1000, 10.0),
-        ("fc", "MAC", "None", "compute", 1000, 50.0), ("fc", "MAC", None, "leak", 0, 5.0),
+        # 20 final outputs of 16 bits, 16 bits per access: 20 final writes and reads; the other 20 writes are
+        # partial sums.
+        ("fc", "GLB", "X", "read", 200, 20.0),
+        ("fc", "GLB", "Y", "read", 20, 2.0),
+        ("fc", "GLB", "Y", "write", 40, 4.0),
+        ("fc", "InSpad", "X", "read", 1000, 10.0),
+        ("fc", "InSpad", "X", "write", 100, 1.0),
+        ("fc", "WSpad", "W", "read", 1000, 10.0),
+        ("fc", "WSpad", "W", "write", 100, 1.0),
+        ("fc", "OSpad", "Y", "read", 1000, 10.0),
+        ("fc", "OSpad", "Y", "write", 1000, 10.0),
+        ("fc", "MAC", "None", "compute", 1000, 50.0),
+        ("fc", "MAC", None, "leak", 0, 5.0),
     ]
-    latency = {("fc", "DRAM"): 10.0, ("fc", "GLB"): 5.0, ("fc", "InSpad"): 4.0, ("fc", "WSpad"): 4.0,
-               ("fc", "OSpad"): 8.0, ("fc", "MAC"): 20.0}
-    return sparsity.Tile(actions=actions, latency_s=latency, roles={"fc": {"input": "X", "weight": "W", "output": "Y"}},
-                         bits={"X": BITS, "W": BITS, "Y": BITS}, output_elements={"fc": 20},
-                         bits_per_action={"GLB": {"read": 16, "write": 16}})
+    latency = {
+        ("fc", "DRAM"): 10.0,
+        ("fc", "GLB"): 5.0,
+        ("fc", "InSpad"): 4.0,
+        ("fc", "WSpad"): 4.0,
+        ("fc", "OSpad"): 8.0,
+        ("fc", "MAC"): 20.0,
+    }
+    return sparsity.Tile(
+        actions=actions,
+        latency_s=latency,
+        roles={"fc": {"input": "X", "weight": "W", "output": "Y"}},
+        bits={"X": BITS, "W": BITS, "Y": BITS},
+        output_elements={"fc": 20},
+        bits_per_action={"GLB": {"read": 16, "write": 16}},
+    )
 
 
 def evaluate(design, densities: Densities, **kwargs) -> sparsity.Result:
@@ -60,6 +86,7 @@ def evaluate(design, densities: Densities, **kwargs) -> sparsity.Result:
 
 
 # --- Designs on the tile ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("design", sparsity.DESIGNS)
 def test_with_every_density_one_each_design_is_dense_exactly(design):
@@ -107,11 +134,15 @@ def test_lane_time_fraction_by_hand():
     assert sparsity.lane_time_fraction(0.5, lanes=2, window=2) == pytest.approx(0.6875)
     assert sparsity.lane_time_fraction(0.3, lanes=1, window=12) == 0.3  # one PE: nothing to wait for
     assert sparsity.lane_time_fraction(0.3, lanes=168, window=None) == 0.3  # no synchronization
-    assert sparsity.lane_time_fraction(0.5, lanes=3, window=1) == pytest.approx(1 - 0.5 ** 3)  # lock-step
+    assert sparsity.lane_time_fraction(0.5, lanes=3, window=1) == pytest.approx(1 - 0.5**3)  # lock-step
     assert sparsity.lane_time_fraction(1.0, lanes=168, window=12) == 1.0
     # More PEs wait longer for their slowest; wider windows average the imbalance out.
-    assert (sparsity.lane_time_fraction(0.4, 2, 12) < sparsity.lane_time_fraction(0.4, 168, 12)
-            < sparsity.lane_time_fraction(0.4, 168, 4) < 1)
+    assert (
+        sparsity.lane_time_fraction(0.4, 2, 12)
+        < sparsity.lane_time_fraction(0.4, 168, 12)
+        < sparsity.lane_time_fraction(0.4, 168, 4)
+        < 1
+    )
     assert sparsity.expected_max_binomial(3, 0.5, 1) == pytest.approx(1.5)  # one lane: the mean
 
 
@@ -142,13 +173,14 @@ def test_a_dense_first_layer_is_left_uncompressed():
 
 # --- Formats ---------------------------------------------------------------------------------------
 
+
 def test_format_bits_by_hand():
     rle5 = sparsity.rle(5)
     assert sparsity.bits_per_element(sparsity.DENSE, 0.3, 16) == 16
     assert sparsity.bits_per_element(sparsity.BITMASK, 0.5, 16) == 9.0  # 8 bits of values, 1 of mask
     # Run-length: 21 bits per nonzero; runs of 32 zeros or more need q^32 / (1 - q^32) padding entries per nonzero.
-    assert sparsity.bits_per_element(rle5, 0.5, 16) == pytest.approx(0.5 * 21 * (1 + 0.5 ** 32 / (1 - 0.5 ** 32)))
-    assert sparsity.bits_per_element(rle5, 0.02, 16) == pytest.approx(0.02 * 21 / (1 - 0.98 ** 32))
+    assert sparsity.bits_per_element(rle5, 0.5, 16) == pytest.approx(0.5 * 21 * (1 + 0.5**32 / (1 - 0.5**32)))
+    assert sparsity.bits_per_element(rle5, 0.02, 16) == pytest.approx(0.02 * 21 / (1 - 0.98**32))
     assert sparsity.bits_per_element(rle5, 0.0, 16) == pytest.approx(21 / 32)  # one padding entry per 32 zeros
 
 
@@ -170,13 +202,16 @@ def test_bad_inputs_are_refused():
 
 # --- The census: weight and joint densities in layers.json ------------------------------------------
 
-TINY = replace(configs.QUICK, depth=2, width=4, pos_freqs=0, use_viewdirs=False, n_coarse=4, n_fine=2,
-               occupancy_grid=False)  # every sample evaluated: the counts below are by hand
+TINY = replace(
+    configs.QUICK, depth=2, width=4, pos_freqs=0, use_viewdirs=False, n_coarse=4, n_fine=2, occupancy_grid=False
+)  # every sample evaluated: the counts below are by hand
 
 
 def census_scene(tmp_path):
     """Six 4x4 views; bounds off round numbers, so that no sample has exactly-zero coordinates."""
-    return load_scene(str(write_scene(tmp_path / "scene.npz", n=6, size=4, near=np.float32(2.05), far=np.float32(6.15))))
+    return load_scene(
+        str(write_scene(tmp_path / "scene.npz", n=6, size=4, near=np.float32(2.05), far=np.float32(6.15)))
+    )
 
 
 def test_census_measures_weight_and_joint_density_by_hand(tmp_path):
@@ -216,28 +251,55 @@ def test_census_of_bitnerf_counts_its_ternary_zeros(tmp_path):
 
 # --- The report's hardware section: the designs side by side -------------------------------------------
 
+
 def hw_row(run, arch, design, energy, latency, precision, **extra):
-    return {"run": run, "experiment": run, "arch": arch, "design": design, "precision": precision,
-            "energy_per_frame_j": str(energy), "latency_per_frame_s": str(latency), "edp_j_s": str(energy * latency),
-            "weight_density": "1", "effectual_density": "0.5", "joint_density_measured": "",
-            "energy_weights_dense_j": str(energy), "weight_density_source": "measured", **extra}
+    return {
+        "run": run,
+        "experiment": run,
+        "arch": arch,
+        "design": design,
+        "precision": precision,
+        "energy_per_frame_j": str(energy),
+        "latency_per_frame_s": str(latency),
+        "edp_j_s": str(energy * latency),
+        "weight_density": "1",
+        "effectual_density": "0.5",
+        "joint_density_measured": "",
+        "energy_weights_dense_j": str(energy),
+        "weight_density_source": "measured",
+        **extra,
+    }
 
 
 def designs_rows():
     """exp1 (fp32) and exp4 (BitNeRF) on one architecture: exp4 wins on energy under every design, exp1 on
     latency under skipping; exp4's zero weights are worth 1.5x under gating and 2x under skipping."""
-    return [hw_row("exp1", "eyeriss", "dense", 10.0, 4.0, "fp32"),
-            hw_row("exp1", "eyeriss", "gating", 8.0, 4.0, "fp32"),
-            hw_row("exp1", "eyeriss", "skipping", 5.0, 1.0, "fp32"),
-            hw_row("exp4", "eyeriss", "dense", 2.0, 2.0, "ternary-int8"),
-            hw_row("exp4", "eyeriss", "gating", 1.0, 2.0, "ternary-int8", energy_weights_dense_j="1.5",
-                   weight_density="0.7", effectual_density="0.35", joint_density_measured="0.3"),
-            hw_row("exp4", "eyeriss", "skipping", 0.5, 1.5, "ternary-int8", energy_weights_dense_j="1.0")]
+    return [
+        hw_row("exp1", "eyeriss", "dense", 10.0, 4.0, "fp32"),
+        hw_row("exp1", "eyeriss", "gating", 8.0, 4.0, "fp32"),
+        hw_row("exp1", "eyeriss", "skipping", 5.0, 1.0, "fp32"),
+        hw_row("exp4", "eyeriss", "dense", 2.0, 2.0, "ternary-int8"),
+        hw_row(
+            "exp4",
+            "eyeriss",
+            "gating",
+            1.0,
+            2.0,
+            "ternary-int8",
+            energy_weights_dense_j="1.5",
+            weight_density="0.7",
+            effectual_density="0.35",
+            joint_density_measured="0.3",
+        ),
+        hw_row("exp4", "eyeriss", "skipping", 0.5, 1.5, "ternary-int8", energy_weights_dense_j="1.0"),
+    ]
 
 
 def designs_runs(tmp_path):
-    return [(tmp_path / "exp1", {"experiment": "exp1", "precision": "fp32", "model": "nerf"}),
-            (tmp_path / "exp4", {"experiment": "exp4", "precision": "ternary-int8", "model": "bitnerf"})]
+    return [
+        (tmp_path / "exp1", {"experiment": "exp1", "precision": "fp32", "model": "nerf"}),
+        (tmp_path / "exp4", {"experiment": "exp4", "precision": "ternary-int8", "model": "bitnerf"}),
+    ]
 
 
 def table_rows(markdown: str) -> list[list[str]]:
@@ -247,17 +309,42 @@ def table_rows(markdown: str) -> list[list[str]]:
 def test_report_puts_the_designs_side_by_side_against_dense_exp1(tmp_path):
     rows = table_rows(hardware.designs_table(designs_runs(tmp_path), designs_rows(), "eyeriss"))
     # Energy dense, gating, skipping; latency ...; EDP ...: each a multiple of dense exp1's (10 J, 4 s, 40 J·s).
-    assert rows[0] == ["exp1", "fp32", "1.000×", "0.800×", "0.500×", "1.000×", "1.000×", "0.250×",
-                       "1.000×", "0.800×", "0.125×"]
-    assert rows[1] == ["exp4", "ternary-int8", "0.200×", "0.100×", "0.050×", "0.500×", "0.500×", "0.375×",
-                       "0.100×", "0.050×", "0.019×"]
+    assert rows[0] == [
+        "exp1",
+        "fp32",
+        "1.000×",
+        "0.800×",
+        "0.500×",
+        "1.000×",
+        "1.000×",
+        "0.250×",
+        "1.000×",
+        "0.800×",
+        "0.125×",
+    ]
+    assert rows[1] == [
+        "exp4",
+        "ternary-int8",
+        "0.200×",
+        "0.100×",
+        "0.050×",
+        "0.500×",
+        "0.500×",
+        "0.375×",
+        "0.100×",
+        "0.050×",
+        "0.019×",
+    ]
 
 
 def test_report_says_which_precision_wins_under_each_design(tmp_path):
     rows = table_rows(hardware.design_winners(designs_runs(tmp_path), designs_rows(), "eyeriss"))
     assert [row[0] for row in rows] == list(DESIGN_TITLES.values())
-    assert rows[0][1:] == ["ternary-int8 (exp4, 0.200× dense exp1)", "ternary-int8 (exp4, 0.500× dense exp1)",
-                           "ternary-int8 (exp4, 0.100× dense exp1)"]
+    assert rows[0][1:] == [
+        "ternary-int8 (exp4, 0.200× dense exp1)",
+        "ternary-int8 (exp4, 0.500× dense exp1)",
+        "ternary-int8 (exp4, 0.100× dense exp1)",
+    ]
     assert rows[2][2] == "fp32 (exp1, 0.250× dense exp1)"  # skipping: exp1's 1 s beats exp4's 1.5 s
 
 
@@ -265,8 +352,15 @@ def test_report_says_how_much_of_bitnerf_s_advantage_its_zero_weights_give(tmp_p
     rows = table_rows(hardware.zero_weight_share(designs_runs(tmp_path), designs_rows(), "eyeriss"))
     by_design = {row[1]: row for row in rows}
     # Gating: 8 J / 1 J = 8x over exp1; with dense weights 8 / 1.5 = 5.33x; the zeros' 1.5x is log 1.5 / log 8.
-    assert by_design["gating"][2:] == ["8.00×", "5.33×", "1.500×", f"{100 * math.log(1.5) / math.log(8):.1f}%",
-                                       "0.700", "0.350", "0.300"]
+    assert by_design["gating"][2:] == [
+        "8.00×",
+        "5.33×",
+        "1.500×",
+        f"{100 * math.log(1.5) / math.log(8):.1f}%",
+        "0.700",
+        "0.350",
+        "0.300",
+    ]
     assert by_design["skipping + compressed activations"][2:5] == ["10.00×", "5.00×", "2.000×"]
     assert by_design["dense"][4] == "1.000×"  # dense credits no zeros
 

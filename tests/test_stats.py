@@ -12,7 +12,8 @@ def test_the_interval_of_a_mean_matches_a_hand_computed_t_interval():
     assert estimate.half_width == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
     # Ten values 0..9: mean 4.5, sd 3.02765, t(0.975, 9) = 2.262157.
     assert stats.mean_interval([float(v) for v in range(10)]).half_width == pytest.approx(
-        2.262157 * 3.0276504 / math.sqrt(10), rel=1e-6)
+        2.262157 * 3.0276504 / math.sqrt(10), rel=1e-6
+    )
 
 
 def test_one_value_has_no_interval_and_says_nothing_about_zero():

@@ -16,9 +16,9 @@ def test_the_plain_schedule_is_exponential_decay_from_lr_to_lr_final():
 
 def test_warm_up_rises_linearly_and_the_second_stage_scales_the_decay():
     config = replace(QUICK, steps=100, lr=1e-2, lr_final=1e-4, warmup_steps=10, stage2_at=0.5, stage2_lr_scale=0.5)
-    assert lr_factor(config, 0) == pytest.approx(0.1 * 0.01 ** 0.0)
-    assert lr_factor(config, 4) == pytest.approx(0.5 * 0.01 ** 0.04)
-    assert lr_factor(config, 49) == pytest.approx(0.01 ** 0.49)  # the last step of the first stage
+    assert lr_factor(config, 0) == pytest.approx(0.1 * 0.01**0.0)
+    assert lr_factor(config, 4) == pytest.approx(0.5 * 0.01**0.04)
+    assert lr_factor(config, 49) == pytest.approx(0.01**0.49)  # the last step of the first stage
     assert lr_factor(config, 50) == pytest.approx(0.5 * 0.1)  # the second stage's first step: half of it
 
 
@@ -40,11 +40,14 @@ def test_weight_decay_stops_in_the_second_stage_and_follows_a_restored_scheduler
     assert restored.optimizer.param_groups[0]["weight_decay"] == 0.0
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"stage2_at": 0.0}, "stage2_at is the fraction"),
-    ({"stage2_lr_scale": 2.0}, "stage2_lr_scale must lie in"),
-    ({"warmup_steps": -1}, "warmup_steps must not be negative"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"stage2_at": 0.0}, "stage2_at is the fraction"),
+        ({"stage2_lr_scale": 2.0}, "stage2_lr_scale must lie in"),
+        ({"warmup_steps": -1}, "warmup_steps must not be negative"),
+    ],
+)
 def test_bad_schedules_are_user_errors(overrides, message):
     from utils import UserError
 

@@ -39,8 +39,10 @@ def project_imports(path: Path) -> set[str]:
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0, f"{path}: a relative import; the project imports absolutely, as this graph reads"
-            names += [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in MODULES else node.module
-                      for alias in node.names]
+            names += [
+                f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in MODULES else node.module
+                for alias in node.names
+            ]
     return {module for name in names if (module := project_module(name))}
 
 
@@ -55,7 +57,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[module] = "open"
         for other in sorted(graph[module]):
             if state.get(other) == "open":
-                return path[path.index(other):] + [other] if other in path else [module, other]
+                return path[path.index(other) :] + [other] if other in path else [module, other]
             if other not in state and (cycle := visit(other, path + [other])):
                 return cycle
         state[module] = "done"
@@ -120,10 +122,16 @@ MAX_FUNCTION_LINES, MAX_MODULE_LINES = 80, 450
 
 def test_no_function_is_longer_than_80_lines_and_no_module_longer_than_450():
     code = [*MODULES.values(), *(ROOT / "tests").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]
-    long_functions = [f"{path.relative_to(ROOT)}: {node.name} ({node.end_lineno - node.lineno + 1} lines)"
-                      for path in code for node in ast.walk(ast.parse(path.read_text()))
-                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-                      and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
-    long_modules = [f"{path.relative_to(ROOT)} ({len(path.read_text().splitlines())} lines)"
-                    for path in MODULES.values() if len(path.read_text().splitlines()) > MAX_MODULE_LINES]
+    long_functions = [
+        f"{path.relative_to(ROOT)}: {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in code
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    long_modules = [
+        f"{path.relative_to(ROOT)} ({len(path.read_text().splitlines())} lines)"
+        for path in MODULES.values()
+        if len(path.read_text().splitlines()) > MAX_MODULE_LINES
+    ]
     assert not long_functions and not long_modules

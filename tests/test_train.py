@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_scene
+from conftest import TINY_MODEL_FLAGS, write_scene
 
 import bitnerf
 import command_line
@@ -24,10 +24,29 @@ from step import train_step
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-SUMMARY_KEYS = {"experiment", "model", "precision", "world_size", "global_batch_rays", "steps", "wall_s",
-                "train_samples_per_s", "peak_mem_bytes", "psnr_test", "ssim_test", "params", "weight_bits",
-                "checkpoint_bytes", "model_bytes", "scene", "device", "torch_version", "compile_s",
-                "float32_matmul_precision", "compiled"}
+SUMMARY_KEYS = {
+    "experiment",
+    "model",
+    "precision",
+    "world_size",
+    "global_batch_rays",
+    "steps",
+    "wall_s",
+    "train_samples_per_s",
+    "peak_mem_bytes",
+    "psnr_test",
+    "ssim_test",
+    "params",
+    "weight_bits",
+    "checkpoint_bytes",
+    "model_bytes",
+    "scene",
+    "device",
+    "torch_version",
+    "compile_s",
+    "float32_matmul_precision",
+    "compiled",
+}
 
 
 def test_training_learns_and_writes_the_run_directory(tiny_config):
@@ -43,10 +62,17 @@ def test_training_learns_and_writes_the_run_directory(tiny_config):
     # already reaches about 0.6 on these views, so the bar is each view's best constant render plus a margin
     # that a render without the scene's structure does not make up.
     scene = load_scene(config.data)
-    constant = [max(ssim(torch.full_like(target, value), target) for value in (1.0, float(target.mean())))
-                for target in (torch.from_numpy(scene.images[view]) for view in scene.i_test)]
+    constant = [
+        max(ssim(torch.full_like(target, value), target) for value in (1.0, float(target.mean())))
+        for target in (torch.from_numpy(scene.images[view]) for view in scene.i_test)
+    ]
     assert summary["ssim_test"] > float(np.mean(constant)) + 0.05
     assert summary["precision"] == "fp32" and summary["weight_bits"] == 32 and summary["world_size"] == 1
+    # The code that trained it: this checkout's commit (tests run in one), with its uncommitted changes marked.
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=Path(train.__file__).parent, capture_output=True, text=True
+    ).stdout
+    assert summary["commit"].split()[0] == (head.strip() or "unknown"), summary["commit"]
     assert summary["compile_s"] == 0.0 and summary["float32_matmul_precision"] == "highest"  # exp1 is strict fp32
 
     layers = json.loads((run_dir / "layers.json").read_text())
@@ -127,7 +153,8 @@ def test_compilation_is_reported_apart_and_kept_out_of_the_training_throughput(t
 
 def test_tf32_is_a_flag_and_the_summary_records_the_fp32_matmul_precision_the_run_had(tiny_config):
     assert command_line.parse_args("exp2", ["--tf32"])[0].tf32 and not any(
-        configs.experiment(name).tf32 for name in configs.AXES)
+        configs.experiment(name).tf32 for name in configs.AXES
+    )
     try:
         small_scene = write_scene(Path(tiny_config.out).parent / "scene.npz", n=6, size=16)
         summary = train.run(replace(tiny_config, data=str(small_scene), tf32=True, steps=2, video_frames=1))
@@ -155,8 +182,10 @@ def test_validation_views_are_not_trained_on_and_are_what_the_periodic_evaluatio
     assert summary["val_views"] == [4] and summary["psnr_val"] > 0 and summary["psnr_test_per_view"]
     assert summary["psnr_val_per_view"] == [summary["psnr_val"]] and 0 < summary["ssim_val"] <= 1
     rows = list(csv.DictReader(open(Path(config.out) / config.name / "metrics.csv")))
-    assert [(r["step"], bool(r["psnr_val"]), bool(r["psnr_test"])) for r in rows] == [("2", True, False),
-                                                                                      ("4", False, False)]
+    assert [(r["step"], bool(r["psnr_val"]), bool(r["psnr_test"])) for r in rows] == [
+        ("2", True, False),
+        ("4", False, False),
+    ]
     sampler = RaySampler(load_scene(str(scene_path)), torch.device("cpu"), 8, 0)
     assert sampler.rgb.shape[0] == 4 * 16 * 16  # views 0-3 alone
 
@@ -166,12 +195,15 @@ def test_mixed_precision_runs_and_records_its_dtype(tiny_config):
     assert summary["precision"] == "bf16-amp" and summary["weight_bits"] == 16 and summary["compiled"] is False
     layers = json.loads((Path(tiny_config.out) / "exp1" / "layers.json").read_text())
     assert (layers["precision"], layers["weight_bits"]) == ("bf16-amp", 16)
-    assert {(layer["weight_bits"], layer["input_bits"], layer["output_bits"]) for layer in layers["layers"]} == {(16, 16, 16)}
+    assert {(layer["weight_bits"], layer["input_bits"], layer["output_bits"]) for layer in layers["layers"]} == {
+        (16, 16, 16)
+    }
 
 
 def test_a_run_that_computes_other_than_its_precision_stops_with_one_line(tiny_config, monkeypatch):
     """Precision and bits are measured from the matmuls that ran: a training step without its autocast, or
     a BitNeRF whose layers were never quantized, stops the run instead of reporting the configured precision."""
+
     def without_autocast(step_model, batch, optimization, config, autocast, micro_batch_rays):
         return train_step(step_model, batch, optimization, config, contextlib.nullcontext, micro_batch_rays)
 
@@ -181,7 +213,10 @@ def test_a_run_that_computes_other_than_its_precision_stops_with_one_line(tiny_c
             train.run(replace(tiny_config, precision="amp", steps=2, video_frames=1))
     with monkeypatch.context() as patch:
         patch.setattr(bitnerf, "to_bitnet", lambda model, quantize_heads=False, first_layer="ternary": model)
-        with pytest.raises(SystemExit, match="ran fp32 with ternary weights in 0 and int8 weights in 0 of 12 layers.* ternary-int8 with 8 and 0"):
+        with pytest.raises(
+            SystemExit,
+            match="ran fp32 with ternary weights in 0 and int8 weights in 0 of 12 layers.* ternary-int8 with 8 and 0",
+        ):
             train.run(replace(tiny_config, model="bitnerf", steps=2, video_frames=1, name="never_quantized"))
 
 
@@ -201,22 +236,57 @@ def test_bad_scene_on_the_command_line_is_one_line_and_touches_nothing(tmp_path)
     bad = write_scene(tmp_path / "bad.npz", focal=0.0)
     (tmp_path / "runs" / "exp1").mkdir(parents=True)
     (tmp_path / "runs" / "exp1" / "summary.json").write_text("{}")
-    result = subprocess.run([sys.executable, str(REPO / "exp1.py"), "--data", str(bad), "--out",
-                             str(tmp_path / "runs"), "--overwrite", "--wandb", "disabled"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "exp1.py"),
+            "--data",
+            str(bad),
+            "--out",
+            str(tmp_path / "runs"),
+            "--overwrite",
+            "--wandb",
+            "disabled",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"error: {bad}: focal must be a positive number of pixels, got 0.0"]
     assert (tmp_path / "runs" / "exp1" / "summary.json").read_text() == "{}"
 
 
 def test_seeds_train_one_run_per_seed_each_equal_to_a_run_with_that_seed(builtin_scene, tmp_path):
-    flags = ["--quick", "--data", str(builtin_scene), "--out", str(tmp_path), "--wandb", "disabled", "--depth", "2",
-             "--width", "32", "--n-coarse", "8", "--n-fine", "8", "--steps", "4", "--batch-rays", "64",
-             "--log-every", "2", "--eval-every", "4", "--ckpt-every", "4", "--video-frames", "1", "--eval-views", "1",
-             "--compile", "off"]
+    flags = [
+        "--quick",
+        "--data",
+        str(builtin_scene),
+        "--out",
+        str(tmp_path),
+        "--wandb",
+        "disabled",
+        *TINY_MODEL_FLAGS,
+        "--steps",
+        "4",
+        "--batch-rays",
+        "64",
+        "--log-every",
+        "2",
+        "--eval-every",
+        "4",
+        "--ckpt-every",
+        "4",
+        "--video-frames",
+        "1",
+        "--eval-views",
+        "1",
+        "--compile",
+        "off",
+    ]
     train.main("exp1", [*flags, "--seeds", "3,5"])
     train.main("exp1", [*flags, "--seed", "5", "--name", "alone"])
-    seed3, seed5, alone = (json.loads((tmp_path / n / "summary.json").read_text())
-                           for n in ("exp1-seed3", "exp1-seed5", "alone"))
+    seed3, seed5, alone = (
+        json.loads((tmp_path / n / "summary.json").read_text()) for n in ("exp1-seed3", "exp1-seed5", "alone")
+    )
     assert (seed3["experiment"], seed3["seed"], seed5["experiment"], seed5["seed"]) == ("exp1", 3, "exp1", 5)
     assert seed5["psnr_test"] == alone["psnr_test"] != seed3["psnr_test"]

@@ -123,7 +123,8 @@ def test_an_nvidia_gpu_is_seen_by_its_driver_file_device_file_or_nvidia_smi(no_n
     assert devices.nvidia_driver() == str(no_nvidia / "no_nvidia0")
     (no_nvidia / "no_version").write_text(
         "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n"
-        "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n")
+        "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n"
+    )
     assert devices.nvidia_driver() == "driver 535.104.05"
 
 
