@@ -18,6 +18,30 @@ torch.set_num_threads(2)
 TINY_MODEL_FLAGS = ["--depth", "2", "--width", "32", "--n-coarse", "8", "--n-fine", "8"]
 
 
+def tiny_command(script: str, config, *extra: str) -> list[str]:
+    """A quick-preset run of an experiment script on a tiny model, config's scene and --out, without W&B."""
+    root = Path(__file__).resolve().parents[1]
+    return [
+        sys.executable,
+        str(root / script),
+        "--quick",
+        "--data",
+        config.data,
+        "--out",
+        config.out,
+        *TINY_MODEL_FLAGS,
+        "--batch-rays",
+        "64",
+        "--video-frames",
+        "1",
+        "--eval-views",
+        "1",
+        "--wandb",
+        "disabled",
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="session")
 def builtin_scene(tmp_path_factory) -> Path:
     """The built-in scene, generated once per test session outside the repository."""

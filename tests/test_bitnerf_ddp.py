@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY_MODEL_FLAGS, ddp_rank, write_scene
+from conftest import ddp_rank, tiny_command, write_scene
 
 import bitnerf
 import bitnerf_ddp
@@ -223,25 +223,7 @@ def test_powersgd_trains_alike_on_every_rank_and_sends_fewer_bytes_than_fp32(tin
 
 def exp5_command(config, *extra: str, script: str = "exp5.py") -> list[str]:
     """A small run of exp5, or of another distributed experiment's script, on config's scene and --out."""
-    return [
-        sys.executable,
-        str(REPO / script),
-        "--quick",
-        "--data",
-        config.data,
-        "--out",
-        config.out,
-        *TINY_MODEL_FLAGS,
-        "--batch-rays",
-        "64",
-        "--video-frames",
-        "1",
-        "--eval-views",
-        "1",
-        "--wandb",
-        "disabled",
-        *extra,
-    ]
+    return tiny_command(script, config, *extra)
 
 
 def run_exp5(config, *extra: str, timeout: float = 240, script: str = "exp5.py") -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL_FLAGS, write_scene
+from conftest import tiny_command, write_scene
 
 import command_line
 import configs
@@ -54,27 +54,7 @@ def small_config(tmp_path):
 
 def exp1_command(config, *extra: str) -> list[str]:
     """exp1.py on a model small enough to take a few milliseconds a step, into config's data and out."""
-    return [
-        sys.executable,
-        str(REPO / "exp1.py"),
-        "--quick",
-        "--data",
-        config.data,
-        "--out",
-        config.out,
-        *TINY_MODEL_FLAGS,
-        "--batch-rays",
-        "64",
-        "--video-frames",
-        "1",
-        "--eval-views",
-        "1",
-        "--eval-every",
-        "1000000",
-        "--wandb",
-        "disabled",
-        *extra,
-    ]
+    return tiny_command("exp1.py", config, "--eval-every", "1000000", *extra)
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
