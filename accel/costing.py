@@ -14,7 +14,7 @@ from accel.components import int_accumulator_bits, mac_energy_pj
 from accel.mapping import cache_path, sparse_tile
 from accel.results import ENERGY_GROUPS, PTQ_PRECISION, WEIGHTS_ASSUMED_DENSE, WEIGHTS_MEASURED, run_identity
 from accel.specs import architecture
-from accel.workloads import einsum_name, field_densities, field_workload, split_fields
+from accel.workloads import einsum_name, field_densities, field_workload, layer_key, split_fields
 from files import read_json
 from utils import UserError
 
@@ -46,12 +46,6 @@ class Run:
 def read_run(run_dir: Path, summary: dict) -> Run:
     layers = rundir.read_layers(run_dir)  # a missing or bad layers.json is one line before any mapping
     return Run(run_dir, summary, layers, run_identity(run_dir, summary))
-
-
-def layer_key(name: str) -> str:
-    """A layer's name without the `.linear` of a wrapper (BitNeRF's BitLinear, ptq.py's ZeroPaddedLinear), so a
-    variant's layers match the trained model's whichever of the two wraps them."""
-    return name.removesuffix(".linear")
 
 
 def ptq_variants(run: Run) -> list[Run]:

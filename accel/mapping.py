@@ -11,6 +11,7 @@ import io
 import json
 import math
 import multiprocessing
+import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -23,6 +24,10 @@ from accel.specs import build_spec, structure
 from files import write_json
 
 ROLES = ("input", "weight", "output")  # the renames that name an einsum's operands (not FLOAT_TENSORS)
+# AccelForge's mapper spends most of its time in sympy, whose cache of 1000 results by default is too small for
+# one mapping (docs/hw_eval.md, "What is mapped"). sympy reads the size when it is first imported: set here, before
+# map_tile imports it, and inherited by the processes map_missing starts.
+os.environ.setdefault("SYMPY_CACHE_SIZE", "100000")
 
 
 def map_tile(arch_name: str, workload: dict, int_accumulator: int) -> dict:

@@ -43,10 +43,17 @@ def float_operands(layer: dict) -> bool:
     return layer_format in FLOAT_FORMATS or precision.is_float(layer["input_bits"])
 
 
+def layer_key(name: str) -> str:
+    """A layer's name without the `.linear` of a wrapper (BitNeRF's BitLinear, ptq.py's ZeroPaddedLinear), so a
+    variant's layers match the trained model's whichever of the two wraps them."""
+    return name.removesuffix(".linear")
+
+
 def einsum_name(layer: dict) -> str:
-    """The layer's name within its field (coarse.layers.0 -> layers_0): the same in every field, so equal
-    fields give equal workloads and share a cache entry."""
-    return layer["name"].split(".", 1)[-1].replace(".", "_")
+    """The layer's name within its field, without a wrapper's `.linear` (coarse.layers.0.linear -> layers_0): the
+    same in every field and under every wrapper, so equal fields (coarse and fine; exp4 and ptq.py's ternary
+    variant of exp1) give equal workloads and share a cache entry."""
+    return layer_key(layer["name"]).split(".", 1)[-1].replace(".", "_")
 
 
 def layer_inputs(layers: list[dict]) -> list[int]:

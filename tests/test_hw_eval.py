@@ -1,6 +1,7 @@
 import csv
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -78,6 +79,16 @@ def test_workload_has_one_einsum_per_layer_with_bits_from_the_run():
     assert skip_input["name"] == "Y_layers_1"
     assert workload["iteration_space_shape"]["k_layers_2"] == "0 <= k_layers_2 < 31"  # 16 hidden + 15 encoded
     assert workload["iteration_space_shape"]["m"] == "0 <= m < 64"
+
+
+def test_a_wrapped_layer_s_field_is_the_same_tile_as_the_unwrapped_one(tmp_path):
+    # BitNeRF's BitLinear and ptq.py's padding wrap each Linear as `<name>.linear`: exp4 and ptq.py's ternary
+    # variant of exp1 have equal fields, so one mapping serves both.
+    plain = nerf_field(TERNARY, head_bits=FP32)
+    wrapped = [{**layer, "name": f"{layer['name']}.linear"} for layer in plain]
+    assert workloads.field_workload(wrapped, rows=64) == workloads.field_workload(plain, rows=64)
+    paths = {mapping.cache_path("eyeriss", workloads.field_workload(f, 64), 32, tmp_path) for f in (plain, wrapped)}
+    assert len(paths) == 1
 
 
 def test_integer_partial_sums_are_as_wide_as_the_widest_sum_needs():
@@ -697,6 +708,18 @@ def test_without_its_toolchain_an_importer_gets_an_import_error_that_says_what_i
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("ImportError: hw_eval.py needs AccelForge and hwcomponents")
+
+
+def test_the_mapper_s_sympy_has_a_cache_of_a_mapping_s_size_and_gmpy2_integers():
+    # Both only make mapping faster (docs/hw_eval.md, "What is mapped"); the cache size must be set before sympy is
+    # imported, which accel.mapping does for its own process and the mapping processes it starts.
+    code = (
+        "import os, accel.mapping, sympy.core.cache as cache; from sympy.external.gmpy import GROUND_TYPES;"
+        " print(os.environ['SYMPY_CACHE_SIZE'], cache.SYMPY_CACHE_SIZE, GROUND_TYPES)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SYMPY_CACHE_SIZE"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.stdout.split() == ["100000", "100000", "gmpy"], result.stderr
 
 
 def test_requirements_install_accelforge_where_hwcomponents_installs():
