@@ -23,6 +23,7 @@ Failure handling rests on torchrun: when one rank dies, its agent stops the othe
 """
 
 import datetime
+import inspect
 import os
 import signal
 import subprocess
@@ -172,6 +173,15 @@ def shutdown() -> None:
     HOST_GROUP = None
 
 
+# torch 2.14 names the option forward_sync_buffers and warns at the old name, which is all that torch 2.11 (the floor)
+# knows. Either way buffers are synced once when DDP starts, and then never.
+NO_FORWARD_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
+
+
 def wrap(model: nn.Module, ranks: Ranks, grad_compression: str = "none") -> nn.Module:
     """The module to call for training: DDP around model when distributed, else model itself.
 
@@ -182,7 +192,7 @@ def wrap(model: nn.Module, ranks: Ranks, grad_compression: str = "none") -> nn.M
     device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
     # No broadcast of buffers before every forward: the model's are constant, or (the occupancy grid) updated
     # alike on every rank from the seed and the weights, which DDP keeps equal (tests/test_bitnerf_ddp.py).
-    ddp = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    ddp = DistributedDataParallel(model, device_ids=device_ids, **NO_FORWARD_BUFFER_SYNC)
     traffic = GradientTraffic()
     hook_state, hook = COMM_HOOKS[grad_compression](traffic.group)
     ddp.register_comm_hook(hook_state, traffic.counting(hook))
